@@ -1,0 +1,34 @@
+"""Brokers carry encoded messages between processes.
+
+``create_broker(url)`` picks one by URL scheme: none or ``memory://`` gives the in-memory
+default; ``redis://``, ``rediss://`` and ``unix://`` give the Redis broker, imported lazily so
+the ``redis`` extra stays optional.
+"""
+
+from __future__ import annotations
+
+from fastapi_channels.brokers.base import Broker, MessageHandler
+from fastapi_channels.brokers.memory import MemoryBroker
+from fastapi_channels.errors import ConfigurationError
+
+__all__ = ["Broker", "MemoryBroker", "MessageHandler", "create_broker"]
+
+
+def create_broker(url: str | None) -> Broker:
+    """Create the broker a URL names.
+
+    Raises:
+        ConfigurationError: the scheme is unknown, or the extra it needs is not installed.
+    """
+    if not url or url.startswith("memory://"):
+        return MemoryBroker()
+    scheme = url.split("://", 1)[0]
+    if scheme in {"redis", "rediss", "unix"}:
+        try:
+            from fastapi_channels.brokers.redis import RedisBroker
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ConfigurationError(
+                "the Redis broker needs the 'redis' extra: pip install 'fastapi-channels[redis]'"
+            ) from exc
+        return RedisBroker(url)
+    raise ConfigurationError(f"unknown broker URL scheme {scheme!r}; use memory:// or redis://")

@@ -1,0 +1,127 @@
+"""Exceptions and close codes of fastapi_channels.
+
+Every exception the library raises derives from :class:`ChannelsError`::
+
+    ChannelsError
+    ├── ConfigurationError      bad set-up, raised at registration or start-up
+    ├── ProtocolError           a client sent something the protocol does not allow
+    ├── Reject                  middleware, is_authorised or a handler refuses, with a reason
+    ├── ConnectionClosed        sending on a connection that is closed
+    └── BrokerError             the broker (in memory or Redis) failed
+
+Client-facing failures are mapped to error packets (see :class:`ErrorCode`) or close codes
+(see :class:`CloseCode`) in one place, the dispatcher; nothing a client sends can escape as an
+unhandled exception.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+__all__ = [
+    "BrokerError",
+    "ChannelsError",
+    "CloseCode",
+    "ConfigurationError",
+    "ConnectionClosed",
+    "ErrorCode",
+    "ProtocolError",
+    "Reject",
+]
+
+
+class CloseCode(IntEnum):
+    """Websocket close codes the server uses.
+
+    The Envuso client stops for good on any close frame, so a refusal is always sent as a
+    ``disconnect`` packet followed by :attr:`NORMAL`.
+    """
+
+    NORMAL = 1000
+    """Refused at connect, or disconnected by the application (after a ``disconnect`` packet)."""
+    GOING_AWAY = 1001
+    """The server is shutting down for good."""
+    POLICY_VIOLATION = 1008
+    """The client broke a limit persistently (rate limits)."""
+    MESSAGE_TOO_BIG = 1009
+    """An inbound frame was larger than ``Limits.max_message_size``."""
+    INTERNAL_ERROR = 1011
+    """An unexpected server failure on this connection."""
+    SERVICE_RESTART = 1012
+    """The server restarts; reconnect later."""
+    TRY_AGAIN_LATER = 1013
+    """The connection's outgoing queue overflowed under ``OverflowPolicy.DISCONNECT``."""
+
+
+class ErrorCode(StrEnum):
+    """The ``data.code`` of a ``channels:error`` packet (see the protocol document)."""
+
+    INVALID_FRAME = "invalid-frame"
+    """The frame is not a JSON object."""
+    BINARY_FRAME = "binary-frame"
+    """A binary frame; only text frames carry packets."""
+    INVALID_PACKET = "invalid-packet"
+    """The object lacks a string ``event``, or a field has the wrong type or size."""
+    UNKNOWN_EVENT = "unknown-event"
+    """No listener handles this event (on this channel)."""
+    NOT_SUBSCRIBED = "not-subscribed"
+    """A channel event for a channel the connection has not subscribed to."""
+    UNAUTHENTICATED = "unauthenticated"
+    """The listener requires an authenticated user."""
+    REJECTED = "rejected"
+    """Middleware or the handler refused the event; ``message`` holds its reason."""
+    HANDLER_ERROR = "handler-error"
+    """The handler raised; the details are in the server log only."""
+    HANDLER_TIMEOUT = "handler-timeout"
+    """The handler ran longer than ``Limits.handler_timeout``."""
+
+
+class ChannelsError(Exception):
+    """Base class of every exception raised by fastapi_channels."""
+
+
+class ConfigurationError(ChannelsError):
+    """The application's set-up is invalid: a malformed or ambiguous channel pattern, a duplicate
+    listener, a reserved event name, a handler with a wrong signature.
+
+    Raised at registration or when the server starts, never while serving.
+    """
+
+
+class ProtocolError(ChannelsError):
+    """A client sent a frame the protocol does not allow.
+
+    Args:
+        code: the error packet's code.
+        message: a short, client-safe explanation (never echoes large input).
+    """
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Reject(ChannelsError):
+    """Refuse the current step with a reason the client may see.
+
+    Raise it from middleware, ``is_authorised`` or a handler. At connect the client receives a
+    ``disconnect`` packet with the reason and the socket closes with ``CloseCode.NORMAL``; at
+    subscribe a ``subscribe-channel-response`` with ``successful: false``; on an event an error
+    packet with code ``rejected``.
+
+    Args:
+        reason: the text sent to the client. Keep secrets and claims out of it.
+    """
+
+    def __init__(self, reason: str = "rejected") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ConnectionClosed(ChannelsError):
+    """The connection is closed or closing; nothing more can be sent on it."""
+
+
+class BrokerError(ChannelsError):
+    """The broker could not publish or subscribe (for Redis: the server is unreachable)."""
