@@ -15,6 +15,7 @@ from starlette.websockets import WebSocketState
 from fastapi_channels import di
 from fastapi_channels.connection import SocketConnection
 from fastapi_channels.errors import CloseCode, Reject
+from fastapi_channels.jsclient import CLIENT_SCRIPT, serve_client_script
 from fastapi_channels.protocol import DISCONNECT, READY, encode
 
 if TYPE_CHECKING:
@@ -157,7 +158,10 @@ def _endpoint(channels: Channels) -> Callable[..., Any]:
 
 
 def build_router(channels: Channels) -> APIRouter:
-    """Build the router: the websocket endpoint at ``channels.path`` and the server's lifespan."""
+    """Build the router: the websocket endpoint, the JavaScript client and the lifespan.
+
+    The endpoint is at ``channels.path``, the client module at ``<path>/client.js``.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -170,4 +174,11 @@ def build_router(channels: Channels) -> APIRouter:
         router.add_api_websocket_route(channels.path, _endpoint(channels), name="fastapi_channels")
         route = router.routes[-1]
         route.app = _RefuseOnError(route.app)  # type: ignore[attr-defined]
+        router.add_route(
+            f"{channels.path.rstrip('/')}/{CLIENT_SCRIPT}",
+            serve_client_script,
+            methods=["GET", "HEAD"],
+            name="fastapi_channels_client",
+            include_in_schema=False,
+        )
     return router
