@@ -386,3 +386,24 @@ def test_backoff_grows_is_capped_and_jitter_only_shortens() -> None:
 def test_the_default_rule_reconnects_unless_closed_on_purpose() -> None:
     assert all(should_reconnect(code) for code in (1001, 1006, 1011, 1012, 1013))
     assert not any(should_reconnect(code) for code in (1000, 1005, 1008))
+
+
+def test_the_public_names_of_the_client() -> None:
+    import fastapi_channels.client as module
+
+    assert sorted(module.__all__) == [
+        "Backoff",
+        "Channel",
+        "ChannelsClient",
+        "ClientState",
+        "ConnectFailed",
+        "ConnectionClosed",
+        "Packet",
+        "PacketStream",
+        "Refused",
+        "ReplyError",
+        "STOP_CODES",
+        "SubscriptionDenied",
+        "should_reconnect",
+    ]
+    assert all(hasattr(module, name) for name in module.__all__)
