@@ -48,6 +48,9 @@ class Channels:
         allow_anonymous: when False a connection whose user is ``None`` is refused.
         user_id: how to get the id a user is reached by (default: ``socket_user_id()``, then
             ``.id``, then ``["id"]``/``["sub"]``, then the value itself for ``str``/``int``).
+        info_guard: a FastAPI dependency guarding ``GET {path}/info`` (this process's counts
+            per channel and counters); the route exists only when a guard is given. It should
+            raise (e.g. ``HTTPException(403)``) for callers who may not see it.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class Channels:
         enabled: bool = True,
         allow_anonymous: bool = True,
         user_id: Callable[[Any], object] | None = None,
+        info_guard: Callable[..., Any] | None = None,
     ) -> None:
         self.user_dependency = user
         self.path = path
@@ -73,6 +77,7 @@ class Channels:
         self.registry = ListenerRegistry()
         self.container = container or injector.Injector()
         self._user_id = user_id
+        self.info_guard = info_guard
         self._middleware_spec = tuple(middleware)
         self.server = SocketServer(
             broker if isinstance(broker, Broker) else create_broker(broker),
