@@ -6,9 +6,11 @@ Envuso client does). In this demo the token is simply the user's name.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 
@@ -96,3 +98,9 @@ async def announce(body: Announcement, server: SocketServer = Inject(SocketServe
 
 
 # --8<-- [end:listeners]
+
+
+@app.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    """The chat page; it imports the JavaScript client from ``/ws/client.js``."""
+    return FileResponse(Path(__file__).with_name("index.html"))

@@ -2,8 +2,8 @@
 
 Tokens are not JWTs here: ``user-<name>`` or ``user-<name>.<generation>`` authenticate ``name``
 (the generation lets a test tell a fresh token from the old one), anything else is refused with
-the reason ``invalid token`` (by connect middleware: the refusal travels as a ``disconnect``
-packet and a close 1000), and no token means an anonymous connection. The token is read from
+the reason ``invalid token`` (a ``disconnect`` packet, then a close 1000), and no token means an
+anonymous connection. The token is read from
 the subprotocol offer (the first value, or the value after ``bearer``), the ``Authorization``
 header or the ``token`` query parameter.
 
@@ -23,8 +23,6 @@ from pydantic import BaseModel
 from fastapi_channels import (
     ChannelListener,
     Channels,
-    Middleware,
-    MiddlewareContext,
     Reject,
     SocketConnection,
     SocketListener,
@@ -34,7 +32,6 @@ from fastapi_channels import (
     listener,
 )
 from fastapi_channels.di import Inject
-from fastapi_channels.middleware import CallNext
 
 
 def _offered_token(websocket: WebSocket) -> str | None:
@@ -52,26 +49,13 @@ def _offered_token(websocket: WebSocket) -> str | None:
 
 
 async def token_user(websocket: WebSocket) -> dict[str, str] | None:
-    """The test app's user dependency (see the module docstring).
-
-    A bad token is marked here and refused by :class:`RefuseInvalid`, the connect middleware.
-    """
+    """The test app's user dependency (see the module docstring)."""
     token = _offered_token(websocket)
     if token is None or token in ("", "null", "undefined"):
         return None
     if not token.startswith("user-") or len(token) == 5:
-        return {"id": "-", "token": token, "invalid": "invalid token"}
+        raise Reject("invalid token")
     return {"id": token[5:].split(".")[0], "token": token}
-
-
-class RefuseInvalid(Middleware):
-    """Refuses a connection whose token :func:`token_user` marked invalid."""
-
-    async def connect(self, context: MiddlewareContext, call_next: CallNext) -> None:
-        user = context.user
-        if user is not None and "invalid" in user:
-            raise Reject(user["invalid"])
-        await call_next()
 
 
 @channel("public:*")
@@ -147,7 +131,6 @@ def create_app() -> FastAPI:
     channels = Channels(
         token_user,
         listeners=[PublicChannel, PrivateChannel, WhoAmI, Echo],
-        middleware=[RefuseInvalid()],
     )
     app = FastAPI()
     app.include_router(channels.router)

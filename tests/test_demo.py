@@ -34,3 +34,14 @@ async def test_demo_private_and_global_chat() -> None:
             assert (await http.post("/announce", json={"text": "maintenance"})).status_code == 200
         for client in (ann, bob):
             assert (await client.receive()).data == {"text": "maintenance"}
+
+
+async def test_demo_page_imports_the_javascript_client_the_app_serves() -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://demo") as http:
+        page = await http.get("/")
+        assert page.headers["content-type"].startswith("text/html")
+        assert 'import { SocketClient } from "/ws/client.js"' in page.text
+        module = await http.get("/ws/client.js")
+        assert module.headers["content-type"].startswith("text/javascript")
+        assert "export class SocketClient" in module.text

@@ -2,12 +2,15 @@
 // connections, and waits that always time out.
 import { spawn } from "node:child_process";
 import { once } from "node:events";
+import { existsSync } from "node:fs";
 import net from "node:net";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
-const PYTHON = process.env.PYTHON || "python3";
+const venvPython = fileURLToPath(new URL("../../../.venv/bin/python", import.meta.url));
+/** The interpreter of the test server: $PYTHON, else the project's .venv, else python3. */
+const PYTHON = process.env.PYTHON || (existsSync(venvPython) ? venvPython : "python3");
 
 /** Reject with a clear message when `promise` takes longer than `ms`. */
 export function within(promise, ms, what) {
