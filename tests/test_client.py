@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
 from fastapi_channels.client import (
     Backoff,
@@ -407,3 +409,33 @@ def test_the_public_names_of_the_client() -> None:
         "should_reconnect",
     ]
     assert all(hasattr(module, name) for name in module.__all__)
+
+
+async def test_unexpected_frames_are_logged_never_raised(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "fastapi_channels.client")
+
+    async def odd_server(ws: ServerConnection) -> None:
+        for frame in ("not json", '{"event": "hello"}', '{"event": "ready", "data": {"id": "x"}}'):
+            await ws.send(frame)
+        for frame in (b"binary", "[1]", '{"event": "said", "channel": "nowhere"}'):
+            await ws.send(frame)
+        await ws.send('{"event": "channels:reply", "id": 99}')
+        await ws.send('{"event": "ping"}')
+        await ws.send(json.dumps({"event": "marker", "data": json.loads(await ws.recv())}))
+        await ws.wait_closed()
+
+    async with serve(odd_server, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        c = client(f"127.0.0.1:{port}", reconnect=False)
+        async with c.packets("marker") as markers, c:
+            assert (await markers.get(timeout=5)).data == {"event": "pong", "data": {}}
+            assert c.connected
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        "ignoring a frame that is not JSON: 'not json'",
+        "ignoring 'hello' received before ready",
+        "ignoring a binary frame of 6 bytes",
+        "ignoring a frame that is not a packet: '[1]'",
+        "ignoring 'said' for nowhere, not subscribed",
+        "ignoring a reply to unknown request 99",
+    ]

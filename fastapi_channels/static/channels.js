@@ -378,22 +378,29 @@ export class SocketClient extends Listeners {
    */
   disconnect(code = CLOSE_NORMAL, reason = "") {
     this._stopped = true;
-    if (this._sleep) this._sleep.cancel();
-    const ws = this._ws;
-    if (!ws || ws.readyState > OPEN) {
+    if (this._status === ConnectionStatus.NONE || this._status === ConnectionStatus.DISCONNECTED) {
       this._setState(ConnectionStatus.DISCONNECTED, { code, reason });
       return Promise.resolve();
     }
-    const closed = new Promise((resolve) => {
-      ws.addEventListener("close", () => resolve(), { once: true });
+    const done = new Promise((resolve) => {
+      const listener = (change) => {
+        if (change.state !== ConnectionStatus.DISCONNECTED) return;
+        this.off(ClientEvents.STATE, listener);
+        resolve();
+      };
+      this.on(ClientEvents.STATE, listener);
     });
-    try {
-      ws.close(code, reason);
-    } catch (error) {
-      this._warn(`cannot close with code ${code}, closing with 1000`, { error });
-      ws.close();
+    if (this._sleep) this._sleep.cancel();
+    const ws = this._ws;
+    if (ws && ws.readyState <= OPEN) {
+      try {
+        ws.close(code, reason);
+      } catch (error) {
+        this._warn(`cannot close with code ${code}, closing with 1000`, { error });
+        ws.close();
+      }
     }
-    return closed;
+    return done;
   }
 
   /**
