@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from fastapi_channels import (
     ChannelListener,
     Channels,
+    Limits,
     Reject,
     SocketConnection,
     SocketListener,
@@ -126,11 +127,12 @@ class Close(BaseModel):
     reason: str = "closed by the test"
 
 
-def create_app() -> FastAPI:
+def create_app(limits: Limits | None = None) -> FastAPI:
     """Build a fresh app (one ``Channels`` per app)."""
     channels = Channels(
         token_user,
         listeners=[PublicChannel, PrivateChannel, WhoAmI, Echo],
+        limits=limits,
     )
     app = FastAPI()
     app.include_router(channels.router)

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
+from fastapi_channels import Limits
 from fastapi_channels.client import (
     Backoff,
     Channel,
@@ -381,6 +382,7 @@ def test_backoff_grows_is_capped_and_jitter_only_shortens() -> None:
         1.0,
     ]
     assert backoff.delay(1, lambda: 1.0) == pytest.approx(0.1)
+    assert Backoff(maximum=30).delay(5000, lambda: 0.0) == 30
     assert not Backoff().gives_up_after(1000)
     assert Backoff(max_attempts=3).gives_up_after(3)
 
@@ -439,3 +441,31 @@ async def test_unexpected_frames_are_logged_never_raised(caplog: pytest.LogCaptu
         "ignoring 'said' for nowhere, not subscribed",
         "ignoring a reply to unknown request 99",
     ]
+
+
+async def test_too_many_connections_is_a_final_refusal() -> None:
+    limited = create_app(Limits(max_connections_per_user=1))
+    async with live_server(limited) as address, client(address, token="user-pat"):
+        with pytest.raises(Refused) as final:
+            await client(address, token="user-pat").connect(retry=True)
+    assert (final.value.reason, final.value.code) == ("too many connections", 1008)
+
+
+async def test_server_busy_is_retried_until_a_slot_frees() -> None:
+    async with live_server(create_app(Limits(max_connections=1))) as address:
+        first = client(address, token="user-pat")
+        await first.connect()
+        waiting = client(address, token="user-quinn")
+        failures: list[int] = []
+
+        async def on_state(packet: Packet) -> None:
+            if packet.data["state"] == "re-connecting":
+                failures.append(packet.data["attempt"])
+                if len(failures) == 2:
+                    await first.close()  # free the only slot
+
+        waiting.on("channels:state", on_state)
+        await waiting.connect(retry=True)  # "server busy" closes with 1013: retried
+        assert failures[:2] == [1, 2]
+        assert await whoami(waiting) == {"user": "quinn", "token": "user-quinn"}
+        await waiting.close()

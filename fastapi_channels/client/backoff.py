@@ -46,7 +46,8 @@ class Backoff:
 
     def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         """The delay before attempt ``attempt`` (0 first): capped, less up to ``jitter`` of it."""
-        base = min(self.maximum, self.initial * self.factor**attempt)
+        # the exponent is bounded: a client that fails for days must not overflow a float
+        base = min(self.maximum, self.initial * self.factor ** min(attempt, 64))
         return max(0.0, base * (1 - self.jitter * rand()))
 
     def gives_up_after(self, failures: int) -> bool:

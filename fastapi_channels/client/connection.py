@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed as WebSocketClosed
 from websockets.exceptions import InvalidHandshake, InvalidURI
 from websockets.typing import Subprotocol
 
-from fastapi_channels.client.backoff import Backoff
+from fastapi_channels.client.backoff import Backoff, should_reconnect
 from fastapi_channels.client.channel import Channel
 from fastapi_channels.client.errors import (
     ConnectFailed,
@@ -397,22 +397,36 @@ class ChannelsClient(Listeners):
             await self._send_subscribe(channel)
 
     async def _await_ready(self, ws: ClientConnection) -> Any:
+        """Return ``ready``'s data; a ``disconnect`` first is a refusal, final or not.
+
+        A refusal is final when the close that follows is one the reconnect rule does not
+        retry (1000, 1008); ``server busy`` closed with 1013 is worth another attempt.
+        """
+        refusal: str | None = None
         try:
             async with asyncio.timeout(self.open_timeout):
                 while True:
                     packet = parse_packet(await ws.recv())
                     if packet is None:
                         continue
-                    if packet.event == READY:
+                    if packet.event == READY and refusal is None:
                         return packet.data
                     if packet.event == DISCONNECT:
                         data = packet.data if isinstance(packet.data, dict) else {}
-                        raise Refused(str(data.get("reason", "refused")))
-                    logger.warning("ignoring %r received before ready", packet.event)
+                        refusal = str(data.get("reason", "refused"))
+                    else:
+                        logger.warning("ignoring %r received before ready", packet.event)
         except WebSocketClosed as exc:
             code = exc.rcvd.code if exc.rcvd else _ABNORMAL
-            raise ConnectFailed(f"closed before ready ({code})", code=code) from exc
+            if refusal is None:
+                raise ConnectFailed(f"closed before ready ({code})", code=code) from exc
+            retry = self.backoff.should_reconnect if self.backoff else should_reconnect
+            if retry(code):
+                raise ConnectFailed(f"refused for now: {refusal}", code, refusal) from exc
+            raise Refused(refusal, code) from None
         except TimeoutError as exc:
+            if refusal is not None:
+                raise Refused(refusal) from None
             raise ConnectFailed("no ready packet in time", code=_ABNORMAL) from exc
 
     async def _connect_with_backoff(self, wait_first: bool) -> None:

@@ -5,7 +5,7 @@ All derive from :class:`~fastapi_channels.errors.ChannelsError`::
     ChannelsError
     ├── ConnectionClosed            not connected, or the connection ended while waiting
     │   └── ConnectFailed           a connection attempt failed (network, handshake, no ready)
-    ├── Refused                     the server refused the connection: never retried
+    ├── Refused                     the server refused the connection for good: not retried
     ├── SubscriptionDenied          the server refused a subscription
     └── ReplyError                  the server answered a request with an error
 
@@ -30,16 +30,22 @@ class ConnectFailed(ConnectionClosed):
 
 
 class Refused(ChannelsError):
-    """The server refused the connection (a ``disconnect`` packet before ``ready``).
+    """The server refused the connection for good.
+
+    That is a ``disconnect`` packet before ``ready``, then a close the reconnect rule does not
+    retry (1000, 1008). A refusal closed with a code it retries (``server busy``, 1013) is a
+    :class:`ConnectFailed` instead, and is retried.
 
     Attributes:
         reason: the reason the server gave. Retrying with the same credentials would be refused
             again, so the client never does.
+        code: the close code that followed, when known.
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, code: int | None = None) -> None:
         super().__init__(f"connection refused: {reason}")
         self.reason = reason
+        self.code = code
 
 
 class SubscriptionDenied(ChannelsError):

@@ -130,8 +130,10 @@ export interface RequestOptions {
 export type Listener<T = any> = (data: T, packet: Packet<T>) => unknown;
 
 export declare class ChannelsError extends Error {}
+/** A refusal for good (closed with a code the reconnect rule does not retry). */
 export declare class RefusedError extends ChannelsError {
   readonly reason: string;
+  readonly code: number | null;
 }
 export declare class SubscriptionError extends ChannelsError {
   readonly channel: string;

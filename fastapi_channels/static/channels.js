@@ -61,13 +61,19 @@ export class ChannelsError extends Error {
   }
 }
 
-/** The server refused the connection (a `disconnect` packet before `ready`); no retry. */
+/**
+ * The server refused the connection for good: a `disconnect` packet before `ready`, then a
+ * close the reconnect rule does not retry (1000 or 1008). A refusal closed with a code it
+ * retries (`server busy`, 1013) is a `ConnectionClosedError` instead.
+ */
 export class RefusedError extends ChannelsError {
-  /** @param {string} reason */
-  constructor(reason) {
+  /** @param {string} reason @param {number} [code] */
+  constructor(reason, code) {
     super(`connection refused: ${reason}`);
     /** The reason the server gave. */
     this.reason = reason;
+    /** The close code that followed, when known. */
+    this.code = code ?? null;
   }
 }
 
@@ -539,6 +545,7 @@ export class SocketClient extends Listeners {
       const session = { ws, ready: false, closingReason: null };
       this._ws = ws;
       let settled = false;
+      let refusal = null;
       const fail = (error) => {
         if (settled) return;
         settled = true;
@@ -547,7 +554,11 @@ export class SocketClient extends Listeners {
         reject(error);
       };
       const timer = setTimeout(() => {
-        fail(new TimeoutError(`no ready packet within ${this.connectTimeout} ms`));
+        fail(
+          refusal !== null
+            ? new RefusedError(refusal)
+            : new TimeoutError(`no ready packet within ${this.connectTimeout} ms`),
+        );
         try {
           ws.close();
         } catch {}
@@ -565,7 +576,7 @@ export class SocketClient extends Listeners {
           this._onReady(packet);
           resolve(isObject(packet.data) ? packet.data : {});
         } else if (packet.event === ServerEventTypes.SOCKET_DISCONNECT) {
-          fail(new RefusedError(String(packet.data?.reason ?? "refused")));
+          refusal = String(packet.data?.reason ?? "refused"); // the close code tells if it is final
         } else {
           this._warn(`"${packet.event}" received before ready`, { packet });
         }
@@ -578,6 +589,14 @@ export class SocketClient extends Listeners {
       ws.onclose = (event) => {
         if (session.ready) {
           this._onLost(session, event);
+        } else if (refusal !== null) {
+          const retry = this.reconnect?.shouldReconnect ?? defaultShouldReconnect;
+          const close = { code: event.code, reason: refusal, wasClean: event.wasClean };
+          fail(
+            retry(close)
+              ? new ConnectionClosedError(`refused for now: ${refusal}`, event.code, refusal)
+              : new RefusedError(refusal, event.code),
+          );
         } else {
           fail(
             new ConnectionClosedError(

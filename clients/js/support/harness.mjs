@@ -37,9 +37,12 @@ export function next(target, event, { accept = () => true, timeout = 5000 } = {}
   return within(promise, timeout, `event ${event}`).finally(() => target.off(event, listener));
 }
 
-/** Start `tests/client_app.py` on a free loopback port. */
-export async function startServer() {
-  const child = spawn(PYTHON, [`${here}server.py`], { stdio: ["pipe", "pipe", "inherit"] });
+/** Start `tests/client_app.py` on a free loopback port; `args` go to support/server.py
+ * (`--max-connections N`, `--max-connections-per-user N`). */
+export async function startServer(args = []) {
+  const child = spawn(PYTHON, [`${here}server.py`, ...args], {
+    stdio: ["pipe", "pipe", "inherit"],
+  });
   const lines = createInterface({ input: child.stdout });
   const exited = once(child, "exit").then(([code]) => {
     throw new Error(`the test server exited with ${code} (PYTHON=${PYTHON})`);

@@ -6,6 +6,7 @@ standard input closes (the Node test process went away) or on SIGTERM/SIGINT.
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 import sys
@@ -16,6 +17,7 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
+from fastapi_channels import Limits
 from tests.client_app import create_app
 
 
@@ -27,12 +29,20 @@ class _Server(uvicorn.Server):
 
 def main() -> None:
     """Serve until standard input closes or a signal arrives."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--max-connections", type=int, default=None)
+    parser.add_argument("--max-connections-per-user", type=int, default=None)
+    args = parser.parse_args()
+    limits = Limits(
+        max_connections=args.max_connections,
+        max_connections_per_user=args.max_connections_per_user,
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(), port=port, log_level="warning", lifespan="on", ws="websockets-sansio"
+        create_app(limits), port=port, log_level="warning", lifespan="on", ws="websockets-sansio"
     )
     server = _Server(config)
 

@@ -153,10 +153,57 @@ describe("backoff", () => {
       [100, 200, 400, 800, 1000, 1000],
     );
     assert.equal(backoffDelay(1, options, () => 1), 100);
+    assert.equal(backoffDelay(5000, options, () => 0), 1000);
   });
 
   test("the default rule reconnects unless the server closed on purpose", () => {
     for (const code of [1001, 1006, 1011, 1012, 1013]) assert.ok(defaultShouldReconnect({ code }));
     for (const code of [1000, 1005, 1008]) assert.equal(defaultShouldReconnect({ code }), false);
+  });
+});
+
+describe("refusals", { timeout: 20000 }, () => {
+  test("too many connections (1008) is final", async () => {
+    const limited = await startServer(["--max-connections-per-user", "1"]);
+    const first = new SocketClient(limited.url(), { token: "user-pat" });
+    const second = new SocketClient(limited.url(), {
+      token: "user-pat",
+      reconnect: { initialDelay: 10 },
+    });
+    try {
+      await first.connect();
+      const error = await second.connect({ retry: true }).catch((e) => e);
+      assert.ok(error instanceof RefusedError);
+      assert.equal(error.reason, "too many connections");
+      assert.equal(error.code, 1008);
+    } finally {
+      await first.disconnect();
+      await limited.stop();
+    }
+  });
+
+  test("server busy (1013) is retried until a slot frees", async () => {
+    const busy = await startServer(["--max-connections", "1"]);
+    const first = new SocketClient(busy.url(), { token: "user-pat" });
+    const waiting = new SocketClient(busy.url(), {
+      token: "user-quinn",
+      reconnect: { initialDelay: 10, maxDelay: 50 },
+    });
+    try {
+      await first.connect();
+      const failures = [];
+      waiting.on("channels:state", (s) => {
+        if (s.state !== "re-connecting") return;
+        failures.push(s.error?.reason);
+        if (failures.length === 2) first.disconnect();
+      });
+      await waiting.connect({ retry: true });
+      assert.deepEqual(failures.slice(0, 2), ["server busy", "server busy"]);
+      waiting.emit("whoami");
+      assert.equal((await next(waiting, "whoami")).user, "quinn");
+    } finally {
+      await waiting.disconnect();
+      await busy.stop();
+    }
   });
 });
