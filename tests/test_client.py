@@ -469,3 +469,16 @@ async def test_server_busy_is_retried_until_a_slot_frees() -> None:
         assert failures[:2] == [1, 2]
         assert await whoami(waiting) == {"user": "quinn", "token": "user-quinn"}
         await waiting.close()
+
+
+async def test_subscribe_while_reconnecting_is_sent_once_ready(
+    address: str, proxy: TcpProxy
+) -> None:
+    slow = Backoff(initial=0.2, maximum=0.2, jitter=0)
+    async with client(f"127.0.0.1:{proxy.port}", token="user-ray", reconnect=slow) as c:
+        waiting = next_state(c, ClientState.RE_CONNECTING)
+        proxy.drop()
+        await waiting
+        channel = await c.subscribe("public:later", timeout=5)
+        assert channel.state == "subscribed"
+        assert c.connected

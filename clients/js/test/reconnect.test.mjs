@@ -207,3 +207,27 @@ describe("refusals", { timeout: 20000 }, () => {
     }
   });
 });
+
+describe("subscribing while reconnecting", { timeout: 20000 }, () => {
+  test("the request is sent once the connection is back", async () => {
+    const s = await startServer();
+    const p = await startProxy(s.port);
+    const c = new SocketClient(`ws://127.0.0.1:${p.port}/ws`, {
+      token: "user-ray",
+      reconnect: { initialDelay: 200, maxDelay: 200, jitter: 0 },
+    });
+    try {
+      await c.connect();
+      const waiting = next(c, "channels:state", { accept: (st) => st.state === "re-connecting" });
+      p.drop();
+      await waiting;
+      const channel = await c.subscribe("public:later");
+      assert.equal(channel.state, "subscribed");
+      assert.equal(c.state, ConnectionStatus.CONNECTED);
+    } finally {
+      await c.disconnect();
+      await p.close();
+      await s.stop();
+    }
+  });
+});
