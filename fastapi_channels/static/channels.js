@@ -254,6 +254,9 @@ export class SocketChannel extends Listeners {
         resolve = res;
         reject = rej;
       });
+      // A refusal is also reported by `channels:subscription`: an unawaited promise (Envuso's
+      // style without a callback) must not become an unhandled rejection.
+      promise.catch(() => {});
       this._deferred = { promise, resolve, reject };
       this.state = "pending";
       this._client._requestSubscription(this.name);

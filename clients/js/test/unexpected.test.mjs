@@ -103,3 +103,33 @@ describe("unexpected packets", { timeout: 10000 }, () => {
     assert.equal(client.state, ConnectionStatus.DISCONNECTED);
   });
 });
+
+describe("subscriptions nobody awaits", { timeout: 10000 }, () => {
+  test("a refusal is an event, not an unhandled rejection", async () => {
+    const { client, connecting } = connectedClient();
+    const socket = await socketOf(client);
+    socket.open();
+    socket.receive('{"event": "ready", "data": {"id": "z"}}');
+    await connecting;
+    let unhandled = null;
+    const onUnhandled = (reason) => (unhandled = reason);
+    process.on("unhandledRejection", onUnhandled);
+    try {
+      const answer = next(client, "channels:subscription");
+      client.subscribe("secret"); // Envuso's style: no callback, promise ignored
+      socket.receive(
+        '{"event": "subscribe-channel-response", "data": {"channel": "secret", "successful": false, "reason": "no"}}',
+      );
+      assert.deepEqual(await answer, {
+        channel: "secret",
+        successful: false,
+        reason: "no",
+        resubscribed: false,
+      });
+      await new Promise((resolve) => setImmediate(resolve)); // let rejection tracking run
+      assert.equal(unhandled, null);
+    } finally {
+      process.off("unhandledRejection", onUnhandled);
+    }
+  });
+});
