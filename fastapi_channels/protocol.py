@@ -102,7 +102,7 @@ def decode_packet(text: str, max_name_length: int = 200) -> SocketPacket:
             too long or holds control characters, or ``channel`` is present but invalid.
     """
     try:
-        raw = from_json(text)
+        raw = from_json(text, allow_inf_nan=False)
     except ValueError:
         raise ProtocolError(ErrorCode.INVALID_FRAME, "frame is not valid JSON") from None
     if not isinstance(raw, dict):

@@ -53,6 +53,8 @@ class SocketServer:
         self._connections: dict[str, SocketConnection] = {}
         self._channels: dict[str, set[SocketConnection]] = {}
         self._users: dict[str, set[SocketConnection]] = {}
+        self._empty = asyncio.Event()
+        self._empty.set()
         self.stats = Stats()
         """Counters since this server was created (see ``fastapi_channels.stats``)."""
 
@@ -94,6 +96,10 @@ class SocketServer:
         """How many connections of one user this process holds."""
         return len(self._users.get(str(user_id), ()))
 
+    async def wait_empty(self) -> None:
+        """Return once this process holds no connection (at once if it holds none)."""
+        await self._empty.wait()
+
     def channel_counts(self) -> dict[str, int]:
         """Local subscriber count of every channel with at least one subscriber here."""
         return {name: len(subscribers) for name, subscribers in self._channels.items()}
@@ -131,6 +137,7 @@ class SocketServer:
     async def add_connection(self, connection: SocketConnection) -> None:
         """Make ``connection`` reachable by id and by user."""
         self._connections[connection.id] = connection
+        self._empty.clear()
         self.stats.connections_opened += 1
         key = connection.user_key
         if key is not None:
@@ -146,6 +153,8 @@ class SocketServer:
             await self.remove_subscription(connection, channel)
         if self._connections.pop(connection.id, None) is None:
             return
+        if not self._connections:
+            self._empty.set()
         key = connection.user_key
         peers = self._users.get(key) if key is not None else None
         if peers is not None:
