@@ -56,6 +56,9 @@ class CloseCode(IntEnum):
     """The server restarts; reconnect later."""
     TRY_AGAIN_LATER = 1013
     """The connection's outgoing queue overflowed under ``OverflowPolicy.DISCONNECT``."""
+    TOKEN_EXPIRED = 4001
+    """The connection's token expired and was not renewed in time (after a ``disconnect``
+    packet with the reason ``token expired``)."""
 
 
 class ErrorCode(StrEnum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
 from fastapi_channels import di
+from fastapi_channels.auth.tokens import select_subprotocol
 from fastapi_channels.connection import SocketConnection
 from fastapi_channels.errors import CloseCode, Reject
 from fastapi_channels.protocol import DISCONNECT, READY, encode
@@ -23,11 +24,6 @@ if TYPE_CHECKING:
 __all__ = ["build_router", "select_subprotocol"]
 
 logger = logging.getLogger("fastapi_channels.router")
-
-
-def select_subprotocol(offered: Sequence[str]) -> str | None:
-    """Choose the subprotocol to echo: the first one offered (the Envuso client's token)."""
-    return offered[0] if offered else None
 
 
 class _ASGITransport:
@@ -116,6 +112,7 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
     connection.push(encode(READY, {"id": connection.id}).decode())
     connection.start()
     await channels.server.add_connection(connection)
+    dispatcher.opened(connection)
     max_size = limits.max_message_size
     try:
         while True:

@@ -7,6 +7,8 @@ One concept per module:
 - :mod:`~fastapi_channels.auth.tokens`: where a token travels; which subprotocol to echo.
 - :mod:`~fastapi_channels.auth.origin`: the ``Origin`` allow-list.
 - :mod:`~fastapi_channels.auth.users`: turning claims into the application's user.
+- :mod:`~fastapi_channels.auth.context`: the record of who a connection is.
+- :mod:`~fastapi_channels.auth.lifetime`: expiry and in-band renewal on live connections.
 - :mod:`~fastapi_channels.auth.dependency`: :class:`JWTAuth`, the FastAPI dependency.
 
 A typical set-up::
@@ -19,12 +21,10 @@ A typical set-up::
     async def me(user: User = Depends(auth.required)) -> User: ...
 """
 
-from fastapi_channels.auth.dependency import (
-    Authentication,
-    JWTAuth,
-    get_authentication,
-)
+from fastapi_channels.auth.context import Authentication, get_authentication
+from fastapi_channels.auth.dependency import JWTAuth
 from fastapi_channels.auth.keys import Key, KeySet
+from fastapi_channels.auth.lifetime import TokenLifetime
 from fastapi_channels.auth.origin import OriginPolicy
 from fastapi_channels.auth.tokens import TokenSource, select_subprotocol
 from fastapi_channels.auth.users import TokenUser, UserLoader
@@ -39,6 +39,7 @@ __all__ = [
     "Key",
     "KeySet",
     "OriginPolicy",
+    "TokenLifetime",
     "TokenSource",
     "TokenUser",
     "TokenVerifier",

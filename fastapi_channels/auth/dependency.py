@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final, Generic, Literal, TypedDict, TypeVar, cast, overload
 
@@ -21,59 +20,24 @@ from injector import Injector
 from starlette.requests import HTTPConnection
 from typing_extensions import Unpack
 
+from fastapi_channels.auth.context import SCOPE_KEY, Authentication
+from fastapi_channels.auth.lifetime import TokenLifetime
 from fastapi_channels.auth.origin import OriginPolicy
 from fastapi_channels.auth.tokens import TokenSource, find_token
 from fastapi_channels.auth.users import TokenUser, UserLoaderArg, load_user
-from fastapi_channels.auth.verifier import TokenVerifier, VerifiedToken
+from fastapi_channels.auth.verifier import TokenVerifier
 from fastapi_channels.errors import AuthenticationError, AuthFailure, ConfigurationError
 
-__all__ = [
-    "DEFAULT_SOURCES",
-    "SCOPE_KEY",
-    "AuthOptions",
-    "Authentication",
-    "JWTAuth",
-    "get_authentication",
-]
+__all__ = ["DEFAULT_SOURCES", "AuthOptions", "JWTAuth"]
 
 logger = logging.getLogger("fastapi_channels.auth")
 
 DEFAULT_SOURCES: Final = (TokenSource.SUBPROTOCOL, TokenSource.HEADER)
 """The Envuso client's subprotocol, then ``Authorization: Bearer``."""
-SCOPE_KEY: Final = "fastapi_channels.authentication"
-"""The ASGI scope key under which the connection's :class:`Authentication` is kept."""
 _SUSPICIOUS: Final = frozenset({AuthFailure.ORIGIN, AuthFailure.SIGNATURE, AuthFailure.ALGORITHM})
 """Failures logged as warnings: they hint at forgery or hijacking rather than a stale client."""
 
 UserT = TypeVar("UserT")
-
-
-@dataclass(frozen=True, slots=True)
-class Authentication(Generic[UserT]):
-    """Who a connection is, and until when its token is valid.
-
-    Attributes:
-        user: what the user loader returned.
-        subject: the subject claim; a renewal must present the same one.
-        token: the verified token (claims, key id, algorithm, expiry).
-        source: where the token was found; ``None`` after an in-band renewal.
-    """
-
-    user: UserT
-    subject: str
-    token: VerifiedToken
-    source: TokenSource | None
-
-    @property
-    def expires_at(self) -> float | None:
-        """The token's ``exp`` as a UNIX timestamp, or ``None`` if it never expires."""
-        return self.token.expires_at
-
-
-def get_authentication(connection: HTTPConnection) -> Authentication[Any] | None:
-    """The authentication :class:`JWTAuth` recorded for this connection, if any."""
-    found = connection.scope.get(SCOPE_KEY)
-    return found if isinstance(found, Authentication) else None
 
 
 class AuthOptions(TypedDict, total=False):
@@ -164,6 +128,8 @@ class JWTAuth(SecurityBase, Generic[UserT]):
         self.subject_claim = subject_claim
         self.injector = injector
         self.model = HTTPBearerModel(bearerFormat="JWT")
+        self.connection_extension = TokenLifetime(self)
+        """Token expiry and in-band renewal on channel connections (used by ``Channels``)."""
         self.scheme_name = scheme_name
         self._required: JWTAuth[UserT] | None = None if allow_anonymous else self
 
