@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, WebSocket
+from fastapi.routing import APIWebSocketRoute
+from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
@@ -52,37 +54,81 @@ async def _refuse(websocket: WebSocket, reason: str) -> None:
 def _public_reason(exc: Exception) -> str:
     if isinstance(exc, Reject):
         return exc.reason
-    if isinstance(exc, HTTPException) and exc.status_code in (401, 403):
-        return "unauthorised"
+    if isinstance(exc, HTTPException):
+        return _status_reason(exc.status_code)
     return "connection refused"
 
 
-class _RefuseOnError:
-    """Turns an exception raised before the handshake completes into the protocol's refusal.
+def _status_reason(status: int) -> str:
+    return "unauthorised" if status in (401, 403) else "connection refused"
 
-    The user dependency failing is the usual case; the Envuso client then stops instead of
-    retrying forever.
+
+class _RefuseOnError:
+    """Turns a failure before the handshake completes into the protocol's refusal.
+
+    A user dependency that raises (``HTTPException(401)``, ``WebSocketException``, anything)
+    makes FastAPI answer with an HTTP response or a close before accepting, which the Envuso
+    client treats as a dropped connection and retries forever. This wrapper replaces those
+    answers with: accept (echoing the subprotocol), ``disconnect`` with a generic reason, close
+    1000. The details go to the log only.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        accepted = False
+        accepted = refused = connected = False
 
-        async def tracking_send(message: Message) -> None:
+        async def tracking_receive() -> Message:
+            nonlocal connected
+            message = await receive()
+            connected = connected or message["type"] == "websocket.connect"
+            return message
+
+        async def refuse(reason: str) -> None:
+            nonlocal refused
+            refused = True
+            if not connected:
+                await tracking_receive()
+            await send(
+                {
+                    "type": "websocket.accept",
+                    "subprotocol": select_subprotocol(scope.get("subprotocols", [])),
+                }
+            )
+            frame = encode(DISCONNECT, {"reason": reason}).decode()
+            await send({"type": "websocket.send", "text": frame})
+            await send({"type": "websocket.close", "code": CloseCode.NORMAL, "reason": reason})
+
+        async def guarded_send(message: Message) -> None:
             nonlocal accepted
-            if message["type"] in ("websocket.accept", "websocket.close"):
+            kind = message["type"]
+            if accepted:
+                await send(message)
+            elif refused:
+                return  # the rest of a replaced HTTP response
+            elif kind == "websocket.accept":
                 accepted = True
-            await send(message)
+                await send(message)
+            elif kind == "websocket.close":
+                logger.info("websocket refused at the handshake with close %s", message.get("code"))
+                await refuse(message.get("reason") or "connection refused")
+            elif kind == "websocket.http.response.start":
+                logger.info("websocket refused at the handshake with HTTP %s", message["status"])
+                await refuse(_status_reason(message["status"]))
+            else:
+                await send(message)
 
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, tracking_receive, guarded_send)
         except Exception as exc:
-            if accepted:
+            if accepted or refused:
                 raise
-            logger.info("websocket refused at the handshake: %r", exc)
-            await _refuse(WebSocket(scope, receive, send), _public_reason(exc))
+            if isinstance(exc, Reject | HTTPException):
+                logger.info("websocket refused at the handshake: %r", exc)
+            else:
+                logger.exception("websocket refused: the handshake failed")
+            await refuse(_public_reason(exc))
 
 
 async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
@@ -153,18 +199,42 @@ def _endpoint(channels: Channels) -> Callable[..., Any]:
     return endpoint
 
 
+class _AppOverrides:
+    """Lets the endpoint see ``app.dependency_overrides`` of the app it is included in."""
+
+    def __init__(self) -> None:
+        self.app: FastAPI | None = None
+
+    @property
+    def dependency_overrides(self) -> dict[Any, Any]:
+        return self.app.dependency_overrides if self.app is not None else {}
+
+
 def build_router(channels: Channels) -> APIRouter:
-    """Build the router: the websocket endpoint at ``channels.path`` and the server's lifespan."""
+    """Build the router: the websocket endpoint at ``channels.path`` and the server's lifespan.
+
+    The endpoint is a FastAPI websocket route (so the user dependency is solved by FastAPI,
+    ``app.dependency_overrides`` included) wrapped in the refusal guard, and registered as a
+    plain ASGI route so the guard survives ``include_router``.
+    """
+    overrides = _AppOverrides()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        overrides.app = app
         async with channels:
             di.attach(app, channels.container)
             yield
 
     router = APIRouter(lifespan=lifespan)
     if channels.enabled:
-        router.add_api_websocket_route(channels.path, _endpoint(channels), name="fastapi_channels")
-        route = router.routes[-1]
-        route.app = _RefuseOnError(route.app)  # type: ignore[attr-defined]
+        endpoint = APIWebSocketRoute(
+            channels.path,
+            _endpoint(channels),
+            name="fastapi_channels",
+            dependency_overrides_provider=overrides,
+        )
+        router.routes.append(
+            WebSocketRoute(channels.path, _RefuseOnError(endpoint.app), name="fastapi_channels")
+        )
     return router
