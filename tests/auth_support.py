@@ -7,6 +7,7 @@ import functools
 import hashlib
 import hmac
 import json
+import math
 import time
 from typing import Any
 
@@ -48,6 +49,12 @@ def ec_private_key() -> ec.EllipticCurvePrivateKey:
 def claims(sub: str = "42", lifetime: float = 60, **extra: Any) -> dict[str, Any]:
     now = int(time.time())
     return {"sub": sub, "iat": now, "exp": now + lifetime, **extra}
+
+
+def short_lived(sub: str = "42", **extra: Any) -> tuple[str, float]:
+    """An HS256 token expiring between 0.5 s and 1.5 s from now, and its expiry time."""
+    expires = math.ceil(time.time() + 0.5)
+    return hs256({**claims(sub, **extra), "exp": expires}), expires
 
 
 def hs256(payload: dict[str, Any], secret: bytes = SECRET, **headers: Any) -> str:

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -25,7 +24,7 @@ from fastapi_channels.auth import JWTAuth, Key, KeySet, TokenUser, TokenVerifier
 from fastapi_channels.errors import ConfigurationError
 from fastapi_channels.testing import SocketTestClient, lifespan
 
-from .auth_support import OTHER_SECRET, SECRET, claims, forge, hmac_auth, hs256
+from .auth_support import OTHER_SECRET, SECRET, claims, forge, hmac_auth, hs256, short_lived
 
 
 @channel("private:*")
@@ -76,12 +75,6 @@ async def whoami(client: SocketTestClient) -> Any:
     return packet.data
 
 
-def short_lived(sub: str = "42", **extra: Any) -> tuple[str, float]:
-    """A token expiring between 0.5 s and 1.5 s from now, and its expiry time."""
-    expires = math.ceil(time.time() + 0.5)
-    return hs256({**claims(sub, **extra), "exp": expires}), expires
-
-
 async def expect_refusal(client: SocketTestClient, reason: str) -> None:
     packet = await client.connect()
     assert packet.event == "disconnect" and packet.data == {"reason": reason}
@@ -127,9 +120,11 @@ async def test_cookie_from_the_same_origin() -> None:
 
 async def test_query_parameter_only_when_enabled() -> None:
     query = f"token={hs256(claims())}"
-    async with running(hmac_auth(sources=["subprotocol", "query"])) as (app, _):
-        async with SocketTestClient(app, query_string=query) as client:
-            assert (await whoami(client))["id"] == "42"
+    async with (
+        running(hmac_auth(sources=["subprotocol", "query"])) as (app, _),
+        SocketTestClient(app, query_string=query) as client,
+    ):
+        assert (await whoami(client))["id"] == "42"
     async with (
         running(hmac_auth()) as (app, _),
         SocketTestClient(app, query_string=query) as client,
@@ -189,15 +184,17 @@ async def test_required_auth_refuses_anonymous_at_the_handshake(offered: list[st
 
 NOW = int(time.time())
 ROTATED = KeySet([Key.hmac(SECRET, kid="2024-01"), Key.hmac(OTHER_SECRET, kid="2024-02")])
+KID = "2024-01"
 BAD_TOKENS = {
     "malformed": ("not-a-jwt", "malformed"),
-    "wrong-signature": (hs256(claims(), OTHER_SECRET), "signature"),
-    "alg-none": (forge({"alg": "none"}, claims(), None), "algorithm"),
-    "wrong-algorithm": (forge({"alg": "HS384"}, claims(), SECRET), "algorithm"),
-    "expired": (hs256(claims(exp=NOW - 60)), "expired"),
-    "not-yet-valid": (hs256(claims(nbf=NOW + 600)), "not-yet-valid"),
-    "wrong-audience": (hs256(claims(aud="other")), "audience"),
+    "wrong-signature": (hs256(claims(), OTHER_SECRET, kid=KID), "signature"),
+    "alg-none": (forge({"alg": "none", "kid": KID}, claims(), None), "algorithm"),
+    "wrong-algorithm": (forge({"alg": "HS384", "kid": KID}, claims(), SECRET), "algorithm"),
+    "expired": (hs256(claims(exp=NOW - 60), kid=KID), "expired"),
+    "not-yet-valid": (hs256(claims(nbf=NOW + 600), kid=KID), "not-yet-valid"),
+    "wrong-audience": (hs256(claims(aud="other"), kid=KID), "audience"),
     "unknown-kid": (hs256(claims(), kid="2023-12"), "unknown-key"),
+    "no-kid": (hs256(claims()), "unknown-key"),
     "oversized": ("x" * 9000, "oversized"),
 }
 
@@ -250,9 +247,7 @@ async def test_forbidden_origin_is_refused_before_the_token_is_read(
         async with allowed as client:
             assert (await whoami(client))["id"] == "42"
     [message] = [r.getMessage() for r in caplog.records if r.name == "fastapi_channels.auth"]
-    assert "origin ('https://evil.test') is not allowed" in message.replace(
-        "origin 'https://evil.test'", "origin ('https://evil.test')"
-    )
+    assert "origin 'https://evil.test' is not allowed" in message
 
 
 async def test_default_origin_check_with_cookies_is_same_origin() -> None:
