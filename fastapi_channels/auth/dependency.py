@@ -11,14 +11,13 @@ import copy
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Final, Generic, Literal, TypedDict, TypeVar, cast, overload
+from typing import Any, Final, Generic, Literal, TypedDict, TypeVar, Unpack, cast, overload
 
 from fastapi import HTTPException
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 from injector import Injector
 from starlette.requests import HTTPConnection
-from typing_extensions import Unpack
 
 from fastapi_channels.auth.context import SCOPE_KEY, Authentication
 from fastapi_channels.auth.lifetime import TokenLifetime
