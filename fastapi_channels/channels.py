@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -89,6 +90,8 @@ class Channels:
         self.container.binder.bind(SocketServer, to=self.server)
         self.container.binder.bind(Channels, to=self)
         self.dispatcher: Dispatcher | None = None
+        self.stopping = asyncio.Event()
+        """Set when the server begins to stop (new packets are refused from then on)."""
         self._router: APIRouter | None = None
         self.register(*listeners)
         for package in [discover] if isinstance(discover, str) else discover:
@@ -158,6 +161,7 @@ class Channels:
         self.dispatcher = Dispatcher(
             self.server, self.registry, self.limits, middleware, self.extensions
         )
+        self.stopping.clear()
         di.activate(self.container)
         logger.info("fastapi_channels started on %s", self.path)
         return self
@@ -169,7 +173,12 @@ class Channels:
         tb: TracebackType | None,
     ) -> None:
         """Disconnect every connection (close 1012) and stop the broker."""
+        self.stopping.set()
         di.deactivate(self.container)
-        self.dispatcher = None
-        await self.server.stop(timeout=self.limits.close_timeout)
+        dispatcher, self.dispatcher = self.dispatcher, None
+        if dispatcher is not None:
+            await dispatcher.drain(self.limits.shutdown_timeout)
+        await self.server.stop(
+            timeout=self.limits.close_timeout, spread=self.limits.reconnect_spread
+        )
         logger.info("fastapi_channels stopped")

@@ -140,7 +140,7 @@ class SocketConnection:
             if self._policy is OverflowPolicy.DISCONNECT:
                 logger.warning("connection %s: outgoing queue full, disconnecting", self.id)
                 queue.clear()
-                self._begin_close(CloseCode.TRY_AGAIN_LATER, "too slow")
+                self.close_soon(CloseCode.TRY_AGAIN_LATER, "too slow")
                 return False
             queue.popleft()
         queue.append(frame)
@@ -180,8 +180,7 @@ class SocketConnection:
         Returns once the close frame was sent, or at most after 5 s if the peer does not read
         (the writer is then cancelled). Calling it on a closing connection only waits.
         """
-        if self.is_open:
-            self._begin_close(code, reason)
+        self.close_soon(code, reason)
         await self.wait_closed(timeout=5.0)
 
     async def wait_closed(self, timeout: float) -> None:
@@ -198,8 +197,18 @@ class SocketConnection:
         except Exception:  # the writer logged it already
             pass
 
-    def _begin_close(self, code: int, reason: str) -> None:
-        self._queue.append(encode(DISCONNECT, {"reason": reason}).decode())
+    def close_soon(self, code: int, reason: str, reconnect_after: float | None = None) -> None:
+        """Queue ``disconnect`` (after what is queued) and the close, without waiting.
+
+        ``reconnect_after`` (seconds) is added to the packet as a hint for clients that
+        reconnect. Calling it on a closing or closed connection does nothing.
+        """
+        if not self.is_open:
+            return
+        data: dict[str, Any] = {"reason": reason}
+        if reconnect_after is not None:
+            data["reconnect_after"] = round(reconnect_after, 3)
+        self._queue.append(encode(DISCONNECT, data).decode())
         self._closing = (code, reason)
         waiter = self._waiter
         if waiter is not None and not waiter.done():

@@ -62,6 +62,25 @@ class Dispatcher:
                 if event in self._extension_events or event in registry.events:
                     raise ConfigurationError(f"event {event!r} is handled twice")
                 self._extension_events[event] = extension
+        self._in_flight = 0
+        self._draining: asyncio.Event | None = None
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop handling new packets and wait for those being handled to finish.
+
+        New packets are answered ``shutting-down``. Returns whether every in-flight packet
+        finished within ``timeout`` seconds; those still running are left to the close.
+        """
+        self._draining = asyncio.Event()
+        if self._in_flight == 0:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._draining.wait()
+        except TimeoutError:
+            logger.warning("%d packets still in flight at shutdown", self._in_flight)
+            return False
+        return True
 
     async def connect(self, connection: SocketConnection) -> None:
         """Run the global ``connect`` middleware chain.
@@ -80,6 +99,18 @@ class Dispatcher:
             logger.info("connection %s: %s", connection.id, exc.message)
             connection.push(encode_error(exc.code, exc.message).decode())
             return
+        if self._draining is not None:
+            self._error(connection, ErrorCode.SHUTTING_DOWN, "server shutting down", packet)
+            return
+        self._in_flight += 1
+        try:
+            await self._route(connection, packet)
+        finally:
+            self._in_flight -= 1
+            if self._draining is not None and self._in_flight == 0:
+                self._draining.set()
+
+    async def _route(self, connection: SocketConnection, packet: SocketPacket) -> None:
         event = packet.event
         if event == SUBSCRIBE_REQUEST:
             await self._subscribe(connection, packet)
@@ -93,6 +124,10 @@ class Dispatcher:
             await self._channel_event(connection, packet)
         else:
             await self._plain_event(connection, packet)
+
+    def reject_rate(self, connection: SocketConnection) -> None:
+        """Answer a frame dropped by the rate limit."""
+        self._error(connection, ErrorCode.RATE_LIMITED, "too many packets; slow down", None)
 
     def receive_bytes(self, connection: SocketConnection) -> None:
         """Answer a binary frame: packets travel in text frames only."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,7 +19,9 @@ from starlette.websockets import WebSocketState
 from fastapi_channels import di
 from fastapi_channels.auth.tokens import select_subprotocol
 from fastapi_channels.connection import SocketConnection
+from fastapi_channels.dispatcher import Dispatcher
 from fastapi_channels.errors import CloseCode, Reject
+from fastapi_channels.limits import Limits
 from fastapi_channels.protocol import DISCONNECT, READY, encode
 
 if TYPE_CHECKING:
@@ -44,11 +48,11 @@ class _ASGITransport:
             await self._websocket.close(code, reason)
 
 
-async def _refuse(websocket: WebSocket, reason: str) -> None:
-    """Envuso's refusal: accept (echoing the subprotocol), ``disconnect``, close 1000."""
+async def _refuse(websocket: WebSocket, reason: str, code: int = CloseCode.NORMAL) -> None:
+    """Envuso's refusal: accept (echoing the subprotocol), ``disconnect``, close (1000)."""
     await websocket.accept(subprotocol=select_subprotocol(websocket.scope.get("subprotocols", [])))
     await websocket.send_text(encode(DISCONNECT, {"reason": reason}).decode())
-    await websocket.close(CloseCode.NORMAL, reason)
+    await websocket.close(code, reason)
 
 
 def _public_reason(exc: Exception) -> str:
@@ -73,11 +77,13 @@ class _RefuseOnError:
     1000. The details go to the log only.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, handshake_timeout: float) -> None:
         self.app = app
+        self.handshake_timeout = handshake_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         accepted = refused = connected = False
+        deadline = asyncio.timeout(self.handshake_timeout)
 
         async def tracking_receive() -> Message:
             nonlocal connected
@@ -109,6 +115,7 @@ class _RefuseOnError:
                 return  # the rest of a replaced HTTP response
             elif kind == "websocket.accept":
                 accepted = True
+                deadline.reschedule(None)
                 await send(message)
             elif kind == "websocket.close":
                 logger.info("websocket refused at the handshake with close %s", message.get("code"))
@@ -120,10 +127,15 @@ class _RefuseOnError:
                 await send(message)
 
         try:
-            await self.app(scope, tracking_receive, guarded_send)
+            async with deadline:
+                await self.app(scope, tracking_receive, guarded_send)
         except Exception as exc:
             if accepted or refused:
                 raise
+            if isinstance(exc, TimeoutError):
+                logger.warning("websocket refused: handshake took over %ss", self.handshake_timeout)
+                await refuse("handshake timed out")
+                return
             if isinstance(exc, Reject | HTTPException):
                 logger.info("websocket refused at the handshake: %r", exc)
             else:
@@ -134,12 +146,13 @@ class _RefuseOnError:
 async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
     dispatcher = channels.dispatcher
     if dispatcher is None:
-        await _refuse(websocket, "server not running")
+        await _refuse(websocket, "server not running", CloseCode.TRY_AGAIN_LATER)
         return
     if user is None and not channels.allow_anonymous:
         await _refuse(websocket, "authentication required")
         return
     limits = channels.limits
+    server = channels.server
     connection = SocketConnection(
         _ASGITransport(websocket),
         id=uuid.uuid4().hex,
@@ -154,34 +167,72 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
     except Reject as exc:
         await _refuse(websocket, exc.reason)
         return
+    if limits.max_connections is not None and len(server) >= limits.max_connections:
+        logger.warning("refusing a connection: %d connections already", len(server))
+        await _refuse(websocket, "server busy", CloseCode.TRY_AGAIN_LATER)
+        return
+    per_user = limits.max_connections_per_user
+    key = connection.user_key
+    if per_user is not None and key is not None and server.count_of(key) >= per_user:
+        logger.info("refusing user %s: too many connections", key)
+        await _refuse(websocket, "too many connections", CloseCode.POLICY_VIOLATION)
+        return
     await websocket.accept(subprotocol=select_subprotocol(websocket.scope.get("subprotocols", [])))
     connection.push(encode(READY, {"id": connection.id}).decode())
     connection.start()
-    await channels.server.add_connection(connection)
+    await server.add_connection(connection)
     dispatcher.opened(connection)
-    max_size = limits.max_message_size
     try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            if not connection.is_open:
-                continue  # closing: drain until the peer answers the close
-            text = message.get("text")
-            if text is not None:
-                if len(text) > max_size or (
-                    len(text) * 4 > max_size and len(text.encode()) > max_size
-                ):
-                    connection._begin_close(CloseCode.MESSAGE_TOO_BIG, "message too big")
-                    continue
-                await dispatcher.receive_text(connection, text)
-            elif len(message.get("bytes") or b"") > max_size:
-                connection._begin_close(CloseCode.MESSAGE_TOO_BIG, "message too big")
-            else:
-                dispatcher.receive_bytes(connection)
+        await _read(websocket, connection, dispatcher, limits)
     finally:
         await dispatcher.disconnect(connection)
         await connection.wait_closed(limits.close_timeout)
+
+
+async def _read(
+    websocket: WebSocket, connection: SocketConnection, dispatcher: Dispatcher, limits: Limits
+) -> None:
+    """The connection's reader: size and rate checks, then one dispatch per frame, in order.
+
+    The rate limit is a token bucket held in this coroutine's locals (nothing per connection
+    object): ``limits.rate`` tokens per second up to ``limits.burst``; a frame finding no token
+    is dropped and answered ``rate-limited``; ``limits.rate_strikes`` drops in a row close the
+    connection with 1008.
+    """
+    max_size = limits.max_message_size
+    rate, burst = limits.rate, float(limits.burst)
+    tokens, last, strikes = burst, time.monotonic(), 0
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if not connection.is_open:
+            continue  # closing: drain until the peer answers the close
+        text = message.get("text")
+        size = len(text) if text is not None else len(message.get("bytes") or b"")
+        if size > max_size or (
+            text is not None and size * 4 > max_size and len(text.encode()) > max_size
+        ):
+            connection.close_soon(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            continue
+        if rate is not None:
+            now = time.monotonic()
+            tokens = min(burst, tokens + (now - last) * rate)
+            last = now
+            if tokens < 1.0:
+                strikes += 1
+                if strikes >= limits.rate_strikes:
+                    logger.warning("connection %s: rate limit exceeded, closing", connection.id)
+                    connection.close_soon(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+                else:
+                    dispatcher.reject_rate(connection)
+                continue
+            tokens -= 1.0
+            strikes = 0
+        if text is not None:
+            await dispatcher.receive_text(connection, text)
+        else:
+            dispatcher.receive_bytes(connection)
 
 
 def _endpoint(channels: Channels) -> Callable[..., Any]:
@@ -235,6 +286,10 @@ def build_router(channels: Channels) -> APIRouter:
             dependency_overrides_provider=overrides,
         )
         router.routes.append(
-            WebSocketRoute(channels.path, _RefuseOnError(endpoint.app), name="fastapi_channels")
+            WebSocketRoute(
+                channels.path,
+                _RefuseOnError(endpoint.app, channels.limits.handshake_timeout),
+                name="fastapi_channels",
+            )
         )
     return router

@@ -7,7 +7,9 @@ without awaiting any socket.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -56,18 +58,21 @@ class SocketServer:
         """Start the broker and begin fanning out what it delivers."""
         await self.broker.start(self._on_message)
 
-    async def stop(self, reason: str = "server shutting down", timeout: float = 5.0) -> None:
+    async def stop(
+        self, reason: str = "server shutting down", timeout: float = 5.0, spread: float = 0.0
+    ) -> None:
         """Disconnect every local connection with ``reason`` (close 1012), then stop the broker.
 
-        Each client gets a ``disconnect`` packet after what was already queued for it; a peer
-        that does not take its close within ``timeout`` seconds is dropped.
+        Each client gets a ``disconnect`` packet after what was already queued for it, with a
+        random ``reconnect_after`` hint between 0 and ``spread`` seconds so that clients do not
+        all come back at once; a peer that does not take its close within ``timeout`` seconds
+        is dropped.
         """
         connections = list(self._connections.values())
         for connection in connections:
-            if connection.is_open:
-                connection._begin_close(CloseCode.SERVICE_RESTART, reason)
-        for connection in connections:
-            await connection.wait_closed(timeout)
+            hint = random.uniform(0, spread) if spread > 0 else None
+            connection.close_soon(CloseCode.SERVICE_RESTART, reason, reconnect_after=hint)
+        await asyncio.gather(*(c.wait_closed(timeout) for c in connections))
         await self.broker.stop()
 
     # ------------------------------------------------------------------ state
@@ -76,6 +81,14 @@ class SocketServer:
     def connections(self) -> list[SocketConnection]:
         """This process's open connections."""
         return list(self._connections.values())
+
+    def __len__(self) -> int:
+        """How many connections this process holds."""
+        return len(self._connections)
+
+    def count_of(self, user_id: object) -> int:
+        """How many connections of one user this process holds."""
+        return len(self._users.get(str(user_id), ()))
 
     def connections_of(self, user_id: object) -> list[SocketConnection]:
         """This process's connections of one user."""
@@ -211,8 +224,7 @@ class SocketServer:
         elif kind == _DISCONNECT:
             reason = body.decode()
             for connection in list(targets):
-                if connection.is_open:
-                    connection._begin_close(CloseCode.NORMAL, reason)
+                connection.close_soon(CloseCode.NORMAL, reason)
         else:
             logger.error("dropping a message of unknown kind %r on %s", kind, topic)
 

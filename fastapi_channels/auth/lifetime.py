@@ -111,7 +111,7 @@ class TokenLifetime(ConnectionExtension):
         self._timers.pop(connection, None)
         if connection.is_open:
             logger.info("connection %s: token expired, disconnecting", connection.id)
-            connection._begin_close(CloseCode.TOKEN_EXPIRED, EXPIRED_REASON)
+            connection.close_soon(CloseCode.TOKEN_EXPIRED, EXPIRED_REASON)
 
 
 def _respond(connection: SocketConnection, data: dict[str, Any]) -> None:
