@@ -268,7 +268,7 @@ async def test_connection_is_closed_when_its_token_expires() -> None:
         assert (await client.subscribe("public"))["successful"]
         assert channels.extensions[0].pending == 1  # type: ignore[attr-defined]
         packet = await client.receive(timeout=5)
-        assert time.time() >= expires
+        assert time.time() >= expires - 0.01  # the loop may run a timer a hair early
         assert packet.event == "disconnect" and packet.data == {"reason": "token expired"}
         assert await client.receive_closed() == (CloseCode.TOKEN_EXPIRED, "token expired")
 
@@ -279,7 +279,7 @@ async def test_leeway_delays_the_expiry() -> None:
     async with running(auth) as (app, _), SocketTestClient(app, subprotocols=[token]) as client:
         packet = await client.receive(timeout=5)
         assert packet.data == {"reason": "token expired"}
-        assert time.time() >= expires + 0.5
+        assert time.time() >= expires + 0.5 - 0.01  # the loop may run a timer a hair early
 
 
 async def renew(client: SocketTestClient, data: Any) -> dict[str, Any]:

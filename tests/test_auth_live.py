@@ -114,7 +114,7 @@ async def test_short_lived_token_expires_mid_connection(address: str) -> None:
             "event": "disconnect",
             "data": {"reason": "token expired"},
         }
-        assert time.time() >= expires
+        assert time.time() >= expires - 0.01  # the loop may run a timer a hair early
         await expect_closed(ws, 4001, "token expired")
 
 
