@@ -123,3 +123,29 @@ def test_restricting_a_key_set_to_foreign_algorithms_fails() -> None:
     ]
     with pytest.raises(ConfigurationError, match="key 'r' verifies RS256"):
         keys.restricted_to({"HS256"})
+
+
+def test_public_key_from_a_certificate() -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    private = serialization.load_pem_private_key(rsa_private_pem(), password=None)
+    assert isinstance(private, rsa.RSAPrivateKey)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(private, hashes.SHA256())
+    )
+    key = Key.from_pem(certificate.public_bytes(serialization.Encoding.PEM), kid="cert")
+    assert key.algorithms == ("RS256",) and key.signing_key is None
+    assert isinstance(key.verifying_key, rsa.RSAPublicKey)

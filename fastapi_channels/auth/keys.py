@@ -116,9 +116,9 @@ class Key:
         """An RSA, EC or EdDSA key from PEM text: a public key verifies, a private key also signs.
 
         Args:
-            pem: the PEM text of a public key, a certificate's public key, or an unencrypted
-                private key (load an encrypted one with ``cryptography`` and use
-                :meth:`from_crypto`).
+            pem: the PEM text of a public key, an X.509 certificate (its public key is used;
+                the certificate itself is not validated), or an unencrypted private key (load
+                an encrypted one with ``cryptography`` and use :meth:`from_crypto`).
             kid: the key id, if tokens name it.
             algorithms: the algorithms it verifies; by default ``RS256`` for RSA, the curve's
                 algorithm for EC (``ES256`` for P-256) and ``EdDSA`` for Ed25519/Ed448.
@@ -128,12 +128,15 @@ class Key:
                 the key does not suit the algorithms (see :meth:`from_crypto`).
         """
         _require_cryptography()
+        from cryptography import x509
         from cryptography.hazmat.primitives import serialization
 
         data = pem.encode() if isinstance(pem, str) else bytes(pem)
-        key: PublicKeyTypes | PrivateKeyTypes
+        key: Any
         try:
-            if b"PRIVATE KEY-----" in data:
+            if b"CERTIFICATE-----" in data:
+                key = x509.load_pem_x509_certificate(data).public_key()
+            elif b"PRIVATE KEY-----" in data:
                 key = serialization.load_pem_private_key(data, password=None)
             else:
                 key = serialization.load_pem_public_key(data)
