@@ -52,6 +52,9 @@ class Channels:
         extensions: per-connection extensions (see :mod:`fastapi_channels.extensions`). A
             ``user`` dependency with a ``connection_extension`` attribute (``JWTAuth``: token
             expiry and in-band renewal) adds it on its own.
+        info_guard: a FastAPI dependency guarding ``GET {path}/info`` (this process's counts
+            per channel and counters); the route exists only when a guard is given. It should
+            raise (e.g. ``HTTPException(403)``) for callers who may not see it.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class Channels:
         allow_anonymous: bool = True,
         user_id: Callable[[Any], object] | None = None,
         extensions: Sequence[ConnectionExtension] = (),
+        info_guard: Callable[..., Any] | None = None,
     ) -> None:
         self.user_dependency = user
         self.extensions = list(extensions)
@@ -82,6 +86,7 @@ class Channels:
         self.registry = ListenerRegistry()
         self.container = container or injector.Injector()
         self._user_id = user_id
+        self.info_guard = info_guard
         self._middleware_spec = tuple(middleware)
         self.server = SocketServer(
             broker if isinstance(broker, Broker) else create_broker(broker),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -97,7 +98,7 @@ class Dispatcher:
             packet = decode_packet(text, self.limits.max_name_length)
         except ProtocolError as exc:
             logger.info("connection %s: %s", connection.id, exc.message)
-            connection.push(encode_error(exc.code, exc.message).decode())
+            self._error(connection, exc.code, exc.message, None)
             return
         if self._draining is not None:
             self._error(connection, ErrorCode.SHUTTING_DOWN, "server shutting down", packet)
@@ -259,6 +260,7 @@ class Dispatcher:
         if require_user and connection.user is None:
             self._error(connection, ErrorCode.UNAUTHENTICATED, "authentication required", packet)
             return
+        started = time.perf_counter()
         try:
             if middleware:
                 context = MiddlewareContext(
@@ -288,6 +290,8 @@ class Dispatcher:
         except Exception:
             logger.exception("connection %s: handler for %r failed", connection.id, packet.event)
             self._error(connection, ErrorCode.HANDLER_ERROR, "handler failed", packet)
+        finally:
+            self.server.stats.observe_handler(time.perf_counter() - started)
 
     async def _guard(self, step: Awaitable[Any]) -> Any:
         """Await ``step`` under the handler time limit."""
@@ -297,10 +301,14 @@ class Dispatcher:
         async with asyncio.timeout(timeout):
             return await step
 
-    @staticmethod
     def _error(
-        connection: SocketConnection, code: ErrorCode, message: str, packet: SocketPacket | None
+        self,
+        connection: SocketConnection,
+        code: ErrorCode,
+        message: str,
+        packet: SocketPacket | None,
     ) -> None:
+        self.server.stats.errors[code.value] += 1
         connection.push(encode_error(code, message, packet).decode())
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from fastapi_channels.errors import CloseCode, InvalidChannel, ProtocolError
 from fastapi_channels.listeners import ChannelListener
 from fastapi_channels.patterns import ChannelPattern
 from fastapi_channels.protocol import encode, validate_channel_name
+from fastapi_channels.stats import Stats
 
 if TYPE_CHECKING:
     from fastapi_channels.connection import SocketConnection
@@ -51,6 +53,8 @@ class SocketServer:
         self._connections: dict[str, SocketConnection] = {}
         self._channels: dict[str, set[SocketConnection]] = {}
         self._users: dict[str, set[SocketConnection]] = {}
+        self.stats = Stats()
+        """Counters since this server was created (see ``fastapi_channels.stats``)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -90,6 +94,32 @@ class SocketServer:
         """How many connections of one user this process holds."""
         return len(self._users.get(str(user_id), ()))
 
+    def channel_counts(self) -> dict[str, int]:
+        """Local subscriber count of every channel with at least one subscriber here."""
+        return {name: len(subscribers) for name, subscribers in self._channels.items()}
+
+    def snapshot(self, top: int = 100) -> dict[str, Any]:
+        """This process's state as JSON-ready values, for health and info routes.
+
+        Args:
+            top: how many channels to list, the most subscribed first.
+        """
+        counts = self.channel_counts()
+        busiest = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        queued = [c.queued for c in self._connections.values()]
+        return {
+            "pid": os.getpid(),
+            "connections": len(self._connections),
+            "users": len(self._users),
+            "channels": len(counts),
+            "subscriptions": sum(counts.values()),
+            "queued": sum(queued),
+            "max_queued": max(queued, default=0),
+            "busiest_channels": dict(busiest),
+            "broker": {"type": type(self.broker).__name__, "healthy": self.broker.healthy},
+            "stats": self.stats.as_dict(),
+        }
+
     def connections_of(self, user_id: object) -> list[SocketConnection]:
         """This process's connections of one user."""
         return list(self._users.get(str(user_id), ()))
@@ -101,6 +131,7 @@ class SocketServer:
     async def add_connection(self, connection: SocketConnection) -> None:
         """Make ``connection`` reachable by id and by user."""
         self._connections[connection.id] = connection
+        self.stats.connections_opened += 1
         key = connection.user_key
         if key is not None:
             peers = self._users.setdefault(key, set())
