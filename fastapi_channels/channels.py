@@ -14,6 +14,7 @@ from fastapi_channels import di
 from fastapi_channels.brokers import Broker, create_broker
 from fastapi_channels.dispatcher import Dispatcher
 from fastapi_channels.errors import ConfigurationError
+from fastapi_channels.extensions import ConnectionExtension
 from fastapi_channels.limits import Limits
 from fastapi_channels.listeners import ChannelListener, SocketListener
 from fastapi_channels.middleware import Middleware
@@ -48,6 +49,9 @@ class Channels:
         allow_anonymous: when False a connection whose user is ``None`` is refused.
         user_id: how to get the id a user is reached by (default: ``socket_user_id()``, then
             ``.id``, then ``["id"]``/``["sub"]``, then the value itself for ``str``/``int``).
+        extensions: per-connection extensions (see :mod:`fastapi_channels.extensions`). A
+            ``user`` dependency with a ``connection_extension`` attribute (``JWTAuth``: token
+            expiry and in-band renewal) adds it on its own.
         info_guard: a FastAPI dependency guarding ``GET {path}/info`` (this process's counts
             per channel and counters); the route exists only when a guard is given. It should
             raise (e.g. ``HTTPException(403)``) for callers who may not see it.
@@ -67,9 +71,14 @@ class Channels:
         enabled: bool = True,
         allow_anonymous: bool = True,
         user_id: Callable[[Any], object] | None = None,
+        extensions: Sequence[ConnectionExtension] = (),
         info_guard: Callable[..., Any] | None = None,
     ) -> None:
         self.user_dependency = user
+        self.extensions = list(extensions)
+        provided = getattr(user, "connection_extension", None)
+        if isinstance(provided, ConnectionExtension) and provided not in self.extensions:
+            self.extensions.append(provided)
         self.path = path
         self.enabled = enabled
         self.allow_anonymous = allow_anonymous
@@ -154,7 +163,9 @@ class Channels:
         ]
         self.registry.start(self.container, self.server, middleware)
         await self.server.start()
-        self.dispatcher = Dispatcher(self.server, self.registry, self.limits, middleware)
+        self.dispatcher = Dispatcher(
+            self.server, self.registry, self.limits, middleware, self.extensions
+        )
         self.stopping.clear()
         di.activate(self.container)
         logger.info("fastapi_channels started on %s", self.path)

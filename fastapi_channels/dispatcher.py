@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi_channels.connection import SocketConnection
-from fastapi_channels.errors import ErrorCode, ProtocolError, Reject
+from fastapi_channels.errors import ConfigurationError, ErrorCode, ProtocolError, Reject
+from fastapi_channels.extensions import ConnectionExtension
 from fastapi_channels.limits import Limits
 from fastapi_channels.listeners import Subscription, _current_subscription
 from fastapi_channels.middleware import Middleware, MiddlewareContext, hooks_for, run_chain
@@ -49,11 +50,19 @@ class Dispatcher:
         registry: ListenerRegistry,
         limits: Limits,
         middleware: Sequence[Middleware],
+        extensions: Sequence[ConnectionExtension] = (),
     ) -> None:
         self.server = server
         self.registry = registry
         self.limits = limits
         self._connect_middleware = hooks_for(middleware, "connect")
+        self._extensions = tuple(extensions)
+        self._extension_events: dict[str, ConnectionExtension] = {}
+        for extension in self._extensions:
+            for event in extension.events:
+                if event in self._extension_events or event in registry.events:
+                    raise ConfigurationError(f"event {event!r} is handled twice")
+                self._extension_events[event] = extension
         self._in_flight = 0
         self._draining: asyncio.Event | None = None
 
@@ -110,6 +119,8 @@ class Dispatcher:
             await self._unsubscribe(connection, packet)
         elif event == PONG:
             return
+        elif event in self._extension_events:
+            await self._extension_event(connection, packet)
         elif packet.channel is not None:
             await self._channel_event(connection, packet)
         else:
@@ -123,9 +134,25 @@ class Dispatcher:
         """Answer a binary frame: packets travel in text frames only."""
         self._error(connection, ErrorCode.BINARY_FRAME, "only text frames carry packets", None)
 
+    def opened(self, connection: SocketConnection) -> None:
+        """Tell the extensions that ``connection`` is accepted and ``ready`` is queued."""
+        for extension in self._extensions:
+            extension.opened(connection)
+
     async def disconnect(self, connection: SocketConnection) -> None:
         """Forget everything about a connection that went away."""
+        for extension in self._extensions:
+            extension.closed(connection)
         await self.server.remove_connection(connection)
+
+    async def _extension_event(self, connection: SocketConnection, packet: SocketPacket) -> None:
+        try:
+            await self._guard(self._extension_events[packet.event].handle(connection, packet))
+        except Exception:
+            logger.exception(
+                "connection %s: extension event %r failed", connection.id, packet.event
+            )
+            self._error(connection, ErrorCode.HANDLER_ERROR, "handler failed", packet)
 
     # ------------------------------------------------------------------ subscriptions
 

@@ -6,6 +6,7 @@ Every exception the library raises derives from :class:`ChannelsError`::
     ├── ConfigurationError      bad set-up, raised at registration or start-up
     ├── ProtocolError           a client sent something the protocol does not allow
     ├── Reject                  middleware, is_authorised or a handler refuses, with a reason
+    │   └── AuthenticationError the credential is missing, invalid or from a forbidden origin
     ├── ConnectionClosed        sending on a connection that is closed
     ├── InvalidChannel          a send names a channel its listener does not serve (ValueError)
     └── BrokerError             the broker (in memory or Redis) failed
@@ -20,6 +21,8 @@ from __future__ import annotations
 from enum import IntEnum, StrEnum
 
 __all__ = [
+    "AuthFailure",
+    "AuthenticationError",
     "BrokerError",
     "ChannelsError",
     "CloseCode",
@@ -53,6 +56,9 @@ class CloseCode(IntEnum):
     """The server restarts; reconnect later."""
     TRY_AGAIN_LATER = 1013
     """The connection's outgoing queue overflowed under ``OverflowPolicy.DISCONNECT``."""
+    TOKEN_EXPIRED = 4001
+    """The connection's token expired and was not renewed in time (after a ``disconnect``
+    packet with the reason ``token expired``)."""
 
 
 class ErrorCode(StrEnum):
@@ -123,6 +129,75 @@ class Reject(ChannelsError):
     def __init__(self, reason: str = "rejected") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class AuthFailure(StrEnum):
+    """Why an authentication was refused: the specific reason written to the server log.
+
+    Only :attr:`AuthenticationError.reason`, which is one of three generic texts, reaches the
+    client; these values never do.
+    """
+
+    MISSING = "missing"
+    """No credential was presented and anonymous connections are not allowed."""
+    MALFORMED = "malformed"
+    """The credential is not a compact JWS (three base64url segments), or its header or payload
+    is not valid JSON, or it was offered ambiguously (twice, or with a foreign scheme)."""
+    OVERSIZED = "oversized"
+    """The token is longer than the configured maximum; it was not decoded at all."""
+    ALGORITHM = "algorithm"
+    """The header names an algorithm that is not configured for the selected key (``none``
+    included, always)."""
+    UNKNOWN_KEY = "unknown-key"
+    """The header's ``kid`` names no configured key, or it is absent and there is no default."""
+    SIGNATURE = "signature"
+    """The signature does not verify with the selected key."""
+    EXPIRED = "expired"
+    """``exp`` is in the past, beyond the leeway."""
+    NOT_YET_VALID = "not-yet-valid"
+    """``nbf`` or ``iat`` is in the future, beyond the leeway."""
+    AUDIENCE = "audience"
+    """``aud`` does not name the configured audience, or is present when none is configured."""
+    ISSUER = "issuer"
+    """``iss`` is not the configured issuer."""
+    CLAIMS = "claims"
+    """A required claim is missing, or a registered claim has the wrong type."""
+    USER = "user"
+    """The token is valid but the user loader found no user for it (or refused it)."""
+    SUBJECT_CHANGED = "subject-changed"
+    """A renewal presented a valid token for a different user than the connection's."""
+    ORIGIN = "origin"
+    """The handshake's ``Origin`` is not in the allow-list."""
+
+
+_PUBLIC_REASONS: dict[AuthFailure, str] = {
+    AuthFailure.MISSING: "authentication required",
+    AuthFailure.ORIGIN: "origin not allowed",
+}
+
+
+class AuthenticationError(Reject):
+    """The connection or request could not be authenticated.
+
+    The client sees only :attr:`reason`, a generic text ("authentication required",
+    "authentication failed" or "origin not allowed"); :attr:`failure` and :attr:`detail` say
+    precisely what went wrong and are for the server log. Neither ever holds the token, a
+    secret or a claim's value.
+
+    Args:
+        failure: the specific reason.
+        detail: a short explanation for the log.
+    """
+
+    def __init__(self, failure: AuthFailure, detail: str = "") -> None:
+        super().__init__(_PUBLIC_REASONS.get(failure, "authentication failed"))
+        self.failure = failure
+        self.detail = detail or failure.value
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status of this refusal: 403 for a forbidden origin, else 401."""
+        return 403 if self.failure is AuthFailure.ORIGIN else 401
 
 
 class ConnectionClosed(ChannelsError):

@@ -16,6 +16,8 @@ from pydantic_core import from_json, to_json
 from fastapi_channels.errors import ErrorCode, ProtocolError
 
 __all__ = [
+    "AUTHENTICATE",
+    "AUTHENTICATE_RESPONSE",
     "CHANNEL_NAME_RE",
     "DISCONNECT",
     "ERROR",
@@ -41,6 +43,11 @@ PING: Final = "ping"
 PONG: Final = "pong"
 ERROR: Final = "channels:error"
 """Our error packet's event name; the Envuso client ignores plain events it does not know."""
+AUTHENTICATE: Final = "channels:authenticate"
+"""Client → server: renew the connection's token in-band, ``data: {"token": <jwt>}``."""
+AUTHENTICATE_RESPONSE: Final = "channels:authenticate-response"
+"""Server → client: ``data: {"successful": <bool>, "expires_at"?: <number|null>,
+"reason"?: <string>}``."""
 
 RESERVED_EVENTS: Final = frozenset(
     {
@@ -52,6 +59,8 @@ RESERVED_EVENTS: Final = frozenset(
         PING,
         PONG,
         ERROR,
+        AUTHENTICATE,
+        AUTHENTICATE_RESPONSE,
     }
 )
 """Event names no listener may handle."""

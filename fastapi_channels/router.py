@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
 from fastapi_channels import di
+from fastapi_channels.auth.tokens import select_subprotocol
 from fastapi_channels.connection import SocketConnection
 from fastapi_channels.dispatcher import Dispatcher
 from fastapi_channels.errors import CloseCode, Reject
@@ -30,11 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["build_router", "select_subprotocol"]
 
 logger = logging.getLogger("fastapi_channels.router")
-
-
-def select_subprotocol(offered: Sequence[str]) -> str | None:
-    """Choose the subprotocol to echo: the first one offered (the Envuso client's token)."""
-    return offered[0] if offered else None
 
 
 class _ASGITransport:
@@ -205,6 +201,7 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
     connection.push(encode(READY, {"id": connection.id}).decode())
     connection.start()
     await server.add_connection(connection)
+    dispatcher.opened(connection)
     try:
         await _read(websocket, connection, dispatcher, limits)
     finally:

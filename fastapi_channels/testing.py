@@ -83,7 +83,8 @@ class SocketTestClient:
         app: the FastAPI (or any ASGI) app; its lifespan must be running (see ``lifespan``).
         path: the endpoint path.
         subprotocols: offered in ``Sec-WebSocket-Protocol`` (the Envuso client's token).
-        headers: extra handshake headers.
+        headers: extra handshake headers; a ``host`` or ``origin`` given here replaces the
+            default (``testserver`` and ``http://testserver``).
         query_string: the raw query string, e.g. ``"token=..."``.
         timeout: the default timeout of every wait, in seconds.
     """
@@ -106,10 +107,13 @@ class SocketTestClient:
         """The ``ready`` packet, once connected with ``async with``."""
         self.close_code: int | None = None
         self.close_reason: str = ""
-        raw_headers = [(b"host", b"testserver"), (b"origin", b"http://testserver")]
+        extra = [(k.lower().encode(), v.encode()) for k, v in headers]
+        given = {name for name, _ in extra}
+        defaults = [(b"host", b"testserver"), (b"origin", b"http://testserver")]
+        raw_headers = [(name, value) for name, value in defaults if name not in given]
         if subprotocols:
             raw_headers.append((b"sec-websocket-protocol", ", ".join(subprotocols).encode()))
-        raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers]
+        raw_headers += extra
         self._scope: dict[str, Any] = {
             "type": "websocket",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
