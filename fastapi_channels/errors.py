@@ -7,6 +7,7 @@ Every exception the library raises derives from :class:`ChannelsError`::
     ├── ProtocolError           a client sent something the protocol does not allow
     ├── Reject                  middleware, is_authorised or a handler refuses, with a reason
     ├── ConnectionClosed        sending on a connection that is closed
+    ├── InvalidChannel          a send names a channel its listener does not serve (ValueError)
     └── BrokerError             the broker (in memory or Redis) failed
 
 Client-facing failures are mapped to error packets (see :class:`ErrorCode`) or close codes
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionClosed",
     "ErrorCode",
+    "InvalidChannel",
     "ProtocolError",
     "Reject",
 ]
@@ -81,10 +83,10 @@ class ChannelsError(Exception):
 
 
 class ConfigurationError(ChannelsError):
-    """The application's set-up is invalid: a malformed or ambiguous channel pattern, a duplicate
-    listener, a reserved event name, a handler with a wrong signature.
+    """The application's set-up is invalid.
 
-    Raised at registration or when the server starts, never while serving.
+    A malformed or ambiguous channel pattern, a duplicate listener, a reserved event name, a
+    handler with a wrong signature. Raised at registration or start-up, never while serving.
     """
 
 
@@ -120,7 +122,24 @@ class Reject(ChannelsError):
 
 
 class ConnectionClosed(ChannelsError):
-    """The connection is closed or closing; nothing more can be sent on it."""
+    """The connection is closed or closing; nothing more can be sent on it.
+
+    Attributes:
+        code: the close code, when known.
+        reason: the close reason, when known.
+    """
+
+    def __init__(self, message: str, code: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+class InvalidChannel(ChannelsError, ValueError):
+    """A send names a malformed channel, or one the given listener's pattern does not match.
+
+    A programming error on the sending side, raised before anything is sent.
+    """
 
 
 class BrokerError(ChannelsError):

@@ -43,8 +43,16 @@ ERROR: Final = "channels:error"
 """Our error packet's event name; the Envuso client ignores plain events it does not know."""
 
 RESERVED_EVENTS: Final = frozenset(
-    {READY, DISCONNECT, SUBSCRIBE_REQUEST, SUBSCRIBE_RESPONSE, UNSUBSCRIBE_REQUEST, PING, PONG,
-     ERROR}
+    {
+        READY,
+        DISCONNECT,
+        SUBSCRIBE_REQUEST,
+        SUBSCRIBE_RESPONSE,
+        UNSUBSCRIBE_REQUEST,
+        PING,
+        PONG,
+        ERROR,
+    }
 )
 """Event names no listener may handle."""
 

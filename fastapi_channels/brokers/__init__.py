@@ -25,10 +25,13 @@ def create_broker(url: str | None) -> Broker:
     scheme = url.split("://", 1)[0]
     if scheme in {"redis", "rediss", "unix"}:
         try:
-            from fastapi_channels.brokers.redis import RedisBroker
+            from fastapi_channels.brokers.redis import (  # type: ignore[import-not-found,unused-ignore]
+                RedisBroker,
+            )
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ConfigurationError(
                 "the Redis broker needs the 'redis' extra: pip install 'fastapi-channels[redis]'"
             ) from exc
-        return RedisBroker(url)
+        broker: Broker = RedisBroker(url)
+        return broker
     raise ConfigurationError(f"unknown broker URL scheme {scheme!r}; use memory:// or redis://")

@@ -1,0 +1,164 @@
+"""The ``Channels`` plugin: configuration, registration, container and lifecycle in one object."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import injector
+
+from fastapi_channels import di
+from fastapi_channels.brokers import Broker, create_broker
+from fastapi_channels.dispatcher import Dispatcher
+from fastapi_channels.errors import ConfigurationError
+from fastapi_channels.limits import Limits
+from fastapi_channels.listeners import ChannelListener, SocketListener
+from fastapi_channels.middleware import Middleware
+from fastapi_channels.registry import ListenerRegistry
+from fastapi_channels.server import SocketServer
+from fastapi_channels.users import SocketUserMixin
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+__all__ = ["Channels"]
+
+logger = logging.getLogger("fastapi_channels")
+
+
+class Channels:
+    """Websocket channels for a FastAPI app; ``app.include_router(channels.router)`` wires it.
+
+    Args:
+        user: a FastAPI dependency returning the connection's user (``None`` = anonymous). It
+            is resolved once per connection, at the handshake, with FastAPI's own ``Depends``
+            machinery, so sub-dependencies and ``yield`` dependencies work (the latter live as
+            long as the connection). An exception raised by it refuses the connection.
+        path: where the websocket endpoint is mounted.
+        listeners: listener classes to register.
+        discover: package names whose modules are imported to register every listener in them.
+        middleware: global middleware, first outermost; classes are built by the container.
+        container: an ``injector.Injector`` holding the app's services; a new one by default.
+        broker: a ``Broker``, or a URL (``memory://``, ``redis://...``); in memory by default.
+        limits: per-connection limits and the outgoing queue's overflow policy.
+        enabled: when False the router has no websocket route (Envuso's ``enabled``).
+        allow_anonymous: when False a connection whose user is ``None`` is refused.
+        user_id: how to get the id a user is reached by (default: ``socket_user_id()``, then
+            ``.id``, then ``["id"]``/``["sub"]``, then the value itself for ``str``/``int``).
+    """
+
+    def __init__(
+        self,
+        user: Callable[..., Any] | None = None,
+        *,
+        path: str = "/ws",
+        listeners: Iterable[type[ChannelListener] | type[SocketListener]] = (),
+        discover: str | Sequence[str] = (),
+        middleware: Sequence[Middleware | type[Middleware]] = (),
+        container: injector.Injector | None = None,
+        broker: Broker | str | None = None,
+        limits: Limits | None = None,
+        enabled: bool = True,
+        allow_anonymous: bool = True,
+        user_id: Callable[[Any], object] | None = None,
+    ) -> None:
+        self.user_dependency = user
+        self.path = path
+        self.enabled = enabled
+        self.allow_anonymous = allow_anonymous
+        self.limits = limits or Limits()
+        self.registry = ListenerRegistry()
+        self.container = container or injector.Injector()
+        self._user_id = user_id
+        self._middleware_spec = tuple(middleware)
+        self.server = SocketServer(
+            broker if isinstance(broker, Broker) else create_broker(broker),
+            max_name_length=self.limits.max_name_length,
+        )
+        self.container.binder.bind(SocketServer, to=self.server)
+        self.container.binder.bind(Channels, to=self)
+        self.dispatcher: Dispatcher | None = None
+        self._router: APIRouter | None = None
+        self.register(*listeners)
+        for package in [discover] if isinstance(discover, str) else discover:
+            self.registry.discover(package)
+
+    def register(self, *classes: type[ChannelListener] | type[SocketListener]) -> None:
+        """Register listener classes; must be called before the server starts.
+
+        Raises:
+            ConfigurationError: a class is undecorated, duplicated or ambiguous.
+        """
+        if self.dispatcher is not None:
+            raise ConfigurationError("listeners must be registered before the server starts")
+        for cls in classes:
+            self.registry.add(cls)
+
+    @property
+    def router(self) -> APIRouter:
+        """The router to include: the websocket endpoint and the lifespan that runs the server."""
+        if self._router is None:
+            from fastapi_channels.router import build_router
+
+            self._router = build_router(self)
+        return self._router
+
+    @property
+    def running(self) -> bool:
+        """Whether the server has started and not stopped."""
+        return self.dispatcher is not None
+
+    def user_key(self, user: Any) -> str | None:
+        """The key a user's connections are filed under; ``None`` for anonymous.
+
+        Raises:
+            ConfigurationError: no id can be found for ``user``; pass ``user_id=``.
+        """
+        if user is None:
+            return None
+        if self._user_id is not None:
+            return str(self._user_id(user))
+        if isinstance(user, SocketUserMixin):
+            return str(user.socket_user_id())
+        found = getattr(user, "id", None)
+        if found is None and isinstance(user, Mapping):
+            found = user.get("id", user.get("sub"))
+        if found is None and isinstance(user, str | int):
+            found = user
+        if found is None:
+            raise ConfigurationError(
+                f"cannot tell the id of a {type(user).__name__} user: pass user_id= to Channels"
+            )
+        return str(found)
+
+    async def __aenter__(self) -> Channels:
+        """Start the broker and build every listener; usable without an app in tests.
+
+        Raises:
+            ConfigurationError: a listener or middleware cannot be built by the container.
+        """
+        if self.dispatcher is not None:
+            raise ConfigurationError("this Channels is already running")
+        middleware = [
+            self.container.get(m) if isinstance(m, type) else m for m in self._middleware_spec
+        ]
+        self.registry.start(self.container, self.server, middleware)
+        await self.server.start()
+        self.dispatcher = Dispatcher(self.server, self.registry, self.limits, middleware)
+        di.activate(self.container)
+        logger.info("fastapi_channels started on %s", self.path)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Disconnect every connection (close 1012) and stop the broker."""
+        di.deactivate(self.container)
+        self.dispatcher = None
+        await self.server.stop(timeout=self.limits.close_timeout)
+        logger.info("fastapi_channels stopped")

@@ -1,0 +1,156 @@
+"""The listener registry: what is declared, validated at registration, built at start-up."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from fastapi_channels.errors import ConfigurationError
+from fastapi_channels.listeners import ChannelListener, Handler, SocketListener, handlers
+from fastapi_channels.middleware import Middleware, hooks_for
+from fastapi_channels.patterns import ChannelPattern, PatternTable
+
+if TYPE_CHECKING:
+    import injector
+
+    from fastapi_channels.server import SocketServer
+
+__all__ = ["ChannelRoute", "EventRoute", "ListenerRegistry"]
+
+_T = TypeVar("_T")
+
+
+@dataclass(slots=True, eq=False)
+class ChannelRoute:
+    """A started channel listener: its instance, bound handlers and prepared middleware."""
+
+    pattern: ChannelPattern
+    listener: ChannelListener
+    handlers: dict[str, Handler]
+    subscribe_middleware: tuple[Middleware, ...]
+    event_middleware: tuple[Middleware, ...]
+    require_user: bool
+
+
+@dataclass(slots=True, eq=False)
+class EventRoute:
+    """A started plain listener."""
+
+    listener: SocketListener
+    handler: Handler
+    event_middleware: tuple[Middleware, ...]
+    require_user: bool
+
+
+class ListenerRegistry:
+    """Holds the declared listener classes and, once started, their routes."""
+
+    def __init__(self) -> None:
+        self._patterns: PatternTable[type[ChannelListener]] = PatternTable()
+        self._events: dict[str, type[SocketListener]] = {}
+        self.channels: PatternTable[ChannelRoute] = PatternTable()
+        self.events: dict[str, EventRoute] = {}
+
+    def add(self, cls: type[ChannelListener] | type[SocketListener]) -> None:
+        """Register a decorated listener class.
+
+        Raises:
+            ConfigurationError: the class is not decorated, or its pattern or event is
+                registered already or ambiguous with a registered pattern.
+        """
+        if isinstance(cls, type) and issubclass(cls, ChannelListener):
+            pattern = cls.__dict__.get("pattern")
+            if not isinstance(pattern, ChannelPattern):
+                raise ConfigurationError(f"{cls.__qualname__} is not decorated with @channel")
+            self._patterns.add(pattern, cls)
+        elif isinstance(cls, type) and issubclass(cls, SocketListener):
+            event = cls.__dict__.get("event")
+            if not isinstance(event, str):
+                raise ConfigurationError(f"{cls.__qualname__} is not decorated with @listener")
+            if event in self._events:
+                raise ConfigurationError(
+                    f"event {event!r} has two listeners: {self._events[event].__qualname__} "
+                    f"and {cls.__qualname__}"
+                )
+            self._events[event] = cls
+        else:
+            raise ConfigurationError(f"{cls!r} is not a ChannelListener or SocketListener class")
+
+    def discover(self, package: str) -> None:
+        """Import ``package`` and its submodules and register every listener class they define."""
+        root = importlib.import_module(package)
+        modules = [root]
+        for info in pkgutil.walk_packages(getattr(root, "__path__", []), prefix=f"{package}."):
+            modules.append(importlib.import_module(info.name))
+        for module in modules:
+            for _, member in inspect.getmembers(module, inspect.isclass):
+                if member.__module__ != module.__name__:
+                    continue
+                if ("pattern" in member.__dict__ and issubclass(member, ChannelListener)) or (
+                    "event" in member.__dict__ and issubclass(member, SocketListener)
+                ):
+                    self.add(member)
+
+    def start(
+        self,
+        container: injector.Injector,
+        server: SocketServer,
+        global_middleware: Sequence[Middleware],
+    ) -> None:
+        """Build every listener (and listener middleware class) with ``container``.
+
+        Raises:
+            ConfigurationError: the container cannot build a listener.
+        """
+        channels: PatternTable[ChannelRoute] = PatternTable()
+        for cls in self._patterns:
+            instance = _build(container, cls)
+            instance._server = server
+            own = [_middleware(container, m) for m in cls.middleware]
+            chain = [*global_middleware, *own]
+            bound = {event: getattr(instance, name) for event, name in handlers(cls).items()}
+            channels.add(
+                cls.pattern,
+                ChannelRoute(
+                    pattern=cls.pattern,
+                    listener=instance,
+                    handlers=bound,
+                    subscribe_middleware=hooks_for(chain, "subscribe"),
+                    event_middleware=hooks_for(chain, "event"),
+                    require_user=cls.require_user,
+                ),
+            )
+        events: dict[str, EventRoute] = {}
+        global_events = hooks_for(global_middleware, "event")
+        for event, plain in self._events.items():
+            listener = _build(container, plain)
+            listener._server = server
+            events[event] = EventRoute(
+                listener=listener,
+                handler=listener.handle,
+                event_middleware=global_events,
+                require_user=plain.require_user,
+            )
+        self.channels, self.events = channels, events
+
+    def classes(self) -> Iterable[type[ChannelListener] | type[SocketListener]]:
+        """Every registered class."""
+        yield from self._patterns
+        yield from self._events.values()
+
+
+def _build(container: injector.Injector, cls: type[_T]) -> _T:
+    try:
+        return container.get(cls)
+    except Exception as exc:
+        raise ConfigurationError(f"cannot build {cls.__qualname__}: {exc}") from exc
+
+
+def _middleware(container: injector.Injector, item: Middleware | type[Middleware]) -> Middleware:
+    if isinstance(item, type):
+        return _build(container, item)
+    return item

@@ -1,0 +1,222 @@
+"""The socket server: who is connected, who is subscribed to what, and every way to send.
+
+Each message is encoded once, published through the broker as bytes, and fanned out by every
+process to its local subscribers: appending one shared frame to each connection's bounded queue,
+without awaiting any socket.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from fastapi_channels.brokers.base import Broker
+from fastapi_channels.errors import CloseCode, InvalidChannel, ProtocolError
+from fastapi_channels.listeners import ChannelListener
+from fastapi_channels.patterns import ChannelPattern
+from fastapi_channels.protocol import encode, validate_channel_name
+
+if TYPE_CHECKING:
+    from fastapi_channels.connection import SocketConnection
+    from fastapi_channels.listeners import Subscription
+
+__all__ = ["SocketServer"]
+
+logger = logging.getLogger("fastapi_channels.server")
+
+ListenerRef = type[ChannelListener] | ChannelListener | str
+"""A channel listener class, instance, or pattern string; sends check the channel against it."""
+
+_CHANNEL = "c:"
+_USER = "u:"
+_EVENT = b"e"
+_CHANNEL_EVENT = b"c"
+_DISCONNECT = b"x"
+
+
+class SocketServer:
+    """Registry of this process's connections and subscriptions, and the sending API.
+
+    Injectable: listener constructors and HTTP routes (``Inject(SocketServer)``) receive the
+    running instance. Every send method returns once the message is handed to the broker; none
+    waits for delivery, and a slow or dead recipient never delays the others.
+    """
+
+    def __init__(self, broker: Broker, *, max_name_length: int = 200) -> None:
+        self.broker = broker
+        self._max_name_length = max_name_length
+        self._connections: dict[str, SocketConnection] = {}
+        self._channels: dict[str, set[SocketConnection]] = {}
+        self._users: dict[str, set[SocketConnection]] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start the broker and begin fanning out what it delivers."""
+        await self.broker.start(self._on_message)
+
+    async def stop(self, reason: str = "server shutting down", timeout: float = 5.0) -> None:
+        """Disconnect every local connection with ``reason`` (close 1012), then stop the broker.
+
+        Each client gets a ``disconnect`` packet after what was already queued for it; a peer
+        that does not take its close within ``timeout`` seconds is dropped.
+        """
+        connections = list(self._connections.values())
+        for connection in connections:
+            if connection.is_open:
+                connection._begin_close(CloseCode.SERVICE_RESTART, reason)
+        for connection in connections:
+            await connection.wait_closed(timeout)
+        await self.broker.stop()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def connections(self) -> list[SocketConnection]:
+        """This process's open connections."""
+        return list(self._connections.values())
+
+    def connections_of(self, user_id: object) -> list[SocketConnection]:
+        """This process's connections of one user."""
+        return list(self._users.get(str(user_id), ()))
+
+    def subscribers(self, channel: str) -> list[SocketConnection]:
+        """This process's connections subscribed to the concrete ``channel``."""
+        return list(self._channels.get(channel, ()))
+
+    async def add_connection(self, connection: SocketConnection) -> None:
+        """Make ``connection`` reachable by id and by user."""
+        self._connections[connection.id] = connection
+        key = connection.user_key
+        if key is not None:
+            peers = self._users.setdefault(key, set())
+            peers.add(connection)
+            if len(peers) == 1:
+                await self.broker.subscribe(_USER + key)
+
+    async def remove_connection(self, connection: SocketConnection) -> None:
+        """Forget ``connection`` and all its subscriptions."""
+        connection.mark_closed()
+        for channel in list(connection.subscriptions):
+            await self.remove_subscription(connection, channel)
+        if self._connections.pop(connection.id, None) is None:
+            return
+        key = connection.user_key
+        peers = self._users.get(key) if key is not None else None
+        if peers is not None:
+            peers.discard(connection)
+            if not peers:
+                del self._users[key]  # type: ignore[arg-type]
+                await self.broker.unsubscribe(_USER + key)  # type: ignore[operator]
+
+    async def add_subscription(self, connection: SocketConnection, sub: Subscription) -> None:
+        """Subscribe ``connection``; returns once broadcasts to the channel will reach it."""
+        subscribers = self._channels.get(sub.channel)
+        if subscribers is None:
+            subscribers = self._channels[sub.channel] = set()
+            try:
+                await self.broker.subscribe(_CHANNEL + sub.channel)
+            except BaseException:
+                if not subscribers:
+                    self._channels.pop(sub.channel, None)
+                raise
+        subscribers.add(connection)
+        connection.subscriptions[sub.channel] = sub
+
+    async def remove_subscription(self, connection: SocketConnection, channel: str) -> bool:
+        """Unsubscribe ``connection`` from ``channel``; returns whether it was subscribed."""
+        if connection.subscriptions.pop(channel, None) is None:
+            return False
+        subscribers = self._channels.get(channel)
+        if subscribers is not None:
+            subscribers.discard(connection)
+            if not subscribers:
+                del self._channels[channel]
+                await self.broker.unsubscribe(_CHANNEL + channel)
+        return True
+
+    # ------------------------------------------------------------------ sending
+
+    async def broadcast(
+        self, listener: ListenerRef, channel: str, event: str, data: Any = None
+    ) -> None:
+        """Send ``event`` to every subscriber of the concrete ``channel``, on every process.
+
+        Only subscribers of exactly ``channel`` receive it (never those of other channels that
+        the same pattern matches). The packet is encoded once; each process appends the same
+        frame to each local subscriber's queue. A recipient whose queue is full is handled by
+        its overflow policy and does not delay the others.
+
+        Args:
+            listener: the listener class (or instance, or pattern) that serves ``channel``.
+            channel: the concrete channel name.
+            event: the event name.
+            data: anything JSON-serialisable by pydantic (models included).
+
+        Raises:
+            InvalidChannel: ``channel`` is malformed or ``listener``'s pattern does not match it.
+            BrokerError: the broker could not publish (Redis unreachable).
+        """
+        self._check_channel(listener, channel)
+        await self.broker.publish(_CHANNEL + channel, encode(event, data, channel))
+
+    async def send_to_user(self, user_id: object, event: str, data: Any = None) -> None:
+        """Send a plain event to every connection of one user, on every process."""
+        await self.broker.publish(_USER + str(user_id), _EVENT + encode(event, data))
+
+    async def send_to_user_via_channel(
+        self, user_id: object, listener: ListenerRef, channel: str, event: str, data: Any = None
+    ) -> None:
+        """Send a channel event to those connections of one user subscribed to ``channel``.
+
+        Raises:
+            InvalidChannel: as :meth:`broadcast`.
+        """
+        self._check_channel(listener, channel)
+        payload = _CHANNEL_EVENT + channel.encode() + b"\n" + encode(event, data, channel)
+        await self.broker.publish(_USER + str(user_id), payload)
+
+    async def disconnect_user(self, user_id: object, reason: str = "disconnected") -> None:
+        """Send ``disconnect`` with ``reason`` to every connection of one user and close them."""
+        await self.broker.publish(_USER + str(user_id), _DISCONNECT + reason.encode())
+
+    def _check_channel(self, listener: ListenerRef, channel: str) -> None:
+        try:
+            validate_channel_name(channel, self._max_name_length)
+        except ProtocolError as exc:
+            raise InvalidChannel(f"invalid channel {channel!r}: {exc.message}") from None
+        pattern = ChannelPattern.parse(listener) if isinstance(listener, str) else listener.pattern
+        if pattern.match(channel) is None:
+            raise InvalidChannel(f"channel {channel!r} does not match pattern {pattern.text!r}")
+
+    # ------------------------------------------------------------------ fan-out
+
+    def _on_message(self, topic: str, data: bytes) -> None:
+        if topic.startswith(_CHANNEL):
+            subscribers = self._channels.get(topic[2:])
+            if subscribers:
+                _fan_out(subscribers, data.decode())
+            return
+        targets = self._users.get(topic[2:])
+        if not targets:
+            return
+        kind, body = data[:1], data[1:]
+        if kind == _EVENT:
+            _fan_out(targets, body.decode())
+        elif kind == _CHANNEL_EVENT:
+            channel, _, frame = body.partition(b"\n")
+            name = channel.decode()
+            _fan_out((c for c in targets if name in c.subscriptions), frame.decode())
+        elif kind == _DISCONNECT:
+            reason = body.decode()
+            for connection in list(targets):
+                if connection.is_open:
+                    connection._begin_close(CloseCode.NORMAL, reason)
+        else:
+            logger.error("dropping a message of unknown kind %r on %s", kind, topic)
+
+
+def _fan_out(connections: Iterable[SocketConnection], frame: str) -> None:
+    for connection in connections:
+        connection.push(frame)

@@ -1,0 +1,1 @@
+"""A package of listeners, found by ``Channels(discover="tests.discovered")``."""
