@@ -85,6 +85,24 @@ class SocketServer:
         """This process's connections subscribed to the concrete ``channel``."""
         return list(self._channels.get(channel, ()))
 
+    def health(self) -> dict[str, Any]:
+        """Report this process's state for a health check, as JSON-ready values; no I/O.
+
+        ``healthy`` is false while the broker cannot reach the other processes (Redis down or
+        reconnecting): this process then still serves its own connections, but its messages do
+        not reach other processes, nor theirs it. ``broker`` holds the broker's own report
+        (:class:`~fastapi_channels.brokers.base.BrokerHealth`): its state, how many topics this
+        process listens to, and the last transport error.
+        """
+        broker = self.broker.health()
+        return {
+            "healthy": broker.healthy,
+            "connections": len(self._connections),
+            "channels": len(self._channels),
+            "users": len(self._users),
+            "broker": broker.as_dict(),
+        }
+
     async def add_connection(self, connection: SocketConnection) -> None:
         """Make ``connection`` reachable by id and by user."""
         self._connections[connection.id] = connection
