@@ -160,8 +160,10 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
         return
     await websocket.accept(subprotocol=select_subprotocol(websocket.scope.get("subprotocols", [])))
     connection.push(encode(READY, {"id": connection.id}).decode())
-    connection.start()
+    # Reachable before the writer sends ``ready`` (queued first, so nothing precedes it): a
+    # client that has seen ``ready`` gets what is sent to its user from any process.
     await channels.server.add_connection(connection)
+    connection.start()
     max_size = limits.max_message_size
     try:
         while True:
