@@ -75,14 +75,6 @@ def make_redis_broker(redis_url: str, redis_prefix: str) -> Callable[..., RedisB
     return make
 
 
-@pytest.fixture(params=["memory", "redis"])
-def make_broker(request: pytest.FixtureRequest) -> Callable[..., Broker]:
-    if request.param == "memory":
-        return MemoryBroker
-    make: Callable[..., Broker] = request.getfixturevalue("make_redis_broker")
-    return make
-
-
 @pytest.fixture
 async def start_broker(make_broker: Callable[..., Broker]) -> AsyncIterator[Starter[Broker]]:
     starter = Starter(make_broker)
