@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from demo.app import app as demo_app
-from fastapi_channels import ChannelListener, Channels, MemoryBroker, channel
+from fastapi_channels import (
+    ChannelListener,
+    Channels,
+    MemoryBroker,
+    SocketConnection,
+    SocketPacket,
+    channel,
+)
+from fastapi_channels.brokers.base import BrokerState
 from fastapi_channels.brokers.redis import RedisBroker
 from fastapi_channels.channels import BROKER_URL_ENV
 from fastapi_channels.testing import lifespan
 from tests.conftest import Harness, Start
+from tests.redis_support import RedisServer
 
 redis_only = pytest.mark.parametrize("make_broker", ["redis"], indirect=True)
 """Runs a test using ``start`` on Redis only: what it shows needs several processes."""
@@ -27,6 +37,13 @@ class Room(ChannelListener):
 @channel("user:chat.*")
 class UserChat(ChannelListener):
     pass
+
+
+@channel("chat:*")
+class Chat(ChannelListener):
+    @channel.on("message")
+    async def message(self, connection: SocketConnection, user: Any, packet: SocketPacket) -> None:
+        await self.broadcast(self.channel_name, "message", packet.data)
 
 
 @pytest.fixture
@@ -113,6 +130,41 @@ async def test_ready_comes_only_once_the_user_is_reachable_from_every_process(
     await a.server.send_to_user("bob", "poke")
     assert (await bob.receive()).event == "poke"
     await bob.close()
+
+
+@redis_only
+async def test_local_chat_goes_on_while_redis_is_down(
+    redis_server: Callable[[], RedisServer],
+    start: Start,
+    redis_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = redis_server()
+    broker = RedisBroker(server.url, prefix=redis_prefix, reconnect_delay=(0.02, 0.2))
+    harness = await start(listeners=[Chat], broker=broker)
+    async with harness.client("ann") as ann, harness.client("bob") as bob:
+        for client in (ann, bob):
+            assert (await client.subscribe("chat:1"))["successful"]
+        server.stop()
+        async with asyncio.timeout(5):
+            await broker.wait_for_state(BrokerState.RECONNECTING)
+        assert not harness.server.health()["healthy"]
+
+        await ann.emit("message", {"text": "still here"}, channel="chat:1")
+        for client in (ann, bob):
+            assert (await client.receive()).data == {"text": "still here"}
+        error = await ann.receive()  # the handler's broadcast did not reach other processes
+        assert (error.event, error.data["code"]) == ("channels:error", "handler-error")
+        (record,) = [r for r in caplog.records if "handler for 'message'" in r.getMessage()]
+        assert record.levelname == "WARNING" and record.exc_info is None
+
+        server.start()
+        async with asyncio.timeout(5):
+            await broker.wait_for_state(BrokerState.CONNECTED)
+        await bob.emit("message", {"text": "back"}, channel="chat:1")
+        for client in (ann, bob):
+            assert (await client.receive()).data == {"text": "back"}
+        await bob.assert_no_message()
 
 
 async def test_health_reports_this_process_and_its_broker(start: Start) -> None:

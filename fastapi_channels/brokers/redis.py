@@ -29,6 +29,7 @@ import asyncio
 import logging
 import os
 import random
+import time
 from asyncio import FIRST_COMPLETED
 from collections import deque
 from dataclasses import dataclass, field
@@ -156,6 +157,7 @@ class RedisBroker(Broker):
         self._subscriber: AbstractConnection | None = None
         self._confirmations: dict[tuple[bytes, bytes], deque[asyncio.Future[None]]] = {}
         self._last_seen = 0.0
+        self._down_since: float | None = None
         self._batch: _Batch | None = None
         self._flusher: asyncio.Task[None] | None = None
 
@@ -435,13 +437,19 @@ class RedisBroker(Broker):
     def _connected(self, topics: int) -> None:
         if self._state is BrokerState.RECONNECTING:
             self.stats.reconnects += 1
-            logger.info(
-                "reconnected to Redis at %s; topics re-subscribed: %d", self._address, topics
+        if self._down_since is not None:  # as loud as the warning that the outage began
+            logger.warning(
+                "connected to Redis at %s after %.1f s; topics re-subscribed: %d",
+                self._address,
+                time.monotonic() - self._down_since,
+                topics,
             )
+            self._down_since = None
         self._set_state(BrokerState.CONNECTED)
         self._attempted.set()
 
     def _connection_lost(self, exc: BaseException) -> None:
+        self._down_since = time.monotonic()
         logger.warning(
             "lost the connection to Redis at %s (%s); delivering within this process only "
             "while reconnecting",
@@ -454,6 +462,7 @@ class RedisBroker(Broker):
         reconnecting = self._state is BrokerState.RECONNECTING
         self._set_state(BrokerState.RECONNECTING if reconnecting else BrokerState.CONNECTING, exc)
         if attempt == 0 and not reconnecting:
+            self._down_since = time.monotonic()
             logger.warning(
                 "cannot reach Redis at %s (%s); delivering within this process only, retrying",
                 self._address,
