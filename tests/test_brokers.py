@@ -202,6 +202,20 @@ async def test_two_processes_exchange_messages(start_redis_broker: Starter[Redis
     inbox_b.assert_empty()
 
 
+async def test_redis_options_in_the_url_do_not_change_the_bytes(
+    start_redis_broker: Starter[RedisBroker], redis_url: str
+) -> None:
+    a, inbox_a = await start_redis_broker(f"{redis_url}?decode_responses=true&protocol=3")
+    b, inbox_b = await start_redis_broker()
+    await a.subscribe("t")
+    await b.subscribe("t")
+    await a.publish("t", b"\xff binary")
+    assert await inbox_b.get() == ("t", b"\xff binary")
+    assert await inbox_a.get() == ("t", b"\xff binary")
+    await b.publish("t", b"\xfe back")
+    assert await inbox_a.get() == ("t", b"\xfe back")
+
+
 async def test_a_process_receives_only_topics_it_has_interest_in(
     start_redis_broker: Starter[RedisBroker], redis_url: str
 ) -> None:
@@ -333,6 +347,26 @@ async def test_survives_a_redis_restart(
     )
     # What was published while Redis was away is not replayed to the other process.
     assert await inbox_b.get() == ("t", b"after restart")
+
+
+async def test_thousands_of_topics_are_re_subscribed_after_a_restart(
+    redis_server: Callable[[], RedisServer], start_redis_broker: Starter[RedisBroker]
+) -> None:
+    server = redis_server()
+    a, inbox_a = await start_redis_broker(server.url)
+    topics = [f"room:{i}" for i in range(2500)]
+    await asyncio.gather(*(a.subscribe(topic) for topic in topics))
+    server.stop()
+    async with asyncio.timeout(TIMEOUT):
+        await a.wait_for_state(BrokerState.RECONNECTING)
+    server.start()
+    async with asyncio.timeout(TIMEOUT):
+        await a.wait_for_state(BrokerState.CONNECTED)
+
+    b, _ = await start_redis_broker(server.url)
+    for topic in (topics[0], topics[1500], topics[-1]):
+        await b.publish(topic, b"x")
+        assert await inbox_a.get() == (topic, b"x")
 
 
 async def test_starts_while_redis_is_down_and_connects_later(

@@ -37,6 +37,8 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -139,8 +141,13 @@ class RedisBroker(Broker):
             # RESP2 unless the URL says otherwise: its pub/sub messages are plain replies, the
             # same in every redis-py version, without the per-message work RESP3 pushes cost.
             self._pool = ConnectionPool.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=connect_timeout, protocol=2
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=connect_timeout,
+                protocol=2,
+                retry=Retry(NoBackoff(), 0),  # this broker retries, with its own backoff
             )
+            self._pool.connection_kwargs["decode_responses"] = False  # payloads are bytes
             self._publisher = self._new_connection()
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"invalid Redis URL or option: {exc}") from exc
@@ -191,6 +198,7 @@ class RedisBroker(Broker):
         An in-flight round trip gets up to ``timeout`` to finish; publishes still waiting then
         raise :class:`BrokerError`.
         """
+        self._set_state(BrokerState.STOPPED)  # new publishes fail from here on
         runner, self._runner = self._runner, None
         if self._flusher is not None:
             await asyncio.wait({self._flusher}, timeout=self._timeout)
@@ -337,9 +345,12 @@ class RedisBroker(Broker):
         self._last_seen = loop.time()
         channels = [self.channel(topic) for topic in self._interest]
         confirmations = [self._expect(b"subscribe", channel) for channel in channels]
-        for start in range(0, len(channels), _SUBSCRIBE_CHUNK):
-            chunk = channels[start : start + _SUBSCRIBE_CHUNK]
-            await conn.send_command("SUBSCRIBE", *chunk, check_health=False)
+        if channels:  # in one write, so no UNSUBSCRIBE sent meanwhile can overtake it
+            chunks = range(0, len(channels), _SUBSCRIBE_CHUNK)
+            commands: list[list[bytes | str]] = [
+                ["SUBSCRIBE", *channels[i : i + _SUBSCRIBE_CHUNK]] for i in chunks
+            ]
+            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
         reader = asyncio.create_task(self._read(conn), name="fastapi_channels.redis.sub")
         try:
             if confirmations:
