@@ -96,6 +96,8 @@ app.include_router(channels.router)
 @app.post("/announce")
 async def announce(body: Announcement, server: SocketServer = Inject(SocketServer)) -> None:
     await server.broadcast(GlobalChat, "global-chat", "message", body.model_dump())
+
+
 # --8<-- [end:listeners]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -53,6 +54,25 @@ class Dispatcher:
         self.registry = registry
         self.limits = limits
         self._connect_middleware = hooks_for(middleware, "connect")
+        self._in_flight = 0
+        self._draining: asyncio.Event | None = None
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop handling new packets and wait for those being handled to finish.
+
+        New packets are answered ``shutting-down``. Returns whether every in-flight packet
+        finished within ``timeout`` seconds; those still running are left to the close.
+        """
+        self._draining = asyncio.Event()
+        if self._in_flight == 0:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._draining.wait()
+        except TimeoutError:
+            logger.warning("%d packets still in flight at shutdown", self._in_flight)
+            return False
+        return True
 
     async def connect(self, connection: SocketConnection) -> None:
         """Run the global ``connect`` middleware chain.
@@ -69,8 +89,20 @@ class Dispatcher:
             packet = decode_packet(text, self.limits.max_name_length)
         except ProtocolError as exc:
             logger.info("connection %s: %s", connection.id, exc.message)
-            connection.push(encode_error(exc.code, exc.message).decode())
+            self._error(connection, exc.code, exc.message, None)
             return
+        if self._draining is not None:
+            self._error(connection, ErrorCode.SHUTTING_DOWN, "server shutting down", packet)
+            return
+        self._in_flight += 1
+        try:
+            await self._route(connection, packet)
+        finally:
+            self._in_flight -= 1
+            if self._draining is not None and self._in_flight == 0:
+                self._draining.set()
+
+    async def _route(self, connection: SocketConnection, packet: SocketPacket) -> None:
         event = packet.event
         if event == SUBSCRIBE_REQUEST:
             await self._subscribe(connection, packet)
@@ -82,6 +114,10 @@ class Dispatcher:
             await self._channel_event(connection, packet)
         else:
             await self._plain_event(connection, packet)
+
+    def reject_rate(self, connection: SocketConnection) -> None:
+        """Answer a frame dropped by the rate limit."""
+        self._error(connection, ErrorCode.RATE_LIMITED, "too many packets; slow down", None)
 
     def receive_bytes(self, connection: SocketConnection) -> None:
         """Answer a binary frame: packets travel in text frames only."""
@@ -197,6 +233,7 @@ class Dispatcher:
         if require_user and connection.user is None:
             self._error(connection, ErrorCode.UNAUTHENTICATED, "authentication required", packet)
             return
+        started = time.perf_counter()
         try:
             if middleware:
                 context = MiddlewareContext(
@@ -229,6 +266,8 @@ class Dispatcher:
         except Exception:
             logger.exception("connection %s: handler for %r failed", connection.id, packet.event)
             self._error(connection, ErrorCode.HANDLER_ERROR, "handler failed", packet)
+        finally:
+            self.server.stats.observe_handler(time.perf_counter() - started)
 
     async def _guard(self, step: Awaitable[Any]) -> Any:
         """Await ``step`` under the handler time limit."""
@@ -238,10 +277,14 @@ class Dispatcher:
         async with asyncio.timeout(timeout):
             return await step
 
-    @staticmethod
     def _error(
-        connection: SocketConnection, code: ErrorCode, message: str, packet: SocketPacket | None
+        self,
+        connection: SocketConnection,
+        code: ErrorCode,
+        message: str,
+        packet: SocketPacket | None,
     ) -> None:
+        self.server.stats.errors[code.value] += 1
         connection.push(encode_error(code, message, packet).decode())
 
 
