@@ -83,6 +83,8 @@ async def test_prometheus_metrics(harness: Any) -> None:
         # ready, the subscribe response, the error, the broadcast
         assert collected["fastapi_channels_messages_out_total[]"] == 4
         assert collected["fastapi_channels_broker_up[]"] == 1
+        for name, value in harness.server.broker.counters().items():  # Redis: published etc.
+            assert collected[f"fastapi_channels_broker_{name}_total[]"] == value
 
 
 async def test_logs_name_the_connection_and_never_the_token(

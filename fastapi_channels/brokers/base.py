@@ -117,6 +117,10 @@ class Broker(ABC):
             changed_at=self._changed_at,
         )
 
+    def counters(self) -> dict[str, int]:
+        """Return the transport's traffic counters since creation, for metrics (none here)."""
+        return {}
+
     async def wait_for_state(self, *states: BrokerState) -> BrokerState:
         """Wait until the broker is in one of ``states`` and return that state.
 

@@ -26,6 +26,7 @@ published anywhere while a process is disconnected do not reach it and are not r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -167,6 +168,10 @@ class RedisBroker(Broker):
         self._down_since: float | None = None
         self._batch: _Batch | None = None
         self._flusher: asyncio.Task[None] | None = None
+
+    def counters(self) -> dict[str, int]:
+        """Return :attr:`stats` as a dict, for metrics."""
+        return dataclasses.asdict(self.stats)
 
     @property
     def prefix(self) -> str:
