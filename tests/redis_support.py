@@ -68,6 +68,7 @@ class RedisServer:
         self.port = 0
         self.output: list[bytes] = []
         self._process: subprocess.Popen[bytes] | None = None
+        self._drain_thread: threading.Thread | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="fastapi-channels-redis-")
 
     @property
@@ -107,6 +108,9 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+        if self._drain_thread is not None:  # it ends at EOF, now that the server has exited
+            self._drain_thread.join(timeout=10)
+            self._drain_thread = None
         if process.stdout is not None:
             process.stdout.close()
 
@@ -145,7 +149,8 @@ class RedisServer:
             raise RuntimeError(f"redis-server did not start on port {port}:\n{text}")
         self._process = process
         # Keep draining its output so the pipe never fills and blocks the server.
-        threading.Thread(target=self._drain, args=(process,), daemon=True).start()
+        self._drain_thread = threading.Thread(target=self._drain, args=(process,), daemon=True)
+        self._drain_thread.start()
 
     def _drain(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
@@ -153,7 +158,7 @@ class RedisServer:
         try:
             while chunk := os.read(fd, 65536):
                 self.output.append(chunk)
-        except OSError:  # closed by stop()
+        except OSError:
             return
 
 
