@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 import pytest
 import redis.asyncio as aioredis
 
-from fastapi_channels.brokers import Broker, MemoryBroker, create_broker
+from fastapi_channels.brokers import Broker, MemoryBroker, _frames, create_broker
 from fastapi_channels.brokers.base import BrokerState
 from fastapi_channels.brokers.redis import RedisBroker
 from fastapi_channels.errors import BrokerError, ConfigurationError
@@ -300,6 +300,30 @@ async def test_a_foreign_message_on_our_channel_is_dropped_and_logged(
     assert await inbox_b.get() == ("t", b"fine")
     assert b.stats.dropped == 1
     assert "dropped an undecodable message" in caplog.text
+
+
+async def test_a_bug_in_the_reader_is_logged_and_the_broker_recovers(
+    start_redis_broker: Starter[RedisBroker],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    a, inbox_a = await start_redis_broker()
+    b, _ = await start_redis_broker()
+    await a.subscribe("t")
+    real_unpack = _frames.unpack
+
+    def broken_once(payload: bytes) -> tuple[bytes, list[bytes]]:
+        monkeypatch.setattr(_frames, "unpack", real_unpack)
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(_frames, "unpack", broken_once)
+    await b.publish("t", b"lost to the bug")
+    async with asyncio.timeout(TIMEOUT):
+        await a.wait_for_state(BrokerState.RECONNECTING)
+        await a.wait_for_state(BrokerState.CONNECTED)
+    assert "unexpected error in the Redis broker" in caplog.text
+    await b.publish("t", b"after")
+    assert await inbox_a.get() == ("t", b"after")
 
 
 # -- Redis faults ---------------------------------------------------------------------------

@@ -321,7 +321,9 @@ class RedisBroker(Broker):
                 try:
                     await conn.connect()  # type: ignore[no-untyped-call]
                     await self._serve(conn)
-                except _TRANSPORT_ERRORS as exc:
+                except Exception as exc:  # even a bug must not end cross-process delivery
+                    if not isinstance(exc, _TRANSPORT_ERRORS):
+                        logger.exception("unexpected error in the Redis broker; reconnecting")
                     if self._state is BrokerState.CONNECTED:
                         self._connection_lost(exc)
                         attempt = 0
@@ -329,11 +331,6 @@ class RedisBroker(Broker):
                         self._attempt_failed(exc, attempt)
                         delay = self._backoff(attempt)
                         attempt += 1
-                except Exception as exc:  # a bug must not end cross-process delivery for good
-                    logger.exception("unexpected error in the Redis broker; reconnecting")
-                    self._set_state(BrokerState.RECONNECTING, exc)
-                    delay = self._backoff(attempt)
-                    attempt += 1
                 finally:
                     self._end_session()
                     await _close(conn)
