@@ -424,6 +424,8 @@ async def test_a_frozen_redis_is_detected_and_publishes_time_out(
 
     server.pause()
     try:
+        async with asyncio.timeout(2):  # no confirmation: it gives up after ``timeout``
+            await a.subscribe("while frozen")
         with pytest.raises(BrokerError):
             async with asyncio.timeout(2):
                 await a.publish("t", b"lost")

@@ -297,8 +297,9 @@ class RedisBroker(Broker):
     async def _change(self, kind: bytes, topic: str) -> None:
         """Send ``SUBSCRIBE`` or ``UNSUBSCRIBE`` for ``topic`` and wait for Redis to confirm.
 
-        While Redis is disconnected this returns at once: reconnecting subscribes exactly the
-        topics with local interest at that time, and local delivery works meanwhile.
+        While Redis is disconnected this returns at once, and after ``timeout`` without a
+        confirmation: reconnecting subscribes exactly the topics with local interest at that
+        time, and local delivery works meanwhile.
         """
         conn = self._subscriber
         if conn is None or not conn.is_connected:
@@ -309,7 +310,11 @@ class RedisBroker(Broker):
             await conn.send_command(kind.decode().upper(), channel, check_health=False)
         except _TRANSPORT_ERRORS:
             return  # the connection is lost; reconnecting re-subscribes what is wanted then
-        await confirmed
+        try:
+            async with asyncio.timeout(self._timeout):
+                await confirmed
+        except TimeoutError:  # Redis hangs: the watchdog will notice and reconnect
+            logger.debug("no confirmation of %s %r from Redis", kind.decode(), channel)
 
     async def _run(self) -> None:
         """Connect, serve, and reconnect for as long as the broker runs."""
