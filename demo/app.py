@@ -1,5 +1,8 @@
 """The README example as a runnable app: ``uvicorn demo.app:app``.
 
+On several processes: ``FASTAPI_CHANNELS_BROKER_URL=redis://127.0.0.1:6379/0 uvicorn demo.app:app
+--workers 4`` (see the deployment page of the docs).
+
 A connection's user comes from the token the client offers as its websocket subprotocol (as the
 Envuso client does). In this demo the token is simply the user's name.
 """
@@ -96,3 +99,13 @@ async def announce(body: Announcement, server: SocketServer = Inject(SocketServe
 
 
 # --8<-- [end:listeners]
+
+
+# --8<-- [start:health]
+@app.get("/health")
+async def health(server: SocketServer = Inject(SocketServer)) -> dict[str, Any]:
+    """This process's state, and whether its broker reaches the other processes."""
+    return server.health()
+
+
+# --8<-- [end:health]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,9 @@ __all__ = ["Channels"]
 
 logger = logging.getLogger("fastapi_channels")
 
+BROKER_URL_ENV = "FASTAPI_CHANNELS_BROKER_URL"
+"""The environment variable naming the broker when ``Channels(broker=...)`` is not given."""
+
 
 class Channels:
     """Websocket channels for a FastAPI app; ``app.include_router(channels.router)`` wires it.
@@ -43,7 +47,9 @@ class Channels:
         discover: package names whose modules are imported to register every listener in them.
         middleware: global middleware, first outermost; classes are built by the container.
         container: an ``injector.Injector`` holding the app's services; a new one by default.
-        broker: a ``Broker``, or a URL (``memory://``, ``redis://...``); in memory by default.
+        broker: a ``Broker``, or a URL (``memory://``, ``redis://...``, see
+            :func:`~fastapi_channels.brokers.create_broker`). When not given, the URL in the
+            ``FASTAPI_CHANNELS_BROKER_URL`` environment variable, else in memory.
         limits: per-connection limits and the outgoing queue's overflow policy.
         enabled: when False the router has no websocket route (Envuso's ``enabled``).
         allow_anonymous: when False a connection whose user is ``None`` is refused.
@@ -88,6 +94,8 @@ class Channels:
         self._user_id = user_id
         self.info_guard = info_guard
         self._middleware_spec = tuple(middleware)
+        if broker is None:
+            broker = os.environ.get(BROKER_URL_ENV)
         self.server = SocketServer(
             broker if isinstance(broker, Broker) else create_broker(broker),
             max_name_length=self.limits.max_name_length,

@@ -15,7 +15,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi_channels.connection import SocketConnection
-from fastapi_channels.errors import ConfigurationError, ErrorCode, ProtocolError, Reject
+from fastapi_channels.errors import (
+    BrokerError,
+    ConfigurationError,
+    ErrorCode,
+    ProtocolError,
+    Reject,
+)
 from fastapi_channels.extensions import ConnectionExtension
 from fastapi_channels.limits import Limits
 from fastapi_channels.listeners import Subscription, _current_subscription
@@ -287,6 +293,9 @@ class Dispatcher:
                 self.limits.handler_timeout,
             )
             self._error(connection, ErrorCode.HANDLER_TIMEOUT, "handler timed out", packet)
+        except BrokerError as exc:  # an outage, not a bug: no traceback for every message
+            logger.warning("connection %s: handler for %r: %s", connection.id, packet.event, exc)
+            self._error(connection, ErrorCode.HANDLER_ERROR, "handler failed", packet)
         except Exception:
             logger.exception("connection %s: handler for %r failed", connection.id, packet.event)
             self._error(connection, ErrorCode.HANDLER_ERROR, "handler failed", packet)

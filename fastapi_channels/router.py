@@ -199,10 +199,12 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
         return
     await websocket.accept(subprotocol=select_subprotocol(websocket.scope.get("subprotocols", [])))
     connection.push(encode(READY, {"id": connection.id}).decode())
-    connection.start()
-    await server.add_connection(connection)
-    dispatcher.opened(connection)
+    # Reachable before the writer sends ``ready`` (queued first, so nothing precedes it): a
+    # client that has seen ``ready`` gets what is sent to its user from any process.
     try:
+        await server.add_connection(connection)
+        connection.start()
+        dispatcher.opened(connection)
         await _read(websocket, connection, dispatcher, limits)
     finally:
         await dispatcher.disconnect(connection)

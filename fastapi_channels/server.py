@@ -122,7 +122,7 @@ class SocketServer:
             "queued": sum(queued),
             "max_queued": max(queued, default=0),
             "busiest_channels": dict(busiest),
-            "broker": {"type": type(self.broker).__name__, "healthy": self.broker.healthy},
+            "broker": {"type": type(self.broker).__name__, **self.broker.health().as_dict()},
             "stats": self.stats.as_dict(),
         }
 
@@ -133,6 +133,24 @@ class SocketServer:
     def subscribers(self, channel: str) -> list[SocketConnection]:
         """This process's connections subscribed to the concrete ``channel``."""
         return list(self._channels.get(channel, ()))
+
+    def health(self) -> dict[str, Any]:
+        """Report this process's state for a health check, as JSON-ready values; no I/O.
+
+        ``healthy`` is false while the broker cannot reach the other processes (Redis down or
+        reconnecting): this process then still serves its own connections, but its messages do
+        not reach other processes, nor theirs it. ``broker`` holds the broker's own report
+        (:class:`~fastapi_channels.brokers.base.BrokerHealth`): its state, how many topics this
+        process listens to, and the last transport error.
+        """
+        broker = self.broker.health()
+        return {
+            "healthy": broker.healthy,
+            "connections": len(self._connections),
+            "channels": len(self._channels),
+            "users": len(self._users),
+            "broker": broker.as_dict(),
+        }
 
     async def add_connection(self, connection: SocketConnection) -> None:
         """Make ``connection`` reachable by id and by user."""
