@@ -47,6 +47,8 @@ class Channels:
         allow_anonymous: when False a connection whose user is ``None`` is refused.
         user_id: how to get the id a user is reached by (default: ``socket_user_id()``, then
             ``.id``, then ``["id"]``/``["sub"]``, then the value itself for ``str``/``int``).
+        asyncapi: serve the AsyncAPI 3.0 document of the channels at ``{path}/asyncapi.json``
+            (see :meth:`asyncapi`).
     """
 
     def __init__(
@@ -63,11 +65,14 @@ class Channels:
         enabled: bool = True,
         allow_anonymous: bool = True,
         user_id: Callable[[Any], object] | None = None,
+        asyncapi: bool = True,
     ) -> None:
         self.user_dependency = user
         self.path = path
         self.enabled = enabled
         self.allow_anonymous = allow_anonymous
+        self.serve_asyncapi = asyncapi
+        self._asyncapi: dict[tuple[str, str, str | None], dict[str, Any]] = {}
         self.limits = limits or Limits()
         self.registry = ListenerRegistry()
         self.container = container or injector.Injector()
@@ -95,6 +100,48 @@ class Channels:
             raise ConfigurationError("listeners must be registered before the server starts")
         for cls in classes:
             self.registry.add(cls)
+        self._asyncapi.clear()
+
+    def asyncapi(
+        self,
+        *,
+        title: str = "fastapi_channels",
+        version: str = "0.1.0",
+        description: str | None = None,
+        host: str | None = None,
+        protocol: str = "ws",
+        pathname: str | None = None,
+    ) -> dict[str, Any]:
+        """The AsyncAPI 3.0 document of every registered channel, event and data type.
+
+        Works before the server starts (e.g. to write the document to a file). The document is
+        built once per ``(title, version, description)`` and cached; ``servers`` is added per
+        call when ``host`` is given.
+
+        Args:
+            title: ``info.title``.
+            version: ``info.version``.
+            description: ``info.description``.
+            host: the host (and port) clients connect to; omitted from the document if None.
+            protocol: ``ws`` or ``wss``.
+            pathname: the websocket endpoint's path (``path`` by default).
+
+        Raises:
+            ConfigurationError: a handler's signature cannot be satisfied.
+        """
+        from fastapi_channels.asyncapi import asyncapi_document
+
+        key = (title, version, description)
+        document = self._asyncapi.get(key)
+        if document is None:
+            document = asyncapi_document(
+                self.registry, title=title, version=version, description=description
+            )
+            self._asyncapi[key] = document
+        if host is None:
+            return dict(document)
+        server = {"host": host, "protocol": protocol, "pathname": pathname or self.path}
+        return {**document, "servers": {"main": server}}
 
     @property
     def router(self) -> APIRouter:
