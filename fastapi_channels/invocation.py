@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from enum import IntEnum
 from typing import TYPE_CHECKING, Annotated, Any, Final, Union, get_args, get_origin
 
+import typing_extensions
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from fastapi_channels.connection import SocketConnection
@@ -306,7 +307,9 @@ def _is_payload_type(hint: Any) -> bool:
     if not isinstance(hint, type):
         return False
     return (
-        issubclass(hint, BaseModel) or dataclasses.is_dataclass(hint) or typing.is_typeddict(hint)
+        issubclass(hint, BaseModel)
+        or dataclasses.is_dataclass(hint)
+        or typing_extensions.is_typeddict(hint)
     )
 
 
