@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -49,6 +50,9 @@ class Channels:
             ``.id``, then ``["id"]``/``["sub"]``, then the value itself for ``str``/``int``).
         asyncapi: serve the AsyncAPI 3.0 document of the channels at ``{path}/asyncapi.json``
             (see :meth:`asyncapi`).
+        info_guard: a FastAPI dependency guarding ``GET {path}/info`` (this process's counts
+            per channel and counters); the route exists only when a guard is given. It should
+            raise (e.g. ``HTTPException(403)``) for callers who may not see it.
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class Channels:
         allow_anonymous: bool = True,
         user_id: Callable[[Any], object] | None = None,
         asyncapi: bool = True,
+        info_guard: Callable[..., Any] | None = None,
     ) -> None:
         self.user_dependency = user
         self.path = path
@@ -77,6 +82,7 @@ class Channels:
         self.registry = ListenerRegistry()
         self.container = container or injector.Injector()
         self._user_id = user_id
+        self.info_guard = info_guard
         self._middleware_spec = tuple(middleware)
         self.server = SocketServer(
             broker if isinstance(broker, Broker) else create_broker(broker),
@@ -85,6 +91,8 @@ class Channels:
         self.container.binder.bind(SocketServer, to=self.server)
         self.container.binder.bind(Channels, to=self)
         self.dispatcher: Dispatcher | None = None
+        self.stopping = asyncio.Event()
+        """Set when the server begins to stop (new packets are refused from then on)."""
         self._router: APIRouter | None = None
         self.register(*listeners)
         for package in [discover] if isinstance(discover, str) else discover:
@@ -194,6 +202,7 @@ class Channels:
         self.registry.start(self.container, self.server, middleware)
         await self.server.start()
         self.dispatcher = Dispatcher(self.server, self.registry, self.limits, middleware)
+        self.stopping.clear()
         di.activate(self.container)
         logger.info("fastapi_channels started on %s", self.path)
         return self
@@ -205,7 +214,12 @@ class Channels:
         tb: TracebackType | None,
     ) -> None:
         """Disconnect every connection (close 1012) and stop the broker."""
+        self.stopping.set()
         di.deactivate(self.container)
-        self.dispatcher = None
-        await self.server.stop(timeout=self.limits.close_timeout)
+        dispatcher, self.dispatcher = self.dispatcher, None
+        if dispatcher is not None:
+            await dispatcher.drain(self.limits.shutdown_timeout)
+        await self.server.stop(
+            timeout=self.limits.close_timeout, spread=self.limits.reconnect_spread
+        )
         logger.info("fastapi_channels stopped")

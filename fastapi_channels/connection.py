@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi_channels.errors import CloseCode, ConnectionClosed
 from fastapi_channels.protocol import DISCONNECT, encode
+from fastapi_channels.stats import Stats
 
 if TYPE_CHECKING:
     from fastapi_channels.listeners import Subscription
@@ -66,6 +67,7 @@ class SocketConnection:
         "_max_queue",
         "_policy",
         "_queue",
+        "_stats",
         "_transport",
         "_waiter",
         "_writer",
@@ -86,6 +88,7 @@ class SocketConnection:
         scope: MutableMapping[str, Any] | None = None,
         max_queue: int = 1000,
         overflow: OverflowPolicy = OverflowPolicy.DISCONNECT,
+        stats: Stats | None = None,
     ) -> None:
         self.id = id
         self.user = user
@@ -100,6 +103,7 @@ class SocketConnection:
         self._closing: tuple[int, str] | None = None
         self._closed = False
         self._writer: asyncio.Task[None] | None = None
+        self._stats = stats if stats is not None else Stats()
 
     def __repr__(self) -> str:
         return f"<SocketConnection {self.id} user={self.user_key!r}>"
@@ -134,16 +138,21 @@ class SocketConnection:
         if self._closing is not None or self._closed:
             return False
         queue = self._queue
+        stats = self._stats
         if len(queue) >= self._max_queue:
+            stats.dropped += 1
             if self._policy is OverflowPolicy.DROP_NEWEST:
                 return False
             if self._policy is OverflowPolicy.DISCONNECT:
                 logger.warning("connection %s: outgoing queue full, disconnecting", self.id)
+                stats.dropped += len(queue)
                 queue.clear()
-                self._begin_close(CloseCode.TRY_AGAIN_LATER, "too slow")
+                self.close_soon(CloseCode.TRY_AGAIN_LATER, "too slow")
                 return False
             queue.popleft()
         queue.append(frame)
+        stats.messages_out += 1
+        stats.bytes_out += len(frame)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -180,8 +189,7 @@ class SocketConnection:
         Returns once the close frame was sent, or at most after 5 s if the peer does not read
         (the writer is then cancelled). Calling it on a closing connection only waits.
         """
-        if self.is_open:
-            self._begin_close(code, reason)
+        self.close_soon(code, reason)
         await self.wait_closed(timeout=5.0)
 
     async def wait_closed(self, timeout: float) -> None:
@@ -198,9 +206,20 @@ class SocketConnection:
         except Exception:  # the writer logged it already
             pass
 
-    def _begin_close(self, code: int, reason: str) -> None:
-        self._queue.append(encode(DISCONNECT, {"reason": reason}).decode())
+    def close_soon(self, code: int, reason: str, reconnect_after: float | None = None) -> None:
+        """Queue ``disconnect`` (after what is queued) and the close, without waiting.
+
+        ``reconnect_after`` (seconds) is added to the packet as a hint for clients that
+        reconnect. Calling it on a closing or closed connection does nothing.
+        """
+        if not self.is_open:
+            return
+        data: dict[str, Any] = {"reason": reason}
+        if reconnect_after is not None:
+            data["reconnect_after"] = round(reconnect_after, 3)
+        self._queue.append(encode(DISCONNECT, data).decode())
         self._closing = (code, reason)
+        self._stats.closes[code] += 1
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from fastapi_channels.protocol import (
     SUBSCRIBE_REQUEST,
     SUBSCRIBE_RESPONSE,
     UNSUBSCRIBE_REQUEST,
+    PacketId,
     SocketPacket,
     decode_packet,
     encode,
@@ -71,6 +73,25 @@ class Dispatcher:
         self.registry = registry
         self.limits = limits
         self._connect_middleware = hooks_for(middleware, "connect")
+        self._in_flight = 0
+        self._draining: asyncio.Event | None = None
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop handling new packets and wait for those being handled to finish.
+
+        New packets are answered ``shutting-down``. Returns whether every in-flight packet
+        finished within ``timeout`` seconds; those still running are left to the close.
+        """
+        self._draining = asyncio.Event()
+        if self._in_flight == 0:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._draining.wait()
+        except TimeoutError:
+            logger.warning("%d packets still in flight at shutdown", self._in_flight)
+            return False
+        return True
 
     async def connect(self, connection: SocketConnection) -> None:
         """Run the global ``connect`` middleware chain.
@@ -87,11 +108,20 @@ class Dispatcher:
             packet = decode_packet(text, self.limits.max_name_length)
         except ProtocolError as exc:
             logger.info("connection %s: %s", connection.id, exc.message)
-            if exc.packet_id is not None:
-                connection.push(encode_reply_error(exc.packet_id, exc.code, exc.message).decode())
-            else:
-                connection.push(encode_error(exc.code, exc.message).decode())
+            self._error(connection, exc.code, exc.message, None, packet_id=exc.packet_id)
             return
+        if self._draining is not None:
+            self._error(connection, ErrorCode.SHUTTING_DOWN, "server shutting down", packet)
+            return
+        self._in_flight += 1
+        try:
+            await self._route(connection, packet)
+        finally:
+            self._in_flight -= 1
+            if self._draining is not None and self._in_flight == 0:
+                self._draining.set()
+
+    async def _route(self, connection: SocketConnection, packet: SocketPacket) -> None:
         event = packet.event
         if event == SUBSCRIBE_REQUEST:
             await self._subscribe(connection, packet)
@@ -103,6 +133,10 @@ class Dispatcher:
             await self._channel_event(connection, packet)
         else:
             await self._plain_event(connection, packet)
+
+    def reject_rate(self, connection: SocketConnection) -> None:
+        """Answer a frame dropped by the rate limit."""
+        self._error(connection, ErrorCode.RATE_LIMITED, "too many packets; slow down", None)
 
     def receive_bytes(self, connection: SocketConnection) -> None:
         """Answer a binary frame: packets travel in text frames only."""
@@ -129,8 +163,9 @@ class Dispatcher:
             return
         if refusal is None:
             self._reply(connection, packet, {"channel": requested})
-        else:
-            self._error(connection, refusal.code, refusal.reason, packet, refusal.errors)
+        else:  # counted as a refused subscription, not as an error packet
+            frame = encode_reply_error(packet.id, refusal.code, refusal.reason, refusal.errors)
+            connection.push(frame.decode())
 
     async def _try_subscribe(
         self, connection: SocketConnection, requested: object, packet: SocketPacket
@@ -239,6 +274,7 @@ class Dispatcher:
         if require_user and connection.user is None:
             self._error(connection, ErrorCode.UNAUTHENTICATED, "authentication required", packet)
             return
+        started = time.perf_counter()
         try:
             call = handler.prepare(connection, packet)
         except InvalidData as exc:
@@ -280,6 +316,8 @@ class Dispatcher:
             self._error(connection, ErrorCode.HANDLER_ERROR, "handler failed", packet)
         else:
             self._reply(connection, packet, result)
+        finally:
+            self.server.stats.observe_handler(time.perf_counter() - started)
 
     async def _guard(self, step: Awaitable[Any]) -> Any:
         """Await ``step`` under the handler time limit."""
@@ -289,17 +327,25 @@ class Dispatcher:
         async with asyncio.timeout(timeout):
             return await step
 
-    @staticmethod
     def _error(
+        self,
         connection: SocketConnection,
         code: ErrorCode,
         message: str,
         packet: SocketPacket | None,
         errors: list[dict[str, Any]] | None = None,
+        *,
+        packet_id: PacketId | None = None,
     ) -> None:
-        """Answer a failure: a reply when the packet has an ``id``, else ``channels:error``."""
-        if packet is not None and packet.id is not None:
-            frame = encode_reply_error(packet.id, code, message, errors)
+        """Answer a failure: a reply when the packet has an ``id``, else ``channels:error``.
+
+        ``packet_id`` stands in for the id of a packet that could not be decoded.
+        """
+        self.server.stats.errors[code.value] += 1
+        if packet is not None:
+            packet_id = packet.id
+        if packet_id is not None:
+            frame = encode_reply_error(packet_id, code, message, errors)
         else:
             frame = encode_error(code, message, packet, errors)
         connection.push(frame.decode())

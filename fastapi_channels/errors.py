@@ -89,6 +89,10 @@ class ErrorCode(StrEnum):
     """The handler raised; the details are in the server log only."""
     HANDLER_TIMEOUT = "handler-timeout"
     """The handler ran longer than ``Limits.handler_timeout``."""
+    RATE_LIMITED = "rate-limited"
+    """The connection sent faster than ``Limits.rate``; the packet was dropped."""
+    SHUTTING_DOWN = "shutting-down"
+    """The server is stopping and no longer handles packets."""
 
 
 class ChannelsError(Exception):

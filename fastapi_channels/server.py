@@ -9,7 +9,10 @@ data the filter changed (see :mod:`fastapi_channels.outgoing`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import random
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +21,7 @@ from fastapi_channels.errors import CloseCode, InvalidChannel, ProtocolError
 from fastapi_channels.listeners import ChannelListener
 from fastapi_channels.patterns import ChannelPattern
 from fastapi_channels.protocol import encode, validate_channel_name
+from fastapi_channels.stats import Stats
 
 if TYPE_CHECKING:
     from fastapi_channels.connection import SocketConnection
@@ -51,6 +55,8 @@ class SocketServer:
         self._connections: dict[str, SocketConnection] = {}
         self._channels: dict[str, set[SocketConnection]] = {}
         self._users: dict[str, set[SocketConnection]] = {}
+        self.stats = Stats()
+        """Counters since this server was created (see ``fastapi_channels.stats``)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -58,18 +64,21 @@ class SocketServer:
         """Start the broker and begin fanning out what it delivers."""
         await self.broker.start(self._on_message)
 
-    async def stop(self, reason: str = "server shutting down", timeout: float = 5.0) -> None:
+    async def stop(
+        self, reason: str = "server shutting down", timeout: float = 5.0, spread: float = 0.0
+    ) -> None:
         """Disconnect every local connection with ``reason`` (close 1012), then stop the broker.
 
-        Each client gets a ``disconnect`` packet after what was already queued for it; a peer
-        that does not take its close within ``timeout`` seconds is dropped.
+        Each client gets a ``disconnect`` packet after what was already queued for it, with a
+        random ``reconnect_after`` hint between 0 and ``spread`` seconds so that clients do not
+        all come back at once; a peer that does not take its close within ``timeout`` seconds
+        is dropped.
         """
         connections = list(self._connections.values())
         for connection in connections:
-            if connection.is_open:
-                connection._begin_close(CloseCode.SERVICE_RESTART, reason)
-        for connection in connections:
-            await connection.wait_closed(timeout)
+            hint = random.uniform(0, spread) if spread > 0 else None
+            connection.close_soon(CloseCode.SERVICE_RESTART, reason, reconnect_after=hint)
+        await asyncio.gather(*(c.wait_closed(timeout) for c in connections))
         await self.broker.stop()
 
     # ------------------------------------------------------------------ state
@@ -78,6 +87,40 @@ class SocketServer:
     def connections(self) -> list[SocketConnection]:
         """This process's open connections."""
         return list(self._connections.values())
+
+    def __len__(self) -> int:
+        """How many connections this process holds."""
+        return len(self._connections)
+
+    def count_of(self, user_id: object) -> int:
+        """How many connections of one user this process holds."""
+        return len(self._users.get(str(user_id), ()))
+
+    def channel_counts(self) -> dict[str, int]:
+        """Local subscriber count of every channel with at least one subscriber here."""
+        return {name: len(subscribers) for name, subscribers in self._channels.items()}
+
+    def snapshot(self, top: int = 100) -> dict[str, Any]:
+        """This process's state as JSON-ready values, for health and info routes.
+
+        Args:
+            top: how many channels to list, the most subscribed first.
+        """
+        counts = self.channel_counts()
+        busiest = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        queued = [c.queued for c in self._connections.values()]
+        return {
+            "pid": os.getpid(),
+            "connections": len(self._connections),
+            "users": len(self._users),
+            "channels": len(counts),
+            "subscriptions": sum(counts.values()),
+            "queued": sum(queued),
+            "max_queued": max(queued, default=0),
+            "busiest_channels": dict(busiest),
+            "broker": {"type": type(self.broker).__name__, "healthy": self.broker.healthy},
+            "stats": self.stats.as_dict(),
+        }
 
     def connections_of(self, user_id: object) -> list[SocketConnection]:
         """This process's connections of one user."""
@@ -90,6 +133,7 @@ class SocketServer:
     async def add_connection(self, connection: SocketConnection) -> None:
         """Make ``connection`` reachable by id and by user."""
         self._connections[connection.id] = connection
+        self.stats.connections_opened += 1
         key = connection.user_key
         if key is not None:
             peers = self._users.setdefault(key, set())
@@ -214,8 +258,7 @@ class SocketServer:
         elif kind == _DISCONNECT:
             reason = body.decode()
             for connection in list(targets):
-                if connection.is_open:
-                    connection._begin_close(CloseCode.NORMAL, reason)
+                connection.close_soon(CloseCode.NORMAL, reason)
         else:
             logger.error("dropping a message of unknown kind %r on %s", kind, topic)
 
