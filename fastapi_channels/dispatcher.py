@@ -38,6 +38,7 @@ from fastapi_channels.protocol import (
     encode_error,
     encode_reply,
     encode_reply_error,
+    peek_id,
     validate_channel_name,
 )
 from fastapi_channels.registry import ListenerRegistry
@@ -134,9 +135,11 @@ class Dispatcher:
         else:
             await self._plain_event(connection, packet)
 
-    def reject_rate(self, connection: SocketConnection) -> None:
-        """Answer a frame dropped by the rate limit."""
-        self._error(connection, ErrorCode.RATE_LIMITED, "too many packets; slow down", None)
+    def reject_rate(self, connection: SocketConnection, text: str | None = None) -> None:
+        """Answer a frame dropped by the rate limit (with a reply if ``text`` has an ``id``)."""
+        packet_id = peek_id(text) if text is not None else None
+        message = "too many packets; slow down"
+        self._error(connection, ErrorCode.RATE_LIMITED, message, None, packet_id=packet_id)
 
     def receive_bytes(self, connection: SocketConnection) -> None:
         """Answer a binary frame: packets travel in text frames only."""

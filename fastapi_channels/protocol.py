@@ -35,6 +35,7 @@ __all__ = [
     "encode_error",
     "encode_reply",
     "encode_reply_error",
+    "peek_id",
     "validate_channel_name",
 ]
 
@@ -146,6 +147,15 @@ def decode_packet(text: str, max_name_length: int = 200) -> SocketPacket:
         exc.packet_id = packet_id
         raise
     return SocketPacket(event=event, data=raw.get("data"), channel=channel, id=packet_id)
+
+
+def peek_id(text: str) -> PacketId | None:
+    """The valid ``id`` of a frame that is not otherwise decoded (a dropped one), else None."""
+    try:
+        raw = from_json(text)
+        return _packet_id(raw.get("id")) if isinstance(raw, dict) else None
+    except (ValueError, ProtocolError):
+        return None
 
 
 def _packet_id(value: object) -> PacketId | None:

@@ -252,7 +252,7 @@ async def _read(
                     logger.warning("connection %s: rate limit exceeded, closing", connection.id)
                     connection.close_soon(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
                 else:
-                    dispatcher.reject_rate(connection)
+                    dispatcher.reject_rate(connection, text)
                 continue
             tokens -= 1.0
             strikes = 0

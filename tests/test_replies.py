@@ -294,3 +294,15 @@ async def test_request_times_out_and_keeps_other_packets(harness: Any) -> None:
         await harness.server.broadcast(Math, "math.1", "note", 1)
         assert await client.request("echo", 2) == 2
         assert (await client.receive()).event == "note"
+
+
+async def test_a_packet_dropped_by_the_rate_limit_gets_its_reply(start: Start) -> None:
+    harness = await start(listeners=[Echo], limits=Limits(rate=0.5, burst=1, rate_strikes=5))
+    async with harness.client("a") as client:
+        assert await client.request("echo", 1) == 1
+        with pytest.raises(ReplyError) as caught:
+            await client.request("echo", 2)
+        assert caught.value.code == "rate-limited"
+        await client.send_text('{"event": "echo", "id": 1.5}')
+        error = await client.receive()  # an invalid id cannot be replied to
+        assert error.event == "channels:error" and error.data["code"] == "rate-limited"
