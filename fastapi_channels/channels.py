@@ -149,7 +149,8 @@ class Channels:
         if host is None:
             return dict(document)
         server = {"host": host, "protocol": protocol, "pathname": pathname or self.path}
-        return {**document, "servers": {"main": server}}
+        head = {"asyncapi": document["asyncapi"], "info": document["info"]}
+        return {**head, "servers": {"main": server}, **document}
 
     @property
     def router(self) -> APIRouter:
