@@ -306,3 +306,24 @@ async def test_a_packet_dropped_by_the_rate_limit_gets_its_reply(start: Start) -
         await client.send_text('{"event": "echo", "id": 1.5}')
         error = await client.receive()  # an invalid id cannot be replied to
         assert error.event == "channels:error" and error.data["code"] == "rate-limited"
+
+
+class NoEntry(Middleware):
+    async def subscribe(self, context: MiddlewareContext, call_next: CallNext) -> None:
+        if context.channel == "math.closed":
+            raise Reject("closed")
+        if context.channel == "math.broken":
+            raise RuntimeError("middleware bug")
+        await call_next()
+
+
+async def test_subscribe_refused_by_middleware_or_a_failure(start: Start) -> None:
+    harness = await start(listeners=[Math], middleware=[NoEntry()])
+    async with harness.client("a") as client:
+        for requested, code, reason in (
+            ("math.closed", "rejected", "closed"),
+            ("math.broken", "handler-error", "subscription refused"),
+        ):
+            await client.emit("subscribe-channel-request", {"channel": requested}, id=requested)
+            assert (await client.receive()).data["reason"] == reason
+            assert await client.receive() == failed(requested, code, reason)

@@ -344,3 +344,15 @@ def test_plans_are_built_once_per_function() -> None:
     assert plan is not None and plan.adapter is not None
     legacy = plan_for(Room, "legacy")
     assert legacy is not None and legacy.fast and legacy.adapter is None
+
+
+async def test_invalid_subscribe_data_with_an_id_replies_with_the_problems(harness: Any) -> None:
+    async with harness.client("a") as client:
+        await client.emit("subscribe-channel-request", {"channel": "room.4"}, id="j")
+        assert (await client.receive()).data["reason"] == "invalid data"
+        reply = await client.receive()
+        assert reply.error == {
+            "code": "invalid-data",
+            "message": "invalid data",
+            "errors": [{"loc": ["password"], "msg": "Field required", "type": "missing"}],
+        }
