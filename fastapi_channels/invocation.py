@@ -4,17 +4,14 @@ A handler (or ``is_authorised``) may keep Envuso's positional form, ``(self, con
 packet)`` (``(self, connection, user)`` for ``is_authorised``), or ask for what it needs by
 annotation and name, in any order:
 
-===================================================  =========================================
-parameter                                            receives
-===================================================  =========================================
-annotated ``SocketConnection`` (or a subclass)       the connection
-annotated ``SocketPacket``                           the packet
-named ``user``                                       the connection's user (annotation unused)
-annotated with a pydantic model, a dataclass, a      the packet's ``data`` validated into it
-``TypedDict`` (or an optional/union of those)
-named ``data``                                       the packet's ``data``, validated into its
-                                                     annotation (unvalidated without one)
-===================================================  =========================================
+- annotated ``SocketConnection`` (or a subclass): the connection;
+- annotated ``SocketPacket``: the packet;
+- named ``user``: the connection's user (the annotation is not read);
+- annotated with a pydantic model, a dataclass or a ``TypedDict`` (or an optional/union of
+  those): the packet's ``data`` validated into it;
+- named ``data``: the packet's ``data`` validated into its annotation (unvalidated without one).
+
+A parameter with a default that none of these rules claims is left to its default.
 
 The signature and its type hints are read once, into an :class:`InvocationPlan` holding a
 ``pydantic.TypeAdapter`` for the data; nothing is inspected per message. Invalid data raises
