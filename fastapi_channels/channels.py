@@ -58,6 +58,8 @@ class Channels:
         extensions: per-connection extensions (see :mod:`fastapi_channels.extensions`). A
             ``user`` dependency with a ``connection_extension`` attribute (``JWTAuth``: token
             expiry and in-band renewal) adds it on its own.
+        asyncapi: serve the AsyncAPI 3.0 document of the channels at ``{path}/asyncapi.json``
+            (see :meth:`asyncapi`).
         info_guard: a FastAPI dependency guarding ``GET {path}/info`` (this process's counts
             per channel and counters); the route exists only when a guard is given. It should
             raise (e.g. ``HTTPException(403)``) for callers who may not see it.
@@ -78,6 +80,7 @@ class Channels:
         allow_anonymous: bool = True,
         user_id: Callable[[Any], object] | None = None,
         extensions: Sequence[ConnectionExtension] = (),
+        asyncapi: bool = True,
         info_guard: Callable[..., Any] | None = None,
     ) -> None:
         self.user_dependency = user
@@ -88,6 +91,8 @@ class Channels:
         self.path = path
         self.enabled = enabled
         self.allow_anonymous = allow_anonymous
+        self.serve_asyncapi = asyncapi
+        self._asyncapi: dict[tuple[str, str, str | None], dict[str, Any]] = {}
         self.limits = limits or Limits()
         self.registry = ListenerRegistry()
         self.container = container or injector.Injector()
@@ -120,6 +125,49 @@ class Channels:
             raise ConfigurationError("listeners must be registered before the server starts")
         for cls in classes:
             self.registry.add(cls)
+        self._asyncapi.clear()
+
+    def asyncapi(
+        self,
+        *,
+        title: str = "fastapi_channels",
+        version: str = "0.1.0",
+        description: str | None = None,
+        host: str | None = None,
+        protocol: str = "ws",
+        pathname: str | None = None,
+    ) -> dict[str, Any]:
+        """The AsyncAPI 3.0 document of every registered channel, event and data type.
+
+        Works before the server starts (e.g. to write the document to a file). The document is
+        built once per ``(title, version, description)`` and cached; ``servers`` is added per
+        call when ``host`` is given.
+
+        Args:
+            title: ``info.title``.
+            version: ``info.version``.
+            description: ``info.description``.
+            host: the host (and port) clients connect to; omitted from the document if None.
+            protocol: ``ws`` or ``wss``.
+            pathname: the websocket endpoint's path (``path`` by default).
+
+        Raises:
+            ConfigurationError: a handler's signature cannot be satisfied.
+        """
+        from fastapi_channels.asyncapi import asyncapi_document
+
+        key = (title, version, description)
+        document = self._asyncapi.get(key)
+        if document is None:
+            document = asyncapi_document(
+                self.registry, title=title, version=version, description=description
+            )
+            self._asyncapi[key] = document
+        if host is None:
+            return dict(document)
+        server = {"host": host, "protocol": protocol, "pathname": pathname or self.path}
+        head = {"asyncapi": document["asyncapi"], "info": document["info"]}
+        return {**head, "servers": {"main": server}, **document}
 
     @property
     def router(self) -> APIRouter:

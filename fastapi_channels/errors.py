@@ -5,11 +5,13 @@ Every exception the library raises derives from :class:`ChannelsError`::
     ChannelsError
     ├── ConfigurationError      bad set-up, raised at registration or start-up
     ├── ProtocolError           a client sent something the protocol does not allow
+    │   └── InvalidData         the packet's data failed a handler's declared type
     ├── Reject                  middleware, is_authorised or a handler refuses, with a reason
     │   └── AuthenticationError the credential is missing, invalid or from a forbidden origin
     ├── ConnectionClosed        sending on a connection that is closed
     ├── InvalidChannel          a send names a channel its listener does not serve (ValueError)
-    └── BrokerError             the broker (in memory or Redis) failed
+    ├── BrokerError             the broker (in memory or Redis) failed
+    └── ReplyError              a request was answered with an error (client side)
 
 Client-facing failures are mapped to error packets (see :class:`ErrorCode`) or close codes
 (see :class:`CloseCode`) in one place, the dispatcher; nothing a client sends can escape as an
@@ -30,8 +32,10 @@ __all__ = [
     "ConnectionClosed",
     "ErrorCode",
     "InvalidChannel",
+    "InvalidData",
     "ProtocolError",
     "Reject",
+    "ReplyError",
 ]
 
 
@@ -70,12 +74,21 @@ class ErrorCode(StrEnum):
     """A binary frame; only text frames carry packets."""
     INVALID_PACKET = "invalid-packet"
     """The object lacks a string ``event``, or a field has the wrong type or size."""
+    INVALID_DATA = "invalid-data"
+    """The packet's ``data`` does not match the type the handler (or ``is_authorised``)
+    declares; ``errors`` lists each problem as ``{loc, msg, type}`` without the input."""
     UNKNOWN_EVENT = "unknown-event"
     """No listener handles this event (on this channel)."""
     NOT_SUBSCRIBED = "not-subscribed"
     """A channel event for a channel the connection has not subscribed to."""
+    UNKNOWN_CHANNEL = "unknown-channel"
+    """A subscribe request names a channel no listener serves (replies only)."""
     UNAUTHENTICATED = "unauthenticated"
     """The listener requires an authenticated user."""
+    NOT_AUTHORISED = "not-authorised"
+    """``is_authorised`` refused a subscription (replies only)."""
+    TOO_MANY_SUBSCRIPTIONS = "too-many-subscriptions"
+    """The connection has ``Limits.max_subscriptions`` subscriptions already (replies only)."""
     REJECTED = "rejected"
     """Middleware or the handler refused the event; ``message`` holds its reason."""
     HANDLER_ERROR = "handler-error"
@@ -106,12 +119,35 @@ class ProtocolError(ChannelsError):
     Args:
         code: the error packet's code.
         message: a short, client-safe explanation (never echoes large input).
+        packet_id: the offending packet's ``id`` when it carried a valid one, so that the
+            answer is a reply to that id rather than a ``channels:error`` packet.
     """
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(
+        self, code: ErrorCode, message: str, *, packet_id: str | int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.packet_id = packet_id
+
+
+class InvalidData(ProtocolError):
+    """A packet's ``data`` does not match the type its handler declares.
+
+    Raised by the dispatcher before the handler runs (the handler then does not run); a handler
+    may raise it too, for checks its types cannot express. Answered with code
+    ``invalid-data`` and :attr:`errors`.
+
+    Args:
+        message: a short summary, e.g. ``"2 validation errors"``.
+        errors: at most a bounded number of ``{"loc": [...], "msg": str, "type": str}`` items;
+            they never hold the input's values.
+    """
+
+    def __init__(self, message: str, errors: list[dict[str, object]] | None = None) -> None:
+        super().__init__(ErrorCode.INVALID_DATA, message)
+        self.errors: list[dict[str, object]] = errors or []
 
 
 class Reject(ChannelsError):
@@ -223,3 +259,23 @@ class InvalidChannel(ChannelsError, ValueError):
 
 class BrokerError(ChannelsError):
     """The broker could not publish or subscribe (for Redis: the server is unreachable)."""
+
+
+class ReplyError(ChannelsError):
+    """A request (a packet with an ``id``) was answered with an error reply.
+
+    Raised by the clients' awaitable calls and by ``SocketTestClient.request``.
+
+    Attributes:
+        code: the reply's ``error.code`` (an :class:`ErrorCode` value).
+        message: the reply's ``error.message``.
+        errors: the validation problems for code ``invalid-data``, else empty.
+    """
+
+    def __init__(
+        self, code: str, message: str, errors: list[dict[str, object]] | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.errors: list[dict[str, object]] = errors or []

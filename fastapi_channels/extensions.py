@@ -33,9 +33,11 @@ class ConnectionExtension:
     def closed(self, connection: SocketConnection) -> None:
         """Run once the connection has gone away; must not block."""
 
-    async def handle(self, connection: SocketConnection, packet: SocketPacket) -> None:
+    async def handle(self, connection: SocketConnection, packet: SocketPacket) -> object:
         """Handle one packet of one of :attr:`events`.
 
-        An exception is logged and answered with a ``channels:error`` packet (code
-        ``handler-error``); it never closes the connection.
+        What it returns is the ``data`` of the reply when the packet carried an ``id``. An
+        exception is logged and answered with a ``channels:error`` packet (code
+        ``handler-error``), or an error reply; it never closes the connection.
         """
+        return None

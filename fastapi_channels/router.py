@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, WebSocket
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, WebSocket
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIWebSocketRoute
 from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -250,7 +251,7 @@ async def _read(
                     logger.warning("connection %s: rate limit exceeded, closing", connection.id)
                     connection.close_soon(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
                 else:
-                    dispatcher.reject_rate(connection)
+                    dispatcher.reject_rate(connection, text)
                 continue
             tokens -= 1.0
             strikes = 0
@@ -275,6 +276,26 @@ def _endpoint(channels: Channels) -> Callable[..., Any]:
     return endpoint
 
 
+ASYNCAPI_SUFFIX = "/asyncapi.json"
+"""Where the AsyncAPI document is served, after the websocket path: ``/ws/asyncapi.json``."""
+
+
+def _asyncapi_endpoint(channels: Channels) -> Callable[[Request], Any]:
+    async def asyncapi(request: Request) -> JSONResponse:
+        app = request.app
+        document = channels.asyncapi(
+            title=getattr(app, "title", None) or "fastapi_channels",
+            version=getattr(app, "version", None) or "0.1.0",
+            description=getattr(app, "description", None) or None,
+            host=request.headers.get("host") or None,
+            protocol="wss" if request.url.scheme == "https" else "ws",
+            pathname=request.url.path.removesuffix(ASYNCAPI_SUFFIX),
+        )
+        return JSONResponse(document)
+
+    return asyncapi
+
+
 class _AppOverrides:
     """Lets the endpoint see ``app.dependency_overrides`` of the app it is included in."""
 
@@ -287,7 +308,9 @@ class _AppOverrides:
 
 
 def build_router(channels: Channels) -> APIRouter:
-    """Build the router: the websocket endpoint at ``channels.path`` and the server's lifespan.
+    """Build the router: the websocket endpoint, the server's lifespan and the AsyncAPI route.
+
+    The AsyncAPI document is served at ``{path}/asyncapi.json`` unless ``asyncapi=False``.
 
     The endpoint is a FastAPI websocket route (so the user dependency is solved by FastAPI,
     ``app.dependency_overrides`` included) wrapped in the refusal guard, and registered as a
@@ -331,4 +354,12 @@ def build_router(channels: Channels) -> APIRouter:
                 name="fastapi_channels",
             )
         )
+        if channels.serve_asyncapi:
+            router.add_api_route(
+                channels.path.rstrip("/") + ASYNCAPI_SUFFIX,
+                _asyncapi_endpoint(channels),
+                methods=["GET"],
+                include_in_schema=False,
+                name="fastapi_channels_asyncapi",
+            )
     return router

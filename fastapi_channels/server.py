@@ -2,7 +2,9 @@
 
 Each message is encoded once, published through the broker as bytes, and fanned out by every
 process to its local subscribers: appending one shared frame to each connection's bounded queue,
-without awaiting any socket.
+without awaiting any socket. A channel whose listener declares an outgoing filter is the one
+exception: its frames are decoded once per process and re-encoded only for the recipients whose
+data the filter changed (see :mod:`fastapi_channels.outgoing`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 from fastapi_channels.brokers.base import Broker
@@ -265,9 +267,10 @@ class SocketServer:
 
     def _on_message(self, topic: str, data: bytes) -> None:
         if topic.startswith(_CHANNEL):
-            subscribers = self._channels.get(topic[2:])
+            name = topic[2:]
+            subscribers = self._channels.get(name)
             if subscribers:
-                _fan_out(subscribers, data.decode())
+                _deliver(subscribers, name, data.decode())
             return
         targets = self._users.get(topic[2:])
         if not targets:
@@ -278,13 +281,26 @@ class SocketServer:
         elif kind == _CHANNEL_EVENT:
             channel, _, frame = body.partition(b"\n")
             name = channel.decode()
-            _fan_out((c for c in targets if name in c.subscriptions), frame.decode())
+            _deliver([c for c in targets if name in c.subscriptions], name, frame.decode())
         elif kind == _DISCONNECT:
             reason = body.decode()
             for connection in list(targets):
                 connection.close_soon(CloseCode.NORMAL, reason)
         else:
             logger.error("dropping a message of unknown kind %r on %s", kind, topic)
+
+
+def _deliver(connections: Collection[SocketConnection], channel: str, frame: str) -> None:
+    """Queue a channel event, through the channel listener's outgoing filter when it has one."""
+    if not connections:
+        return
+    subscription = next(iter(connections)).subscriptions.get(channel)
+    route = subscription.route if subscription is not None else None
+    outgoing = route.outgoing if route is not None else None
+    if outgoing is None or subscription is None:
+        _fan_out(connections, frame)
+    else:
+        outgoing.fan_out(connections, subscription, frame)
 
 
 def _fan_out(connections: Iterable[SocketConnection], frame: str) -> None:

@@ -423,3 +423,18 @@ async def test_user_loader_result_is_the_connection_user() -> None:
         assert connection.user == {"id": "42", "loaded": True}
         assert connection.user_key == "42"
         assert client.ready is not None
+
+
+async def test_renewal_with_an_id_gets_exactly_one_reply_with_the_response() -> None:
+    token, _ = short_lived(name="before")
+    async with (
+        running(hmac_auth()) as (app, _),
+        SocketTestClient(app, subprotocols=[token]) as client,
+    ):
+        fresh = hs256(claims(lifetime=60, name="after"))
+        await client.emit("channels:authenticate", {"token": fresh}, id="r1")
+        response = await client.receive()
+        assert response.event == "channels:authenticate-response"
+        reply = await client.receive()
+        assert reply == {"event": "channels:reply", "id": "r1", "data": response.data}
+        await client.assert_no_message()

@@ -76,28 +76,32 @@ class TokenLifetime(ConnectionExtension):
         if timer is not None:
             timer.cancel()
 
-    async def handle(self, connection: SocketConnection, packet: SocketPacket) -> None:
-        """Renew the connection's token; always answers with one response packet."""
+    async def handle(self, connection: SocketConnection, packet: SocketPacket) -> dict[str, Any]:
+        """Renew the connection's token; always answers with one response packet.
+
+        Returns the response's data, which is also the reply's when the packet has an ``id``.
+        """
+        response = await self._renew(connection, packet)
+        connection.push(encode(AUTHENTICATE_RESPONSE, response).decode())
+        return response
+
+    async def _renew(self, connection: SocketConnection, packet: SocketPacket) -> dict[str, Any]:
         data = packet.data
         token = data.get("token") if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
-            _respond(connection, {"successful": False, "reason": "data.token must be a string"})
-            return
+            return {"successful": False, "reason": "data.token must be a string"}
         current = get_authentication(connection)
         if current is None:
-            _respond(connection, {"successful": False, "reason": "authentication required"})
-            return
+            return {"successful": False, "reason": "authentication required"}
         try:
             renewed = await self._auth.renew(HTTPConnection(connection.scope), token, current)
         except AuthenticationError as exc:
-            _respond(connection, {"successful": False, "reason": exc.reason})
-            return
-        if not connection.is_open:
-            return
-        connection.user = renewed.user
-        self._schedule(connection, renewed)
-        logger.debug("connection %s: token renewed", connection.id)
-        _respond(connection, {"successful": True, "expires_at": renewed.expires_at})
+            return {"successful": False, "reason": exc.reason}
+        if connection.is_open:
+            connection.user = renewed.user
+            self._schedule(connection, renewed)
+            logger.debug("connection %s: token renewed", connection.id)
+        return {"successful": True, "expires_at": renewed.expires_at}
 
     def _schedule(self, connection: SocketConnection, found: Authentication[Any]) -> None:
         self.closed(connection)
@@ -112,7 +116,3 @@ class TokenLifetime(ConnectionExtension):
         if connection.is_open:
             logger.info("connection %s: token expired, disconnecting", connection.id)
             connection.close_soon(CloseCode.TOKEN_EXPIRED, EXPIRED_REASON)
-
-
-def _respond(connection: SocketConnection, data: dict[str, Any]) -> None:
-    connection.push(encode(AUTHENTICATE_RESPONSE, data).decode())
