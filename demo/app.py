@@ -14,6 +14,8 @@ channels is served at ``/ws/asyncapi.json``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 from starlette.requests import HTTPConnection
