@@ -182,6 +182,7 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
         max_queue=limits.queue_size,
         overflow=limits.overflow,
         stats=server.stats,
+        close_timeout=limits.close_timeout,
     )
     try:
         await dispatcher.connect(connection)

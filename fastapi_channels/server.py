@@ -55,6 +55,7 @@ class SocketServer:
         self._connections: dict[str, SocketConnection] = {}
         self._channels: dict[str, set[SocketConnection]] = {}
         self._users: dict[str, set[SocketConnection]] = {}
+        self._removals: set[asyncio.Future[None]] = set()
         self._empty = asyncio.Event()
         self._empty.set()
         self.stats = Stats()
@@ -157,6 +158,7 @@ class SocketServer:
     async def add_connection(self, connection: SocketConnection) -> None:
         """Make ``connection`` reachable by id and by user."""
         self._connections[connection.id] = connection
+        connection._on_abandon = self._remove_soon
         self._empty.clear()
         self.stats.connections_opened += 1
         key = connection.user_key
@@ -165,6 +167,12 @@ class SocketServer:
             peers.add(connection)
             if len(peers) == 1:
                 await self.broker.subscribe(_USER + key)
+
+    def _remove_soon(self, connection: SocketConnection) -> None:
+        """Forget a connection whose peer stopped reading, without waiting for its reader."""
+        task = asyncio.ensure_future(self.remove_connection(connection))
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
 
     async def remove_connection(self, connection: SocketConnection) -> None:
         """Forget ``connection`` and all its subscriptions."""
