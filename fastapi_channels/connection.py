@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -63,7 +63,10 @@ class SocketConnection:
     __slots__ = (
         "__weakref__",
         "_closed",
+        "_close_timeout",
         "_closing",
+        "_deadline",
+        "_on_abandon",
         "_max_queue",
         "_policy",
         "_queue",
@@ -89,6 +92,7 @@ class SocketConnection:
         max_queue: int = 1000,
         overflow: OverflowPolicy = OverflowPolicy.DISCONNECT,
         stats: Stats | None = None,
+        close_timeout: float = 5.0,
     ) -> None:
         self.id = id
         self.user = user
@@ -101,6 +105,9 @@ class SocketConnection:
         self._policy = overflow
         self._waiter: asyncio.Future[None] | None = None
         self._closing: tuple[int, str] | None = None
+        self._close_timeout = close_timeout
+        self._deadline: asyncio.TimerHandle | None = None
+        self._on_abandon: Callable[[SocketConnection], None] | None = None
         self._closed = False
         self._writer: asyncio.Task[None] | None = None
         self._stats = stats if stats is not None else Stats()
@@ -223,8 +230,24 @@ class SocketConnection:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if self._writer is None:
+        writer = self._writer
+        if writer is None:
             self._closed = True
+        elif not writer.done():
+            self._deadline = asyncio.get_running_loop().call_later(
+                self._close_timeout, self._abandon
+            )
+
+    def _abandon(self) -> None:
+        """The peer has not taken the close in time: stop writing and forget the connection."""
+        self._deadline = None
+        writer = self._writer
+        if writer is not None and not writer.done():
+            logger.warning("connection %s: peer does not read, dropping it", self.id)
+            writer.cancel()
+        self.mark_closed()
+        if self._on_abandon is not None:
+            self._on_abandon(self)
 
     def mark_closed(self) -> None:
         """Record that the peer went away: stop queuing and wake the writer so it exits."""
@@ -258,3 +281,6 @@ class SocketConnection:
         finally:
             self._closed = True
             queue.clear()
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None

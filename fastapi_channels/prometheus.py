@@ -64,6 +64,9 @@ class ChannelsCollector(Collector):
             "1 when the broker can deliver between processes.",
             value=1 if server.broker.healthy else 0,
         )
+        for name, value in server.broker.counters().items():
+            doc = f"The broker's {name.replace('_', ' ')} counter."
+            yield CounterMetricFamily(f"{_PREFIX}_broker_{name}", doc, value=value)
         for name, doc, value in (
             ("connections_opened", "Connections accepted.", stats.connections_opened),
             ("messages_in", "Frames received.", stats.messages_in),

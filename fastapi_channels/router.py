@@ -6,17 +6,19 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, WebSocket
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, WebSocket
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIWebSocketRoute
 from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
 from fastapi_channels import di
+from fastapi_channels.auth.tokens import select_subprotocol
 from fastapi_channels.connection import SocketConnection
 from fastapi_channels.dispatcher import Dispatcher
 from fastapi_channels.errors import CloseCode, Reject
@@ -31,11 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["build_router", "select_subprotocol"]
 
 logger = logging.getLogger("fastapi_channels.router")
-
-
-def select_subprotocol(offered: Sequence[str]) -> str | None:
-    """Choose the subprotocol to echo: the first one offered (the Envuso client's token)."""
-    return offered[0] if offered else None
 
 
 class _ASGITransport:
@@ -186,6 +183,7 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
         max_queue=limits.queue_size,
         overflow=limits.overflow,
         stats=server.stats,
+        close_timeout=limits.close_timeout,
     )
     try:
         await dispatcher.connect(connection)
@@ -204,9 +202,12 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
         return
     await websocket.accept(subprotocol=select_subprotocol(websocket.scope.get("subprotocols", [])))
     connection.push(encode(READY, {"id": connection.id}).decode())
-    connection.start()
-    await server.add_connection(connection)
+    # Reachable before the writer sends ``ready`` (queued first, so nothing precedes it): a
+    # client that has seen ``ready`` gets what is sent to its user from any process.
     try:
+        await server.add_connection(connection)
+        connection.start()
+        dispatcher.opened(connection)
         await _read(websocket, connection, dispatcher, limits)
     finally:
         await dispatcher.disconnect(connection)
@@ -252,7 +253,7 @@ async def _read(
                     logger.warning("connection %s: rate limit exceeded, closing", connection.id)
                     connection.close_soon(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
                 else:
-                    dispatcher.reject_rate(connection)
+                    dispatcher.reject_rate(connection, text)
                 continue
             tokens -= 1.0
             strikes = 0
@@ -277,6 +278,26 @@ def _endpoint(channels: Channels) -> Callable[..., Any]:
     return endpoint
 
 
+ASYNCAPI_SUFFIX = "/asyncapi.json"
+"""Where the AsyncAPI document is served, after the websocket path: ``/ws/asyncapi.json``."""
+
+
+def _asyncapi_endpoint(channels: Channels) -> Callable[[Request], Any]:
+    async def asyncapi(request: Request) -> JSONResponse:
+        app = request.app
+        document = channels.asyncapi(
+            title=getattr(app, "title", None) or "fastapi_channels",
+            version=getattr(app, "version", None) or "0.1.0",
+            description=getattr(app, "description", None) or None,
+            host=request.headers.get("host") or None,
+            protocol="wss" if request.url.scheme == "https" else "ws",
+            pathname=request.url.path.removesuffix(ASYNCAPI_SUFFIX),
+        )
+        return JSONResponse(document)
+
+    return asyncapi
+
+
 class _AppOverrides:
     """Lets the endpoint see ``app.dependency_overrides`` of the app it is included in."""
 
@@ -289,7 +310,9 @@ class _AppOverrides:
 
 
 def build_router(channels: Channels) -> APIRouter:
-    """Build the router: the websocket endpoint at ``channels.path`` and the server's lifespan.
+    """Build the router: the websocket endpoint, the server's lifespan and the AsyncAPI route.
+
+    The AsyncAPI document is served at ``{path}/asyncapi.json`` unless ``asyncapi=False``.
 
     The endpoint is a FastAPI websocket route (so the user dependency is solved by FastAPI,
     ``app.dependency_overrides`` included) wrapped in the refusal guard, and registered as a
@@ -341,4 +364,12 @@ def build_router(channels: Channels) -> APIRouter:
             name="fastapi_channels_client",
             include_in_schema=False,
         )
+        if channels.serve_asyncapi:
+            router.add_api_route(
+                channels.path.rstrip("/") + ASYNCAPI_SUFFIX,
+                _asyncapi_endpoint(channels),
+                methods=["GET"],
+                include_in_schema=False,
+                name="fastapi_channels_asyncapi",
+            )
     return router

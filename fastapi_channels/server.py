@@ -2,7 +2,9 @@
 
 Each message is encoded once, published through the broker as bytes, and fanned out by every
 process to its local subscribers: appending one shared frame to each connection's bounded queue,
-without awaiting any socket.
+without awaiting any socket. A channel whose listener declares an outgoing filter is the one
+exception: its frames are decoded once per process and re-encoded only for the recipients whose
+data the filter changed (see :mod:`fastapi_channels.outgoing`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 from fastapi_channels.brokers.base import Broker
@@ -53,6 +55,9 @@ class SocketServer:
         self._connections: dict[str, SocketConnection] = {}
         self._channels: dict[str, set[SocketConnection]] = {}
         self._users: dict[str, set[SocketConnection]] = {}
+        self._removals: set[asyncio.Future[None]] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
         self.stats = Stats()
         """Counters since this server was created (see ``fastapi_channels.stats``)."""
 
@@ -94,6 +99,10 @@ class SocketServer:
         """How many connections of one user this process holds."""
         return len(self._users.get(str(user_id), ()))
 
+    async def wait_empty(self) -> None:
+        """Return once this process holds no connection (at once if it holds none)."""
+        await self._empty.wait()
+
     def channel_counts(self) -> dict[str, int]:
         """Local subscriber count of every channel with at least one subscriber here."""
         return {name: len(subscribers) for name, subscribers in self._channels.items()}
@@ -116,7 +125,7 @@ class SocketServer:
             "queued": sum(queued),
             "max_queued": max(queued, default=0),
             "busiest_channels": dict(busiest),
-            "broker": {"type": type(self.broker).__name__, "healthy": self.broker.healthy},
+            "broker": {"type": type(self.broker).__name__, **self.broker.health().as_dict()},
             "stats": self.stats.as_dict(),
         }
 
@@ -128,9 +137,29 @@ class SocketServer:
         """This process's connections subscribed to the concrete ``channel``."""
         return list(self._channels.get(channel, ()))
 
+    def health(self) -> dict[str, Any]:
+        """Report this process's state for a health check, as JSON-ready values; no I/O.
+
+        ``healthy`` is false while the broker cannot reach the other processes (Redis down or
+        reconnecting): this process then still serves its own connections, but its messages do
+        not reach other processes, nor theirs it. ``broker`` holds the broker's own report
+        (:class:`~fastapi_channels.brokers.base.BrokerHealth`): its state, how many topics this
+        process listens to, and the last transport error.
+        """
+        broker = self.broker.health()
+        return {
+            "healthy": broker.healthy,
+            "connections": len(self._connections),
+            "channels": len(self._channels),
+            "users": len(self._users),
+            "broker": broker.as_dict(),
+        }
+
     async def add_connection(self, connection: SocketConnection) -> None:
         """Make ``connection`` reachable by id and by user."""
         self._connections[connection.id] = connection
+        connection._on_abandon = self._remove_soon
+        self._empty.clear()
         self.stats.connections_opened += 1
         key = connection.user_key
         if key is not None:
@@ -139,6 +168,12 @@ class SocketServer:
             if len(peers) == 1:
                 await self.broker.subscribe(_USER + key)
 
+    def _remove_soon(self, connection: SocketConnection) -> None:
+        """Forget a connection whose peer stopped reading, without waiting for its reader."""
+        task = asyncio.ensure_future(self.remove_connection(connection))
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
+
     async def remove_connection(self, connection: SocketConnection) -> None:
         """Forget ``connection`` and all its subscriptions."""
         connection.mark_closed()
@@ -146,6 +181,8 @@ class SocketServer:
             await self.remove_subscription(connection, channel)
         if self._connections.pop(connection.id, None) is None:
             return
+        if not self._connections:
+            self._empty.set()
         key = connection.user_key
         peers = self._users.get(key) if key is not None else None
         if peers is not None:
@@ -238,9 +275,10 @@ class SocketServer:
 
     def _on_message(self, topic: str, data: bytes) -> None:
         if topic.startswith(_CHANNEL):
-            subscribers = self._channels.get(topic[2:])
+            name = topic[2:]
+            subscribers = self._channels.get(name)
             if subscribers:
-                _fan_out(subscribers, data.decode())
+                _deliver(subscribers, name, data.decode())
             return
         targets = self._users.get(topic[2:])
         if not targets:
@@ -251,13 +289,26 @@ class SocketServer:
         elif kind == _CHANNEL_EVENT:
             channel, _, frame = body.partition(b"\n")
             name = channel.decode()
-            _fan_out((c for c in targets if name in c.subscriptions), frame.decode())
+            _deliver([c for c in targets if name in c.subscriptions], name, frame.decode())
         elif kind == _DISCONNECT:
             reason = body.decode()
             for connection in list(targets):
                 connection.close_soon(CloseCode.NORMAL, reason)
         else:
             logger.error("dropping a message of unknown kind %r on %s", kind, topic)
+
+
+def _deliver(connections: Collection[SocketConnection], channel: str, frame: str) -> None:
+    """Queue a channel event, through the channel listener's outgoing filter when it has one."""
+    if not connections:
+        return
+    subscription = next(iter(connections)).subscriptions.get(channel)
+    route = subscription.route if subscription is not None else None
+    outgoing = route.outgoing if route is not None else None
+    if outgoing is None or subscription is None:
+        _fan_out(connections, frame)
+    else:
+        outgoing.fan_out(connections, subscription, frame)
 
 
 def _fan_out(connections: Iterable[SocketConnection], frame: str) -> None:

@@ -36,6 +36,25 @@ async def test_demo_private_and_global_chat() -> None:
             assert (await client.receive()).data == {"text": "maintenance"}
 
 
+async def test_demo_typed_events_replies_and_asyncapi() -> None:
+    async with lifespan(app), SocketTestClient(app, subprotocols=["ann"]) as ann:
+        assert (await ann.subscribe("global-chat"))["successful"]
+        assert await ann.request("message", {"text": "hi"}, channel="global-chat") == {
+            "delivered": True
+        }
+        assert (await ann.receive()).data == {"from": "ann", "text": "hi"}
+        await ann.emit("message", {"text": ""}, channel="global-chat")
+        error = await ann.receive()
+        assert error.data["code"] == "invalid-data"
+        assert error.data["errors"][0]["loc"] == ["text"]
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as http:
+            document = (await http.get("/ws/asyncapi.json")).json()
+        assert document["channels"]["UserChat"]["address"] == "user:chat.{wildcard}"
+        assert "GlobalChat.message.receive" in document["operations"]
+
+
 async def test_demo_page_imports_the_javascript_client_the_app_serves() -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://demo") as http:
