@@ -7,14 +7,18 @@ anonymous connection. The token is read from
 the subprotocol offer (the first value, or the value after ``bearer``), the ``Authorization``
 header or the ``token`` query parameter.
 
-``/replies`` emulates the request/reply extension (a packet with an ``id`` answered by
-``{"event": "channels:reply", "id": ..., "data": ..., "error"?: ...}``) until the server
-implements it; the clients' ``request`` is tested against it.
+``/replies`` answers every packet that has an ``id`` with a ``channels:reply`` (an ``error`` for
+the event ``fail``, nothing for ``ignore``), so the clients' ``request`` is tested apart from any
+listener.
+
+:func:`create_jwt_app` authenticates with real JWTs (``JWTAuth``) instead, for token expiry and
+in-band renewal; ``POST /_test/token`` issues them.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Annotated, Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
@@ -32,6 +36,7 @@ from fastapi_channels import (
     channel,
     listener,
 )
+from fastapi_channels.auth import JWTAuth, Key, TokenVerifier, get_authentication
 from fastapi_channels.di import Inject
 
 
@@ -94,6 +99,19 @@ class Echo(SocketListener):
         await connection.send("echo", packet.data)
 
 
+@listener("add")
+class Add(SocketListener):
+    """Returns ``{"sum": a + b}``: the reply to a request; refuses anything but numbers."""
+
+    async def handle(self, connection: SocketConnection, user: Any, packet: SocketPacket) -> Any:
+        data = packet.data
+        if not isinstance(data, dict) or not all(
+            isinstance(data.get(key), int | float) for key in ("a", "b")
+        ):
+            raise Reject("a and b must be numbers")
+        return {"sum": data["a"] + data["b"]}
+
+
 async def _replies(websocket: WebSocket) -> None:
     offered = websocket.scope.get("subprotocols", [])
     await websocket.accept(subprotocol=offered[0] if offered else None)
@@ -131,7 +149,7 @@ def create_app(limits: Limits | None = None) -> FastAPI:
     """Build a fresh app (one ``Channels`` per app)."""
     channels = Channels(
         token_user,
-        listeners=[PublicChannel, PrivateChannel, WhoAmI, Echo],
+        listeners=[PublicChannel, PrivateChannel, WhoAmI, Echo, Add],
         limits=limits,
     )
     app = FastAPI()
@@ -149,5 +167,36 @@ def create_app(limits: Limits | None = None) -> FastAPI:
         for connection in connections:
             await connection.disconnect(body.reason, code=body.code)
         return {"closed": len(connections)}
+
+    return app
+
+
+@listener("whoami")
+class WhoAmIJwt(SocketListener):
+    """Answers ``whoami`` with the token's subject and expiry."""
+
+    async def handle(self, connection: SocketConnection, user: Any, packet: SocketPacket) -> None:
+        found = get_authentication(connection)
+        await connection.send(
+            "whoami",
+            {"user": user and user.id, "expires_at": found and found.expires_at},
+        )
+
+
+class TokenRequest(BaseModel):
+    sub: str
+    lifetime: int = 60
+
+
+def create_jwt_app() -> FastAPI:
+    """An app authenticating with JWTs signed by a fresh random key."""
+    auth = JWTAuth(TokenVerifier(Key.hmac(secrets.token_bytes(32))))
+    channels = Channels(auth, listeners=[PublicChannel, WhoAmIJwt])
+    app = FastAPI()
+    app.include_router(channels.router)
+
+    @app.post("/_test/token")
+    async def token(body: TokenRequest) -> dict[str, str]:
+        return {"token": auth.issue(body.sub, lifetime=body.lifetime)}
 
     return app

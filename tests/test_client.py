@@ -23,11 +23,12 @@ from fastapi_channels.client import (
     ConnectionClosed,
     Packet,
     Refused,
+    RenewalError,
     ReplyError,
     SubscriptionDenied,
     should_reconnect,
 )
-from tests.client_app import create_app
+from tests.client_app import create_app, create_jwt_app
 from tests.live import live_server
 from tests.proxy import TcpProxy, tcp_proxy
 
@@ -405,6 +406,7 @@ def test_the_public_names_of_the_client() -> None:
         "Packet",
         "PacketStream",
         "Refused",
+        "RenewalError",
         "ReplyError",
         "STOP_CODES",
         "SubscriptionDenied",
@@ -482,3 +484,97 @@ async def test_subscribe_while_reconnecting_is_sent_once_ready(
         channel = await c.subscribe("public:later", timeout=5)
         assert channel.state == "subscribed"
         assert c.connected
+
+
+# ---------------------------------------------------------------------- the server's replies
+
+
+async def test_requests_answered_by_the_server_s_listeners(address: str) -> None:
+    async with client(address, token="user-sal") as c:
+        assert await c.request("add", {"a": 1, "b": 2}) == {"sum": 3}
+        with pytest.raises(ReplyError) as refused:
+            await c.request("add", {"a": "x"})
+        assert (refused.value.code, str(refused.value)) == ("rejected", "a and b must be numbers")
+        with pytest.raises(ReplyError) as unknown:
+            await c.request("no-such-event")
+        assert unknown.value.code == "unknown-event"
+        room = await c.subscribe("public:replies")
+        async with room.packets("said") as said:
+            assert await room.request("say", "hi") is None
+            assert (await said.get(timeout=5)).data == "hi"
+
+
+# ---------------------------------------------------------------------- JWT renewal and expiry
+
+
+@pytest.fixture
+async def jwt_address() -> AsyncIterator[str]:
+    async with live_server(create_jwt_app()) as address:
+        yield address
+
+
+async def issue(address: str, sub: str, lifetime: int = 60) -> str:
+    async with httpx.AsyncClient(base_url=f"http://{address}") as http:
+        response = await http.post("/_test/token", json={"sub": sub, "lifetime": lifetime})
+        token: str = response.raise_for_status().json()["token"]
+        return token
+
+
+async def test_renew_swaps_the_token_on_the_live_connection(jwt_address: str) -> None:
+    calls = 0
+
+    async def token() -> str:
+        nonlocal calls
+        calls += 1
+        return await issue(jwt_address, "ann", lifetime=30 + calls)
+
+    async with client(jwt_address, token=token) as c, c.packets("channels:renewal") as events:
+        first_id = c.id
+        answer = await c.renew()
+        assert answer["successful"] is True
+        assert (await events.get(timeout=5)).data == {
+            "successful": True,
+            "reason": None,
+            "expires_at": answer["expires_at"],
+        }
+        assert calls == 2
+        assert await whoami(c) == {"user": "ann", "expires_at": answer["expires_at"]}
+        assert c.id == first_id
+
+
+async def test_a_refused_renewal_raises_and_the_connection_goes_on(jwt_address: str) -> None:
+    async with client(jwt_address, token=await issue(jwt_address, "ann")) as c:
+        with pytest.raises(RenewalError) as refused:
+            await c.renew(await issue(jwt_address, "bob"))
+        assert refused.value.reason == "authentication failed"
+        assert (await whoami(c))["user"] == "ann"
+
+
+async def test_renew_before_renews_on_its_own(jwt_address: str) -> None:
+    async def token() -> str:
+        return await issue(jwt_address, "cy", lifetime=2)
+
+    c = client(jwt_address, token=token, renew_before=1.5)
+    async with c, c.packets("channels:renewal") as renewals:
+        first_id = c.id
+        first = (await renewals.get(timeout=5)).data
+        second = (await renewals.get(timeout=5)).data
+        assert first["successful"] and second["successful"]
+        assert second["expires_at"] >= first["expires_at"]
+        assert c.id == first_id
+
+
+async def test_an_expired_token_closes_with_4001_and_a_fresh_one_reconnects(
+    jwt_address: str,
+) -> None:
+    async def token() -> str:
+        return await issue(jwt_address, "dee", lifetime=2)
+
+    async with client(jwt_address, token=token) as c:
+        first_id = c.id
+        lost = next_state(c, ClientState.RE_CONNECTING, timeout=8)
+        back = next_state(c, ClientState.CONNECTED, timeout=8)
+        state = await lost
+        assert (state["code"], state["reason"]) == (4001, "token expired")
+        await back
+        assert c.id != first_id

@@ -29,6 +29,7 @@ from fastapi_channels.client.errors import (
     ConnectFailed,
     ConnectionClosed,
     Refused,
+    RenewalError,
     ReplyError,
     SubscriptionDenied,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "Packet",
     "PacketStream",
     "Refused",
+    "RenewalError",
     "ReplyError",
     "SubscriptionDenied",
     "should_reconnect",

@@ -9,10 +9,12 @@ each attempt, and subscribes again to every channel.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import inspect
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from enum import StrEnum
 from types import TracebackType
@@ -30,6 +32,7 @@ from fastapi_channels.client.errors import (
     ConnectFailed,
     ConnectionClosed,
     Refused,
+    RenewalError,
     ReplyError,
 )
 from fastapi_channels.client.listeners import Listeners
@@ -52,8 +55,11 @@ PONG = "pong"
 ERROR = "channels:error"
 REPLY = "channels:reply"
 """The reply packet: ``{"event": "channels:reply", "id": <id>, "data": ..., "error"?: {...}}``."""
+AUTHENTICATE = "channels:authenticate"
+"""In-band renewal, ``data: {"token": ...}``; the reply: ``successful``, ``expires_at``."""
 STATE = "channels:state"
 SUBSCRIPTION = "channels:subscription"
+RENEWAL = "channels:renewal"
 
 _MISSING: Any = object()
 _ABNORMAL = 1006
@@ -90,6 +96,9 @@ class ChannelsClient(Listeners):
             to never reconnect.
         open_timeout: seconds allowed for each attempt, handshake and ``ready`` together.
         request_timeout: the default wait for a reply or a subscription answer, in seconds.
+        renew_before: with a token provider, renew the token in-band (:meth:`renew`) this many
+            seconds before its ``exp`` (or at half its remaining life, if later); off by
+            default.
         headers: extra handshake headers.
         connect_options: passed on to ``websockets.asyncio.client.connect`` (``proxy``,
             ``ping_interval``, ``max_size``...).
@@ -104,6 +113,7 @@ class ChannelsClient(Listeners):
         reconnect: Backoff | bool = True,
         open_timeout: float = 10.0,
         request_timeout: float = 10.0,
+        renew_before: float | None = None,
         headers: Mapping[str, str] | None = None,
         **connect_options: Any,
     ) -> None:
@@ -120,6 +130,9 @@ class ChannelsClient(Listeners):
         )
         self.open_timeout = open_timeout
         self.request_timeout = request_timeout
+        self.renew_before = renew_before
+        self._renewal: asyncio.TimerHandle | None = None
+        self._renewing: asyncio.Task[None] | None = None
         self.headers = dict(headers or {})
         self.connect_options = connect_options
         self.id: str | None = None
@@ -201,6 +214,7 @@ class ChannelsClient(Listeners):
         Channels and callbacks are kept, so a later :meth:`connect` subscribes again.
         """
         self._stopping.set()
+        self._cancel_renewal()
         ws = self._ws
         reader, self._reader = self._reader, None
         if ws is not None:
@@ -310,6 +324,35 @@ class ChannelsClient(Listeners):
         finally:
             self._pending.pop(request_id, None)
 
+    async def renew(self, token: str | None = None) -> dict[str, Any]:
+        """Renew the connection's token in-band, keeping the connection and its subscriptions.
+
+        Sends ``channels:authenticate`` with ``token``, or a fresh one from the token provider,
+        and returns the server's answer (``{"successful": True, "expires_at": ...}``). Each
+        outcome is also a ``channels:renewal`` event.
+
+        Raises:
+            RenewalError: the server refused the token; the connection goes on with the old
+                one until it expires (the server then closes with 4001 and the client
+                reconnects, asking the provider).
+            ValueError: there is no token to renew with.
+            ConnectionClosed, TimeoutError: as :meth:`request`.
+        """
+        fresh = token if token is not None else await self._token()
+        if fresh is None:
+            raise ValueError("no token to renew with")
+        answer = await self.request(AUTHENTICATE, {"token": fresh})
+        successful = isinstance(answer, dict) and answer.get("successful") is True
+        reason = None if successful else str((answer or {}).get("reason", "refused"))
+        expires_at = answer.get("expires_at") if successful else None
+        self._emit_local(
+            RENEWAL, {"successful": successful, "reason": reason, "expires_at": expires_at}
+        )
+        if not successful:
+            raise RenewalError(reason or "refused")
+        self._schedule_renewal(expires_at)
+        return dict(answer)
+
     def packets(
         self, event: str | None = None, *, channel: str | None = None, maxsize: int = 1000
     ) -> PacketStream:
@@ -365,7 +408,8 @@ class ChannelsClient(Listeners):
             Refused: the first packet was ``disconnect``.
             ConnectFailed: anything else went wrong before ``ready``.
         """
-        url, subprotocols, headers = self._handshake(await self._token())
+        token = await self._token()
+        url, subprotocols, headers = self._handshake(token)
         try:
             async with asyncio.timeout(self.open_timeout):
                 ws = await connect(
@@ -395,6 +439,7 @@ class ChannelsClient(Listeners):
         self._set_state(ClientState.CONNECTED, id=self.id)
         for channel in list(self._channels.values()):
             await self._send_subscribe(channel)
+        self._schedule_renewal(_jwt_expiry(token))
 
     async def _await_ready(self, ws: ClientConnection) -> Any:
         """Return ``ready``'s data; a ``disconnect`` first is a refusal, final or not.
@@ -429,8 +474,11 @@ class ChannelsClient(Listeners):
                 raise Refused(refusal) from None
             raise ConnectFailed("no ready packet in time", code=_ABNORMAL) from exc
 
-    async def _connect_with_backoff(self, wait_first: bool) -> None:
+    async def _connect_with_backoff(self, wait_first: bool, **lost: Any) -> None:
         """Attempt until connected, waiting the backoff delay before each retry.
+
+        ``lost`` (the close code and reason of a lost connection) goes into the first
+        ``re-connecting`` state event.
 
         Raises:
             Refused: an attempt was refused.
@@ -444,7 +492,8 @@ class ChannelsClient(Listeners):
             if wait and backoff is not None:
                 delay = backoff.delay(step)
                 step += 1
-                self._set_state(ClientState.RE_CONNECTING, attempt=step, delay=delay)
+                self._set_state(ClientState.RE_CONNECTING, attempt=step, delay=delay, **lost)
+                lost = {}
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
             if self._stopping.is_set():
@@ -470,6 +519,7 @@ class ChannelsClient(Listeners):
                 assert ws is not None
                 code, close_reason = await self._read(ws)
                 self._ws = None
+                self._cancel_renewal()
                 self.close_code, self.close_reason = code, close_reason
                 self._fail_pending(
                     ConnectionClosed(f"connection lost ({code})", code, close_reason)
@@ -485,7 +535,9 @@ class ChannelsClient(Listeners):
                     return
                 logger.info("connection lost (%s %s), reconnecting", code, close_reason)
                 try:
-                    await self._connect_with_backoff(wait_first=True)
+                    await self._connect_with_backoff(
+                        wait_first=True, code=code, reason=close_reason
+                    )
                 except (Refused, ConnectionClosed) as exc:
                     reason = exc
                     if not self._stopping.is_set():
@@ -578,6 +630,43 @@ class ChannelsClient(Listeners):
 
     # ------------------------------------------------------------------ helpers
 
+    def _schedule_renewal(self, expires_at: Any) -> None:
+        """Plan the next automatic renewal, when ``renew_before`` and a provider are set."""
+        if self._renewal is not None:
+            self._renewal.cancel()
+            self._renewal = None
+        if self.renew_before is None or not callable(self.token):
+            return
+        if not isinstance(expires_at, int | float):
+            return
+        remaining = expires_at - time.time()
+        if remaining <= 0:
+            return
+        # never sooner than half the remaining life: a short token must not renew in a loop
+        delay = max(remaining - self.renew_before, remaining / 2)
+        loop = asyncio.get_running_loop()
+        self._renewal = loop.call_later(delay, self._start_renewal)
+
+    def _start_renewal(self) -> None:
+        self._renewal = None
+        if self.connected and (self._renewing is None or self._renewing.done()):
+            self._renewing = asyncio.create_task(self._auto_renew())
+
+    async def _auto_renew(self) -> None:
+        try:
+            await self.renew()
+        except (RenewalError, ConnectFailed, ConnectionClosed, TimeoutError) as exc:
+            if self.connected:  # lost meanwhile: the reconnect asks the provider anyway
+                logger.warning("renewing the token failed: %s", exc)
+
+    def _cancel_renewal(self) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
+            self._renewal = None
+        renewing, self._renewing = self._renewing, None
+        if renewing is not None and renewing is not asyncio.current_task():
+            renewing.cancel()
+
     def _require_running(self) -> None:
         if not self._running or self._stopping.is_set():
             raise ConnectionClosed("not connected: call connect() first")
@@ -641,3 +730,16 @@ class ChannelsClient(Listeners):
             if stream.matches(packet) and stream.event is not None:
                 stream.put(packet)
         self._dispatch(packet)
+
+
+def _jwt_expiry(token: str | None) -> float | None:
+    """The ``exp`` claim of a JWT, unverified (only used to time a renewal); else ``None``."""
+    parts = token.split(".") if token else []
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, int | float) else None

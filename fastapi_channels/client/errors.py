@@ -7,6 +7,7 @@ All derive from :class:`~fastapi_channels.errors.ChannelsError`::
     │   └── ConnectFailed           a connection attempt failed (network, handshake, no ready)
     ├── Refused                     the server refused the connection for good: not retried
     ├── SubscriptionDenied          the server refused a subscription
+    ├── RenewalError                the server refused an in-band token renewal
     └── ReplyError                  the server answered a request with an error
 
 Waits that run out raise the built-in :class:`TimeoutError`.
@@ -18,7 +19,14 @@ from typing import Any
 
 from fastapi_channels.errors import ChannelsError, ConnectionClosed
 
-__all__ = ["ConnectFailed", "ConnectionClosed", "Refused", "ReplyError", "SubscriptionDenied"]
+__all__ = [
+    "ConnectFailed",
+    "ConnectionClosed",
+    "Refused",
+    "RenewalError",
+    "ReplyError",
+    "SubscriptionDenied",
+]
 
 
 class ConnectFailed(ConnectionClosed):
@@ -59,6 +67,20 @@ class SubscriptionDenied(ChannelsError):
     def __init__(self, channel: str, reason: str) -> None:
         super().__init__(f"subscription to {channel} refused: {reason}")
         self.channel = channel
+        self.reason = reason
+
+
+class RenewalError(ChannelsError):
+    """The server refused to renew the connection's token in-band.
+
+    The connection goes on with the token it has until that one expires.
+
+    Attributes:
+        reason: the server's reason (deliberately generic, e.g. ``authentication failed``).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"token renewal refused: {reason}")
         self.reason = reason
 
 

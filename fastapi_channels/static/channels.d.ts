@@ -10,6 +10,8 @@ export declare const ServerEventTypes: Readonly<{
   CHANNEL_SUBSCRIBE_RESPONSE: "subscribe-channel-response";
   CHANNEL_UNSUBSCRIBE_REQUEST: "unsubscribe-channel-request";
   ERROR: "channels:error";
+  AUTHENTICATE: "channels:authenticate";
+  AUTHENTICATE_RESPONSE: "channels:authenticate-response";
   REPLY: "channels:reply";
 }>;
 
@@ -28,6 +30,7 @@ export declare const ClientEvents: Readonly<{
   STATE: "channels:state";
   WARNING: "channels:warning";
   SUBSCRIPTION: "channels:subscription";
+  RENEWAL: "channels:renewal";
 }>;
 
 /** A packet as it travels on the wire. */
@@ -70,6 +73,21 @@ export interface SubscriptionChange {
   reason: string | null;
   /** True when this answers the automatic re-subscription after a reconnect. */
   resubscribed: boolean;
+}
+
+/** `channels:renewal`: the outcome of an in-band token renewal. */
+export interface RenewalChange {
+  successful: boolean;
+  reason: string | null;
+  /** The new token's `exp` (seconds since the epoch), when known. */
+  expiresAt: number | null;
+}
+
+/** The server's answer to `channels:authenticate`. */
+export interface RenewalAnswer {
+  successful: boolean;
+  expires_at?: number | null;
+  reason?: string;
 }
 
 /** `channels:warning`: something unexpected happened; never thrown. */
@@ -118,6 +136,8 @@ export interface SocketClientOptions {
   connectTimeout?: number;
   /** Default time allowed for a reply, in ms (10000). */
   requestTimeout?: number;
+  /** With a token provider: renew the token in-band this many ms before its `exp` (off). */
+  renewBefore?: number | null;
 }
 
 export interface RequestOptions {
@@ -144,12 +164,17 @@ export declare class ConnectionClosedError extends ChannelsError {
   readonly reason: string;
 }
 export declare class TimeoutError extends ChannelsError {}
+export declare class RenewalError extends ChannelsError {
+  readonly reason: string;
+}
 export declare class ReplyError extends ChannelsError {
   readonly code: string | null;
   readonly error: ReplyErrorBody;
 }
 
 export declare function defaultShouldReconnect(close: CloseInfo): boolean;
+/** A JWT's `exp` claim (unverified), or null. */
+export declare function jwtExpiry(token: string | null | undefined): number | null;
 export declare function backoffDelay(
   attempt: number,
   options: Required<Pick<ReconnectOptions, "initialDelay" | "maxDelay" | "factor" | "jitter">>,
@@ -191,6 +216,7 @@ export declare class SocketClient {
   on(event: "channels:state", callback: (change: StateChange) => unknown): this;
   on(event: "channels:subscription", callback: (change: SubscriptionChange) => unknown): this;
   on(event: "channels:warning", callback: (warning: Warning) => unknown): this;
+  on(event: "channels:renewal", callback: (change: RenewalChange) => unknown): this;
   on(event: "channels:error", callback: Listener<ReplyErrorBody>): this;
   on<T = any>(event: string, callback: Listener<T>): this;
   listen<T = any>(event: string, callback: Listener<T>): this;
@@ -199,4 +225,6 @@ export declare class SocketClient {
   /** @throws ConnectionClosedError when not connected. */
   emit(event: string, data?: unknown): void;
   request<T = unknown>(event: string, data?: unknown, options?: RequestOptions): Promise<T>;
+  renew(token?: string): Promise<RenewalAnswer>;
+  renewBefore: number | null;
 }

@@ -33,6 +33,8 @@ export const ServerEventTypes = Object.freeze({
   CHANNEL_SUBSCRIBE_RESPONSE: "subscribe-channel-response",
   CHANNEL_UNSUBSCRIBE_REQUEST: "unsubscribe-channel-request",
   ERROR: "channels:error",
+  AUTHENTICATE: "channels:authenticate",
+  AUTHENTICATE_RESPONSE: "channels:authenticate-response",
   REPLY: "channels:reply",
 });
 
@@ -50,6 +52,7 @@ export const ClientEvents = Object.freeze({
   STATE: "channels:state",
   WARNING: "channels:warning",
   SUBSCRIPTION: "channels:subscription",
+  RENEWAL: "channels:renewal",
 });
 
 /** Base class of every error this module raises or rejects with. */
@@ -99,6 +102,15 @@ export class ConnectionClosedError extends ChannelsError {
 
 /** No answer came within the time allowed. */
 export class TimeoutError extends ChannelsError {}
+
+/** The server refused to renew the token in-band; the connection goes on with the old one. */
+export class RenewalError extends ChannelsError {
+  /** @param {string} reason */
+  constructor(reason) {
+    super(`token renewal refused: ${reason}`);
+    this.reason = reason;
+  }
+}
 
 /** The server answered a request with an error. */
 export class ReplyError extends ChannelsError {
@@ -152,6 +164,19 @@ export function backoffDelay(attempt, options, random = Math.random) {
 
 function isObject(value) {
   return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+/** The `exp` claim of a JWT (seconds), or `null` for anything else; the signature is not
+ * checked: the client only uses it to time a renewal. */
+export function jwtExpiry(token) {
+  const payload = typeof token === "string" ? token.split(".")[1] : undefined;
+  if (!payload) return null;
+  try {
+    const claims = JSON.parse(atob(payload.replace(/-/g, "+").replace(/_/g, "/")));
+    return typeof claims?.exp === "number" ? claims.exp : null;
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -295,7 +320,8 @@ export class SocketClient extends Listeners {
    *   of the standard API; `globalThis.WebSocket` by default), `reconnect` (`false`, or
    *   overrides of `initialDelay`, `maxDelay`, `factor`, `jitter`, `maxAttempts`,
    *   `shouldReconnect`), `connectTimeout` (ms until `ready`, 10000), `requestTimeout`
-   *   (ms, 10000).
+   *   (ms, 10000), `renewBefore` (ms: with a token provider, renew the token in-band that
+   *   long before its `exp`; off by default).
    */
   constructor(url, options = {}) {
     super();
@@ -309,6 +335,8 @@ export class SocketClient extends Listeners {
       options.reconnect === false ? null : { ...DEFAULT_RECONNECT, ...(options.reconnect ?? {}) };
     this.connectTimeout = options.connectTimeout ?? 10000;
     this.requestTimeout = options.requestTimeout ?? 10000;
+    this.renewBefore = options.renewBefore ?? null;
+    this._renewTimer = null;
     /** The connection id the server sent in `ready`. */
     this.id = null;
     this._status = ConnectionStatus.NONE;
@@ -387,6 +415,7 @@ export class SocketClient extends Listeners {
    */
   disconnect(code = CLOSE_NORMAL, reason = "") {
     this._stopped = true;
+    clearTimeout(this._renewTimer);
     if (this._status === ConnectionStatus.NONE || this._status === ConnectionStatus.DISCONNECTED) {
       this._setState(ConnectionStatus.DISCONNECTED, { code, reason });
       return Promise.resolve();
@@ -501,6 +530,32 @@ export class SocketClient extends Listeners {
     });
   }
 
+  /**
+   * Renew the connection's token in-band (`channels:authenticate`), keeping the connection and
+   * its subscriptions: with `token`, or a fresh one from the token provider.
+   *
+   * Resolves with the server's answer (`{successful: true, expires_at}`); rejects with
+   * `RenewalError` when the server refuses it (the connection goes on until the old token
+   * expires), or as `request` does. Each outcome is also a `channels:renewal` event. With the
+   * `renewBefore` option (ms) and a token provider, the client renews on its own that long
+   * before the token's `exp` (or at half its remaining life, if that is later).
+   *
+   * @param {string} [token]
+   * @returns {Promise<{successful: boolean, expires_at?: number | null}>}
+   */
+  async renew(token) {
+    const fresh = token !== undefined ? token : await this._currentToken();
+    if (fresh === null || fresh === undefined) throw new TypeError("no token to renew with");
+    const answer = await this.request(ServerEventTypes.AUTHENTICATE, { token: fresh });
+    const successful = isObject(answer) && answer.successful === true;
+    const reason = successful ? null : String(answer?.reason ?? "refused");
+    const expiresAt = successful ? (answer.expires_at ?? null) : null;
+    this._emitLocal(ClientEvents.RENEWAL, { successful, reason, expiresAt });
+    if (!successful) throw new RenewalError(reason);
+    this._scheduleRenewal(expiresAt);
+    return answer;
+  }
+
   // ------------------------------------------------------------------ internals
 
   /** Attempt until connected; `step` indexes the next backoff delay. */
@@ -576,7 +631,7 @@ export class SocketClient extends Listeners {
           settled = true;
           clearTimeout(timer);
           session.ready = true;
-          this._onReady(packet);
+          this._onReady(packet, token);
           resolve(isObject(packet.data) ? packet.data : {});
         } else if (packet.event === ServerEventTypes.SOCKET_DISCONNECT) {
           refusal = String(packet.data?.reason ?? "refused"); // the close code tells if it is final
@@ -635,7 +690,7 @@ export class SocketClient extends Listeners {
     return { url, protocols };
   }
 
-  _onReady(packet) {
+  _onReady(packet, token) {
     this.id = isObject(packet.data) ? (packet.data.id ?? null) : null;
     const previous = this._status;
     this._status = ConnectionStatus.CONNECTED;
@@ -645,10 +700,12 @@ export class SocketClient extends Listeners {
       this._sendSubscribe(channel.name);
     }
     this._emitLocal(ClientEvents.STATE, { state: this._status, previous, id: this.id });
+    if (token !== null) this._scheduleRenewal(jwtExpiry(token));
   }
 
   _onLost(session, event) {
     if (this._ws === session.ws) this._ws = null;
+    clearTimeout(this._renewTimer);
     const code = event.code;
     const reason = session.closingReason ?? event.reason ?? "";
     this._failPending(new ConnectionClosedError(`connection lost (${code})`, code, reason));
@@ -680,6 +737,25 @@ export class SocketClient extends Listeners {
       throw error;
     }
     return this._connectLoop(true, true, 1);
+  }
+
+  _scheduleRenewal(expiresAt) {
+    clearTimeout(this._renewTimer);
+    this._renewTimer = null;
+    if (this.renewBefore === null || typeof this._token !== "function") return;
+    if (typeof expiresAt !== "number") return;
+    const remaining = expiresAt * 1000 - Date.now();
+    if (remaining <= 0) return;
+    // Never sooner than half the token's remaining life: a short token must not renew in a loop.
+    const delay = Math.max(remaining - this.renewBefore, remaining / 2);
+    this._renewTimer = setTimeout(() => {
+      this._renewTimer = null;
+      if (!this._isOpen()) return;
+      this.renew().catch((error) => {
+        // Lost meanwhile: the reconnect asks the provider anyway.
+        if (this._isOpen()) this._warn("renewing the token failed", { error });
+      });
+    }, delay);
   }
 
   _wait(delay) {

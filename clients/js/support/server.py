@@ -18,7 +18,7 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from fastapi_channels import Limits
-from tests.client_app import create_app
+from tests.client_app import create_app, create_jwt_app
 
 
 class _Server(uvicorn.Server):
@@ -32,6 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--max-connections", type=int, default=None)
     parser.add_argument("--max-connections-per-user", type=int, default=None)
+    parser.add_argument("--jwt", action="store_true", help="serve create_jwt_app() instead")
     args = parser.parse_args()
     limits = Limits(
         max_connections=args.max_connections,
@@ -42,7 +43,11 @@ def main() -> None:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(limits), port=port, log_level="warning", lifespan="on", ws="websockets-sansio"
+        create_jwt_app() if args.jwt else create_app(limits),
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        ws="websockets-sansio",
     )
     server = _Server(config)
 

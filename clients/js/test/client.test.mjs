@@ -255,6 +255,23 @@ describe("requests (reply packets matched by id)", { timeout: 20000 }, () => {
   });
 });
 
+describe("requests answered by the server's listeners", { timeout: 20000 }, () => {
+  test("the return value is the reply; a refusal or an unknown event rejects", async () => {
+    const c = client({ token: "user-sal" });
+    await c.connect();
+    assert.deepEqual(await c.request("add", { a: 1, b: 2 }), { sum: 3 });
+    const refused = await c.request("add", { a: "x" }).catch((e) => e);
+    assert.ok(refused instanceof ReplyError);
+    assert.equal(refused.code, "rejected");
+    assert.equal(refused.message, "a and b must be numbers");
+    assert.equal((await c.request("no-such-event").catch((e) => e)).code, "unknown-event");
+    const room = await c.subscribe("public:replies");
+    const said = next(room, "said");
+    assert.equal(await room.request("say", "hi"), null);
+    assert.equal(await said, "hi");
+  });
+});
+
 describe("the served module", { timeout: 20000 }, () => {
   test("is served at <path>/client.js as JavaScript, with a validator", async () => {
     const response = await server.get("/ws/client.js");
