@@ -23,6 +23,7 @@ import pytest
 from demo.app import app
 from tests.live import live_server
 from tests.processes import start_process
+from tests.proxy import tcp_proxy
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -97,6 +98,7 @@ class Person:
         await page.get_by_role("button", name="Log in").click()
         await expect(page.get_by_role("status")).to_have_text("connected")
         await expect(page.get_by_text(f"Signed in as {self.name}")).to_be_visible()
+        await expect(page.get_by_text(f"You are {self.name}. Say hello!")).to_be_visible()
 
     def conversations(self) -> Any:
         return self.page.get_by_role("navigation", name="Conversations")
@@ -144,6 +146,10 @@ async def test_two_people_chat_in_the_room_and_in_private_and_a_third_sees_no_se
         )
         await alice.screenshot("1-login-desktop")
         await bob.screenshot("1-login-phone")
+        await carol.page.get_by_label("Your name").fill("carol!")
+        await carol.page.get_by_role("button", name="Log in").click()
+        await expect(carol.page.get_by_role("alert")).to_contain_text("lower-case letters")
+        carol.errors.clear()  # the browser logs the refused request (422) as an error
         await asyncio.gather(alice.log_in(), bob.log_in(), carol.log_in())
 
         # The room: everyone sees everyone; typing shows to the others while it lasts.
@@ -153,6 +159,7 @@ async def test_two_people_chat_in_the_room_and_in_private_and_a_third_sees_no_se
         await bob.type("hi al")
         await expect(alice.page.get_by_text("bob is typing…")).to_be_visible()
         await expect(carol.page.get_by_text("bob is typing…")).to_be_visible()
+        await alice.screenshot("2-typing-desktop")
         await bob.send("hi alice!")
         await expect(alice.room()).to_contain_text("hi alice!")
         await expect(alice.page.get_by_text("bob is typing…")).to_be_hidden()
@@ -199,6 +206,32 @@ async def test_two_people_chat_in_the_room_and_in_private_and_a_third_sees_no_se
         await alice.screenshot("4-room-narrow")
         for person in (alice, bob, carol):
             assert person.errors == [], person.name
+
+
+async def test_a_lost_connection_shows_and_comes_back_by_itself(browser: Browser) -> None:
+    """The badge follows the connection; after a reconnect the page is subscribed again."""
+    from playwright.async_api import expect
+
+    async with asyncio.timeout(60), live_server(app) as address:
+        port = int(address.rsplit(":", 1)[1])
+        async with tcp_proxy(port) as network:
+            alice = await Person.open(browser, f"http://127.0.0.1:{network.port}", "alice", PHONE)
+            bob = await Person.open(browser, f"http://{address}", "bob", DESKTOP)
+            await asyncio.gather(alice.log_in(), bob.log_in())
+            status = alice.page.get_by_role("status")
+
+            network.down = True
+            network.drop()
+            await expect(status).to_have_text(re.compile(r"^reconnecting in \d+ s$"))
+            await expect(alice.page.get_by_role("button", name="Send")).to_be_disabled()
+            await alice.screenshot("5-reconnecting-phone")
+            network.down = False
+            await expect(status).to_have_text("connected", timeout=2 * WAIT)
+            await bob.send("welcome back")
+            await expect(alice.room()).to_contain_text("welcome back")
+            await alice.send("thanks")
+            await expect(bob.room()).to_contain_text("thanks")
+            assert alice.errors == bob.errors == []
 
 
 async def test_two_workers_on_redis_share_the_room_and_inboxes(

@@ -105,6 +105,7 @@ async function start(name, firstToken) {
   inbox.listen("typing", ({ from }) => typing(conversation(`@${from}`), from));
   // --8<-- [end:connect]
   window.chatClient = client; // for poking at it from the console
+  enableSending();
   note(conversation("room"), `You are ${me}. Say hello!`);
 }
 
@@ -124,7 +125,12 @@ function showState({ state, delay, reason }) {
   } else {
     badge.textContent = state;
   }
-  $("send-button").disabled = state !== "connected";
+  enableSending();
+}
+
+/** Sending needs a connection and both channels (subscribed again on their own after a loss). */
+function enableSending() {
+  $("send-button").disabled = client.state !== "connected" || inbox === null;
 }
 
 // ---- conversations ---------------------------------------------------------------------------
