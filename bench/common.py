@@ -138,6 +138,22 @@ def add_routes(app: Any, bench: Bench) -> None:
     async def publish(rate: float, count: int, burst: int = 1) -> dict[str, Any]:
         return bench.publish(rate, count, burst)
 
+    @app.get("/bench/allocations")
+    async def allocations() -> list[str]:
+        """With PYTHONTRACEMALLOC set: the top allocation sites since the previous call."""
+        import tracemalloc
+
+        if not tracemalloc.is_tracing():
+            return []
+        snapshot = tracemalloc.take_snapshot()
+        previous = getattr(bench, "snapshot", None)
+        bench.snapshot = snapshot  # type: ignore[attr-defined]
+        if previous is None:
+            return []
+        stats = snapshot.compare_to(previous, "lineno")
+        total = sum(s.size_diff for s in stats)
+        return [f"total {total / 1024:.0f} KiB", *(str(s) for s in stats[:40])]
+
     @app.get("/bench/stats")
     async def stats(reset: bool = False) -> dict[str, Any]:
         return bench.stats(reset)

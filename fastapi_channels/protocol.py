@@ -16,6 +16,7 @@ from pydantic_core import from_json, to_json
 from fastapi_channels.errors import ErrorCode, ProtocolError
 
 __all__ = [
+    "BATCH",
     "CHANNEL_NAME_RE",
     "DISCONNECT",
     "ERROR",
@@ -41,6 +42,8 @@ PING: Final = "ping"
 PONG: Final = "pong"
 ERROR: Final = "channels:error"
 """Our error packet's event name; the Envuso client ignores plain events it does not know."""
+BATCH: Final = "channels:batch"
+"""Our batching option: a client asks for it, the server answers with the same event."""
 
 RESERVED_EVENTS: Final = frozenset(
     {
@@ -52,6 +55,7 @@ RESERVED_EVENTS: Final = frozenset(
         PING,
         PONG,
         ERROR,
+        BATCH,
     }
 )
 """Event names no listener may handle."""

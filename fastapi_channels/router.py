@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -32,16 +32,29 @@ def select_subprotocol(offered: Sequence[str]) -> str | None:
     return offered[0] if offered else None
 
 
+_ASGI_KEY = "fastapi_channels.asgi"
+"""Scope key holding the ``(receive, send)`` the route was called with, below Starlette's
+per-message wrappers and the refusal guard (a tuple in a dict that has room: no new memory)."""
+
+
 class _ASGITransport:
-    """Sends text frames straight through the websocket's ASGI ``send``."""
+    """Sends text frames straight through the route's ASGI ``send``.
 
-    __slots__ = ("_websocket",)
+    Starlette's ``WebSocket.send`` checks its state machine and goes through two wrapper
+    coroutines on every message; after the handshake those checks cannot fail for a text frame
+    (a send on a closed socket fails in the server's ``send`` itself), so the hot path skips
+    them and returns the server's own send coroutine, which the connection may step in place.
+    The close still goes through Starlette, which tracks the closing state.
+    """
 
-    def __init__(self, websocket: WebSocket) -> None:
+    __slots__ = ("_send", "_websocket")
+
+    def __init__(self, websocket: WebSocket, send: Send) -> None:
         self._websocket = websocket
+        self._send = send
 
-    async def send_text(self, text: str) -> None:
-        await self._websocket.send({"type": "websocket.send", "text": text})
+    def send_text(self, text: str) -> Coroutine[Any, Any, None]:
+        return self._send({"type": "websocket.send", "text": text})  # type: ignore[return-value]
 
     async def close(self, code: int, reason: str) -> None:
         if self._websocket.application_state is WebSocketState.CONNECTED:
@@ -123,6 +136,7 @@ class _RefuseOnError:
             else:
                 await send(message)
 
+        scope[_ASGI_KEY] = (receive, send)
         try:
             await self.app(scope, tracking_receive, guarded_send)
         except Exception as exc:
@@ -144,8 +158,12 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
         await _refuse(websocket, "authentication required")
         return
     limits = channels.limits
+    # After the handshake, frames go straight through the route's ASGI callables: Starlette's
+    # state checks and wrapper coroutines cost time per frame and a suspended frame per idle
+    # connection, and cannot fail once accepted (the server's own calls raise instead).
+    receive, send = websocket.scope.get(_ASGI_KEY, (websocket.receive, websocket.send))
     connection = SocketConnection(
-        _ASGITransport(websocket),
+        _ASGITransport(websocket, send),
         id=uuid.uuid4().hex,
         user=user,
         user_key=channels.user_key(user),
@@ -165,7 +183,7 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
     max_size = limits.max_message_size
     try:
         while True:
-            message = await websocket.receive()
+            message = await receive()
             if message["type"] == "websocket.disconnect":
                 break
             if not connection.is_open:

@@ -1,14 +1,19 @@
 """The socket server: who is connected, who is subscribed to what, and every way to send.
 
 Each message is encoded once, published through the broker as bytes, and fanned out by every
-process to its local subscribers: appending one shared frame to each connection's bounded queue,
-without awaiting any socket.
+process to its local subscribers: handing one shared frame to each connection, without awaiting
+any socket (see :meth:`SocketConnection.push`). A fan-out to more than ``FAN_OUT_CHUNK``
+connections is cut into chunks with a turn of the event loop between them, so a broadcast to a
+huge channel never blocks the loop for long; fan-outs then run strictly in arrival order, so
+every connection still gets its frames in publish order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from fastapi_channels.brokers.base import Broker
@@ -21,7 +26,7 @@ if TYPE_CHECKING:
     from fastapi_channels.connection import SocketConnection
     from fastapi_channels.listeners import Subscription
 
-__all__ = ["SocketServer"]
+__all__ = ["FAN_OUT_CHUNK", "SocketServer"]
 
 logger = logging.getLogger("fastapi_channels.server")
 
@@ -33,6 +38,23 @@ _USER = "u:"
 _EVENT = b"e"
 _CHANNEL_EVENT = b"c"
 _DISCONNECT = b"x"
+
+FAN_OUT_CHUNK = 1000
+"""Connections served in one go (a few milliseconds); a larger fan-out yields between chunks."""
+_BACKLOG_LIMIT = 32
+"""Fan-outs waiting for their turn above which :meth:`SocketServer.broadcast` waits."""
+
+
+class _FanOut:
+    """A fan-out in progress: the recipients fixed at arrival, and how far it got."""
+
+    __slots__ = ("channel", "connections", "frame", "index")
+
+    def __init__(self, connections: list[SocketConnection], frame: str, channel: str | None):
+        self.connections = connections
+        self.frame = frame
+        self.channel = channel
+        self.index = 0
 
 
 class SocketServer:
@@ -49,6 +71,8 @@ class SocketServer:
         self._connections: dict[str, SocketConnection] = {}
         self._channels: dict[str, set[SocketConnection]] = {}
         self._users: dict[str, set[SocketConnection]] = {}
+        self._backlog: deque[_FanOut] = deque()
+        self._drained: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -69,6 +93,8 @@ class SocketServer:
         for connection in connections:
             await connection.wait_closed(timeout)
         await self.broker.stop()
+        self._backlog.clear()
+        self._release_waiters()
 
     # ------------------------------------------------------------------ state
 
@@ -144,9 +170,11 @@ class SocketServer:
         """Send ``event`` to every subscriber of the concrete ``channel``, on every process.
 
         Only subscribers of exactly ``channel`` receive it (never those of other channels that
-        the same pattern matches). The packet is encoded once; each process appends the same
-        frame to each local subscriber's queue. A recipient whose queue is full is handled by
-        its overflow policy and does not delay the others.
+        the same pattern matches). The packet is encoded once; each process hands the same
+        frame to each local subscriber. A recipient whose queue is full is handled by its
+        overflow policy and does not delay the others. While more than a few large fan-outs
+        wait for their turn in this process, this waits for them first (backpressure on a
+        publisher that outruns the sockets).
 
         Args:
             listener: the listener class (or instance, or pattern) that serves ``channel``.
@@ -159,6 +187,8 @@ class SocketServer:
             BrokerError: the broker could not publish (Redis unreachable).
         """
         self._check_channel(listener, channel)
+        if len(self._backlog) > _BACKLOG_LIMIT:
+            await self._wait_drained()
         await self.broker.publish(_CHANNEL + channel, encode(event, data, channel))
 
     async def send_to_user(self, user_id: object, event: str, data: Any = None) -> None:
@@ -194,20 +224,21 @@ class SocketServer:
 
     def _on_message(self, topic: str, data: bytes) -> None:
         if topic.startswith(_CHANNEL):
-            subscribers = self._channels.get(topic[2:])
+            name = topic[2:]
+            subscribers = self._channels.get(name)
             if subscribers:
-                _fan_out(subscribers, data.decode())
+                self._fan_out(subscribers, data.decode(), name)
             return
         targets = self._users.get(topic[2:])
         if not targets:
             return
         kind, body = data[:1], data[1:]
         if kind == _EVENT:
-            _fan_out(targets, body.decode())
+            self._fan_out(targets, body.decode(), None)
         elif kind == _CHANNEL_EVENT:
             channel, _, frame = body.partition(b"\n")
             name = channel.decode()
-            _fan_out((c for c in targets if name in c.subscriptions), frame.decode())
+            self._fan_out([c for c in targets if name in c.subscriptions], frame.decode(), name)
         elif kind == _DISCONNECT:
             reason = body.decode()
             for connection in list(targets):
@@ -216,7 +247,50 @@ class SocketServer:
         else:
             logger.error("dropping a message of unknown kind %r on %s", kind, topic)
 
+    def _fan_out(
+        self, connections: Collection[SocketConnection], frame: str, channel: str | None
+    ) -> None:
+        """Hand ``frame`` to ``connections``: now if small and nothing waits, else in turn."""
+        if not self._backlog and len(connections) <= FAN_OUT_CHUNK:
+            for connection in connections:
+                connection.push(frame)
+            return
+        self._backlog.append(_FanOut(list(connections), frame, channel))
+        if len(self._backlog) == 1:
+            self._drain()
 
-def _fan_out(connections: Iterable[SocketConnection], frame: str) -> None:
-    for connection in connections:
-        connection.push(frame)
+    def _drain(self) -> None:
+        """Serve up to ``FAN_OUT_CHUNK`` recipients of waiting fan-outs, oldest first.
+
+        A recipient that unsubscribed from the channel since the message arrived is skipped:
+        no connection is sent an event for a channel it is not subscribed to.
+        """
+        backlog = self._backlog
+        budget = FAN_OUT_CHUNK
+        while backlog and budget > 0:
+            job = backlog[0]
+            connections, frame, channel = job.connections, job.frame, job.channel
+            start = job.index
+            end = min(start + budget, len(connections))
+            for index in range(start, end):
+                connection = connections[index]
+                if channel is None or channel in connection.subscriptions:
+                    connection.push(frame)
+            budget -= end - start
+            job.index = end
+            if end == len(connections):
+                backlog.popleft()
+        if backlog:
+            asyncio.get_running_loop().call_soon(self._drain)
+        else:
+            self._release_waiters()
+
+    async def _wait_drained(self) -> None:
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._drained)
+
+    def _release_waiters(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
