@@ -48,7 +48,7 @@ class Plan:
     sizes: tuple[int, ...]
     rate: float
     duration: float
-    flood: int
+    flood: int  # deliveries per flood run (broadcasts = flood // subscribers)
     big: int
     big_rate: float
     big_duration: float
@@ -61,9 +61,9 @@ class Plan:
 
 
 PLANS = {
-    "smoke": Plan(1, (20,), 20, 0.5, 20, 0, 1, 1, 20, 1, 20),
-    "quick": Plan(1, (500,), 20, 3, 200, 2000, 2, 2, 100, 2, 50),
-    "full": Plan(3, (500, 2000), 20, 5, 400, 10000, 2, 4, 100, 2, 50),
+    "smoke": Plan(1, (20,), 20, 0.5, 400, 0, 1, 1, 20, 1, 20),
+    "quick": Plan(1, (500,), 20, 3, 100_000, 2000, 2, 2, 100, 2, 50),
+    "full": Plan(3, (500, 2000), 20, 5, 200_000, 10000, 2, 4, 100, 2, 50),
 }
 
 
@@ -306,7 +306,7 @@ def one_run(name: str, plan: Plan, loads: Loads, log: Any) -> dict[str, Any]:
             wait_subscribers(server, size)
             rss = settle_rss(server)
             fixed = deliver(server, loads, plan.rate, int(plan.rate * plan.duration))
-            flood = deliver(server, loads, 0, plan.flood, latency=False)
+            flood = deliver(server, loads, 0, max(10, plan.flood // size), latency=False)
             result[str(size)] = {
                 "connect_per_s": rate,
                 "connect_cpu_us": connect_cpu,
@@ -380,7 +380,7 @@ def ceiling_run(plan: Plan, loads: Loads, log: Any) -> dict[str, Any]:
         rate, _ = loads.connect(server, size, plan.concurrency)
         wait_subscribers(server, size)
         fixed = deliver(server, loads, plan.rate, int(plan.rate * plan.duration))
-        flood = deliver(server, loads, 0, plan.flood, latency=False)
+        flood = deliver(server, loads, 0, max(10, plan.flood // size), latency=False)
         result = {str(size): {"connect_per_s": rate, "fixed": fixed, "flood": flood}}
         log(f"  load client ceiling N={size}: {compact(result[str(size)])}")
         return result
