@@ -12,17 +12,21 @@ from fastapi_channels.errors import (
     ConnectionClosed,
     ErrorCode,
     InvalidChannel,
+    InvalidData,
     ProtocolError,
     Reject,
+    ReplyError,
 )
 from fastapi_channels.limits import Limits
 from fastapi_channels.listeners import ChannelListener, SocketListener, channel, listener
 from fastapi_channels.middleware import Middleware, MiddlewareContext
+from fastapi_channels.outgoing import DROP
 from fastapi_channels.protocol import SocketPacket
 from fastapi_channels.server import SocketServer
 from fastapi_channels.users import SocketUserMixin
 
 __all__ = [
+    "DROP",
     "Broker",
     "BrokerError",
     "ChannelListener",
@@ -34,6 +38,7 @@ __all__ = [
     "ErrorCode",
     "Inject",
     "InvalidChannel",
+    "InvalidData",
     "Limits",
     "MemoryBroker",
     "Middleware",
@@ -41,6 +46,7 @@ __all__ = [
     "OverflowPolicy",
     "ProtocolError",
     "Reject",
+    "ReplyError",
     "SocketConnection",
     "SocketListener",
     "SocketPacket",

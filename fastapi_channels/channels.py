@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -13,6 +15,7 @@ from fastapi_channels import di
 from fastapi_channels.brokers import Broker, create_broker
 from fastapi_channels.dispatcher import Dispatcher
 from fastapi_channels.errors import ConfigurationError
+from fastapi_channels.extensions import ConnectionExtension
 from fastapi_channels.limits import Limits
 from fastapi_channels.listeners import ChannelListener, SocketListener
 from fastapi_channels.middleware import Middleware
@@ -26,6 +29,9 @@ if TYPE_CHECKING:
 __all__ = ["Channels"]
 
 logger = logging.getLogger("fastapi_channels")
+
+BROKER_URL_ENV = "FASTAPI_CHANNELS_BROKER_URL"
+"""The environment variable naming the broker when ``Channels(broker=...)`` is not given."""
 
 
 class Channels:
@@ -41,12 +47,22 @@ class Channels:
         discover: package names whose modules are imported to register every listener in them.
         middleware: global middleware, first outermost; classes are built by the container.
         container: an ``injector.Injector`` holding the app's services; a new one by default.
-        broker: a ``Broker``, or a URL (``memory://``, ``redis://...``); in memory by default.
+        broker: a ``Broker``, or a URL (``memory://``, ``redis://...``, see
+            :func:`~fastapi_channels.brokers.create_broker`). When not given, the URL in the
+            ``FASTAPI_CHANNELS_BROKER_URL`` environment variable, else in memory.
         limits: per-connection limits and the outgoing queue's overflow policy.
         enabled: when False the router has no websocket route (Envuso's ``enabled``).
         allow_anonymous: when False a connection whose user is ``None`` is refused.
         user_id: how to get the id a user is reached by (default: ``socket_user_id()``, then
             ``.id``, then ``["id"]``/``["sub"]``, then the value itself for ``str``/``int``).
+        extensions: per-connection extensions (see :mod:`fastapi_channels.extensions`). A
+            ``user`` dependency with a ``connection_extension`` attribute (``JWTAuth``: token
+            expiry and in-band renewal) adds it on its own.
+        asyncapi: serve the AsyncAPI 3.0 document of the channels at ``{path}/asyncapi.json``
+            (see :meth:`asyncapi`).
+        info_guard: a FastAPI dependency guarding ``GET {path}/info`` (this process's counts
+            per channel and counters); the route exists only when a guard is given. It should
+            raise (e.g. ``HTTPException(403)``) for callers who may not see it.
     """
 
     def __init__(
@@ -63,16 +79,28 @@ class Channels:
         enabled: bool = True,
         allow_anonymous: bool = True,
         user_id: Callable[[Any], object] | None = None,
+        extensions: Sequence[ConnectionExtension] = (),
+        asyncapi: bool = True,
+        info_guard: Callable[..., Any] | None = None,
     ) -> None:
         self.user_dependency = user
+        self.extensions = list(extensions)
+        provided = getattr(user, "connection_extension", None)
+        if isinstance(provided, ConnectionExtension) and provided not in self.extensions:
+            self.extensions.append(provided)
         self.path = path
         self.enabled = enabled
         self.allow_anonymous = allow_anonymous
+        self.serve_asyncapi = asyncapi
+        self._asyncapi: dict[tuple[str, str, str | None], dict[str, Any]] = {}
         self.limits = limits or Limits()
         self.registry = ListenerRegistry()
         self.container = container or injector.Injector()
         self._user_id = user_id
+        self.info_guard = info_guard
         self._middleware_spec = tuple(middleware)
+        if broker is None:
+            broker = os.environ.get(BROKER_URL_ENV)
         self.server = SocketServer(
             broker if isinstance(broker, Broker) else create_broker(broker),
             max_name_length=self.limits.max_name_length,
@@ -80,6 +108,8 @@ class Channels:
         self.container.binder.bind(SocketServer, to=self.server)
         self.container.binder.bind(Channels, to=self)
         self.dispatcher: Dispatcher | None = None
+        self.stopping = asyncio.Event()
+        """Set when the server begins to stop (new packets are refused from then on)."""
         self._router: APIRouter | None = None
         self.register(*listeners)
         for package in [discover] if isinstance(discover, str) else discover:
@@ -95,6 +125,49 @@ class Channels:
             raise ConfigurationError("listeners must be registered before the server starts")
         for cls in classes:
             self.registry.add(cls)
+        self._asyncapi.clear()
+
+    def asyncapi(
+        self,
+        *,
+        title: str = "fastapi_channels",
+        version: str = "0.1.0",
+        description: str | None = None,
+        host: str | None = None,
+        protocol: str = "ws",
+        pathname: str | None = None,
+    ) -> dict[str, Any]:
+        """The AsyncAPI 3.0 document of every registered channel, event and data type.
+
+        Works before the server starts (e.g. to write the document to a file). The document is
+        built once per ``(title, version, description)`` and cached; ``servers`` is added per
+        call when ``host`` is given.
+
+        Args:
+            title: ``info.title``.
+            version: ``info.version``.
+            description: ``info.description``.
+            host: the host (and port) clients connect to; omitted from the document if None.
+            protocol: ``ws`` or ``wss``.
+            pathname: the websocket endpoint's path (``path`` by default).
+
+        Raises:
+            ConfigurationError: a handler's signature cannot be satisfied.
+        """
+        from fastapi_channels.asyncapi import asyncapi_document
+
+        key = (title, version, description)
+        document = self._asyncapi.get(key)
+        if document is None:
+            document = asyncapi_document(
+                self.registry, title=title, version=version, description=description
+            )
+            self._asyncapi[key] = document
+        if host is None:
+            return dict(document)
+        server = {"host": host, "protocol": protocol, "pathname": pathname or self.path}
+        head = {"asyncapi": document["asyncapi"], "info": document["info"]}
+        return {**head, "servers": {"main": server}, **document}
 
     @property
     def router(self) -> APIRouter:
@@ -146,7 +219,10 @@ class Channels:
         ]
         self.registry.start(self.container, self.server, middleware)
         await self.server.start()
-        self.dispatcher = Dispatcher(self.server, self.registry, self.limits, middleware)
+        self.dispatcher = Dispatcher(
+            self.server, self.registry, self.limits, middleware, self.extensions
+        )
+        self.stopping.clear()
         di.activate(self.container)
         logger.info("fastapi_channels started on %s", self.path)
         return self
@@ -158,7 +234,12 @@ class Channels:
         tb: TracebackType | None,
     ) -> None:
         """Disconnect every connection (close 1012) and stop the broker."""
+        self.stopping.set()
         di.deactivate(self.container)
-        self.dispatcher = None
-        await self.server.stop(timeout=self.limits.close_timeout)
+        dispatcher, self.dispatcher = self.dispatcher, None
+        if dispatcher is not None:
+            await dispatcher.drain(self.limits.shutdown_timeout)
+        await self.server.stop(
+            timeout=self.limits.close_timeout, spread=self.limits.reconnect_spread
+        )
         logger.info("fastapi_channels stopped")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi_channels.errors import CloseCode, ConnectionClosed
 from fastapi_channels.protocol import DISCONNECT, encode
+from fastapi_channels.stats import Stats
 
 if TYPE_CHECKING:
     from fastapi_channels.listeners import Subscription
@@ -87,6 +88,7 @@ class SocketConnection:
         "_policy",
         "_queue",
         "_started",
+        "_stats",
         "_transport",
         "_writer",
         "id",
@@ -106,6 +108,7 @@ class SocketConnection:
         scope: MutableMapping[str, Any] | None = None,
         max_queue: int = 1000,
         overflow: OverflowPolicy = OverflowPolicy.DISCONNECT,
+        stats: Stats | None = None,
     ) -> None:
         self.id = id
         self.user = user
@@ -122,6 +125,7 @@ class SocketConnection:
         self._batch = False
         self._flush_scheduled = False
         self._writer: asyncio.Task[None] | None = None  # only while a send is pending
+        self._stats = stats if stats is not None else Stats()
 
     def __repr__(self) -> str:
         return f"<SocketConnection {self.id} user={self.user_key!r}>"
@@ -175,22 +179,29 @@ class SocketConnection:
         """
         if self._closing is not None or self._closed:
             return False
+        stats = self._stats
         if self._writer is None and self._started and not self._batch:
+            stats.messages_out += 1
+            stats.bytes_out += len(frame)
             self._send_now(frame)  # idle, so nothing is queued: order is kept
             return True
         queue = self._queue
         if queue is None:
             queue = self._queue = deque()
         if len(queue) >= self._max_queue:
+            stats.dropped += 1
             if self._policy is OverflowPolicy.DROP_NEWEST:
                 return False
             if self._policy is OverflowPolicy.DISCONNECT:
                 logger.warning("connection %s: outgoing queue full, disconnecting", self.id)
+                stats.dropped += len(queue)
                 queue.clear()
-                self._begin_close(CloseCode.TRY_AGAIN_LATER, "too slow")
+                self.close_soon(CloseCode.TRY_AGAIN_LATER, "too slow")
                 return False
             queue.popleft()
         queue.append(frame)
+        stats.messages_out += 1
+        stats.bytes_out += len(frame)
         if self._batch and self._writer is None and self._started and not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -227,8 +238,7 @@ class SocketConnection:
         Returns once the close frame was sent, or at most after 5 s if the peer does not read
         (the writer is then cancelled). Calling it on a closing connection only waits.
         """
-        if self.is_open:
-            self._begin_close(code, reason)
+        self.close_soon(code, reason)
         await self.wait_closed(timeout=5.0)
 
     async def wait_closed(self, timeout: float) -> None:
@@ -245,11 +255,22 @@ class SocketConnection:
         except Exception:  # the writer logged it already
             pass
 
-    def _begin_close(self, code: int, reason: str) -> None:
+    def close_soon(self, code: int, reason: str, reconnect_after: float | None = None) -> None:
+        """Queue ``disconnect`` (after what is queued) and the close, without waiting.
+
+        ``reconnect_after`` (seconds) is added to the packet as a hint for clients that
+        reconnect. Calling it on a closing or closed connection does nothing.
+        """
+        if not self.is_open:
+            return
+        data: dict[str, Any] = {"reason": reason}
+        if reconnect_after is not None:
+            data["reconnect_after"] = round(reconnect_after, 3)
         if self._queue is None:
             self._queue = deque()
-        self._queue.append(encode(DISCONNECT, {"reason": reason}).decode())
+        self._queue.append(encode(DISCONNECT, data).decode())
         self._closing = (code, reason)
+        self._stats.closes[code] += 1
         if not self._started:
             self._closed = True
         elif self._writer is None:

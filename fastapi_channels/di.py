@@ -16,7 +16,7 @@ from fastapi_channels.errors import ChannelsError
 if TYPE_CHECKING:
     import injector
 
-__all__ = ["Inject", "active_container"]
+__all__ = ["Inject", "active_container", "container_for"]
 
 T = TypeVar("T")
 _STATE_KEY = "fastapi_channels_container"
@@ -33,12 +33,20 @@ def Inject(interface: type[T]) -> T:
     """
 
     def resolve(connection: HTTPConnection) -> T:
-        container = getattr(connection.app.state, _STATE_KEY, None)
-        if container is None:
-            container = active_container()
-        return container.get(interface)
+        return container_for(connection).get(interface)
 
     return cast(T, Depends(resolve))
+
+
+def container_for(connection: HTTPConnection) -> injector.Injector:
+    """The container serving ``connection``: its app's, else the active one.
+
+    Raises:
+        ChannelsError: no ``Channels`` is running.
+    """
+    app = connection.scope.get("app")
+    container = getattr(app.state, _STATE_KEY, None) if app is not None else None
+    return container if container is not None else active_container()
 
 
 def attach(app: Any, container: injector.Injector) -> None:

@@ -4,17 +4,33 @@ Reserved events are looked at before channel routing (an unsubscribe request car
 top-level ``channel`` too). Every failure a client can cause is answered with a
 ``subscribe-channel-response`` (``successful: false``) or a ``channels:error`` packet and
 logged; it never escapes to the connection's reader or affects another connection.
+
+A packet that carries an ``id`` is answered exactly once with a ``channels:reply`` carrying it:
+the handler's return value, or the error that would otherwise have been a ``channels:error``
+packet. A subscribe request with an ``id`` gets its reply besides the Envuso response. Packets
+without an ``id`` are answered exactly as Envuso's protocol says.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi_channels.connection import SocketConnection
-from fastapi_channels.errors import ErrorCode, ProtocolError, Reject
+from fastapi_channels.errors import (
+    BrokerError,
+    ConfigurationError,
+    ErrorCode,
+    InvalidData,
+    ProtocolError,
+    Reject,
+)
+from fastapi_channels.extensions import ConnectionExtension
+from fastapi_channels.invocation import BoundHandler
 from fastapi_channels.limits import Limits
 from fastapi_channels.listeners import Subscription, _current_subscription
 from fastapi_channels.middleware import Middleware, MiddlewareContext, hooks_for, run_chain
@@ -24,10 +40,14 @@ from fastapi_channels.protocol import (
     SUBSCRIBE_REQUEST,
     SUBSCRIBE_RESPONSE,
     UNSUBSCRIBE_REQUEST,
+    PacketId,
     SocketPacket,
     decode_packet,
     encode,
     encode_error,
+    encode_reply,
+    encode_reply_error,
+    peek_id,
     validate_channel_name,
 )
 from fastapi_channels.registry import ListenerRegistry
@@ -40,6 +60,15 @@ logger = logging.getLogger("fastapi_channels.dispatcher")
 _UNAVAILABLE = "subscription refused"
 
 
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """Why a subscription was refused: the Envuso ``reason`` and the reply's error code."""
+
+    code: ErrorCode
+    reason: str
+    errors: list[dict[str, Any]] | None = None
+
+
 class Dispatcher:
     """Routes each inbound frame of a connection; one call per frame, on its reader task."""
 
@@ -49,11 +78,38 @@ class Dispatcher:
         registry: ListenerRegistry,
         limits: Limits,
         middleware: Sequence[Middleware],
+        extensions: Sequence[ConnectionExtension] = (),
     ) -> None:
         self.server = server
         self.registry = registry
         self.limits = limits
         self._connect_middleware = hooks_for(middleware, "connect")
+        self._extensions = tuple(extensions)
+        self._extension_events: dict[str, ConnectionExtension] = {}
+        for extension in self._extensions:
+            for event in extension.events:
+                if event in self._extension_events or event in registry.events:
+                    raise ConfigurationError(f"event {event!r} is handled twice")
+                self._extension_events[event] = extension
+        self._in_flight = 0
+        self._draining: asyncio.Event | None = None
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop handling new packets and wait for those being handled to finish.
+
+        New packets are answered ``shutting-down``. Returns whether every in-flight packet
+        finished within ``timeout`` seconds; those still running are left to the close.
+        """
+        self._draining = asyncio.Event()
+        if self._in_flight == 0:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._draining.wait()
+        except TimeoutError:
+            logger.warning("%d packets still in flight at shutdown", self._in_flight)
+            return False
+        return True
 
     async def connect(self, connection: SocketConnection) -> None:
         """Run the global ``connect`` middleware chain.
@@ -70,17 +126,31 @@ class Dispatcher:
             packet = decode_packet(text, self.limits.max_name_length)
         except ProtocolError as exc:
             logger.info("connection %s: %s", connection.id, exc.message)
-            connection.push(encode_error(exc.code, exc.message).decode())
+            self._error(connection, exc.code, exc.message, None, packet_id=exc.packet_id)
             return
+        if self._draining is not None:
+            self._error(connection, ErrorCode.SHUTTING_DOWN, "server shutting down", packet)
+            return
+        self._in_flight += 1
+        try:
+            await self._route(connection, packet)
+        finally:
+            self._in_flight -= 1
+            if self._draining is not None and self._in_flight == 0:
+                self._draining.set()
+
+    async def _route(self, connection: SocketConnection, packet: SocketPacket) -> None:
         event = packet.event
         if event == SUBSCRIBE_REQUEST:
             await self._subscribe(connection, packet)
         elif event == UNSUBSCRIBE_REQUEST:
             await self._unsubscribe(connection, packet)
         elif event == PONG:
-            return
+            self._reply(connection, packet, None)
         elif event == BATCH:
             self._batch_option(connection, packet)
+        elif event in self._extension_events:
+            await self._extension_event(connection, packet)
         elif packet.channel is not None:
             await self._channel_event(connection, packet)
         else:
@@ -99,49 +169,93 @@ class Dispatcher:
         if wanted:
             connection.enable_batching()
 
+    def reject_rate(self, connection: SocketConnection, text: str | None = None) -> None:
+        """Answer a frame dropped by the rate limit (with a reply if ``text`` has an ``id``)."""
+        packet_id = peek_id(text) if text is not None else None
+        message = "too many packets; slow down"
+        self._error(connection, ErrorCode.RATE_LIMITED, message, None, packet_id=packet_id)
+
     def receive_bytes(self, connection: SocketConnection) -> None:
         """Answer a binary frame: packets travel in text frames only."""
         self._error(connection, ErrorCode.BINARY_FRAME, "only text frames carry packets", None)
 
+    def opened(self, connection: SocketConnection) -> None:
+        """Tell the extensions that ``connection`` is accepted and ``ready`` is queued."""
+        for extension in self._extensions:
+            extension.opened(connection)
+
     async def disconnect(self, connection: SocketConnection) -> None:
         """Forget everything about a connection that went away."""
+        for extension in self._extensions:
+            extension.closed(connection)
         await self.server.remove_connection(connection)
+
+    async def _extension_event(self, connection: SocketConnection, packet: SocketPacket) -> None:
+        try:
+            result = await self._guard(
+                self._extension_events[packet.event].handle(connection, packet)
+            )
+        except Exception:
+            logger.exception(
+                "connection %s: extension event %r failed", connection.id, packet.event
+            )
+            self._error(connection, ErrorCode.HANDLER_ERROR, "handler failed", packet)
+        else:
+            self._reply(connection, packet, result)
 
     # ------------------------------------------------------------------ subscriptions
 
     async def _subscribe(self, connection: SocketConnection, packet: SocketPacket) -> None:
         data = packet.data
         requested = data.get("channel") if isinstance(data, dict) else None
-        reason = await self._try_subscribe(connection, requested)
-        response: dict[str, Any] = {"channel": requested, "successful": reason is None}
-        if reason is not None:
-            response["reason"] = reason
-            logger.info("connection %s: subscribe %r refused: %s", connection.id, requested, reason)
+        refusal = await self._try_subscribe(connection, requested, packet)
+        response: dict[str, Any] = {"channel": requested, "successful": refusal is None}
+        if refusal is not None:
+            response["reason"] = refusal.reason
+            logger.info(
+                "connection %s: subscribe %r refused: %s", connection.id, requested, refusal.reason
+            )
         connection.push(encode(SUBSCRIBE_RESPONSE, response).decode())
+        if packet.id is None:
+            return
+        if refusal is None:
+            self._reply(connection, packet, {"channel": requested})
+        else:  # counted as a refused subscription, not as an error packet
+            frame = encode_reply_error(packet.id, refusal.code, refusal.reason, refusal.errors)
+            connection.push(frame.decode())
 
-    async def _try_subscribe(self, connection: SocketConnection, requested: object) -> str | None:
-        """Subscribe; return None on success, else the reason sent to the client."""
+    async def _try_subscribe(
+        self, connection: SocketConnection, requested: object, packet: SocketPacket
+    ) -> _Refusal | None:
+        """Subscribe; return None on success, else why (the reason is sent to the client)."""
         try:
             name = validate_channel_name(requested, self.limits.max_name_length)
         except ProtocolError as exc:
-            return exc.message
+            return _Refusal(exc.code, exc.message)
         if name in connection.subscriptions:
             return None
         resolved = self.registry.channels.resolve(name)
         if resolved is None:
-            return "no channel matches this name"
+            return _Refusal(ErrorCode.UNKNOWN_CHANNEL, "no channel matches this name")
         route, wildcard = resolved
         if route.require_user and connection.user is None:
-            return "authentication required"
+            return _Refusal(ErrorCode.UNAUTHENTICATED, "authentication required")
         if len(connection.subscriptions) >= self.limits.max_subscriptions:
-            return "too many subscriptions"
+            return _Refusal(ErrorCode.TOO_MANY_SUBSCRIPTIONS, "too many subscriptions")
+        try:
+            is_authorised = route.authorise.prepare(connection, packet)
+        except InvalidData as exc:
+            return _Refusal(exc.code, "invalid data", exc.errors)
         subscription = Subscription(channel=name, wildcard=wildcard, route=route)
         context = MiddlewareContext(
             connection=connection, stage="subscribe", channel=name, wildcard=wildcard
         )
+        denied = False
 
         async def authorise() -> None:
-            if not await route.listener.is_authorised(connection, connection.user):
+            nonlocal denied
+            if not await is_authorised():
+                denied = True
                 raise Reject("not authorised")
             await self.server.add_subscription(connection, subscription)
 
@@ -149,10 +263,13 @@ class Dispatcher:
         try:
             await self._guard(run_chain(route.subscribe_middleware, context, authorise))
         except Reject as exc:
-            return exc.reason
+            return _Refusal(ErrorCode.NOT_AUTHORISED if denied else ErrorCode.REJECTED, exc.reason)
+        except TimeoutError:
+            logger.error("connection %s: subscribing to %r timed out", connection.id, name)
+            return _Refusal(ErrorCode.HANDLER_TIMEOUT, _UNAVAILABLE)
         except Exception:
             logger.exception("connection %s: subscribing to %r failed", connection.id, name)
-            return _UNAVAILABLE
+            return _Refusal(ErrorCode.HANDLER_ERROR, _UNAVAILABLE)
         finally:
             _current_subscription.reset(token)
         return None
@@ -163,7 +280,8 @@ class Dispatcher:
         if name is None:
             name = packet.channel
         if isinstance(name, str):
-            await self.server.remove_subscription(connection, name)
+            removed = await self.server.remove_subscription(connection, name)
+            self._reply(connection, packet, {"channel": name, "was_subscribed": removed})
         else:
             self._error(connection, ErrorCode.INVALID_PACKET, "channel must be a string", packet)
 
@@ -205,7 +323,7 @@ class Dispatcher:
         self,
         connection: SocketConnection,
         packet: SocketPacket,
-        handler: Callable[[SocketConnection, Any, SocketPacket], Awaitable[Any]],
+        handler: BoundHandler,
         middleware: tuple[Middleware, ...],
         require_user: bool,
         subscription: Subscription | None,
@@ -213,6 +331,14 @@ class Dispatcher:
         if require_user and connection.user is None:
             self._error(connection, ErrorCode.UNAUTHENTICATED, "authentication required", packet)
             return
+        started = time.perf_counter()
+        try:
+            call = handler.prepare(connection, packet)
+        except InvalidData as exc:
+            logger.info("connection %s: invalid data for %r", connection.id, packet.event)
+            self._error(connection, exc.code, exc.message, packet, exc.errors)
+            return
+        result: Any = None
         try:
             if middleware:
                 context = MiddlewareContext(
@@ -223,14 +349,17 @@ class Dispatcher:
                     packet=packet,
                 )
 
-                async def call() -> None:
-                    await handler(connection, connection.user, packet)
+                async def final() -> None:
+                    nonlocal result
+                    result = await call()
 
-                await self._guard(run_chain(middleware, context, call))
+                await self._guard(run_chain(middleware, context, final))
             else:
-                await self._guard(handler(connection, connection.user, packet))
+                result = await self._guard(call())
         except Reject as exc:
             self._error(connection, ErrorCode.REJECTED, exc.reason, packet)
+        except InvalidData as exc:
+            self._error(connection, exc.code, exc.message, packet, exc.errors)
         except TimeoutError:
             logger.error(
                 "connection %s: handler for %r timed out after %ss",
@@ -239,9 +368,16 @@ class Dispatcher:
                 self.limits.handler_timeout,
             )
             self._error(connection, ErrorCode.HANDLER_TIMEOUT, "handler timed out", packet)
+        except BrokerError as exc:  # an outage, not a bug: no traceback for every message
+            logger.warning("connection %s: handler for %r: %s", connection.id, packet.event, exc)
+            self._error(connection, ErrorCode.HANDLER_ERROR, "handler failed", packet)
         except Exception:
             logger.exception("connection %s: handler for %r failed", connection.id, packet.event)
             self._error(connection, ErrorCode.HANDLER_ERROR, "handler failed", packet)
+        else:
+            self._reply(connection, packet, result)
+        finally:
+            self.server.stats.observe_handler(time.perf_counter() - started)
 
     async def _guard(self, step: Awaitable[Any]) -> Any:
         """Await ``step`` under the handler time limit."""
@@ -251,11 +387,45 @@ class Dispatcher:
         async with asyncio.timeout(timeout):
             return await step
 
-    @staticmethod
     def _error(
-        connection: SocketConnection, code: ErrorCode, message: str, packet: SocketPacket | None
+        self,
+        connection: SocketConnection,
+        code: ErrorCode,
+        message: str,
+        packet: SocketPacket | None,
+        errors: list[dict[str, Any]] | None = None,
+        *,
+        packet_id: PacketId | None = None,
     ) -> None:
-        connection.push(encode_error(code, message, packet).decode())
+        """Answer a failure: a reply when the packet has an ``id``, else ``channels:error``.
+
+        ``packet_id`` stands in for the id of a packet that could not be decoded.
+        """
+        self.server.stats.errors[code.value] += 1
+        if packet is not None:
+            packet_id = packet.id
+        if packet_id is not None:
+            frame = encode_reply_error(packet_id, code, message, errors)
+        else:
+            frame = encode_error(code, message, packet, errors)
+        connection.push(frame.decode())
+
+    @staticmethod
+    def _reply(connection: SocketConnection, packet: SocketPacket, value: Any) -> None:
+        """Answer a success with ``value`` when the packet has an ``id``; else send nothing.
+
+        A value that cannot be serialised is logged and answered as ``handler-error``.
+        """
+        if packet.id is None:
+            return
+        try:
+            frame = encode_reply(packet.id, value)
+        except Exception:
+            logger.exception(
+                "connection %s: the reply to %r cannot be serialised", connection.id, packet.event
+            )
+            frame = encode_reply_error(packet.id, ErrorCode.HANDLER_ERROR, "handler failed")
+        connection.push(frame.decode())
 
 
 async def _nothing() -> None:

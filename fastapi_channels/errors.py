@@ -5,10 +5,13 @@ Every exception the library raises derives from :class:`ChannelsError`::
     ChannelsError
     ├── ConfigurationError      bad set-up, raised at registration or start-up
     ├── ProtocolError           a client sent something the protocol does not allow
+    │   └── InvalidData         the packet's data failed a handler's declared type
     ├── Reject                  middleware, is_authorised or a handler refuses, with a reason
+    │   └── AuthenticationError the credential is missing, invalid or from a forbidden origin
     ├── ConnectionClosed        sending on a connection that is closed
     ├── InvalidChannel          a send names a channel its listener does not serve (ValueError)
-    └── BrokerError             the broker (in memory or Redis) failed
+    ├── BrokerError             the broker (in memory or Redis) failed
+    └── ReplyError              a request was answered with an error (client side)
 
 Client-facing failures are mapped to error packets (see :class:`ErrorCode`) or close codes
 (see :class:`CloseCode`) in one place, the dispatcher; nothing a client sends can escape as an
@@ -20,6 +23,8 @@ from __future__ import annotations
 from enum import IntEnum, StrEnum
 
 __all__ = [
+    "AuthFailure",
+    "AuthenticationError",
     "BrokerError",
     "ChannelsError",
     "CloseCode",
@@ -27,8 +32,10 @@ __all__ = [
     "ConnectionClosed",
     "ErrorCode",
     "InvalidChannel",
+    "InvalidData",
     "ProtocolError",
     "Reject",
+    "ReplyError",
 ]
 
 
@@ -53,6 +60,9 @@ class CloseCode(IntEnum):
     """The server restarts; reconnect later."""
     TRY_AGAIN_LATER = 1013
     """The connection's outgoing queue overflowed under ``OverflowPolicy.DISCONNECT``."""
+    TOKEN_EXPIRED = 4001
+    """The connection's token expired and was not renewed in time (after a ``disconnect``
+    packet with the reason ``token expired``)."""
 
 
 class ErrorCode(StrEnum):
@@ -64,18 +74,31 @@ class ErrorCode(StrEnum):
     """A binary frame; only text frames carry packets."""
     INVALID_PACKET = "invalid-packet"
     """The object lacks a string ``event``, or a field has the wrong type or size."""
+    INVALID_DATA = "invalid-data"
+    """The packet's ``data`` does not match the type the handler (or ``is_authorised``)
+    declares; ``errors`` lists each problem as ``{loc, msg, type}`` without the input."""
     UNKNOWN_EVENT = "unknown-event"
     """No listener handles this event (on this channel)."""
     NOT_SUBSCRIBED = "not-subscribed"
     """A channel event for a channel the connection has not subscribed to."""
+    UNKNOWN_CHANNEL = "unknown-channel"
+    """A subscribe request names a channel no listener serves (replies only)."""
     UNAUTHENTICATED = "unauthenticated"
     """The listener requires an authenticated user."""
+    NOT_AUTHORISED = "not-authorised"
+    """``is_authorised`` refused a subscription (replies only)."""
+    TOO_MANY_SUBSCRIPTIONS = "too-many-subscriptions"
+    """The connection has ``Limits.max_subscriptions`` subscriptions already (replies only)."""
     REJECTED = "rejected"
     """Middleware or the handler refused the event; ``message`` holds its reason."""
     HANDLER_ERROR = "handler-error"
     """The handler raised; the details are in the server log only."""
     HANDLER_TIMEOUT = "handler-timeout"
     """The handler ran longer than ``Limits.handler_timeout``."""
+    RATE_LIMITED = "rate-limited"
+    """The connection sent faster than ``Limits.rate``; the packet was dropped."""
+    SHUTTING_DOWN = "shutting-down"
+    """The server is stopping and no longer handles packets."""
 
 
 class ChannelsError(Exception):
@@ -96,12 +119,35 @@ class ProtocolError(ChannelsError):
     Args:
         code: the error packet's code.
         message: a short, client-safe explanation (never echoes large input).
+        packet_id: the offending packet's ``id`` when it carried a valid one, so that the
+            answer is a reply to that id rather than a ``channels:error`` packet.
     """
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(
+        self, code: ErrorCode, message: str, *, packet_id: str | int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.packet_id = packet_id
+
+
+class InvalidData(ProtocolError):
+    """A packet's ``data`` does not match the type its handler declares.
+
+    Raised by the dispatcher before the handler runs (the handler then does not run); a handler
+    may raise it too, for checks its types cannot express. Answered with code
+    ``invalid-data`` and :attr:`errors`.
+
+    Args:
+        message: a short summary, e.g. ``"2 validation errors"``.
+        errors: at most a bounded number of ``{"loc": [...], "msg": str, "type": str}`` items;
+            they never hold the input's values.
+    """
+
+    def __init__(self, message: str, errors: list[dict[str, object]] | None = None) -> None:
+        super().__init__(ErrorCode.INVALID_DATA, message)
+        self.errors: list[dict[str, object]] = errors or []
 
 
 class Reject(ChannelsError):
@@ -119,6 +165,75 @@ class Reject(ChannelsError):
     def __init__(self, reason: str = "rejected") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class AuthFailure(StrEnum):
+    """Why an authentication was refused: the specific reason written to the server log.
+
+    Only :attr:`AuthenticationError.reason`, which is one of three generic texts, reaches the
+    client; these values never do.
+    """
+
+    MISSING = "missing"
+    """No credential was presented and anonymous connections are not allowed."""
+    MALFORMED = "malformed"
+    """The credential is not a compact JWS (three base64url segments), or its header or payload
+    is not valid JSON, or it was offered ambiguously (twice, or with a foreign scheme)."""
+    OVERSIZED = "oversized"
+    """The token is longer than the configured maximum; it was not decoded at all."""
+    ALGORITHM = "algorithm"
+    """The header names an algorithm that is not configured for the selected key (``none``
+    included, always)."""
+    UNKNOWN_KEY = "unknown-key"
+    """The header's ``kid`` names no configured key, or it is absent and there is no default."""
+    SIGNATURE = "signature"
+    """The signature does not verify with the selected key."""
+    EXPIRED = "expired"
+    """``exp`` is in the past, beyond the leeway."""
+    NOT_YET_VALID = "not-yet-valid"
+    """``nbf`` or ``iat`` is in the future, beyond the leeway."""
+    AUDIENCE = "audience"
+    """``aud`` does not name the configured audience, or is present when none is configured."""
+    ISSUER = "issuer"
+    """``iss`` is not the configured issuer."""
+    CLAIMS = "claims"
+    """A required claim is missing, or a registered claim has the wrong type."""
+    USER = "user"
+    """The token is valid but the user loader found no user for it (or refused it)."""
+    SUBJECT_CHANGED = "subject-changed"
+    """A renewal presented a valid token for a different user than the connection's."""
+    ORIGIN = "origin"
+    """The handshake's ``Origin`` is not in the allow-list."""
+
+
+_PUBLIC_REASONS: dict[AuthFailure, str] = {
+    AuthFailure.MISSING: "authentication required",
+    AuthFailure.ORIGIN: "origin not allowed",
+}
+
+
+class AuthenticationError(Reject):
+    """The connection or request could not be authenticated.
+
+    The client sees only :attr:`reason`, a generic text ("authentication required",
+    "authentication failed" or "origin not allowed"); :attr:`failure` and :attr:`detail` say
+    precisely what went wrong and are for the server log. Neither ever holds the token, a
+    secret or a claim's value.
+
+    Args:
+        failure: the specific reason.
+        detail: a short explanation for the log.
+    """
+
+    def __init__(self, failure: AuthFailure, detail: str = "") -> None:
+        super().__init__(_PUBLIC_REASONS.get(failure, "authentication failed"))
+        self.failure = failure
+        self.detail = detail or failure.value
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status of this refusal: 403 for a forbidden origin, else 401."""
+        return 403 if self.failure is AuthFailure.ORIGIN else 401
 
 
 class ConnectionClosed(ChannelsError):
@@ -144,3 +259,23 @@ class InvalidChannel(ChannelsError, ValueError):
 
 class BrokerError(ChannelsError):
     """The broker could not publish or subscribe (for Redis: the server is unreachable)."""
+
+
+class ReplyError(ChannelsError):
+    """A request (a packet with an ``id``) was answered with an error reply.
+
+    Raised by the clients' awaitable calls and by ``SocketTestClient.request``.
+
+    Attributes:
+        code: the reply's ``error.code`` (an :class:`ErrorCode` value).
+        message: the reply's ``error.message``.
+        errors: the validation problems for code ``invalid-data``, else empty.
+    """
+
+    def __init__(
+        self, code: str, message: str, errors: list[dict[str, object]] | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.errors: list[dict[str, object]] = errors or []

@@ -1,16 +1,22 @@
 """Listener classes and the decorators that declare them.
 
 A channel listener is a class decorated with ``@channel("pattern")`` whose handlers are
-methods decorated with ``@channel.on("event")``; a plain listener is a class decorated with
-``@listener("event")`` with a ``handle`` method. The decorators only mark classes; a
-``Channels`` instance registers them, and its ``injector`` container builds one instance of
-each when the server starts, so constructors can take ``SocketServer`` or any bound service.
+methods decorated with ``@channel.on("event")``, and which may filter what it broadcasts per
+recipient with one method decorated ``@channel.outgoing(...)``; a plain listener is a class
+decorated with ``@listener("event")`` with a ``handle`` method. The decorators only mark
+classes; a ``Channels`` instance registers them, and its ``injector`` container builds one
+instance of each when the server starts, so constructors can take ``SocketServer`` or any bound
+service.
+
+Handlers take Envuso's ``(self, connection, user, packet)`` or typed parameters (see
+:mod:`fastapi_channels.invocation`); their signatures are checked when the class is decorated
+(as far as its type hints can be resolved then) and again, fully, when it is registered.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -18,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import injector
 
 from fastapi_channels.errors import ConfigurationError
+from fastapi_channels.invocation import HANDLER, IS_AUTHORISED, plan_for
 from fastapi_channels.middleware import Middleware
 from fastapi_channels.patterns import ChannelPattern
 from fastapi_channels.protocol import RESERVED_EVENTS, SocketPacket
@@ -29,20 +36,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ChannelListener",
-    "Handler",
     "SocketListener",
     "Subscription",
     "channel",
+    "handlers",
     "listener",
+    "outgoing_hook",
 ]
-
-Handler = Callable[["SocketConnection", Any, SocketPacket], Awaitable[Any]]
-"""A bound handler: ``(connection, user, packet)``."""
 
 L = TypeVar("L", bound=type)
 F = TypeVar("F", bound=Callable[..., Any])
 
 _EVENTS_ATTR = "__fastapi_channels_events__"
+_OUTGOING_ATTR = "__fastapi_channels_outgoing__"
 
 
 @dataclass(slots=True, frozen=True)
@@ -74,11 +80,14 @@ class ChannelListener:
         pattern: set by ``@channel``.
         middleware: middleware (instances, or classes built by the container) for this channel.
         require_user: refuse subscriptions and events from anonymous connections.
+        sends: the events this listener sends to its subscribers, with their data types
+            (``{"message": ChatMessage}``); documentation only, for the AsyncAPI document.
     """
 
     pattern: ClassVar[ChannelPattern]
     middleware: ClassVar[Sequence[Middleware | type[Middleware]]] = ()
     require_user: ClassVar[bool] = False
+    sends: ClassVar[Mapping[str, Any]] = {}
     _server: SocketServer
 
     async def is_authorised(self, connection: SocketConnection, user: Any) -> bool:
@@ -86,6 +95,9 @@ class ChannelListener:
 
         Called once per subscribe request, after this channel's middleware. Raising ``Reject``
         refuses with its reason; any other exception refuses with a generic reason and is logged.
+        An override may take typed parameters like a handler: a parameter annotated with a
+        pydantic model receives the subscribe request's ``data`` (``channel`` included)
+        validated into it, and invalid data refuses the subscription.
         """
         return True
 
@@ -121,30 +133,25 @@ class SocketListener:
     Class attributes:
         event: set by ``@listener``.
         require_user: refuse the event from anonymous connections.
+        sends: the plain events this listener sends, with their data types; documentation
+            only, for the AsyncAPI document.
     """
 
     event: ClassVar[str]
     require_user: ClassVar[bool] = False
+    sends: ClassVar[Mapping[str, Any]] = {}
     _server: SocketServer
 
     async def handle(self, connection: SocketConnection, user: Any, packet: SocketPacket) -> Any:
-        """Handle one packet of this listener's event."""
+        """Handle one packet of this listener's event; may take typed parameters instead.
+
+        The return value is the reply's ``data`` when the packet carried an ``id``.
+        """
         raise NotImplementedError  # pragma: no cover - the decorator checks it is overridden
 
     def event_name(self) -> str:
         """The event this listener handles (Envuso's spelling)."""
         return self.event
-
-
-def _check_handler(owner: type, name: str, func: Any) -> None:
-    if not inspect.iscoroutinefunction(func):
-        raise ConfigurationError(f"{owner.__qualname__}.{name} must be an async function")
-    params = list(inspect.signature(func).parameters.values())
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(positional) != 4 and not any(p.kind is p.VAR_POSITIONAL for p in params):
-        raise ConfigurationError(
-            f"{owner.__qualname__}.{name} must take (self, connection, user, packet)"
-        )
 
 
 def _check_event_name(owner: type, event: str) -> None:
@@ -170,7 +177,10 @@ class _ChannelDecorator:
             if not (isinstance(cls, type) and issubclass(cls, ChannelListener)):
                 raise ConfigurationError("@channel decorates ChannelListener subclasses")
             cls.pattern = parsed
-            handlers(cls)  # validate now, at import time
+            handlers(cls, strict=False)  # validate now, as far as the hints resolve
+            outgoing_hook(cls)
+            if cls.is_authorised is not ChannelListener.is_authorised:
+                plan_for(cls, "is_authorised", IS_AUTHORISED, strict=False)
             _make_injectable(cls)
             return cls
 
@@ -180,12 +190,39 @@ class _ChannelDecorator:
     def on(event: str) -> Callable[[F], F]:
         """Mark a listener method as the handler of ``event`` (any name, ``deleted-message`` too).
 
-        The method must be ``async def name(self, connection, user, packet)``.
+        The method is ``async def name(self, connection, user, packet)``, or takes typed
+        parameters (a pydantic model for the data, ``SocketConnection``, ``SocketPacket``,
+        ``user``). What it returns is the reply's ``data`` when the packet carried an ``id``.
         """
 
         def decorate(func: F) -> F:
             events: tuple[str, ...] = getattr(func, _EVENTS_ATTR, ())
             setattr(func, _EVENTS_ATTR, (*events, event))
+            return func
+
+        return decorate
+
+    @staticmethod
+    def outgoing(*events: str) -> Callable[[F], F]:
+        """Mark the listener's outgoing filter, for ``events`` (every event when none is given).
+
+        The method is a plain (not async) ``def name(self, connection, event, data)``, called
+        for each recipient of each broadcast of those events on this listener's channels. It
+        returns the data to send (the very ``data`` object to send the shared frame unchanged;
+        another object is encoded for that recipient only) or ``DROP`` to send nothing to that
+        recipient. ``self.channel_name`` and ``self.wildcard`` give the channel.
+
+        It runs on the fan-out path, so it must not block: it cannot await, and it should
+        decide from what it has at hand (the connection, its user, the data). It must not
+        mutate ``data``, which all recipients share. An exception drops the event for that
+        recipient and is logged. See ``docs/typed-events.md`` for the trade-offs.
+        """
+        for event in events:
+            if not isinstance(event, str) or not event:
+                raise ConfigurationError("@channel.outgoing takes event names")
+
+        def decorate(func: F) -> F:
+            setattr(func, _OUTGOING_ATTR, frozenset(events) or None)
             return func
 
         return decorate
@@ -203,7 +240,7 @@ def listener(event: str) -> Callable[[L], L]:
         _check_event_name(cls, event)
         if cls.handle is SocketListener.handle:
             raise ConfigurationError(f"{cls.__qualname__} must define handle()")
-        _check_handler(cls, "handle", cls.handle)
+        plan_for(cls, "handle", HANDLER, strict=False)
         cls.event = event
         _make_injectable(cls)
         return cls
@@ -211,12 +248,17 @@ def listener(event: str) -> Callable[[L], L]:
     return decorate
 
 
-def handlers(cls: type[ChannelListener]) -> dict[str, str]:
+def handlers(cls: type[ChannelListener], *, strict: bool = True) -> dict[str, str]:
     """Map each event of ``cls`` to the name of its handler method, base classes included.
+
+    Args:
+        cls: the listener class.
+        strict: whether a type hint that cannot be resolved yet is an error (registration)
+            or postpones the signature check (class decoration).
 
     Raises:
         ConfigurationError: a reserved event name, one event with two handlers in one class, or
-            a handler with the wrong signature.
+            a handler whose signature cannot be satisfied.
     """
     table: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
@@ -224,7 +266,7 @@ def handlers(cls: type[ChannelListener]) -> dict[str, str]:
         for name, member in vars(klass).items():
             for event in getattr(member, _EVENTS_ATTR, ()):
                 _check_event_name(cls, event)
-                _check_handler(cls, name, member)
+                plan_for(klass, name, HANDLER, strict=strict)
                 if event in own:
                     raise ConfigurationError(
                         f"{cls.__qualname__}: event {event!r} has two handlers, "
@@ -233,3 +275,39 @@ def handlers(cls: type[ChannelListener]) -> dict[str, str]:
                 own[event] = name
         table.update(own)
     return table
+
+
+def outgoing_hook(cls: type[ChannelListener]) -> tuple[str, frozenset[str] | None] | None:
+    """The name of ``cls``'s outgoing filter and the events it sees (None: all), if it has one.
+
+    Raises:
+        ConfigurationError: two filters in one class, an async filter, or one that does not
+            take ``(self, connection, event, data)``.
+    """
+    found: tuple[str, frozenset[str] | None] | None = None
+    for klass in reversed(cls.__mro__):
+        own = [
+            (name, getattr(member, _OUTGOING_ATTR))
+            for name, member in vars(klass).items()
+            if hasattr(member, _OUTGOING_ATTR)
+        ]
+        if len(own) > 1:
+            raise ConfigurationError(
+                f"{klass.__qualname__} has two outgoing filters: {own[0][0]} and {own[1][0]}"
+            )
+        if own:
+            found = own[0]
+    if found is None:
+        return None
+    name = found[0]
+    func = inspect.getattr_static(cls, name)
+    qualname = f"{cls.__qualname__}.{name}"
+    if inspect.iscoroutinefunction(func) or not inspect.isfunction(func):
+        raise ConfigurationError(
+            f"{qualname} must be a plain (not async) method: it runs on the fan-out path"
+        )
+    try:
+        inspect.signature(func).bind(None, None, "event", None)
+    except TypeError:
+        raise ConfigurationError(f"{qualname} must take (self, connection, event, data)") from None
+    return found

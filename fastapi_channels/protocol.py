@@ -1,8 +1,10 @@
 """The wire format: Envuso's JSON packets, decoded once at the edge into immutable values.
 
 Every frame is a UTF-8 text frame holding one JSON object: ``{"event": str, "data": any}`` for a
-plain event, plus ``"channel": str`` for a channel event. Nothing in here knows about sockets,
-servers or FastAPI.
+plain event, plus ``"channel": str`` for a channel event. A client packet may also carry an
+``"id"`` (a string or an integer): the server then answers it exactly once with a
+``channels:reply`` packet carrying the same ``id``. Nothing in here knows about sockets, servers
+or FastAPI.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from pydantic_core import from_json, to_json
 from fastapi_channels.errors import ErrorCode, ProtocolError
 
 __all__ = [
+    "AUTHENTICATE",
+    "AUTHENTICATE_RESPONSE",
     "BATCH",
     "CHANNEL_NAME_RE",
     "DISCONNECT",
     "ERROR",
+    "MAX_ID_LENGTH",
     "PONG",
     "READY",
+    "REPLY",
     "RESERVED_EVENTS",
     "SUBSCRIBE_REQUEST",
     "SUBSCRIBE_RESPONSE",
@@ -30,6 +36,9 @@ __all__ = [
     "decode_packet",
     "encode",
     "encode_error",
+    "encode_reply",
+    "encode_reply_error",
+    "peek_id",
     "validate_channel_name",
 ]
 
@@ -42,6 +51,13 @@ PING: Final = "ping"
 PONG: Final = "pong"
 ERROR: Final = "channels:error"
 """Our error packet's event name; the Envuso client ignores plain events it does not know."""
+AUTHENTICATE: Final = "channels:authenticate"
+"""Client → server: renew the connection's token in-band, ``data: {"token": <jwt>}``."""
+AUTHENTICATE_RESPONSE: Final = "channels:authenticate-response"
+"""Server → client: ``data: {"successful": <bool>, "expires_at"?: <number|null>,
+"reason"?: <string>}``."""
+REPLY: Final = "channels:reply"
+"""Our reply packet's event name: the answer to a client packet that carried an ``id``."""
 BATCH: Final = "channels:batch"
 """Our batching option: a client asks for it, the server answers with the same event."""
 
@@ -55,6 +71,9 @@ RESERVED_EVENTS: Final = frozenset(
         PING,
         PONG,
         ERROR,
+        AUTHENTICATE,
+        AUTHENTICATE_RESPONSE,
+        REPLY,
         BATCH,
     }
 )
@@ -63,6 +82,12 @@ RESERVED_EVENTS: Final = frozenset(
 CHANNEL_NAME_RE: Final = re.compile(r"[^\s\x00-\x1f\x7f*]+")
 """A concrete channel name: no whitespace, control characters or ``*``."""
 _EVENT_NAME_RE: Final = re.compile(r"[^\x00-\x1f\x7f]+")
+MAX_ID_LENGTH: Final = 64
+"""The longest string ``id`` a client may put on a packet (it is echoed in the reply)."""
+_MAX_INT_ID: Final = 2**53 - 1
+"""Integer ids stay within what a JavaScript number holds exactly."""
+
+PacketId = str | int
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +98,14 @@ class SocketPacket:
         event: the event name.
         data: the JSON payload; ``None`` when the client sent none.
         channel: the concrete channel name for a channel event, else ``None``.
+        id: the request id the client put on the packet, else ``None``; when set, the server
+            answers the packet with exactly one ``channels:reply`` carrying it.
     """
 
     event: str
     data: Any = None
     channel: str | None = None
+    id: PacketId | None = None
 
 
 def validate_channel_name(name: object, max_length: int) -> str:
@@ -102,26 +130,58 @@ def decode_packet(text: str, max_name_length: int = 200) -> SocketPacket:
         max_name_length: the longest event or channel name accepted.
 
     Raises:
-        ProtocolError: the frame is not a JSON object, ``event`` is missing, not a string, empty,
-            too long or holds control characters, or ``channel`` is present but invalid.
+        ProtocolError: the frame is not a JSON object, ``id`` is present but neither a string of
+            1 to ``MAX_ID_LENGTH`` characters nor an integer within ±(2**53 - 1), ``event`` is
+            missing, not a string, empty, too long or holds control characters, or ``channel``
+            is present but invalid. When the packet's ``id`` was valid, the error carries it in
+            ``packet_id``.
     """
     try:
-        raw = from_json(text)
+        raw = from_json(text, allow_inf_nan=False)
     except ValueError:
         raise ProtocolError(ErrorCode.INVALID_FRAME, "frame is not valid JSON") from None
     if not isinstance(raw, dict):
         raise ProtocolError(ErrorCode.INVALID_FRAME, "frame must hold a JSON object")
-    event = raw.get("event")
-    if not isinstance(event, str) or not event:
-        raise ProtocolError(ErrorCode.INVALID_PACKET, "event must be a non-empty string")
-    if len(event) > max_name_length:
-        raise ProtocolError(ErrorCode.INVALID_PACKET, f"event is longer than {max_name_length}")
-    if _EVENT_NAME_RE.fullmatch(event) is None:
-        raise ProtocolError(ErrorCode.INVALID_PACKET, "event may not contain control characters")
-    channel = raw.get("channel")
-    if channel is not None:
-        channel = validate_channel_name(channel, max_name_length)
-    return SocketPacket(event=event, data=raw.get("data"), channel=channel)
+    packet_id = _packet_id(raw.get("id"))
+    try:
+        event = raw.get("event")
+        if not isinstance(event, str) or not event:
+            raise ProtocolError(ErrorCode.INVALID_PACKET, "event must be a non-empty string")
+        if len(event) > max_name_length:
+            raise ProtocolError(ErrorCode.INVALID_PACKET, f"event is longer than {max_name_length}")
+        if _EVENT_NAME_RE.fullmatch(event) is None:
+            raise ProtocolError(
+                ErrorCode.INVALID_PACKET, "event may not contain control characters"
+            )
+        channel = raw.get("channel")
+        if channel is not None:
+            channel = validate_channel_name(channel, max_name_length)
+    except ProtocolError as exc:
+        exc.packet_id = packet_id
+        raise
+    return SocketPacket(event=event, data=raw.get("data"), channel=channel, id=packet_id)
+
+
+def peek_id(text: str) -> PacketId | None:
+    """The valid ``id`` of a frame that is not otherwise decoded (a dropped one), else None."""
+    try:
+        raw = from_json(text)
+        return _packet_id(raw.get("id")) if isinstance(raw, dict) else None
+    except (ValueError, ProtocolError):
+        return None
+
+
+def _packet_id(value: object) -> PacketId | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _MAX_INT_ID:
+        return value
+    raise ProtocolError(
+        ErrorCode.INVALID_PACKET,
+        f"id must be a string of 1 to {MAX_ID_LENGTH} characters or an integer within ±2**53",
+    )
 
 
 def encode(event: str, data: Any = None, channel: str | None = None) -> bytes:
@@ -138,15 +198,51 @@ def encode(event: str, data: Any = None, channel: str | None = None) -> bytes:
     return to_json({"event": event, "channel": channel, "data": data})
 
 
-def encode_error(code: ErrorCode, message: str, packet: SocketPacket | None = None) -> bytes:
+def encode_error(
+    code: ErrorCode,
+    message: str,
+    packet: SocketPacket | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> bytes:
     """Serialise a ``channels:error`` packet; the offending event and channel go inside ``data``.
 
     The channel is never put at the top level: the Envuso client throws on a channel event for a
-    channel it has no listener for.
+    channel it has no listener for. ``errors`` (validation problems) is added for
+    ``invalid-data`` only.
     """
     data: dict[str, Any] = {"code": code.value, "message": message}
     if packet is not None:
         data["event"] = packet.event
         if packet.channel is not None:
             data["channel"] = packet.channel
+    if errors is not None:
+        data["errors"] = errors
     return encode(ERROR, data)
+
+
+def encode_reply(packet_id: PacketId, data: Any) -> bytes:
+    """Serialise a successful ``channels:reply``: ``{"event", "id", "data"}``.
+
+    A plain event, never with a top-level ``channel``: clients that know nothing of replies
+    ignore it.
+
+    Raises:
+        pydantic_core.PydanticSerializationError: ``data`` cannot be serialised.
+    """
+    return to_json({"event": REPLY, "id": packet_id, "data": data})
+
+
+def encode_reply_error(
+    packet_id: PacketId,
+    code: ErrorCode,
+    message: str,
+    errors: list[dict[str, Any]] | None = None,
+) -> bytes:
+    """Serialise a failed ``channels:reply``: ``{"event", "id", "error": {"code", "message"}}``.
+
+    ``errors`` (validation problems) is added inside ``error`` for ``invalid-data`` only.
+    """
+    error: dict[str, Any] = {"code": code.value, "message": message}
+    if errors is not None:
+        error["errors"] = errors
+    return to_json({"event": REPLY, "id": packet_id, "error": error})

@@ -1,4 +1,9 @@
-"""The listener registry: what is declared, validated at registration, built at start-up."""
+"""The listener registry: what is declared, validated at registration, built at start-up.
+
+Registering a class reads every handler's signature once into an invocation plan (see
+:mod:`fastapi_channels.invocation`); starting binds those plans to the listener instances the
+container builds. Nothing about a handler is inspected per message.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,13 @@ import inspect
 import pkgutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi_channels.errors import ConfigurationError
-from fastapi_channels.listeners import ChannelListener, Handler, SocketListener, handlers
+from fastapi_channels.invocation import HANDLER, IS_AUTHORISED, BoundHandler, plan_for
+from fastapi_channels.listeners import ChannelListener, SocketListener, handlers, outgoing_hook
 from fastapi_channels.middleware import Middleware, hooks_for
+from fastapi_channels.outgoing import OutgoingFilter
 from fastapi_channels.patterns import ChannelPattern, PatternTable
 
 if TYPE_CHECKING:
@@ -26,14 +33,21 @@ _T = TypeVar("_T")
 
 @dataclass(slots=True, eq=False)
 class ChannelRoute:
-    """A started channel listener: its instance, bound handlers and prepared middleware."""
+    """A started channel listener: its instance, bound handlers and prepared middleware.
+
+    Attributes:
+        authorise: the listener's ``is_authorised``, with its plan.
+        outgoing: the listener's outgoing filter; None keeps broadcasts encode-once.
+    """
 
     pattern: ChannelPattern
     listener: ChannelListener
-    handlers: dict[str, Handler]
+    handlers: dict[str, BoundHandler]
     subscribe_middleware: tuple[Middleware, ...]
     event_middleware: tuple[Middleware, ...]
     require_user: bool
+    authorise: BoundHandler
+    outgoing: OutgoingFilter | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -41,7 +55,7 @@ class EventRoute:
     """A started plain listener."""
 
     listener: SocketListener
-    handler: Handler
+    handler: BoundHandler
     event_middleware: tuple[Middleware, ...]
     require_user: bool
 
@@ -56,21 +70,26 @@ class ListenerRegistry:
         self.events: dict[str, EventRoute] = {}
 
     def add(self, cls: type[ChannelListener] | type[SocketListener]) -> None:
-        """Register a decorated listener class.
+        """Register a decorated listener class, reading its handlers' signatures.
 
         Raises:
-            ConfigurationError: the class is not decorated, or its pattern or event is
-                registered already or ambiguous with a registered pattern.
+            ConfigurationError: the class is not decorated, its pattern or event is registered
+                already or ambiguous with a registered pattern, or a handler's (or
+                ``is_authorised``'s) signature cannot be satisfied; the message names it.
         """
         if isinstance(cls, type) and issubclass(cls, ChannelListener):
             pattern = cls.__dict__.get("pattern")
             if not isinstance(pattern, ChannelPattern):
                 raise ConfigurationError(f"{cls.__qualname__} is not decorated with @channel")
+            handlers(cls)
+            plan_for(cls, "is_authorised", IS_AUTHORISED)
+            outgoing_hook(cls)
             self._patterns.add(pattern, cls)
         elif isinstance(cls, type) and issubclass(cls, SocketListener):
             event = cls.__dict__.get("event")
             if not isinstance(event, str):
                 raise ConfigurationError(f"{cls.__qualname__} is not decorated with @listener")
+            plan_for(cls, "handle", HANDLER)
             if event in self._events:
                 raise ConfigurationError(
                     f"event {event!r} has two listeners: {self._events[event].__qualname__} "
@@ -112,16 +131,22 @@ class ListenerRegistry:
             instance._server = server
             own = [_middleware(container, m) for m in cls.middleware]
             chain = [*global_middleware, *own]
-            bound = {event: getattr(instance, name) for event, name in handlers(cls).items()}
+            hook = outgoing_hook(cls)
             channels.add(
                 cls.pattern,
                 ChannelRoute(
                     pattern=cls.pattern,
                     listener=instance,
-                    handlers=bound,
+                    handlers={
+                        event: _bind(cls, instance, name) for event, name in handlers(cls).items()
+                    },
                     subscribe_middleware=hooks_for(chain, "subscribe"),
                     event_middleware=hooks_for(chain, "event"),
                     require_user=cls.require_user,
+                    authorise=_bind(cls, instance, "is_authorised", IS_AUTHORISED),
+                    outgoing=None
+                    if hook is None
+                    else OutgoingFilter(getattr(instance, hook[0]), hook[1]),
                 ),
             )
         events: dict[str, EventRoute] = {}
@@ -131,7 +156,7 @@ class ListenerRegistry:
             listener._server = server
             events[event] = EventRoute(
                 listener=listener,
-                handler=listener.handle,
+                handler=_bind(plain, listener, "handle"),
                 event_middleware=global_events,
                 require_user=plain.require_user,
             )
@@ -148,6 +173,14 @@ def _build(container: injector.Injector, cls: type[_T]) -> _T:
         return container.get(cls)
     except Exception as exc:
         raise ConfigurationError(f"cannot build {cls.__qualname__}: {exc}") from exc
+
+
+def _bind(
+    cls: type, instance: object, name: str, legacy: tuple[Any, ...] = HANDLER
+) -> BoundHandler:
+    plan = plan_for(cls, name, legacy)
+    assert plan is not None  # strict plans are never postponed
+    return plan.bind(getattr(instance, name))
 
 
 def _middleware(container: injector.Injector, item: Middleware | type[Middleware]) -> Middleware:

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, WebSocket
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, WebSocket
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIWebSocketRoute
 from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
 from fastapi_channels import di
+from fastapi_channels.auth.tokens import select_subprotocol
 from fastapi_channels.connection import SocketConnection
+from fastapi_channels.dispatcher import Dispatcher
 from fastapi_channels.errors import CloseCode, Reject
+from fastapi_channels.limits import Limits
 from fastapi_channels.protocol import DISCONNECT, READY, encode
+from fastapi_channels.stats import Stats
 
 if TYPE_CHECKING:
     from fastapi_channels.channels import Channels
@@ -25,11 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["build_router", "select_subprotocol"]
 
 logger = logging.getLogger("fastapi_channels.router")
-
-
-def select_subprotocol(offered: Sequence[str]) -> str | None:
-    """Choose the subprotocol to echo: the first one offered (the Envuso client's token)."""
-    return offered[0] if offered else None
 
 
 _ASGI_KEY = "fastapi_channels.asgi"
@@ -61,11 +63,27 @@ class _ASGITransport:
             await self._websocket.close(code, reason)
 
 
-async def _refuse(websocket: WebSocket, reason: str) -> None:
-    """Envuso's refusal: accept (echoing the subprotocol), ``disconnect``, close 1000."""
+async def _refuse(
+    websocket: WebSocket,
+    stats: Stats,
+    reason: str,
+    code: int = CloseCode.NORMAL,
+    kind: str | None = None,
+) -> None:
+    """Envuso's refusal: accept (echoing the subprotocol), ``disconnect``, close (1000).
+
+    ``kind`` names the refusal in the statistics (``reason`` when it is one of ours; an
+    application's own reasons are counted as ``rejected`` to keep the labels few).
+    """
+    _count_refusal(stats, kind or reason)
     await websocket.accept(subprotocol=select_subprotocol(websocket.scope.get("subprotocols", [])))
     await websocket.send_text(encode(DISCONNECT, {"reason": reason}).decode())
-    await websocket.close(CloseCode.NORMAL, reason)
+    await websocket.close(code, reason)
+
+
+def _count_refusal(stats: Stats, kind: str) -> None:
+    stats.connections_refused += 1
+    stats.refusals[kind] += 1
 
 
 def _public_reason(exc: Exception) -> str:
@@ -90,11 +108,14 @@ class _RefuseOnError:
     1000. The details go to the log only.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, handshake_timeout: float, stats: Stats) -> None:
         self.app = app
+        self.handshake_timeout = handshake_timeout
+        self.stats = stats
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         accepted = refused = connected = False
+        deadline = asyncio.timeout(self.handshake_timeout)
 
         async def tracking_receive() -> Message:
             nonlocal connected
@@ -102,9 +123,10 @@ class _RefuseOnError:
             connected = connected or message["type"] == "websocket.connect"
             return message
 
-        async def refuse(reason: str) -> None:
+        async def refuse(reason: str, kind: str) -> None:
             nonlocal refused
             refused = True
+            _count_refusal(self.stats, kind)
             if not connected:
                 await tracking_receive()
             await send(
@@ -126,36 +148,43 @@ class _RefuseOnError:
                 return  # the rest of a replaced HTTP response
             elif kind == "websocket.accept":
                 accepted = True
+                deadline.reschedule(None)
                 await send(message)
             elif kind == "websocket.close":
                 logger.info("websocket refused at the handshake with close %s", message.get("code"))
-                await refuse(message.get("reason") or "connection refused")
+                await refuse(message.get("reason") or "connection refused", "closed")
             elif kind == "websocket.http.response.start":
                 logger.info("websocket refused at the handshake with HTTP %s", message["status"])
-                await refuse(_status_reason(message["status"]))
+                await refuse(_status_reason(message["status"]), f"http-{message['status']}")
             else:
                 await send(message)
 
         scope[_ASGI_KEY] = (receive, send)
         try:
-            await self.app(scope, tracking_receive, guarded_send)
+            async with deadline:
+                await self.app(scope, tracking_receive, guarded_send)
         except Exception as exc:
             if accepted or refused:
                 raise
+            if isinstance(exc, TimeoutError):
+                logger.warning("websocket refused: handshake took over %ss", self.handshake_timeout)
+                await refuse("handshake timed out", "handshake timed out")
+                return
             if isinstance(exc, Reject | HTTPException):
                 logger.info("websocket refused at the handshake: %r", exc)
             else:
                 logger.exception("websocket refused: the handshake failed")
-            await refuse(_public_reason(exc))
+            await refuse(_public_reason(exc), type(exc).__name__)
 
 
 async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
+    server = channels.server
     dispatcher = channels.dispatcher
     if dispatcher is None:
-        await _refuse(websocket, "server not running")
+        await _refuse(websocket, server.stats, "server not running", CloseCode.TRY_AGAIN_LATER)
         return
     if user is None and not channels.allow_anonymous:
-        await _refuse(websocket, "authentication required")
+        await _refuse(websocket, server.stats, "authentication required")
         return
     limits = channels.limits
     # After the handshake, frames go straight through the route's ASGI callables: Starlette's
@@ -170,39 +199,84 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
         scope=websocket.scope,
         max_queue=limits.queue_size,
         overflow=limits.overflow,
+        stats=server.stats,
     )
     try:
         await dispatcher.connect(connection)
     except Reject as exc:
-        await _refuse(websocket, exc.reason)
+        await _refuse(websocket, server.stats, exc.reason, kind="rejected")
+        return
+    if limits.max_connections is not None and len(server) >= limits.max_connections:
+        logger.warning("refusing a connection: %d connections already", len(server))
+        await _refuse(websocket, server.stats, "server busy", CloseCode.TRY_AGAIN_LATER)
+        return
+    per_user = limits.max_connections_per_user
+    key = connection.user_key
+    if per_user is not None and key is not None and server.count_of(key) >= per_user:
+        logger.info("refusing user %s: too many connections", key)
+        await _refuse(websocket, server.stats, "too many connections", CloseCode.POLICY_VIOLATION)
         return
     await websocket.accept(subprotocol=select_subprotocol(websocket.scope.get("subprotocols", [])))
     connection.push(encode(READY, {"id": connection.id}).decode())
-    connection.start()
-    await channels.server.add_connection(connection)
-    max_size = limits.max_message_size
+    # Reachable before the writer sends ``ready`` (queued first, so nothing precedes it): a
+    # client that has seen ``ready`` gets what is sent to its user from any process.
     try:
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            if not connection.is_open:
-                continue  # closing: drain until the peer answers the close
-            text = message.get("text")
-            if text is not None:
-                if len(text) > max_size or (
-                    len(text) * 4 > max_size and len(text.encode()) > max_size
-                ):
-                    connection._begin_close(CloseCode.MESSAGE_TOO_BIG, "message too big")
-                    continue
-                await dispatcher.receive_text(connection, text)
-            elif len(message.get("bytes") or b"") > max_size:
-                connection._begin_close(CloseCode.MESSAGE_TOO_BIG, "message too big")
-            else:
-                dispatcher.receive_bytes(connection)
+        await server.add_connection(connection)
+        connection.start()
+        dispatcher.opened(connection)
+        await _read(receive, connection, dispatcher, limits)
     finally:
         await dispatcher.disconnect(connection)
         await connection.wait_closed(limits.close_timeout)
+
+
+async def _read(
+    receive: Receive, connection: SocketConnection, dispatcher: Dispatcher, limits: Limits
+) -> None:
+    """The connection's reader: size and rate checks, then one dispatch per frame, in order.
+
+    The rate limit is a token bucket held in this coroutine's locals (nothing per connection
+    object): ``limits.rate`` tokens per second up to ``limits.burst``; a frame finding no token
+    is dropped and answered ``rate-limited``; ``limits.rate_strikes`` drops in a row close the
+    connection with 1008.
+    """
+    max_size = limits.max_message_size
+    stats = dispatcher.server.stats
+    rate, burst = limits.rate, float(limits.burst)
+    tokens, last, strikes = burst, time.monotonic(), 0
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if not connection.is_open:
+            continue  # closing: drain until the peer answers the close
+        text = message.get("text")
+        size = len(text) if text is not None else len(message.get("bytes") or b"")
+        stats.messages_in += 1
+        stats.bytes_in += size
+        if size > max_size or (
+            text is not None and size * 4 > max_size and len(text.encode()) > max_size
+        ):
+            connection.close_soon(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            continue
+        if rate is not None:
+            now = time.monotonic()
+            tokens = min(burst, tokens + (now - last) * rate)
+            last = now
+            if tokens < 1.0:
+                strikes += 1
+                if strikes >= limits.rate_strikes:
+                    logger.warning("connection %s: rate limit exceeded, closing", connection.id)
+                    connection.close_soon(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+                else:
+                    dispatcher.reject_rate(connection, text)
+                continue
+            tokens -= 1.0
+            strikes = 0
+        if text is not None:
+            await dispatcher.receive_text(connection, text)
+        else:
+            dispatcher.receive_bytes(connection)
 
 
 def _endpoint(channels: Channels) -> Callable[..., Any]:
@@ -220,6 +294,26 @@ def _endpoint(channels: Channels) -> Callable[..., Any]:
     return endpoint
 
 
+ASYNCAPI_SUFFIX = "/asyncapi.json"
+"""Where the AsyncAPI document is served, after the websocket path: ``/ws/asyncapi.json``."""
+
+
+def _asyncapi_endpoint(channels: Channels) -> Callable[[Request], Any]:
+    async def asyncapi(request: Request) -> JSONResponse:
+        app = request.app
+        document = channels.asyncapi(
+            title=getattr(app, "title", None) or "fastapi_channels",
+            version=getattr(app, "version", None) or "0.1.0",
+            description=getattr(app, "description", None) or None,
+            host=request.headers.get("host") or None,
+            protocol="wss" if request.url.scheme == "https" else "ws",
+            pathname=request.url.path.removesuffix(ASYNCAPI_SUFFIX),
+        )
+        return JSONResponse(document)
+
+    return asyncapi
+
+
 class _AppOverrides:
     """Lets the endpoint see ``app.dependency_overrides`` of the app it is included in."""
 
@@ -232,7 +326,9 @@ class _AppOverrides:
 
 
 def build_router(channels: Channels) -> APIRouter:
-    """Build the router: the websocket endpoint at ``channels.path`` and the server's lifespan.
+    """Build the router: the websocket endpoint, the server's lifespan and the AsyncAPI route.
+
+    The AsyncAPI document is served at ``{path}/asyncapi.json`` unless ``asyncapi=False``.
 
     The endpoint is a FastAPI websocket route (so the user dependency is solved by FastAPI,
     ``app.dependency_overrides`` included) wrapped in the refusal guard, and registered as a
@@ -248,6 +344,18 @@ def build_router(channels: Channels) -> APIRouter:
             yield
 
     router = APIRouter(lifespan=lifespan)
+    if channels.info_guard is not None:
+
+        @router.get(
+            f"{channels.path}/info",
+            dependencies=[Depends(channels.info_guard)],
+            name="fastapi_channels_info",
+            tags=["fastapi_channels"],
+        )
+        async def info() -> dict[str, Any]:
+            """This process's connections, channels, queues, broker state and counters."""
+            return channels.server.snapshot()
+
     if channels.enabled:
         endpoint = APIWebSocketRoute(
             channels.path,
@@ -256,6 +364,20 @@ def build_router(channels: Channels) -> APIRouter:
             dependency_overrides_provider=overrides,
         )
         router.routes.append(
-            WebSocketRoute(channels.path, _RefuseOnError(endpoint.app), name="fastapi_channels")
+            WebSocketRoute(
+                channels.path,
+                _RefuseOnError(
+                    endpoint.app, channels.limits.handshake_timeout, channels.server.stats
+                ),
+                name="fastapi_channels",
+            )
         )
+        if channels.serve_asyncapi:
+            router.add_api_route(
+                channels.path.rstrip("/") + ASYNCAPI_SUFFIX,
+                _asyncapi_endpoint(channels),
+                methods=["GET"],
+                include_in_schema=False,
+                name="fastapi_channels_asyncapi",
+            )
     return router

@@ -2,18 +2,23 @@
 
 Each message is encoded once, published through the broker as bytes, and fanned out by every
 process to its local subscribers: handing one shared frame to each connection, without awaiting
-any socket (see :meth:`SocketConnection.push`). A fan-out to more than ``FAN_OUT_CHUNK``
-connections is cut into chunks with a turn of the event loop between them, so a broadcast to a
-huge channel never blocks the loop for long; fan-outs then run strictly in arrival order, so
-every connection still gets its frames in publish order.
+any socket (see :meth:`SocketConnection.push`). A channel whose listener declares an outgoing
+filter is the one exception: its frames are decoded once per process and re-encoded only for the
+recipients whose data the filter changed (see :mod:`fastapi_channels.outgoing`).
+
+A fan-out to more than ``FAN_OUT_CHUNK`` connections is cut into chunks with a turn of the event
+loop between them, so a broadcast to a huge channel never blocks the loop for long; fan-outs
+then run strictly in arrival order, so every connection still gets its frames in publish order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 from fastapi_channels.brokers.base import Broker
@@ -21,6 +26,7 @@ from fastapi_channels.errors import CloseCode, InvalidChannel, ProtocolError
 from fastapi_channels.listeners import ChannelListener
 from fastapi_channels.patterns import ChannelPattern
 from fastapi_channels.protocol import encode, validate_channel_name
+from fastapi_channels.stats import Stats
 
 if TYPE_CHECKING:
     from fastapi_channels.connection import SocketConnection
@@ -71,8 +77,12 @@ class SocketServer:
         self._connections: dict[str, SocketConnection] = {}
         self._channels: dict[str, set[SocketConnection]] = {}
         self._users: dict[str, set[SocketConnection]] = {}
+        self._empty = asyncio.Event()
+        self._empty.set()
         self._backlog: deque[_FanOut] = deque()
         self._drained: asyncio.Future[None] | None = None
+        self.stats = Stats()
+        """Counters since this server was created (see ``fastapi_channels.stats``)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -80,18 +90,21 @@ class SocketServer:
         """Start the broker and begin fanning out what it delivers."""
         await self.broker.start(self._on_message)
 
-    async def stop(self, reason: str = "server shutting down", timeout: float = 5.0) -> None:
+    async def stop(
+        self, reason: str = "server shutting down", timeout: float = 5.0, spread: float = 0.0
+    ) -> None:
         """Disconnect every local connection with ``reason`` (close 1012), then stop the broker.
 
-        Each client gets a ``disconnect`` packet after what was already queued for it; a peer
-        that does not take its close within ``timeout`` seconds is dropped.
+        Each client gets a ``disconnect`` packet after what was already queued for it, with a
+        random ``reconnect_after`` hint between 0 and ``spread`` seconds so that clients do not
+        all come back at once; a peer that does not take its close within ``timeout`` seconds
+        is dropped.
         """
         connections = list(self._connections.values())
         for connection in connections:
-            if connection.is_open:
-                connection._begin_close(CloseCode.SERVICE_RESTART, reason)
-        for connection in connections:
-            await connection.wait_closed(timeout)
+            hint = random.uniform(0, spread) if spread > 0 else None
+            connection.close_soon(CloseCode.SERVICE_RESTART, reason, reconnect_after=hint)
+        await asyncio.gather(*(c.wait_closed(timeout) for c in connections))
         await self.broker.stop()
         self._backlog.clear()
         self._release_waiters()
@@ -103,6 +116,44 @@ class SocketServer:
         """This process's open connections."""
         return list(self._connections.values())
 
+    def __len__(self) -> int:
+        """How many connections this process holds."""
+        return len(self._connections)
+
+    def count_of(self, user_id: object) -> int:
+        """How many connections of one user this process holds."""
+        return len(self._users.get(str(user_id), ()))
+
+    async def wait_empty(self) -> None:
+        """Return once this process holds no connection (at once if it holds none)."""
+        await self._empty.wait()
+
+    def channel_counts(self) -> dict[str, int]:
+        """Local subscriber count of every channel with at least one subscriber here."""
+        return {name: len(subscribers) for name, subscribers in self._channels.items()}
+
+    def snapshot(self, top: int = 100) -> dict[str, Any]:
+        """This process's state as JSON-ready values, for health and info routes.
+
+        Args:
+            top: how many channels to list, the most subscribed first.
+        """
+        counts = self.channel_counts()
+        busiest = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        queued = [c.queued for c in self._connections.values()]
+        return {
+            "pid": os.getpid(),
+            "connections": len(self._connections),
+            "users": len(self._users),
+            "channels": len(counts),
+            "subscriptions": sum(counts.values()),
+            "queued": sum(queued),
+            "max_queued": max(queued, default=0),
+            "busiest_channels": dict(busiest),
+            "broker": {"type": type(self.broker).__name__, **self.broker.health().as_dict()},
+            "stats": self.stats.as_dict(),
+        }
+
     def connections_of(self, user_id: object) -> list[SocketConnection]:
         """This process's connections of one user."""
         return list(self._users.get(str(user_id), ()))
@@ -111,9 +162,29 @@ class SocketServer:
         """This process's connections subscribed to the concrete ``channel``."""
         return list(self._channels.get(channel, ()))
 
+    def health(self) -> dict[str, Any]:
+        """Report this process's state for a health check, as JSON-ready values; no I/O.
+
+        ``healthy`` is false while the broker cannot reach the other processes (Redis down or
+        reconnecting): this process then still serves its own connections, but its messages do
+        not reach other processes, nor theirs it. ``broker`` holds the broker's own report
+        (:class:`~fastapi_channels.brokers.base.BrokerHealth`): its state, how many topics this
+        process listens to, and the last transport error.
+        """
+        broker = self.broker.health()
+        return {
+            "healthy": broker.healthy,
+            "connections": len(self._connections),
+            "channels": len(self._channels),
+            "users": len(self._users),
+            "broker": broker.as_dict(),
+        }
+
     async def add_connection(self, connection: SocketConnection) -> None:
         """Make ``connection`` reachable by id and by user."""
         self._connections[connection.id] = connection
+        self._empty.clear()
+        self.stats.connections_opened += 1
         key = connection.user_key
         if key is not None:
             peers = self._users.setdefault(key, set())
@@ -128,6 +199,8 @@ class SocketServer:
             await self.remove_subscription(connection, channel)
         if self._connections.pop(connection.id, None) is None:
             return
+        if not self._connections:
+            self._empty.set()
         key = connection.user_key
         peers = self._users.get(key) if key is not None else None
         if peers is not None:
@@ -242,18 +315,16 @@ class SocketServer:
         elif kind == _DISCONNECT:
             reason = body.decode()
             for connection in list(targets):
-                if connection.is_open:
-                    connection._begin_close(CloseCode.NORMAL, reason)
+                connection.close_soon(CloseCode.NORMAL, reason)
         else:
             logger.error("dropping a message of unknown kind %r on %s", kind, topic)
 
     def _fan_out(
         self, connections: Collection[SocketConnection], frame: str, channel: str | None
     ) -> None:
-        """Hand ``frame`` to ``connections``: now if small and nothing waits, else in turn."""
+        """Hand ``frame`` to ``connections``: now if few and nothing waits, else in turn."""
         if not self._backlog and len(connections) <= FAN_OUT_CHUNK:
-            for connection in connections:
-                connection.push(frame)
+            _deliver(connections, channel, frame)
             return
         self._backlog.append(_FanOut(list(connections), frame, channel))
         if len(self._backlog) == 1:
@@ -269,16 +340,16 @@ class SocketServer:
         budget = FAN_OUT_CHUNK
         while backlog and budget > 0:
             job = backlog[0]
-            connections, frame, channel = job.connections, job.frame, job.channel
             start = job.index
-            end = min(start + budget, len(connections))
-            for index in range(start, end):
-                connection = connections[index]
-                if channel is None or channel in connection.subscriptions:
-                    connection.push(frame)
+            end = min(start + budget, len(job.connections))
+            chunk = job.connections[start:end]
+            channel = job.channel
+            if channel is not None:
+                chunk = [c for c in chunk if channel in c.subscriptions]
+            _deliver(chunk, channel, job.frame)
             budget -= end - start
             job.index = end
-            if end == len(connections):
+            if end == len(job.connections):
                 backlog.popleft()
         if backlog:
             asyncio.get_running_loop().call_soon(self._drain)
@@ -294,3 +365,24 @@ class SocketServer:
         drained, self._drained = self._drained, None
         if drained is not None and not drained.done():
             drained.set_result(None)
+
+
+def _deliver(connections: Collection[SocketConnection], channel: str | None, frame: str) -> None:
+    """Hand over an event; a channel event goes through its listener's outgoing filter, if any."""
+    if not connections:
+        return
+    if channel is None:
+        _fan_out(connections, frame)
+        return
+    subscription = next(iter(connections)).subscriptions.get(channel)
+    route = subscription.route if subscription is not None else None
+    outgoing = route.outgoing if route is not None else None
+    if outgoing is None or subscription is None:
+        _fan_out(connections, frame)
+    else:
+        outgoing.fan_out(connections, subscription, frame)
+
+
+def _fan_out(connections: Iterable[SocketConnection], frame: str) -> None:
+    for connection in connections:
+        connection.push(frame)

@@ -7,22 +7,30 @@ own event loop; ``lifespan(app)`` runs the app's lifespan around a test::
         assert (await client.subscribe("global-chat"))["successful"]
         await client.emit("message", {"text": "hi"}, channel="global-chat")
         packet = await client.receive()
+        answer = await client.request("message", {"text": "hi"}, channel="global-chat")
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, NoReturn
 
 from pydantic_core import from_json, to_json
 from starlette.types import ASGIApp, Message
 
-from fastapi_channels.errors import ConnectionClosed
-from fastapi_channels.protocol import SUBSCRIBE_REQUEST, SUBSCRIBE_RESPONSE, UNSUBSCRIBE_REQUEST
+from fastapi_channels.errors import ConnectionClosed, ReplyError
+from fastapi_channels.protocol import (
+    REPLY,
+    SUBSCRIBE_REQUEST,
+    SUBSCRIBE_RESPONSE,
+    UNSUBSCRIBE_REQUEST,
+    PacketId,
+)
 
 __all__ = ["ReceivedPacket", "SocketTestClient", "lifespan"]
 
@@ -44,6 +52,16 @@ class ReceivedPacket(dict[str, Any]):
     def data(self) -> Any:
         """The payload."""
         return self.get("data")
+
+    @property
+    def id(self) -> PacketId | None:
+        """The request id, for a ``channels:reply``."""
+        return self.get("id")
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        """The ``error`` object of a failed ``channels:reply``."""
+        return self.get("error")
 
 
 @contextlib.asynccontextmanager
@@ -83,7 +101,8 @@ class SocketTestClient:
         app: the FastAPI (or any ASGI) app; its lifespan must be running (see ``lifespan``).
         path: the endpoint path.
         subprotocols: offered in ``Sec-WebSocket-Protocol`` (the Envuso client's token).
-        headers: extra handshake headers.
+        headers: extra handshake headers; a ``host`` or ``origin`` given here replaces the
+            default (``testserver`` and ``http://testserver``).
         query_string: the raw query string, e.g. ``"token=..."``.
         timeout: the default timeout of every wait, in seconds.
     """
@@ -106,10 +125,13 @@ class SocketTestClient:
         """The ``ready`` packet, once connected with ``async with``."""
         self.close_code: int | None = None
         self.close_reason: str = ""
-        raw_headers = [(b"host", b"testserver"), (b"origin", b"http://testserver")]
+        extra = [(k.lower().encode(), v.encode()) for k, v in headers]
+        given = {name for name, _ in extra}
+        defaults = [(b"host", b"testserver"), (b"origin", b"http://testserver")]
+        raw_headers = [(name, value) for name, value in defaults if name not in given]
         if subprotocols:
             raw_headers.append((b"sec-websocket-protocol", ", ".join(subprotocols).encode()))
-        raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers]
+        raw_headers += extra
         self._scope: dict[str, Any] = {
             "type": "websocket",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -130,6 +152,7 @@ class SocketTestClient:
         self._from_app: asyncio.Queue[Message] = asyncio.Queue()
         self._backlog: deque[ReceivedPacket] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
 
     async def __aenter__(self) -> SocketTestClient:
         """Connect and require ``ready`` (kept in :attr:`ready`)."""
@@ -218,14 +241,60 @@ class SocketTestClient:
             return
         raise AssertionError(f"expected no message, got {packet!r}")
 
-    async def emit(self, event: str, data: Any = ..., channel: str | None = None) -> None:
-        """Send an event; without ``data`` the packet has no ``data`` key (as Envuso's emit)."""
+    async def emit(
+        self,
+        event: str,
+        data: Any = ...,
+        channel: str | None = None,
+        *,
+        id: PacketId | None = None,
+    ) -> None:
+        """Send an event; without ``data`` the packet has no ``data`` key (as Envuso's emit).
+
+        With ``id`` the server answers with a ``channels:reply`` (see :meth:`receive_reply`).
+        """
         packet: dict[str, Any] = {"event": event}
         if channel is not None:
             packet["channel"] = channel
         if data is not ...:
             packet["data"] = data
+        if id is not None:
+            packet["id"] = id
         await self.send_text(to_json(packet).decode())
+
+    async def request(
+        self,
+        event: str,
+        data: Any = ...,
+        channel: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send an event with a fresh ``id`` and return the ``data`` of its reply.
+
+        Packets that arrive before the reply are kept for :meth:`receive`.
+
+        Raises:
+            ReplyError: the reply carries an error (``code``, ``message``, ``errors``).
+            TimeoutError: no reply within ``timeout`` (default: the client's timeout).
+        """
+        packet_id = next(self._ids)
+        await self.emit(event, data, channel, id=packet_id)
+        reply = await self.receive_reply(packet_id, timeout)
+        error = reply.error
+        if error is not None:
+            raise ReplyError(error["code"], error["message"], error.get("errors"))
+        return reply.data
+
+    async def receive_reply(self, id: PacketId, timeout: float | None = None) -> ReceivedPacket:
+        """Wait for the ``channels:reply`` to ``id`` and return it whole.
+
+        Packets that arrive before it are kept for :meth:`receive`.
+
+        Raises:
+            TimeoutError: it did not arrive within ``timeout`` seconds in all.
+        """
+        return await self._wait_for(lambda p: p.event == REPLY and p.id == id, timeout)
 
     async def subscribe(self, channel: str, timeout: float | None = None) -> dict[str, Any]:
         """Ask to subscribe and return the response's ``data``.
@@ -233,7 +302,10 @@ class SocketTestClient:
         Packets that arrive before the response are kept for :meth:`receive`.
         """
         await self.emit(SUBSCRIBE_REQUEST, {"channel": channel})
-        return await self._response_for(channel, timeout)
+        response = await self._wait_for(
+            lambda p: p.event == SUBSCRIBE_RESPONSE and p.data.get("channel") == channel, timeout
+        )
+        return dict(response.data)
 
     async def unsubscribe(self, channel: str) -> None:
         """Send Envuso's unsubscribe request (no response exists)."""
@@ -256,16 +328,30 @@ class SocketTestClient:
         async with asyncio.timeout(timeout or self.timeout):
             await task
 
-    async def _response_for(self, channel: str, timeout: float | None) -> dict[str, Any]:
+    async def _wait_for(
+        self, wanted: Callable[[ReceivedPacket], bool], timeout: float | None
+    ) -> ReceivedPacket:
+        """Return the first packet ``wanted`` accepts; keep the others for :meth:`receive`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout if timeout is not None else self.timeout)
         skipped: list[ReceivedPacket] = []
+        backlog, self._backlog = self._backlog, deque()
         try:
+            while backlog:
+                packet = backlog.popleft()
+                if wanted(packet):
+                    return packet
+                skipped.append(packet)
             while True:
-                packet = await self.receive(timeout)
-                if packet.event == SUBSCRIBE_RESPONSE and packet.data.get("channel") == channel:
-                    return dict(packet.data)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError("the awaited packet did not arrive in time")
+                packet = await self.receive(remaining)
+                if wanted(packet):
+                    return packet
                 skipped.append(packet)
         finally:
-            self._backlog.extend(skipped)
+            self._backlog.extendleft(reversed([*skipped, *backlog]))
 
     async def _put(self, message: Message) -> None:
         await self._from_app.put(message)

@@ -8,8 +8,10 @@ import pytest
 from fastapi import FastAPI
 from starlette.requests import HTTPConnection
 
-from fastapi_channels import Channels
+from fastapi_channels import Broker, Channels, MemoryBroker
 from fastapi_channels.testing import SocketTestClient, lifespan
+
+pytest_plugins = ["tests.redis_support"]
 
 
 def user_from_query(connection: HTTPConnection) -> dict[str, str] | None:
@@ -35,14 +37,32 @@ class Harness:
 Start = Callable[..., Awaitable[Harness]]
 
 
+@pytest.fixture(params=["memory", "redis"])
+def make_broker(request: pytest.FixtureRequest) -> Callable[[], Broker]:
+    """Makes brokers of one kind: every test using it, or ``start``, runs on each broker.
+
+    Redis brokers use the shared test server, under a channel prefix of the test's own.
+    """
+    if request.param == "memory":
+        return MemoryBroker
+    from fastapi_channels.brokers.redis import RedisBroker
+
+    url: str = request.getfixturevalue("redis_url")
+    prefix: str = request.getfixturevalue("redis_prefix")
+    return lambda: RedisBroker(url, prefix=prefix)
+
+
 @pytest.fixture
-async def start() -> AsyncIterator[Start]:
+async def start(make_broker: Callable[[], Broker]) -> AsyncIterator[Start]:
     """``await start(listeners=[...], ...)`` builds an app around ``Channels(...)`` and runs its
-    lifespan until the end of the test. ``app=`` passes a prepared FastAPI app."""
+    lifespan until the end of the test. ``app=`` passes a prepared FastAPI app. It runs on each
+    broker (see ``make_broker``) unless ``broker=`` is given."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def run(app: FastAPI | None = None, **options: Any) -> Harness:
             options.setdefault("user", user_from_query)
+            if "broker" not in options:
+                options["broker"] = make_broker()
             channels = Channels(**options)
             app = app or FastAPI()
             app.include_router(channels.router)

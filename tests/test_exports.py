@@ -1,6 +1,7 @@
 import fastapi_channels
 
 EXPORTED = {
+    "DROP",
     "Broker",
     "BrokerError",
     "ChannelListener",
@@ -12,6 +13,7 @@ EXPORTED = {
     "ErrorCode",
     "Inject",
     "InvalidChannel",
+    "InvalidData",
     "Limits",
     "MemoryBroker",
     "Middleware",
@@ -19,6 +21,7 @@ EXPORTED = {
     "OverflowPolicy",
     "ProtocolError",
     "Reject",
+    "ReplyError",
     "SocketConnection",
     "SocketListener",
     "SocketPacket",

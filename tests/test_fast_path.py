@@ -90,9 +90,12 @@ async def test_batching_is_negotiated_and_others_are_unaffected(start: Start) ->
             assert (await client.subscribe("room"))["successful"]
         for n in range(3):
             await harness.server.broadcast(Room, "room", "tick", n)
-        batch = json.loads(await batching.receive_text())
-        assert [p["data"] for p in batch] == [0, 1, 2]
-        assert all(p["channel"] == "room" for p in batch)
+        if isinstance(harness.server.broker, MemoryBroker):  # all three in one loop turn
+            batch = json.loads(await batching.receive_text())
+            assert [p["data"] for p in batch] == [0, 1, 2]
+            assert all(p["channel"] == "room" for p in batch)
+        else:  # through Redis they may arrive in different turns: order is what holds
+            assert [(await batching.receive()).data for _ in range(3)] == [0, 1, 2]
         for n in range(3):
             assert json.loads(await plain.receive_text())["data"] == n
         await harness.server.broadcast(Room, "room", "tick", 3)

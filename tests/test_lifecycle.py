@@ -119,10 +119,10 @@ async def test_shutdown_disconnects_everyone_with_1012() -> None:
         await client.subscribe("lobby")
         async with lifespan(FastAPI()):  # an unrelated app does not interfere
             pass
-    assert await client.receive() == {
-        "event": "disconnect",
-        "data": {"reason": "server shutting down"},
-    }
+    packet = await client.receive()
+    assert packet.event == "disconnect"
+    assert packet.data["reason"] == "server shutting down"
+    assert 0 <= packet.data["reconnect_after"] <= 10
     assert await client.receive_closed() == (1012, "server shutting down")
 
 

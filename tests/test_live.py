@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 
 from fastapi_channels import (
+    Broker,
     ChannelListener,
     Channels,
     Inject,
@@ -42,8 +44,8 @@ def user_from_token(connection: HTTPConnection) -> str | None:
     return offered
 
 
-def build() -> FastAPI:
-    channels = Channels(user=user_from_token, listeners=[GlobalChat])
+def build(broker: Broker) -> FastAPI:
+    channels = Channels(user=user_from_token, listeners=[GlobalChat], broker=broker)
     app = FastAPI()
     app.include_router(channels.router)
 
@@ -63,8 +65,8 @@ async def receive(ws: websockets.ClientConnection) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def address() -> Any:
-    async with live_server(build()) as address:
+async def address(make_broker: Callable[[], Broker]) -> Any:
+    async with live_server(build(make_broker())) as address:
         yield address
 
 

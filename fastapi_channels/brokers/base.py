@@ -10,27 +10,87 @@ one leaves.
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar
 
-__all__ = ["Broker", "MessageHandler"]
+__all__ = ["Broker", "BrokerHealth", "BrokerState", "MessageHandler"]
 
 MessageHandler = Callable[[str, bytes], None]
 """Called with ``(topic, data)`` for every message on a subscribed topic, in publish order per
 publisher. It runs on the event loop and must not block."""
 
 
+class BrokerState(StrEnum):
+    """Where a broker is in its life."""
+
+    STOPPED = "stopped"
+    """Not started yet, or stopped: nothing is delivered."""
+    CONNECTING = "connecting"
+    """Started, not connected to its transport yet; local delivery already works."""
+    CONNECTED = "connected"
+    """Delivering between processes."""
+    RECONNECTING = "reconnecting"
+    """The transport was lost; local delivery goes on while the broker reconnects."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerHealth:
+    """A snapshot of a broker's state, for health checks.
+
+    Attributes:
+        broker: the kind of broker (``"memory"``, ``"redis"``).
+        state: the broker's state when the snapshot was taken.
+        topics: how many topics this process has local interest in.
+        last_error: the last transport error, if any, for operators (no secrets in it).
+        changed_at: when ``state`` last changed, in seconds since the epoch.
+    """
+
+    broker: str
+    state: BrokerState
+    topics: int
+    last_error: str | None
+    changed_at: float
+
+    @property
+    def healthy(self) -> bool:
+        """Whether messages currently reach every process (the state is ``connected``)."""
+        return self.state is BrokerState.CONNECTED
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the snapshot as JSON-ready values, ``healthy`` included."""
+        return {
+            "broker": self.broker,
+            "state": self.state.value,
+            "healthy": self.healthy,
+            "topics": self.topics,
+            "last_error": self.last_error,
+            "changed_at": self.changed_at,
+        }
+
+
 class Broker(ABC):
     """Base class of every broker.
 
     Subclasses implement :meth:`publish`, :meth:`_subscribe` and :meth:`_unsubscribe`, and may
-    override :meth:`start`, :meth:`stop` and :attr:`healthy`.
+    override :meth:`start` and :meth:`stop`; a broker with a transport reports its state
+    through :meth:`_set_state`.
     """
+
+    name: ClassVar[str] = "broker"
+    """The kind of broker, as shown by :meth:`health`."""
 
     def __init__(self) -> None:
         self._handler: MessageHandler | None = None
         self._interest: dict[str, int] = {}
         self._pending: dict[str, asyncio.Future[None]] = {}
+        self._state = BrokerState.STOPPED
+        self._last_error: str | None = None
+        self._changed_at = time.time()
+        self._state_changed = asyncio.Event()
 
     @property
     def topics(self) -> frozenset[str]:
@@ -38,9 +98,51 @@ class Broker(ABC):
         return frozenset(self._interest)
 
     @property
+    def state(self) -> BrokerState:
+        """The broker's current state."""
+        return self._state
+
+    @property
     def healthy(self) -> bool:
-        """Whether the broker can currently deliver between processes."""
-        return True
+        """Whether the broker currently delivers between processes (it is connected)."""
+        return self._state is BrokerState.CONNECTED
+
+    def health(self) -> BrokerHealth:
+        """Return a snapshot of the broker's state for a health check; cheap, no I/O."""
+        return BrokerHealth(
+            broker=self.name,
+            state=self._state,
+            topics=len(self._interest),
+            last_error=self._last_error,
+            changed_at=self._changed_at,
+        )
+
+    def counters(self) -> dict[str, int]:
+        """Return the transport's traffic counters since creation, for metrics (none here)."""
+        return {}
+
+    async def wait_for_state(self, *states: BrokerState) -> BrokerState:
+        """Wait until the broker is in one of ``states`` and return that state.
+
+        There is no timeout here: wrap the call in ``asyncio.timeout`` to bound it.
+        """
+        while self._state not in states:
+            changed = self._state_changed
+            await changed.wait()
+        return self._state
+
+    def _set_state(self, state: BrokerState, error: BaseException | str | None = None) -> None:
+        """Record a state change (and the error behind it) and wake :meth:`wait_for_state`."""
+        if error is not None:
+            self._last_error = (
+                error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+            )
+        if state is self._state:
+            return
+        self._state = state
+        self._changed_at = time.time()
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
 
     def _deliver(self, topic: str, data: bytes) -> None:
         """Hand one received message to the server, if this process still wants the topic."""
@@ -50,11 +152,13 @@ class Broker(ABC):
     async def start(self, handler: MessageHandler) -> None:
         """Start delivering messages on subscribed topics to ``handler``."""
         self._handler = handler
+        self._set_state(BrokerState.CONNECTED)
 
     async def stop(self) -> None:
         """Stop delivering and release every resource; interest is forgotten."""
         self._handler = None
         self._interest.clear()
+        self._set_state(BrokerState.STOPPED)
 
     async def subscribe(self, topic: str) -> None:
         """Add one unit of interest in ``topic``.

@@ -11,8 +11,11 @@ class MemoryBroker(Broker):
     """Delivers within this process, synchronously, in publish order.
 
     ``publish`` hands the bytes to the server's fan-out before it returns, so it never waits on
-    a slow consumer: the fan-out only appends to bounded per-connection queues.
+    a slow consumer: the fan-out only appends to bounded per-connection queues. It is
+    ``connected`` from :meth:`start` to :meth:`stop`.
     """
+
+    name = "memory"
 
     async def publish(self, topic: str, data: bytes) -> None:
         """Deliver ``data`` to this process's subscribers of ``topic``, if any."""

@@ -1,0 +1,1 @@
+"""The fastapi_channels demo app."""

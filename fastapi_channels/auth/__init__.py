@@ -1,0 +1,50 @@
+"""JWT authentication for channels and HTTP routes, and the websocket ``Origin`` check.
+
+One concept per module:
+
+- :mod:`~fastapi_channels.auth.keys`: keys bound to their algorithms, key sets with ``kid``.
+- :mod:`~fastapi_channels.auth.verifier`: verifying and issuing tokens.
+- :mod:`~fastapi_channels.auth.tokens`: where a token travels; which subprotocol to echo.
+- :mod:`~fastapi_channels.auth.origin`: the ``Origin`` allow-list.
+- :mod:`~fastapi_channels.auth.users`: turning claims into the application's user.
+- :mod:`~fastapi_channels.auth.context`: the record of who a connection is.
+- :mod:`~fastapi_channels.auth.lifetime`: expiry and in-band renewal on live connections.
+- :mod:`~fastapi_channels.auth.dependency`: :class:`JWTAuth`, the FastAPI dependency.
+
+A typical set-up::
+
+    verifier = TokenVerifier(Key.hmac(secret), issuer="my-app", audience="my-app")
+    auth = JWTAuth(verifier, user_loader=load_user)
+    channels = Channels(user=auth)
+
+    @app.get("/me")
+    async def me(user: User = Depends(auth.required)) -> User: ...
+"""
+
+from fastapi_channels.auth.context import Authentication, get_authentication
+from fastapi_channels.auth.dependency import JWTAuth
+from fastapi_channels.auth.keys import Key, KeySet
+from fastapi_channels.auth.lifetime import TokenLifetime
+from fastapi_channels.auth.origin import OriginPolicy
+from fastapi_channels.auth.tokens import TokenSource, select_subprotocol
+from fastapi_channels.auth.users import TokenUser, UserLoader
+from fastapi_channels.auth.verifier import TokenVerifier, VerifiedToken
+from fastapi_channels.errors import AuthenticationError, AuthFailure
+
+__all__ = [
+    "AuthFailure",
+    "Authentication",
+    "AuthenticationError",
+    "JWTAuth",
+    "Key",
+    "KeySet",
+    "OriginPolicy",
+    "TokenLifetime",
+    "TokenSource",
+    "TokenUser",
+    "TokenVerifier",
+    "UserLoader",
+    "VerifiedToken",
+    "get_authentication",
+    "select_subprotocol",
+]

@@ -1,0 +1,539 @@
+"""The Redis broker: messages between processes and hosts through Redis pub/sub.
+
+Each process keeps two connections to Redis, however many websocket connections it serves:
+
+* a **subscriber** connection, subscribed once to each topic this process has local interest
+  in (the base class counts the interest), as the Redis channel ``<prefix>:<topic>``;
+* a **publisher** connection, on which publishes are pipelined.
+
+A message published here is handed to this process's subscribers at once, without a round trip
+through Redis, and sent to Redis for the other processes; a process skips its own messages when
+Redis echoes them back. So local delivery never depends on Redis.
+
+Under load, publishes are batched: while one round trip to Redis is in flight, new publishes
+wait in a buffer; the next round trip packs every buffered message for one topic into a single
+Redis message (see :mod:`fastapi_channels.brokers._frames`) and pipelines all topics in one
+write. A process publishing faster than the round-trip time therefore sends far fewer Redis
+messages than it publishes, and the receiving processes decode them without touching the
+message bytes.
+
+Faults: when Redis drops or restarts, the broker logs it (logger
+``fastapi_channels.brokers.redis``), keeps delivering locally, reconnects with capped
+exponential backoff and jitter, and re-subscribes every topic with local interest. Messages
+published anywhere while a process is disconnected do not reach it and are not replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import random
+import time
+from asyncio import FIRST_COMPLETED
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from fastapi_channels.brokers import _frames
+from fastapi_channels.brokers.base import Broker, BrokerState, MessageHandler
+from fastapi_channels.errors import BrokerError, ConfigurationError
+
+__all__ = ["RedisBroker", "RedisStats"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PREFIX: Final = "fastapi_channels"
+_SUBSCRIBE_CHUNK: Final = 1000
+_TRANSPORT_ERRORS: Final = (RedisError, OSError)
+
+
+@dataclass(slots=True)
+class RedisStats:
+    """Counters since the broker was created, for monitoring and benchmarks.
+
+    Attributes:
+        published: messages sent to Redis by :meth:`RedisBroker.publish`.
+        payloads_sent: Redis ``PUBLISH`` commands those messages were packed into.
+        round_trips: pipelined writes to Redis (each waits for all of its replies).
+        received: messages received from other processes.
+        payloads_received: Redis messages those arrived in.
+        dropped: Redis messages on our channels that could not be decoded, and dropped.
+        reconnects: successful reconnections after losing Redis.
+    """
+
+    published: int = 0
+    payloads_sent: int = 0
+    round_trips: int = 0
+    received: int = 0
+    payloads_received: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Publishes waiting for the next round trip, grouped by channel in arrival order."""
+
+    done: asyncio.Future[None]
+    messages: dict[bytes, list[bytes]] = field(default_factory=dict)
+    count: int = 0
+
+
+class RedisBroker(Broker):
+    """Carries messages between processes through Redis pub/sub (``redis.asyncio``).
+
+    Args:
+        url: a ``redis://``, ``rediss://`` or ``unix://`` URL, with any option ``redis-py``
+            understands in its query string, plus ``prefix``.
+        prefix: the namespace of this application's Redis channels (``<prefix>:<topic>``).
+            Pub/sub channels are shared by every database of a Redis server, so applications
+            sharing one server need distinct prefixes. Defaults to the URL's ``prefix`` query
+            parameter, else ``"fastapi_channels"``.
+        timeout: seconds a Redis command (a publish round trip, a subscription) may take before
+            the broker gives up on it: a publish then raises :class:`BrokerError`.
+        connect_timeout: seconds one connection attempt may take.
+        ping_interval: when nothing arrived from Redis for this many seconds, the broker pings
+            it; no answer within another interval counts as a lost connection. This detects a
+            silently dead network path.
+        reconnect_delay: the first and the largest delay between reconnection attempts, in
+            seconds. The delay doubles on each failed attempt up to the largest, and each wait
+            is drawn at random between half the delay and the delay, so processes that lost
+            Redis together do not reconnect in lockstep.
+        max_payload: the largest Redis message a batch is packed into, in bytes; a single
+            message larger than this travels alone.
+
+    Raises:
+        ConfigurationError: the URL or an option is invalid.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str | None = None,
+        timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        ping_interval: float = 5.0,
+        reconnect_delay: tuple[float, float] = (0.1, 5.0),
+        max_payload: int = 512 * 1024,
+    ) -> None:
+        super().__init__()
+        url, url_prefix = _pop_prefix(url)
+        if prefix is not None and url_prefix is not None and prefix != url_prefix:
+            raise ConfigurationError(
+                f"two channel prefixes given: {prefix!r} and {url_prefix!r} in the URL"
+            )
+        self._prefix = prefix or url_prefix or DEFAULT_PREFIX
+        self._channel_prefix = f"{self._prefix}:".encode()
+        if not (0 < reconnect_delay[0] <= reconnect_delay[1]):
+            raise ConfigurationError("reconnect_delay must be (first, largest) with 0 < first")
+        try:
+            # RESP2 unless the URL says otherwise: its pub/sub messages are plain replies, the
+            # same in every redis-py version, without the per-message work RESP3 pushes cost.
+            self._pool = ConnectionPool.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=connect_timeout,
+                protocol=2,
+                retry=Retry(NoBackoff(), 0),  # this broker retries, with its own backoff
+            )
+            self._pool.connection_kwargs["decode_responses"] = False  # payloads are bytes
+            self._publisher = self._new_connection()
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"invalid Redis URL or option: {exc}") from exc
+        self._timeout = timeout
+        self._ping_interval = ping_interval
+        self._reconnect_delay = reconnect_delay
+        self._max_payload = max_payload
+        self._address = _address(self._pool.connection_kwargs)
+        self._origin = os.urandom(_frames.ORIGIN_SIZE)
+        self.stats = RedisStats()
+        """Counters of traffic and reconnections."""
+        self._runner: asyncio.Task[None] | None = None
+        self._attempted = asyncio.Event()
+        self._subscriber: AbstractConnection | None = None
+        self._confirmations: dict[tuple[bytes, bytes], deque[asyncio.Future[None]]] = {}
+        self._last_seen = 0.0
+        self._down_since: float | None = None
+        self._batch: _Batch | None = None
+        self._flusher: asyncio.Task[None] | None = None
+
+    def counters(self) -> dict[str, int]:
+        """Return :attr:`stats` as a dict, for metrics."""
+        return dataclasses.asdict(self.stats)
+
+    @property
+    def prefix(self) -> str:
+        """The namespace of this broker's Redis channels."""
+        return self._prefix
+
+    def channel(self, topic: str) -> bytes:
+        """Return the Redis channel that carries ``topic``."""
+        return self._channel_prefix + topic.encode("utf-8", "surrogatepass")
+
+    async def start(self, handler: MessageHandler) -> None:
+        """Connect to Redis and start delivering to ``handler``.
+
+        Returns after the first connection attempt. If Redis is unreachable then, the broker
+        does not fail: it logs a warning, stays ``connecting`` (unhealthy), delivers locally
+        and keeps trying in the background, so a process can start while Redis is down.
+        """
+        if self._runner is not None:
+            raise BrokerError("the broker is already started")
+        self._handler = handler
+        self._set_state(BrokerState.CONNECTING)
+        self._attempted.clear()
+        self._runner = asyncio.create_task(self._run(), name="fastapi_channels.redis")
+        await self._attempted.wait()
+
+    async def stop(self) -> None:
+        """Stop the broker and close both connections.
+
+        An in-flight round trip gets up to ``timeout`` to finish; publishes still waiting then
+        raise :class:`BrokerError`.
+        """
+        self._set_state(BrokerState.STOPPED)  # new publishes fail from here on
+        runner, self._runner = self._runner, None
+        if self._flusher is not None:
+            await asyncio.wait({self._flusher}, timeout=self._timeout)
+        for task in (runner, self._flusher):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait({task})
+        if self._batch is not None:
+            _fail(self._batch, BrokerError("the broker stopped before this message was sent"))
+            self._batch = None
+        await _close(self._publisher)
+        await super().stop()
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Deliver ``data`` to this process's subscribers, then send it to the other processes.
+
+        Local subscribers receive the message before this returns, whatever the state of Redis.
+        The call then waits for Redis to acknowledge the message (one round trip, shared with
+        every publish that arrived meanwhile), which gives natural backpressure: a publisher
+        that outpaces Redis waits, and its messages are batched.
+
+        Messages published by one process to one topic arrive in publish order in every
+        process.
+
+        Raises:
+            BrokerError: Redis is disconnected (raised at once, without I/O), or did not
+                acknowledge within ``timeout``. Local subscribers got the message anyway;
+                other processes may not have.
+        """
+        self._deliver(topic, data)
+        if self._state is not BrokerState.CONNECTED:
+            raise BrokerError(
+                f"Redis at {self._address} is unreachable ({self._last_error}); "
+                "the message reached this process's subscribers only"
+            )
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = _Batch(asyncio.get_running_loop().create_future())
+        batch.messages.setdefault(self.channel(topic), []).append(data)
+        batch.count += 1
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name="fastapi_channels.redis.pub")
+        await asyncio.shield(batch.done)
+
+    async def _flush(self) -> None:
+        """Send buffered batches, one round trip at a time, until the buffer is empty."""
+        try:
+            while (batch := self._batch) is not None:
+                self._batch = None
+                await self._send(batch)
+        finally:
+            self._flusher = None
+
+    async def _send(self, batch: _Batch) -> None:
+        conn = self._publisher
+        commands = [
+            ("PUBLISH", channel, payload)
+            for channel, messages in batch.messages.items()
+            for payload in _frames.pack_batches(self._origin, messages, self._max_payload)
+        ]
+        error: BaseException | None = None
+        try:
+            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            for _ in commands:
+                try:
+                    await conn.read_response()
+                except ResponseError as exc:  # the connection stays usable
+                    error = error or exc
+        except _TRANSPORT_ERRORS as exc:
+            await _close(conn)
+            error = exc
+        except BaseException:
+            _fail(batch, BrokerError("publishing was cancelled"))
+            raise
+        if error is not None:
+            failure = BrokerError(f"Redis did not take the message: {error}")
+            failure.__cause__ = error
+            _fail(batch, failure)
+            return
+        self.stats.published += batch.count
+        self.stats.payloads_sent += len(commands)
+        self.stats.round_trips += 1
+        batch.done.set_result(None)
+
+    async def _subscribe(self, topic: str) -> None:
+        await self._change(b"subscribe", topic)
+
+    async def _unsubscribe(self, topic: str) -> None:
+        await self._change(b"unsubscribe", topic)
+
+    async def _change(self, kind: bytes, topic: str) -> None:
+        """Send ``SUBSCRIBE`` or ``UNSUBSCRIBE`` for ``topic`` and wait for Redis to confirm.
+
+        While Redis is disconnected this returns at once, and after ``timeout`` without a
+        confirmation: reconnecting subscribes exactly the topics with local interest at that
+        time, and local delivery works meanwhile.
+        """
+        conn = self._subscriber
+        if conn is None or not conn.is_connected:
+            return
+        channel = self.channel(topic)
+        confirmed = self._expect(kind, channel)
+        try:
+            await conn.send_command(kind.decode().upper(), channel, check_health=False)
+        except _TRANSPORT_ERRORS:
+            return  # the connection is lost; reconnecting re-subscribes what is wanted then
+        try:
+            async with asyncio.timeout(self._timeout):
+                await confirmed
+        except TimeoutError:  # Redis hangs: the watchdog will notice and reconnect
+            logger.debug("no confirmation of %s %r from Redis", kind.decode(), channel)
+
+    async def _run(self) -> None:
+        """Connect, serve, and reconnect for as long as the broker runs."""
+        attempt = 0
+        try:
+            while True:
+                conn = self._new_connection(subscriber=True)
+                delay = 0.0
+                try:
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                    await self._serve(conn)
+                except Exception as exc:  # even a bug must not end cross-process delivery
+                    if not isinstance(exc, _TRANSPORT_ERRORS):
+                        logger.exception("unexpected error in the Redis broker; reconnecting")
+                    if self._state is BrokerState.CONNECTED:
+                        self._connection_lost(exc)
+                        attempt = 0
+                    else:
+                        self._attempt_failed(exc, attempt)
+                        delay = self._backoff(attempt)
+                        attempt += 1
+                finally:
+                    self._end_session()
+                    await _close(conn)
+                self._attempted.set()
+                if delay:
+                    await asyncio.sleep(delay)
+        finally:
+            self._attempted.set()
+
+    async def _serve(self, conn: AbstractConnection) -> None:
+        """Subscribe every topic on a fresh connection, then read until the connection fails."""
+        loop = asyncio.get_running_loop()
+        self._subscriber = conn
+        self._last_seen = loop.time()
+        channels = [self.channel(topic) for topic in self._interest]
+        confirmations = [self._expect(b"subscribe", channel) for channel in channels]
+        if channels:  # in one write, so no UNSUBSCRIBE sent meanwhile can overtake it
+            chunks = range(0, len(channels), _SUBSCRIBE_CHUNK)
+            commands: list[list[bytes | str]] = [
+                ["SUBSCRIBE", *channels[i : i + _SUBSCRIBE_CHUNK]] for i in chunks
+            ]
+            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        reader = asyncio.create_task(self._read(conn), name="fastapi_channels.redis.sub")
+        try:
+            if confirmations:
+                subscribed = asyncio.gather(*confirmations)
+                waited: set[asyncio.Future[Any]] = {reader, subscribed}
+                await asyncio.wait(waited, timeout=self._timeout, return_when=FIRST_COMPLETED)
+                if reader.done():
+                    reader.result()
+                if not subscribed.done():
+                    raise RedisTimeoutError(f"Redis did not confirm {len(channels)} subscriptions")
+            self._connected(len(channels))
+            await self._watch(conn, reader)
+        finally:
+            reader.cancel()
+            await asyncio.wait({reader})
+            if not reader.cancelled():
+                reader.exception()  # retrieved: the caller already reports the failure
+
+    async def _watch(self, conn: AbstractConnection, reader: asyncio.Task[None]) -> None:
+        """Ping Redis when it is silent; raise when the reader fails or a ping goes unanswered."""
+        loop = asyncio.get_running_loop()
+        pinged_at: float | None = None
+        while True:
+            await asyncio.wait({reader}, timeout=self._ping_interval)
+            if reader.done():
+                reader.result()
+                raise RedisError("the subscriber connection ended")
+            now = loop.time()
+            if pinged_at is not None and self._last_seen < pinged_at:
+                raise RedisTimeoutError(f"no answer to PING within {self._ping_interval} s")
+            pinged_at = None
+            if now - self._last_seen >= self._ping_interval:
+                pinged_at = now
+                await conn.send_command("PING", check_health=False)
+
+    async def _read(self, conn: AbstractConnection) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            response = await conn.read_response(push_request=True)
+            self._last_seen = loop.time()
+            if not isinstance(response, list) or len(response) < 3:
+                continue  # PONG outside subscribed mode
+            kind, channel = response[0], response[1]
+            if kind == b"message":
+                self._received(channel, response[2])
+            elif kind in (b"subscribe", b"unsubscribe"):
+                self._confirm(kind, channel)
+
+    def _received(self, channel: bytes, payload: bytes) -> None:
+        try:
+            origin, messages = _frames.unpack(payload)
+        except ValueError as exc:
+            self.stats.dropped += 1
+            logger.warning("dropped an undecodable message on Redis channel %r: %s", channel, exc)
+            return
+        if origin == self._origin:
+            return  # already delivered locally when it was published
+        self.stats.payloads_received += 1
+        self.stats.received += len(messages)
+        topic = channel[len(self._channel_prefix) :].decode("utf-8", "surrogatepass")
+        for message in messages:
+            try:
+                self._deliver(topic, message)
+            except Exception:
+                logger.exception("the message handler failed on topic %r", topic)
+
+    def _expect(self, kind: bytes, channel: bytes) -> asyncio.Future[None]:
+        """Return a future that Redis's next ``kind`` confirmation for ``channel`` resolves."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._confirmations.setdefault((kind, channel), deque()).append(future)
+        return future
+
+    def _confirm(self, kind: bytes, channel: bytes) -> None:
+        waiting = self._confirmations.get((kind, channel))
+        if not waiting:
+            return
+        future = waiting.popleft()
+        if not waiting:
+            del self._confirmations[kind, channel]
+        if not future.done():
+            future.set_result(None)
+
+    def _end_session(self) -> None:
+        """Forget the subscriber connection; pending subscriptions complete.
+
+        Reconnecting re-makes them.
+        """
+        self._subscriber = None
+        for waiting in self._confirmations.values():
+            for future in waiting:
+                if not future.done():
+                    future.set_result(None)
+        self._confirmations.clear()
+
+    def _connected(self, topics: int) -> None:
+        if self._state is BrokerState.RECONNECTING:
+            self.stats.reconnects += 1
+        if self._down_since is not None:  # as loud as the warning that the outage began
+            logger.warning(
+                "connected to Redis at %s after %.1f s; topics re-subscribed: %d",
+                self._address,
+                time.monotonic() - self._down_since,
+                topics,
+            )
+            self._down_since = None
+        self._set_state(BrokerState.CONNECTED)
+        self._attempted.set()
+
+    def _connection_lost(self, exc: BaseException) -> None:
+        self._down_since = time.monotonic()
+        logger.warning(
+            "lost the connection to Redis at %s (%s); delivering within this process only "
+            "while reconnecting",
+            self._address,
+            exc,
+        )
+        self._set_state(BrokerState.RECONNECTING, exc)
+
+    def _attempt_failed(self, exc: BaseException, attempt: int) -> None:
+        reconnecting = self._state is BrokerState.RECONNECTING
+        self._set_state(BrokerState.RECONNECTING if reconnecting else BrokerState.CONNECTING, exc)
+        if attempt == 0 and not reconnecting:
+            self._down_since = time.monotonic()
+            logger.warning(
+                "cannot reach Redis at %s (%s); delivering within this process only, retrying",
+                self._address,
+                exc,
+            )
+        elif attempt % 10 == 9:
+            logger.warning(
+                "still cannot reach Redis at %s after %d attempts (%s)",
+                self._address,
+                attempt + 1,
+                exc,
+            )
+        else:
+            logger.debug("cannot reach Redis at %s (%s)", self._address, exc)
+
+    def _backoff(self, attempt: int) -> float:
+        first, largest = self._reconnect_delay
+        delay = min(largest, first * 2 ** min(attempt, 32))
+        return random.uniform(delay / 2, delay)
+
+    def _new_connection(self, *, subscriber: bool = False) -> AbstractConnection:
+        conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        if subscriber:
+            conn.socket_timeout = None  # it waits for messages; liveness comes from pings
+        return conn
+
+
+def _fail(batch: _Batch, error: BrokerError) -> None:
+    if not batch.done.done():
+        batch.done.set_exception(error)
+        batch.done.exception()  # retrieved: every publisher of the batch re-raises it
+
+
+async def _close(conn: AbstractConnection) -> None:
+    try:
+        await conn.disconnect(nowait=True)
+    except _TRANSPORT_ERRORS:
+        logger.debug("error while closing a Redis connection", exc_info=True)
+
+
+def _pop_prefix(url: str) -> tuple[str, str | None]:
+    """Remove our own ``prefix`` query parameter from ``url`` (redis-py does not know it)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for name, value in query if name == "prefix"]
+    if not prefixes:
+        return url, None
+    rest = urlencode([(name, value) for name, value in query if name != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefixes[-1]
+
+
+def _address(kwargs: dict[str, Any]) -> str:
+    """Where Redis is, for log messages: host, port and database, never credentials."""
+    if "path" in kwargs:
+        return f"unix:{kwargs['path']}"
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"

@@ -1,0 +1,61 @@
+"""The app the multi-process tests run in several uvicorn processes on one Redis.
+
+Its broker comes from ``FASTAPI_CHANNELS_BROKER_URL``, as in a deployment; a connection's user is
+the ``?user=`` query parameter. The HTTP routes send from whichever process serves them, and
+answer 503 when Redis could not take the message (local subscribers got it anyway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.requests import HTTPConnection
+
+from fastapi_channels import BrokerError, ChannelListener, Channels, Inject, SocketServer, channel
+
+
+@channel("room:*")
+class Room(ChannelListener):
+    pass
+
+
+def user_from_query(connection: HTTPConnection) -> str | None:
+    return connection.query_params.get("user")
+
+
+channels = Channels(user=user_from_query, listeners=[Room])
+app = FastAPI()
+app.include_router(channels.router)
+
+
+async def sent(sending: Awaitable[None]) -> JSONResponse:
+    try:
+        await sending
+    except BrokerError as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+    return JSONResponse({})
+
+
+@app.post("/rooms/{room}")
+async def broadcast(
+    room: str, body: dict[str, Any], server: SocketServer = Inject(SocketServer)
+) -> JSONResponse:
+    return await sent(server.broadcast(Room, f"room:{room}", "message", body))
+
+
+@app.post("/users/{user}/poke")
+async def poke(user: str, server: SocketServer = Inject(SocketServer)) -> JSONResponse:
+    return await sent(server.send_to_user(user, "poke", {"from": "http"}))
+
+
+@app.post("/users/{user}/disconnect")
+async def disconnect(user: str, server: SocketServer = Inject(SocketServer)) -> JSONResponse:
+    return await sent(server.disconnect_user(user, "bye"))
+
+
+@app.get("/health")
+async def health(server: SocketServer = Inject(SocketServer)) -> dict[str, Any]:
+    return server.health()

@@ -1,0 +1,55 @@
+"""The demo app (the README example) works end to end in-process."""
+
+from __future__ import annotations
+
+import httpx
+
+from demo.app import app
+from fastapi_channels.testing import SocketTestClient, lifespan
+
+
+async def test_demo_private_and_global_chat() -> None:
+    async with (
+        lifespan(app),
+        SocketTestClient(app, subprotocols=["ann"]) as ann,
+        SocketTestClient(app, subprotocols=["bob"]) as bob,
+    ):
+        assert ann.subprotocol == "ann"
+        assert (await ann.subscribe("user:chat.ann"))["successful"]
+        assert not (await bob.subscribe("user:chat.ann"))["successful"]
+        await ann.emit("message", {"text": "note to self"}, channel="user:chat.ann")
+        assert (await ann.receive()).data == {"text": "note to self"}
+        await bob.assert_no_message()
+
+        for client in (ann, bob):
+            assert (await client.subscribe("global-chat"))["successful"]
+        await bob.emit("typing")
+        await ann.emit("message", {"text": "hi all"}, channel="global-chat")
+        for client in (ann, bob):
+            assert (await client.receive()).data == {"from": "bob"}
+            assert (await client.receive()).data == {"from": "ann", "text": "hi all"}
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as http:
+            assert (await http.post("/announce", json={"text": "maintenance"})).status_code == 200
+        for client in (ann, bob):
+            assert (await client.receive()).data == {"text": "maintenance"}
+
+
+async def test_demo_typed_events_replies_and_asyncapi() -> None:
+    async with lifespan(app), SocketTestClient(app, subprotocols=["ann"]) as ann:
+        assert (await ann.subscribe("global-chat"))["successful"]
+        assert await ann.request("message", {"text": "hi"}, channel="global-chat") == {
+            "delivered": True
+        }
+        assert (await ann.receive()).data == {"from": "ann", "text": "hi"}
+        await ann.emit("message", {"text": ""}, channel="global-chat")
+        error = await ann.receive()
+        assert error.data["code"] == "invalid-data"
+        assert error.data["errors"][0]["loc"] == ["text"]
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as http:
+            document = (await http.get("/ws/asyncapi.json")).json()
+        assert document["channels"]["UserChat"]["address"] == "user:chat.{wildcard}"
+        assert "GlobalChat.message.receive" in document["operations"]

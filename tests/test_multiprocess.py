@@ -1,0 +1,229 @@
+"""Two real uvicorn processes on one Redis: what one process sends reaches the other's clients.
+
+Each process is a subprocess serving ``tests.multiprocess_app`` on its own loopback port, with
+the broker URL of a private Redis server that the last test restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pytest
+import websockets
+
+from tests.redis_support import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 10.0
+
+
+class Process:
+    """One uvicorn process of the app, on a free loopback port."""
+
+    def __init__(self, broker_url: str) -> None:
+        self.broker_url = broker_url
+        self.port = 0
+        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def spawn(self) -> None:
+        self.port = free_port()
+        env = {**os.environ, "FASTAPI_CHANNELS_BROKER_URL": self.broker_url, "PYTHONPATH": "."}
+        args = [sys.executable, "-m", "uvicorn", "tests.multiprocess_app:app"]
+        args += ["--host", "127.0.0.1", "--port", str(self.port), "--ws", "websockets-sansio"]
+        args += ["--log-level", "warning"]
+        self._process = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log
+        )
+
+    def exited(self) -> bool:
+        return self._process is None or self._process.poll() is not None
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=TIMEOUT)
+        self.log.close()
+
+    async def health(self) -> dict[str, Any] | None:
+        """The process's health report, or ``None`` while it does not answer."""
+        try:
+            async with httpx.AsyncClient(timeout=1.0) as http:
+                response = await http.get(f"{self.http}/health")
+        except httpx.TransportError:
+            return None
+        report: dict[str, Any] = response.json()
+        return report
+
+    async def wait_health(self, healthy: bool) -> None:
+        """Poll the health route (bounded) until the process reports ``healthy``."""
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                if self.exited():
+                    raise RuntimeError(f"uvicorn exited:\n{self.output()}")
+                report = await self.health()
+                if report is not None and report["healthy"] is healthy:
+                    return
+                await asyncio.sleep(0.05)
+
+    async def post(self, path: str, json: Any = None) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+            return await http.post(f"{self.http}{path}", json=json)
+
+
+async def start_process(broker_url: str) -> Process:
+    """Start a process and wait until it serves with a connected broker; retry if its port was
+    taken between choosing and binding it."""
+    for _ in range(3):
+        process = Process(broker_url)
+        process.spawn()
+        try:
+            await process.wait_health(True)
+        except RuntimeError:
+            if "address already in use" not in process.output().lower():
+                raise
+            process.stop()
+            continue
+        return process
+    raise RuntimeError("no free port for uvicorn after 3 attempts")
+
+
+@dataclass
+class Cluster:
+    redis: RedisServer
+    a: Process
+    b: Process
+
+
+@pytest.fixture(scope="module")
+def redis_for_processes(redis_binary: str) -> Iterator[RedisServer]:
+    server = RedisServer(redis_binary)
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def cluster(redis_for_processes: RedisServer) -> AsyncIterator[Cluster]:
+    url = f"{redis_for_processes.url}?prefix=test-{uuid.uuid4().hex[:12]}"
+    a, b = await asyncio.gather(start_process(url), start_process(url))
+    try:
+        yield Cluster(redis_for_processes, a, b)
+    finally:
+        for process in (a, b):
+            process.stop()
+
+
+class Client:
+    """A websocket client (the ``websockets`` library) with a timeout on every receive."""
+
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+
+    async def receive(self) -> dict[str, Any]:
+        async with asyncio.timeout(TIMEOUT):
+            frame = await self.ws.recv()
+        packet: dict[str, Any] = json.loads(frame)
+        return packet
+
+    async def subscribe(self, channel: str) -> None:
+        request = {"event": "subscribe-channel-request", "data": {"channel": channel}}
+        await self.ws.send(json.dumps(request))
+        assert await self.receive() == {
+            "event": "subscribe-channel-response",
+            "data": {"channel": channel, "successful": True},
+        }
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Any]:
+    """``await connect(process, user)`` opens a websocket and waits for ``ready``."""
+    opened: list[websockets.ClientConnection] = []
+
+    async def open_client(process: Process, user: str) -> Client:
+        ws = await websockets.connect(f"ws://127.0.0.1:{process.port}/ws?user={user}")
+        opened.append(ws)
+        client = Client(ws)
+        assert (await client.receive())["event"] == "ready"
+        return client
+
+    yield open_client
+    for ws in opened:
+        await ws.close()
+
+
+async def test_a_broadcast_from_an_http_route_reaches_the_other_process(
+    cluster: Cluster, connect: Any
+) -> None:
+    bob = await connect(cluster.b, "bob")
+    await bob.subscribe("room:1")
+    response = await cluster.a.post("/rooms/1", {"text": "hello"})
+    assert response.status_code == 200
+    assert await bob.receive() == {
+        "event": "message",
+        "channel": "room:1",
+        "data": {"text": "hello"},
+    }
+
+
+async def test_a_user_is_reached_and_disconnected_from_the_other_process(
+    cluster: Cluster, connect: Any
+) -> None:
+    bob = await connect(cluster.b, "bob")
+    assert (await cluster.a.post("/users/bob/poke")).status_code == 200
+    assert await bob.receive() == {"event": "poke", "data": {"from": "http"}}
+
+    assert (await cluster.a.post("/users/bob/disconnect")).status_code == 200
+    assert await bob.receive() == {"event": "disconnect", "data": {"reason": "bye"}}
+    with pytest.raises(websockets.ConnectionClosedOK):
+        await bob.receive()
+    assert bob.ws.close_code == 1000
+
+
+async def test_processes_survive_a_redis_restart(cluster: Cluster, connect: Any) -> None:
+    ann = await connect(cluster.a, "ann")
+    bob = await connect(cluster.b, "bob")
+    await ann.subscribe("room:r")
+    await bob.subscribe("room:r")
+
+    cluster.redis.stop()
+    await asyncio.gather(cluster.a.wait_health(False), cluster.b.wait_health(False))
+
+    # Redis is down: process A still serves its own subscribers, and says the rest was lost.
+    response = await cluster.a.post("/rooms/r", {"n": "during"})
+    assert response.status_code == 503
+    assert "this process's subscribers only" in response.json()["detail"]
+    assert (await ann.receive())["data"] == {"n": "during"}
+
+    cluster.redis.start()
+    await asyncio.gather(cluster.a.wait_health(True), cluster.b.wait_health(True))
+
+    # Back: cross-process delivery resumes by itself, on the same websocket connections.
+    assert (await cluster.a.post("/rooms/r", {"n": "after"})).status_code == 200
+    assert (await ann.receive())["data"] == {"n": "after"}
+    assert (await bob.receive())["data"] == {"n": "after"}  # "during" never reached B
+    assert (await cluster.a.post("/users/bob/poke")).status_code == 200
+    assert (await bob.receive())["event"] == "poke"
