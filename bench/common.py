@@ -152,7 +152,7 @@ def add_routes(app: Any, bench: Bench) -> None:
             return []
         stats = snapshot.compare_to(previous, "lineno")
         total = sum(s.size_diff for s in stats)
-        return [f"total {total / 1024:.0f} KiB", *(str(s) for s in stats[:40])]
+        return [f"total {total / 1024:.0f} KiB", *(str(s) for s in stats[:80])]
 
     @app.get("/bench/stats")
     async def stats(reset: bool = False) -> dict[str, Any]:

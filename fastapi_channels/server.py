@@ -76,7 +76,9 @@ class SocketServer:
         self._max_name_length = max_name_length
         self._connections: dict[str, SocketConnection] = {}
         self._channels: dict[str, set[SocketConnection]] = {}
-        self._users: dict[str, set[SocketConnection]] = {}
+        # A user's connections as a tuple: most users have one or two, and a 1-tuple is a
+        # quarter of an empty set's size (this dict holds an entry per connected user).
+        self._users: dict[str, tuple[SocketConnection, ...]] = {}
         self._empty = asyncio.Event()
         self._empty.set()
         self._backlog: deque[_FanOut] = deque()
@@ -187,9 +189,9 @@ class SocketServer:
         self.stats.connections_opened += 1
         key = connection.user_key
         if key is not None:
-            peers = self._users.setdefault(key, set())
-            peers.add(connection)
-            if len(peers) == 1:
+            peers = self._users.get(key, ())
+            self._users[key] = (*peers, connection)
+            if not peers:
                 await self.broker.subscribe(_USER + key)
 
     async def remove_connection(self, connection: SocketConnection) -> None:
@@ -204,8 +206,10 @@ class SocketServer:
         key = connection.user_key
         peers = self._users.get(key) if key is not None else None
         if peers is not None:
-            peers.discard(connection)
-            if not peers:
+            rest = tuple(c for c in peers if c is not connection)
+            if rest:
+                self._users[key] = rest  # type: ignore[index]
+            else:
                 del self._users[key]  # type: ignore[arg-type]
                 await self.broker.unsubscribe(_USER + key)  # type: ignore[operator]
 

@@ -19,8 +19,8 @@ from bench.common import EVENT, JWT_ALGORITHM, JWT_SECRET, ROOM, Bench, add_rout
 from fastapi_channels import ChannelListener, Channels, channel
 
 
-def jwt_user(connection: HTTPConnection) -> dict[str, Any]:
-    """The user dependency a JWT app writes: the token travels as the subprotocol."""
+async def jwt_user(connection: HTTPConnection) -> dict[str, Any]:
+    """The user dependency a JWT app writes (async: a plain ``def`` runs in a thread pool)."""
     token = connection.headers.get("sec-websocket-protocol", "")
     try:
         claims: dict[str, Any] = jwt.decode(token, JWT_SECRET, algorithms=[JWT_ALGORITHM])
