@@ -22,7 +22,12 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from bench.common import JWT_ALGORITHM, JWT_SECRET, ROOM
 
-CHANNELS, HANDWRITTEN, SOCKETIO = "channels", "handwritten", "socketio"
+CHANNELS, HANDWRITTEN, HANDWRITTEN_JWT, SOCKETIO = (
+    "channels",
+    "handwritten",
+    "handwritten-jwt",
+    "socketio",
+)
 _MARK = '"t":'
 
 
@@ -53,8 +58,9 @@ class Load:
             "close_timeout": 2,
             "max_size": None,
         }
-        if kind == CHANNELS:
-            ws = await connect(f"{url}/ws", subprotocols=[token(index)], **options)  # type: ignore[list-item]
+        if kind in (CHANNELS, HANDWRITTEN_JWT):
+            path = "/ws" if kind == CHANNELS else "/ws-jwt"
+            ws = await connect(f"{url}{path}", subprotocols=[token(index)], **options)  # type: ignore[list-item]
             ready = json.loads(await ws.recv())
             assert ready["event"] == "ready", ready
             if batch:
@@ -65,7 +71,7 @@ class Load:
                 json.dumps({"event": "subscribe-channel-request", "data": {"channel": ROOM}})
             )
             response = json.loads(await ws.recv())
-            assert response["data"]["successful"], response
+            assert kind == HANDWRITTEN_JWT or response["data"]["successful"], response
         elif kind == SOCKETIO:
             ws = await connect(f"{url}/socket.io/?EIO=4&transport=websocket", **options)
             opened = await ws.recv()

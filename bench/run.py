@@ -30,10 +30,13 @@ import psutil
 from bench import load
 from bench.report import render, summarise
 
+__all__ = ["main", "render"]
+
 APPS = {
     "channels": ("bench.apps.channels_app:app", load.CHANNELS, 1),
     "channels-redis": ("bench.apps.channels_app:app", load.CHANNELS, 2),
     "handwritten": ("bench.apps.handwritten_app:app", load.HANDWRITTEN, 1),
+    "handwritten-jwt": ("bench.apps.handwritten_app:app", load.HANDWRITTEN_JWT, 1),
     "socketio": ("bench.apps.socketio_app:app", load.SOCKETIO, 1),
     "null": ("", load.HANDWRITTEN, 1),
 }
@@ -55,7 +58,13 @@ class Plan:
     burst_count: int
     load_processes: int
     concurrency: int
-    servers: tuple[str, ...] = ("channels", "handwritten", "socketio", "channels-redis")
+    servers: tuple[str, ...] = (
+        "channels",
+        "handwritten",
+        "handwritten-jwt",
+        "socketio",
+        "channels-redis",
+    )
     big_servers: tuple[str, ...] = ("channels", "handwritten")
     extra: dict[str, Any] = field(default_factory=dict)
 
