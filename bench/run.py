@@ -324,9 +324,9 @@ def one_run(name: str, plan: Plan, loads: Loads, log: Any) -> dict[str, Any]:
                 "flood": flood,
             }
             log(f"  {name} N={size}: {compact(result[str(size)])}")
-        if name == "channels" and plan.burst_count:
-            result["burst"] = burst_run(server, loads, plan)
-            log(f"  {name} burst: {compact(result['burst'])}")
+            if name == "channels" and plan.burst_count and size == plan.sizes[0]:
+                result["burst"] = burst_run(server, loads, plan)
+                log(f"  {name} burst: {compact(result['burst'])}")
         loads.close()
     finally:
         loads.close()
@@ -354,6 +354,10 @@ def burst_run(server: Server, loads: Loads, plan: Plan) -> dict[str, Any]:
         return {"unbatched": unbatched, "batched": None, "error": str(exc)[:200]}
     wait_subscribers(server, size)
     batched = deliver(server, loads, 0, plan.burst_count, burst=10, latency=False)
+    loads.close()  # back to ``size`` ordinary clients for what follows
+    wait_subscribers_gone(server)
+    loads.connect(server, size, plan.concurrency)
+    wait_subscribers(server, size)
     return {"unbatched": unbatched, "batched": batched}
 
 
