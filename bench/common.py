@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,15 +37,32 @@ def payload(seq: int) -> dict[str, Any]:
 
 
 class LagProbe:
-    """Measures how late the event loop runs a timer: the longest time it was blocked."""
+    """Measures how late the event loop runs a timer: the longest time it was blocked.
+
+    It also times every cyclic garbage collection (``gc.callbacks``): a full collection walks
+    every object of the process and blocks the loop for as long, whatever the app was doing.
+    """
 
     def __init__(self) -> None:
         self.max_lag = 0.0
+        self.max_gc = 0.0
+        self._gc_start = 0.0
         self._task: asyncio.Task[None] | None = None
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.max_gc = max(self.max_gc, time.perf_counter() - self._gc_start)
 
     def reset(self) -> float:
         lag, self.max_lag = self.max_lag, 0.0
         return lag
+
+    def reset_gc(self) -> float:
+        pause, self.max_gc = self.max_gc, 0.0
+        return pause
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -125,6 +143,7 @@ class Bench:
             "rss": self.process.memory_info().rss,
             "subscribers": self.count(),
             "lag_max": self.probe.reset() if reset else self.probe.max_lag,
+            "gc_max": self.probe.reset_gc() if reset else self.probe.max_gc,
             "publish_done": self.publisher.done,
             "published": self.publisher.published,
             "publish_error": self.publisher.error,

@@ -82,6 +82,7 @@ class NullServer:
             "rss": self.process.memory_info().rss,
             "subscribers": len(self.sockets),
             "lag_max": self.probe.reset() if reset else self.probe.max_lag,
+            "gc_max": self.probe.reset_gc() if reset else self.probe.max_gc,
             "publish_done": self.done,
             "published": self.published,
             "publish_error": None,

@@ -80,6 +80,7 @@ def big_metrics() -> list[tuple[str, str, Getter]]:
         ("big.fixed.p50_ms", "latency p50 ms", _path("fixed", "p50_ms")),
         ("big.fixed.p99_ms", "latency p99 ms", _path("fixed", "p99_ms")),
         ("big.fixed.lag_max_ms", "max loop lag ms", _path("fixed", "lag_max_ms")),
+        ("big.fixed.gc_max_ms", "longest garbage collection ms", _path("fixed", "gc_max_ms")),
         ("big.mem_kib", "idle memory KiB/connection", _path("mem_kib")),
         ("big.connect_per_s", "connect (+JWT+subscribe) /s", _path("connect_per_s")),
         ("big.connect_cpu_us", "server CPU µs per connect", _path("connect_cpu_us")),
@@ -112,7 +113,7 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         summary["big"][name] = {key: _stat([get(r) for r in runs]) for key, _, get in big_metrics()}
     ceiling = report["raw"]["ceiling"]
     summary["ceiling"] = {key: _stat([get(r) for r in ceiling]) for key, _, get in rows}
-    summary["targets"] = targets(summary, sizes[0])
+    summary["targets"] = targets(summary, sizes[0] if sizes else "500")
     return summary
 
 

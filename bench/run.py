@@ -73,6 +73,7 @@ PLANS = {
     "smoke": Plan(1, (20,), 20, 0.5, 400, 0, 1, 1, 20, 1, 20),
     "quick": Plan(1, (500,), 20, 3, 100_000, 2000, 2, 2, 100, 2, 50),
     "full": Plan(3, (500, 2000), 20, 5, 200_000, 10000, 2, 4, 100, 2, 50),
+    "big": Plan(3, (), 20, 5, 200_000, 10000, 2, 4, 100, 2, 50),
 }
 
 
@@ -273,6 +274,7 @@ def deliver(
         "cpu_us": cpu / max(received, 1) * 1e6,
         "rate": received / (last - first) if last > first else 0.0,
         "lag_max_ms": stats["lag_max"] * 1000,
+        "gc_max_ms": stats.get("gc_max", 0.0) * 1000,
         "publish_error": stats["publish_error"],
     }
     if latencies:
@@ -460,9 +462,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         for run in range(plan.runs):
             log(f"run {run + 1}/{plan.runs}")
-            raw["ceiling"].append(ceiling_run(plan, loads, log))
-            for name in servers:
-                raw["runs"][name].append(one_run(name, plan, loads, log))
+            if plan.sizes:
+                raw["ceiling"].append(ceiling_run(plan, loads, log))
+                for name in servers:
+                    raw["runs"][name].append(one_run(name, plan, loads, log))
             if plan.big:
                 for name in plan.big_servers:
                     if name in servers:
@@ -477,6 +480,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "elapsed_s": time.monotonic() - started,
         "raw": raw,
     }
+    if not plan.sizes:
+        report["raw"]["runs"] = {}
     report["summary"] = summarise(report)
     if not args.quiet:
         print(render(report))
