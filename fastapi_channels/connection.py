@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Coroutine, MutableMapping
+from collections.abc import Callable, Coroutine, MutableMapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -81,10 +81,13 @@ class SocketConnection:
     __slots__ = (
         "__weakref__",
         "_batch",
+        "_close_timeout",
         "_closed",
         "_closing",
+        "_deadline",
         "_flush_scheduled",
         "_max_queue",
+        "_on_abandon",
         "_policy",
         "_queue",
         "_started",
@@ -109,6 +112,7 @@ class SocketConnection:
         max_queue: int = 1000,
         overflow: OverflowPolicy = OverflowPolicy.DISCONNECT,
         stats: Stats | None = None,
+        close_timeout: float = 5.0,
     ) -> None:
         self.id = id
         self.user = user
@@ -120,6 +124,9 @@ class SocketConnection:
         self._max_queue = max_queue
         self._policy = overflow
         self._closing: tuple[int, str] | None = None
+        self._close_timeout = close_timeout
+        self._deadline: asyncio.TimerHandle | None = None
+        self._on_abandon: Callable[[SocketConnection], None] | None = None
         self._closed = False
         self._started = False
         self._batch = False
@@ -273,8 +280,22 @@ class SocketConnection:
         self._stats.closes[code] += 1
         if not self._started:
             self._closed = True
-        elif self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write(None, None))
+            return
+        loop = asyncio.get_running_loop()
+        if self._writer is None:
+            self._writer = loop.create_task(self._write(None, None))
+        self._deadline = loop.call_later(self._close_timeout, self._abandon)
+
+    def _abandon(self) -> None:
+        """The peer has not taken the close in time: stop writing and forget the connection."""
+        self._deadline = None
+        writer = self._writer
+        if writer is not None and not writer.done():
+            logger.warning("connection %s: peer does not read, dropping it", self.id)
+            writer.cancel()
+        self.mark_closed()
+        if self._on_abandon is not None:
+            self._on_abandon(self)
 
     def mark_closed(self) -> None:
         """Record that the peer went away: stop queuing; a pending writer exits after its send."""
@@ -352,6 +373,9 @@ class SocketConnection:
             self._fail(exc)
         finally:
             self._writer = None
+            if self._closed and self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
 
 
 async def _resume(coro: Coroutine[Any, Any, None], waiting: asyncio.Future[Any] | None) -> None:

@@ -23,6 +23,7 @@ from fastapi_channels.auth.tokens import select_subprotocol
 from fastapi_channels.connection import SocketConnection
 from fastapi_channels.dispatcher import Dispatcher
 from fastapi_channels.errors import CloseCode, Reject
+from fastapi_channels.jsclient import CLIENT_SCRIPT, serve_client_script
 from fastapi_channels.limits import Limits
 from fastapi_channels.protocol import DISCONNECT, READY, encode
 from fastapi_channels.stats import Stats
@@ -225,6 +226,7 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
         max_queue=limits.queue_size,
         overflow=limits.overflow,
         stats=server.stats,
+        close_timeout=limits.close_timeout,
     )
     try:
         await dispatcher.connect(connection)
@@ -360,7 +362,8 @@ def build_router(channels: Channels) -> APIRouter:
 
     The endpoint is a FastAPI websocket route (so the user dependency is solved by FastAPI,
     ``app.dependency_overrides`` included) wrapped in the refusal guard, and registered as a
-    plain ASGI route so the guard survives ``include_router``.
+    plain ASGI route so the guard survives ``include_router``. The JavaScript client is served
+    at ``<path>/client.js``.
     """
     overrides = _AppOverrides()
 
@@ -399,6 +402,13 @@ def build_router(channels: Channels) -> APIRouter:
                 ),
                 name="fastapi_channels",
             )
+        )
+        router.add_route(
+            f"{channels.path.rstrip('/')}/{CLIENT_SCRIPT}",
+            serve_client_script,
+            methods=["GET", "HEAD"],
+            name="fastapi_channels_client",
+            include_in_schema=False,
         )
         if channels.serve_asyncapi:
             router.add_api_route(

@@ -79,6 +79,7 @@ class SocketServer:
         # A user's connections as a tuple: most users have one or two, and a 1-tuple is a
         # quarter of an empty set's size (this dict holds an entry per connected user).
         self._users: dict[str, tuple[SocketConnection, ...]] = {}
+        self._removals: set[asyncio.Future[None]] = set()
         self._empty = asyncio.Event()
         self._empty.set()
         self._backlog: deque[_FanOut] = deque()
@@ -185,6 +186,7 @@ class SocketServer:
     async def add_connection(self, connection: SocketConnection) -> None:
         """Make ``connection`` reachable by id and by user."""
         self._connections[connection.id] = connection
+        connection._on_abandon = self._remove_soon
         self._empty.clear()
         self.stats.connections_opened += 1
         key = connection.user_key
@@ -193,6 +195,12 @@ class SocketServer:
             self._users[key] = (*peers, connection)
             if not peers:
                 await self.broker.subscribe(_USER + key)
+
+    def _remove_soon(self, connection: SocketConnection) -> None:
+        """Forget a connection whose peer stopped reading, without waiting for its reader."""
+        task = asyncio.ensure_future(self.remove_connection(connection))
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
 
     async def remove_connection(self, connection: SocketConnection) -> None:
         """Forget ``connection`` and all its subscriptions."""

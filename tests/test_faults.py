@@ -1,0 +1,233 @@
+"""Faults against a real uvicorn server: a client that never reads, a reconnect storm, abrupt
+drops and clients that vanish; afterwards all state and every connection object are gone."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gc
+import json
+import os
+import socket
+import struct
+import time
+import weakref
+from typing import Any
+
+import pytest
+import websockets
+from fastapi import FastAPI
+
+from fastapi_channels import (
+    ChannelListener,
+    Channels,
+    Limits,
+    SocketConnection,
+    channel,
+)
+from fastapi_channels.connection import SocketConnection as ConnectionClass
+from tests.conftest import user_from_query
+from tests.live import live_server
+
+
+@channel("room")
+class Room(ChannelListener):
+    pass
+
+
+def build(**limits: Any) -> tuple[Channels, FastAPI]:
+    channels = Channels(user=user_from_query, listeners=[Room], limits=Limits(**limits))
+    app = FastAPI()
+    app.include_router(channels.router)
+    return channels, app
+
+
+SUBSCRIBE = json.dumps({"event": "subscribe-channel-request", "data": {"channel": "room"}})
+
+
+async def subscriber(url: str) -> websockets.ClientConnection:
+    ws = await websockets.connect(url, max_queue=None)
+    await ws.recv()
+    await ws.send(SUBSCRIBE)
+    await ws.recv()
+    return ws
+
+
+def stalled_peer(address: str, subscribe: bool = True) -> socket.socket:
+    """A websocket client that completes the handshake, subscribes, reads the answer, and
+    never reads again. Blocking: run it in a thread."""
+    host, port = address.split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert b" 101 " in response
+    if not subscribe:
+        return sock
+    payload = SUBSCRIBE.encode()
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    sock.sendall(struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + masked)
+    received = b""
+    while b"subscribe-channel-response" not in received:
+        received += sock.recv(4096)
+    return sock
+
+
+async def p99_latency(channels: Channels, clients: list[Any], rounds: int) -> float:
+    """Broadcast ``rounds`` timestamped messages; the p99 publish-to-receive latency."""
+    latencies: list[float] = []
+
+    async def drain(ws: websockets.ClientConnection) -> None:
+        for _ in range(rounds):
+            packet = json.loads(await ws.recv())
+            latencies.append(time.perf_counter() - packet["data"]["t"])
+
+    readers = [asyncio.ensure_future(drain(ws)) for ws in clients]
+    for _ in range(rounds):
+        await channels.server.broadcast(Room, "room", "tick", {"t": time.perf_counter()})
+        await asyncio.sleep(0.02)  # the fixed publish rate under test: 50 broadcasts/s
+    async with asyncio.timeout(30):
+        await asyncio.gather(*readers)
+    latencies.sort()
+    return latencies[int(len(latencies) * 0.99)]
+
+
+async def test_a_client_that_never_reads_does_not_slow_the_others() -> None:
+    channels, app = build(queue_size=200, close_timeout=0.5)
+    async with live_server(app) as address:
+        url = f"ws://{address}/ws"
+        clients = await asyncio.gather(*(subscriber(url) for _ in range(500)))
+        baseline = await p99_latency(channels, clients, rounds=20)
+        before = set(channels.server.connections)
+        async with asyncio.timeout(5):
+            stalled_socket = await asyncio.to_thread(stalled_peer, address)
+        (stalled,) = set(channels.server.connections) - before
+        removed = asyncio.Event()
+        remove = channels.server.remove_connection
+
+        async def spy(connection: SocketConnection) -> None:
+            await remove(connection)
+            if connection is stalled:
+                removed.set()
+
+        channels.server.remove_connection = spy  # type: ignore[method-assign]
+        try:
+            # Fill the stalled peer's socket buffers until its writer is stuck.
+            big = "x" * 65_536
+            for _ in range(2_000):
+                if stalled.queued >= 100:
+                    break
+                await stalled.send("fill", big)
+                await asyncio.sleep(0)
+            assert stalled.queued >= 100, "the peer's buffers never filled"
+            with_stalled = await p99_latency(channels, clients, rounds=20)
+            # Keep sending until the overflow policy disconnects it; it is then dropped.
+            for _ in range(400):
+                if not stalled.is_open:
+                    break
+                await channels.server.broadcast(Room, "room", "tick", {"t": 0})
+            assert not stalled.is_open
+            async with asyncio.timeout(5):
+                await removed.wait()
+            assert channels.server.stats.closes[1013] == 1
+            assert len(channels.server.subscribers("room")) == 500
+        finally:
+            stalled_socket.close()
+            await asyncio.gather(*(ws.close() for ws in clients))
+        print(f"p99 without the stalled peer {baseline:.4f} s, with it {with_stalled:.4f} s")
+        assert with_stalled <= max(2 * baseline, baseline + 0.005), (baseline, with_stalled)
+
+
+def abrupt_drop(address: str, half_frame: bool) -> None:
+    """Open a websocket, then reset the TCP connection (optionally mid-frame)."""
+    sock = stalled_peer(address, subscribe=False)
+    if half_frame:
+        sock.sendall(struct.pack("!BB", 0x81, 0x80 | 100) + os.urandom(4) + b'{"ev')
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+async def test_storm_drops_and_vanishing_clients_leave_nothing_behind() -> None:
+    channels, app = build(max_connections_per_user=None)
+    live: weakref.WeakSet[SocketConnection] = weakref.WeakSet()
+    original_init = ConnectionClass.__init__
+
+    def tracking_init(self: SocketConnection, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        live.add(self)
+
+    ConnectionClass.__init__ = tracking_init  # type: ignore[method-assign]
+    try:
+        async with live_server(app) as address:
+            url = f"ws://{address}/ws"
+            tasks_before = len(asyncio.all_tasks())
+            storm = await asyncio.gather(
+                *(subscriber(f"{url}?user=u{n % 50}") for n in range(1000))
+            )
+            assert len(channels.server) == 1000
+            assert channels.server.channel_counts() == {"room": 1000}
+            for n in range(20):
+                await asyncio.to_thread(abrupt_drop, address, half_frame=n % 2 == 0)
+            for ws in storm[:500]:
+                ws.transport.abort()  # vanish without a close frame
+            await asyncio.gather(*(ws.close() for ws in storm[500:]))
+            async with asyncio.timeout(20):
+                await channels.server.wait_empty()
+            assert channels.server.channel_counts() == {}
+            assert channels.server.connections_of("u1") == []
+            assert channels.server.broker.topics == frozenset()
+            del storm
+            gc.collect()
+            assert len(live) == 0, "connection objects are still referenced"
+            assert len(asyncio.all_tasks()) <= tasks_before
+    finally:
+        ConnectionClass.__init__ = original_init  # type: ignore[method-assign]
+
+
+handled: list[str] = []
+handler_started = asyncio.Event()
+
+
+@channel("work")
+class Work(ChannelListener):
+    @channel.on("job")
+    async def job(self, connection: SocketConnection, user: Any, packet: Any) -> None:
+        handler_started.set()
+        await asyncio.sleep(0.3)  # the handler's own work, in flight during the shutdown
+        handled.append(packet.data)
+
+
+async def test_uvicorn_shutdown_lets_handlers_finish_and_closes_with_1012() -> None:
+    handled.clear()
+    handler_started.clear()
+    channels = Channels(listeners=[Work])
+    app = FastAPI()
+    app.include_router(channels.router)
+    async with live_server(app) as address:
+        ws = await websockets.connect(f"ws://{address}/ws")
+        await ws.recv()
+        await ws.send(
+            json.dumps({"event": "subscribe-channel-request", "data": {"channel": "work"}})
+        )
+        await ws.recv()
+        await ws.send(json.dumps({"event": "job", "channel": "work", "data": "payroll"}))
+        async with asyncio.timeout(2):
+            await handler_started.wait()
+    # leaving live_server stopped uvicorn: the handler in flight finished first
+    assert handled == ["payroll"]
+    async with asyncio.timeout(2):
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await ws.recv()
+    assert ws.close_code == 1012
+    assert channels.server.connections == []
