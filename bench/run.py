@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -301,7 +302,9 @@ def settle_rss(server: Server) -> int:
 
 def one_run(name: str, plan: Plan, loads: Loads, log: Any) -> dict[str, Any]:
     """Every figure for one server, on a fresh server process."""
-    env = {"BENCH_BROKER": "redis://127.0.0.1:6379/0"} if name == "channels-redis" else None
+    env = None
+    if name == "channels-redis":  # a prefix of its own: other runs may share this Redis
+        env = {"BENCH_BROKER": f"redis://127.0.0.1:6379/0?prefix=bench-{uuid.uuid4().hex[:12]}"}
     server = Server(name, env)
     result: dict[str, Any] = {}
     try:
