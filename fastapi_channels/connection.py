@@ -15,6 +15,7 @@ that wait for them in one loop turn as one frame holding a JSON array of packets
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine, MutableMapping
@@ -331,15 +332,19 @@ class SocketConnection:
         runs are queued behind the pending send, so order is kept.
         """
         coro = self._transport.send_text(frame)
+        # The send runs in a context of its own, as it would in a task: context variables an
+        # ASGI middleware sets around ``send`` neither leak into the caller nor break when a
+        # suspended send is resumed by the writer task, which runs in this same context.
+        context = contextvars.copy_context()
         try:
-            waiting = coro.send(None)
+            waiting = context.run(coro.send, None)
         except StopIteration:
             return
         except Exception as exc:  # the peer is gone; the reader notices and cleans up
             self._fail(exc)
             return
         self._writer = asyncio.get_running_loop().create_task(
-            self._write(coro, waiting), name=f"fastapi_channels writer {self.id}"
+            self._write(coro, waiting), name=f"fastapi_channels writer {self.id}", context=context
         )
 
     def _fail(self, exc: BaseException) -> None:

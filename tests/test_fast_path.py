@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -164,3 +165,43 @@ async def test_a_publisher_that_outruns_the_fan_out_waits() -> None:
         frames = await transport.wait_for(100)
         assert [json.loads(f)["data"] for f in frames] == list(range(100))
     await server.stop(timeout=1)
+
+
+async def test_context_variables_set_around_send_stay_in_the_send() -> None:
+    """An ASGI middleware that sets a context variable around ``send`` (tracing does) must not
+    leak it into the broadcaster, nor fail when a suspended send is resumed later."""
+    import contextvars
+
+    from fastapi_channels import SocketConnection
+
+    span: contextvars.ContextVar[str] = contextvars.ContextVar("span", default="none")
+    gate = asyncio.Event()
+    sent: list[str] = []
+
+    class TracingTransport:
+        async def send_text(self, text: str) -> None:
+            token = span.set("send")
+            try:
+                if text == "slow":
+                    await gate.wait()
+                sent.append(text)
+            finally:
+                span.reset(token)  # raises if resumed in another context
+
+        async def close(self, code: int, reason: str) -> None:
+            return None
+
+    connection = SocketConnection(TracingTransport(), id="c")
+    connection.start()
+    connection.push("fast")
+    assert span.get() == "none"
+    connection.push("slow")
+    connection.push("after")
+    assert span.get() == "none"
+    writer = connection._writer
+    assert writer is not None  # the slow send is pending in the writer task
+    gate.set()
+    async with asyncio.timeout(2):
+        await writer
+    assert sent == ["fast", "slow", "after"]
+    assert connection.is_open
