@@ -20,6 +20,7 @@ from fastapi_channels.errors import ErrorCode, ProtocolError
 __all__ = [
     "AUTHENTICATE",
     "AUTHENTICATE_RESPONSE",
+    "BATCH",
     "CHANNEL_NAME_RE",
     "DISCONNECT",
     "ERROR",
@@ -57,6 +58,8 @@ AUTHENTICATE_RESPONSE: Final = "channels:authenticate-response"
 "reason"?: <string>}``."""
 REPLY: Final = "channels:reply"
 """Our reply packet's event name: the answer to a client packet that carried an ``id``."""
+BATCH: Final = "channels:batch"
+"""Our batching option: a client asks for it, the server answers with the same event."""
 
 RESERVED_EVENTS: Final = frozenset(
     {
@@ -71,6 +74,7 @@ RESERVED_EVENTS: Final = frozenset(
         AUTHENTICATE,
         AUTHENTICATE_RESPONSE,
         REPLY,
+        BATCH,
     }
 )
 """Event names no listener may handle."""

@@ -1,10 +1,14 @@
 """The socket server: who is connected, who is subscribed to what, and every way to send.
 
 Each message is encoded once, published through the broker as bytes, and fanned out by every
-process to its local subscribers: appending one shared frame to each connection's bounded queue,
-without awaiting any socket. A channel whose listener declares an outgoing filter is the one
-exception: its frames are decoded once per process and re-encoded only for the recipients whose
-data the filter changed (see :mod:`fastapi_channels.outgoing`).
+process to its local subscribers: handing one shared frame to each connection, without awaiting
+any socket (see :meth:`SocketConnection.push`). A channel whose listener declares an outgoing
+filter is the one exception: its frames are decoded once per process and re-encoded only for the
+recipients whose data the filter changed (see :mod:`fastapi_channels.outgoing`).
+
+A fan-out to more than ``FAN_OUT_CHUNK`` connections is cut into chunks with a turn of the event
+loop between them, so a broadcast to a huge channel never blocks the loop for long; fan-outs
+then run strictly in arrival order, so every connection still gets its frames in publish order.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import logging
 import os
 import random
+from collections import deque
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +32,7 @@ if TYPE_CHECKING:
     from fastapi_channels.connection import SocketConnection
     from fastapi_channels.listeners import Subscription
 
-__all__ = ["SocketServer"]
+__all__ = ["FAN_OUT_CHUNK", "SocketServer"]
 
 logger = logging.getLogger("fastapi_channels.server")
 
@@ -39,6 +44,23 @@ _USER = "u:"
 _EVENT = b"e"
 _CHANNEL_EVENT = b"c"
 _DISCONNECT = b"x"
+
+FAN_OUT_CHUNK = 1000
+"""Connections served in one go (a few milliseconds); a larger fan-out yields between chunks."""
+_BACKLOG_LIMIT = 32
+"""Fan-outs waiting for their turn above which :meth:`SocketServer.broadcast` waits."""
+
+
+class _FanOut:
+    """A fan-out in progress: the recipients fixed at arrival, and how far it got."""
+
+    __slots__ = ("channel", "connections", "frame", "index")
+
+    def __init__(self, connections: list[SocketConnection], frame: str, channel: str | None):
+        self.connections = connections
+        self.frame = frame
+        self.channel = channel
+        self.index = 0
 
 
 class SocketServer:
@@ -54,10 +76,14 @@ class SocketServer:
         self._max_name_length = max_name_length
         self._connections: dict[str, SocketConnection] = {}
         self._channels: dict[str, set[SocketConnection]] = {}
-        self._users: dict[str, set[SocketConnection]] = {}
+        # A user's connections as a tuple: most users have one or two, and a 1-tuple is a
+        # quarter of an empty set's size (this dict holds an entry per connected user).
+        self._users: dict[str, tuple[SocketConnection, ...]] = {}
         self._removals: set[asyncio.Future[None]] = set()
         self._empty = asyncio.Event()
         self._empty.set()
+        self._backlog: deque[_FanOut] = deque()
+        self._drained: asyncio.Future[None] | None = None
         self.stats = Stats()
         """Counters since this server was created (see ``fastapi_channels.stats``)."""
 
@@ -83,6 +109,8 @@ class SocketServer:
             connection.close_soon(CloseCode.SERVICE_RESTART, reason, reconnect_after=hint)
         await asyncio.gather(*(c.wait_closed(timeout) for c in connections))
         await self.broker.stop()
+        self._backlog.clear()
+        self._release_waiters()
 
     # ------------------------------------------------------------------ state
 
@@ -163,9 +191,9 @@ class SocketServer:
         self.stats.connections_opened += 1
         key = connection.user_key
         if key is not None:
-            peers = self._users.setdefault(key, set())
-            peers.add(connection)
-            if len(peers) == 1:
+            peers = self._users.get(key, ())
+            self._users[key] = (*peers, connection)
+            if not peers:
                 await self.broker.subscribe(_USER + key)
 
     def _remove_soon(self, connection: SocketConnection) -> None:
@@ -186,8 +214,10 @@ class SocketServer:
         key = connection.user_key
         peers = self._users.get(key) if key is not None else None
         if peers is not None:
-            peers.discard(connection)
-            if not peers:
+            rest = tuple(c for c in peers if c is not connection)
+            if rest:
+                self._users[key] = rest  # type: ignore[index]
+            else:
                 del self._users[key]  # type: ignore[arg-type]
                 await self.broker.unsubscribe(_USER + key)  # type: ignore[operator]
 
@@ -225,9 +255,11 @@ class SocketServer:
         """Send ``event`` to every subscriber of the concrete ``channel``, on every process.
 
         Only subscribers of exactly ``channel`` receive it (never those of other channels that
-        the same pattern matches). The packet is encoded once; each process appends the same
-        frame to each local subscriber's queue. A recipient whose queue is full is handled by
-        its overflow policy and does not delay the others.
+        the same pattern matches). The packet is encoded once; each process hands the same
+        frame to each local subscriber. A recipient whose queue is full is handled by its
+        overflow policy and does not delay the others. While more than a few large fan-outs
+        wait for their turn in this process, this waits for them first (backpressure on a
+        publisher that outruns the sockets).
 
         Args:
             listener: the listener class (or instance, or pattern) that serves ``channel``.
@@ -240,6 +272,8 @@ class SocketServer:
             BrokerError: the broker could not publish (Redis unreachable).
         """
         self._check_channel(listener, channel)
+        if len(self._backlog) > _BACKLOG_LIMIT:
+            await self._wait_drained()
         await self.broker.publish(_CHANNEL + channel, encode(event, data, channel))
 
     async def send_to_user(self, user_id: object, event: str, data: Any = None) -> None:
@@ -278,18 +312,18 @@ class SocketServer:
             name = topic[2:]
             subscribers = self._channels.get(name)
             if subscribers:
-                _deliver(subscribers, name, data.decode())
+                self._fan_out(subscribers, data.decode(), name)
             return
         targets = self._users.get(topic[2:])
         if not targets:
             return
         kind, body = data[:1], data[1:]
         if kind == _EVENT:
-            _fan_out(targets, body.decode())
+            self._fan_out(targets, body.decode(), None)
         elif kind == _CHANNEL_EVENT:
             channel, _, frame = body.partition(b"\n")
             name = channel.decode()
-            _deliver([c for c in targets if name in c.subscriptions], name, frame.decode())
+            self._fan_out([c for c in targets if name in c.subscriptions], frame.decode(), name)
         elif kind == _DISCONNECT:
             reason = body.decode()
             for connection in list(targets):
@@ -297,10 +331,60 @@ class SocketServer:
         else:
             logger.error("dropping a message of unknown kind %r on %s", kind, topic)
 
+    def _fan_out(
+        self, connections: Collection[SocketConnection], frame: str, channel: str | None
+    ) -> None:
+        """Hand ``frame`` to ``connections``: now if few and nothing waits, else in turn."""
+        if not self._backlog and len(connections) <= FAN_OUT_CHUNK:
+            _deliver(connections, channel, frame)
+            return
+        self._backlog.append(_FanOut(list(connections), frame, channel))
+        if len(self._backlog) == 1:
+            self._drain()
 
-def _deliver(connections: Collection[SocketConnection], channel: str, frame: str) -> None:
-    """Queue a channel event, through the channel listener's outgoing filter when it has one."""
+    def _drain(self) -> None:
+        """Serve up to ``FAN_OUT_CHUNK`` recipients of waiting fan-outs, oldest first.
+
+        A recipient that unsubscribed from the channel since the message arrived is skipped:
+        no connection is sent an event for a channel it is not subscribed to.
+        """
+        backlog = self._backlog
+        budget = FAN_OUT_CHUNK
+        while backlog and budget > 0:
+            job = backlog[0]
+            start = job.index
+            end = min(start + budget, len(job.connections))
+            chunk = job.connections[start:end]
+            channel = job.channel
+            if channel is not None:
+                chunk = [c for c in chunk if channel in c.subscriptions]
+            _deliver(chunk, channel, job.frame)
+            budget -= end - start
+            job.index = end
+            if end == len(job.connections):
+                backlog.popleft()
+        if backlog:
+            asyncio.get_running_loop().call_soon(self._drain)
+        else:
+            self._release_waiters()
+
+    async def _wait_drained(self) -> None:
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._drained)
+
+    def _release_waiters(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+
+def _deliver(connections: Collection[SocketConnection], channel: str | None, frame: str) -> None:
+    """Hand over an event; a channel event goes through its listener's outgoing filter, if any."""
     if not connections:
+        return
+    if channel is None:
+        _fan_out(connections, frame)
         return
     subscription = next(iter(connections)).subscriptions.get(channel)
     route = subscription.route if subscription is not None else None
