@@ -252,9 +252,13 @@ async def test_two_workers_on_redis_share_the_room_and_inboxes(
             await asyncio.gather(alice.log_in(), bob.log_in())
             await bob.send("hello from the other worker")
             await expect(alice.room()).to_contain_text("hello from the other worker")
+            await bob.page.get_by_label("Private chat with").fill(" Alice")
+            await bob.page.get_by_role("button", name="Open").click()
+            await expect(
+                bob.page.get_by_role("heading", name="Private chat with alice")
+            ).to_be_visible()
             await alice.open_chat("bob")
             await alice.send("got it")
-            await bob.open_chat("alice")
             await expect(bob.chat_with("alice")).to_contain_text("got it")
             await expect(alice.chat_with("bob")).to_contain_text("got it")
             assert alice.errors == bob.errors == []

@@ -249,8 +249,9 @@ function note(chat, text) {
 $("open-chat").addEventListener("submit", (event) => {
   event.preventDefault();
   const input = $("open-name");
-  const name = input.value.trim().toLowerCase();
-  if (!input.checkValidity() || name === me) return;
+  input.value = input.value.trim().toLowerCase();
+  if (!input.reportValidity() || input.value === me) return;
+  const name = input.value;
   select(conversation(`@${name}`));
   input.value = "";
   $("text").focus();
