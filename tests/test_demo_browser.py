@@ -15,7 +15,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -25,8 +25,10 @@ from tests.live import live_server
 from tests.processes import start_process
 from tests.proxy import tcp_proxy
 
-if TYPE_CHECKING:
-    from playwright.async_api import Browser, Page
+try:
+    from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+except ImportError:  # the browser fixture skips, or fails where a browser is required
+    async_playwright = None
 
 REQUIRE_ENV = "FASTAPI_CHANNELS_REQUIRE_BROWSER"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "demo"
@@ -53,9 +55,7 @@ async def browser() -> AsyncIterator[Browser]:
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:
         browser_unavailable("no chromium binary on PATH (apt-get install chromium)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
+    if async_playwright is None:
         browser_unavailable("playwright is not installed (pip install 'fastapi-channels[browser]')")
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=executable)
@@ -90,8 +90,6 @@ class Person:
         return person
 
     async def log_in(self) -> None:
-        from playwright.async_api import expect
-
         page = self.page
         await expect(page.get_by_text("Demo login, no password.")).to_be_visible()
         await page.get_by_label("Your name").fill(self.name)
@@ -100,16 +98,16 @@ class Person:
         await expect(page.get_by_text(f"Signed in as {self.name}")).to_be_visible()
         await expect(page.get_by_text(f"You are {self.name}. Say hello!")).to_be_visible()
 
-    def conversations(self) -> Any:
+    def conversations(self) -> Locator:
         return self.page.get_by_role("navigation", name="Conversations")
 
-    def room(self) -> Any:
+    def room(self) -> Locator:
         return self.page.get_by_role("log", name="Messages in global-chat", include_hidden=True)
 
-    def chat_with(self, name: str) -> Any:
+    def chat_with(self, name: str) -> Locator:
         return self.page.get_by_role("log", name=f"Messages with {name}", include_hidden=True)
 
-    def entry(self, conversation: str) -> Any:
+    def entry(self, conversation: str) -> Locator:
         """The list entry of a conversation; its name also tells unread messages and typing."""
         name = re.compile(rf"^{re.escape(conversation)}(,|$)")
         return self.conversations().get_by_role("button", name=name)
@@ -133,8 +131,6 @@ class Person:
 async def test_two_people_chat_in_the_room_and_in_private_and_a_third_sees_no_secret(
     browser: Browser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from playwright.async_api import expect
-
     admin_token = secrets.token_urlsafe(16)
     monkeypatch.setenv("DEMO_ADMIN_TOKEN", admin_token)
     async with asyncio.timeout(60), live_server(app) as address:
@@ -210,8 +206,6 @@ async def test_two_people_chat_in_the_room_and_in_private_and_a_third_sees_no_se
 
 async def test_a_lost_connection_shows_and_comes_back_by_itself(browser: Browser) -> None:
     """The badge follows the connection; after a reconnect the page is subscribed again."""
-    from playwright.async_api import expect
-
     async with asyncio.timeout(60), live_server(app) as address:
         port = int(address.rsplit(":", 1)[1])
         async with tcp_proxy(port) as network:
@@ -238,8 +232,6 @@ async def test_two_workers_on_redis_share_the_room_and_inboxes(
     browser: Browser, redis_url: str, redis_prefix: str
 ) -> None:
     """As ``REDIS_URL=... scripts/demo`` runs it: processes share Redis and the JWT secret."""
-    from playwright.async_api import expect
-
     env = {
         "REDIS_URL": f"{redis_url}?prefix={redis_prefix}-{uuid.uuid4().hex[:8]}",
         "DEMO_JWT_SECRET": secrets.token_urlsafe(32),
