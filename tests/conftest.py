@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -9,6 +10,7 @@ from fastapi import FastAPI
 from starlette.requests import HTTPConnection
 
 from fastapi_channels import Broker, Channels, MemoryBroker
+from fastapi_channels.brokers import MemoryHub
 from fastapi_channels.testing import SocketTestClient, lifespan
 
 pytest_plugins = ["tests.redis_support"]
@@ -37,14 +39,26 @@ class Harness:
 Start = Callable[..., Awaitable[Harness]]
 
 
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
+    """Poll ``check`` until it holds, for at most ``within`` seconds: only for state that the
+    passing of time changes (an expiry), where there is no event to wait on."""
+    async with asyncio.timeout(within):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.05)
+
+
 @pytest.fixture(params=["memory", "redis"])
 def make_broker(request: pytest.FixtureRequest) -> Callable[[], Broker]:
     """Makes brokers of one kind: every test using it, or ``start``, runs on each broker.
 
-    Redis brokers use the shared test server, under a channel prefix of the test's own.
+    The brokers one test makes behave as processes of one deployment: memory brokers share one
+    hub; Redis brokers use the shared test server, under a channel prefix of the test's own.
     """
     if request.param == "memory":
-        return MemoryBroker
+        hub = MemoryHub()
+        return lambda: MemoryBroker(hub)
     from fastapi_channels.brokers.redis import RedisBroker
 
     url: str = request.getfixturevalue("redis_url")
