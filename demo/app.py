@@ -14,9 +14,11 @@ channels is served at ``/ws/asyncapi.json``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from starlette.requests import HTTPConnection
 
@@ -145,3 +147,9 @@ async def health(server: SocketServer = Inject(SocketServer)) -> dict[str, Any]:
 
 
 # --8<-- [end:health]
+
+
+@app.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    """The chat page; it imports the JavaScript client from ``/ws/client.js``."""
+    return FileResponse(Path(__file__).with_name("index.html"))

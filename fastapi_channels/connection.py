@@ -62,12 +62,12 @@ class SocketConnection:
 
     __slots__ = (
         "__weakref__",
-        "_closed",
         "_close_timeout",
+        "_closed",
         "_closing",
         "_deadline",
-        "_on_abandon",
         "_max_queue",
+        "_on_abandon",
         "_policy",
         "_queue",
         "_stats",

@@ -22,6 +22,7 @@ from fastapi_channels.auth.tokens import select_subprotocol
 from fastapi_channels.connection import SocketConnection
 from fastapi_channels.dispatcher import Dispatcher
 from fastapi_channels.errors import CloseCode, Reject
+from fastapi_channels.jsclient import CLIENT_SCRIPT, serve_client_script
 from fastapi_channels.limits import Limits
 from fastapi_channels.protocol import DISCONNECT, READY, encode
 from fastapi_channels.stats import Stats
@@ -315,7 +316,8 @@ def build_router(channels: Channels) -> APIRouter:
 
     The endpoint is a FastAPI websocket route (so the user dependency is solved by FastAPI,
     ``app.dependency_overrides`` included) wrapped in the refusal guard, and registered as a
-    plain ASGI route so the guard survives ``include_router``.
+    plain ASGI route so the guard survives ``include_router``. The JavaScript client is served
+    at ``<path>/client.js``.
     """
     overrides = _AppOverrides()
 
@@ -354,6 +356,13 @@ def build_router(channels: Channels) -> APIRouter:
                 ),
                 name="fastapi_channels",
             )
+        )
+        router.add_route(
+            f"{channels.path.rstrip('/')}/{CLIENT_SCRIPT}",
+            serve_client_script,
+            methods=["GET", "HEAD"],
+            name="fastapi_channels_client",
+            include_in_schema=False,
         )
         if channels.serve_asyncapi:
             router.add_api_route(

@@ -53,3 +53,14 @@ async def test_demo_typed_events_replies_and_asyncapi() -> None:
             document = (await http.get("/ws/asyncapi.json")).json()
         assert document["channels"]["UserChat"]["address"] == "user:chat.{wildcard}"
         assert "GlobalChat.message.receive" in document["operations"]
+
+
+async def test_demo_page_imports_the_javascript_client_the_app_serves() -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://demo") as http:
+        page = await http.get("/")
+        assert page.headers["content-type"].startswith("text/html")
+        assert 'import { SocketClient } from "/ws/client.js"' in page.text
+        module = await http.get("/ws/client.js")
+        assert module.headers["content-type"].startswith("text/javascript")
+        assert "export class SocketClient" in module.text

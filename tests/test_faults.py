@@ -14,6 +14,7 @@ import time
 import weakref
 from typing import Any
 
+import pytest
 import websockets
 from fastapi import FastAPI
 
@@ -143,7 +144,7 @@ async def test_a_client_that_never_reads_does_not_slow_the_others() -> None:
         finally:
             stalled_socket.close()
             await asyncio.gather(*(ws.close() for ws in clients))
-        print(f"p99 without the stalled peer {baseline * 1000:.2f} ms, with it {with_stalled * 1000:.2f} ms")
+        print(f"p99 without the stalled peer {baseline:.4f} s, with it {with_stalled:.4f} s")
         assert with_stalled <= max(2 * baseline, baseline + 0.005), (baseline, with_stalled)
 
 
@@ -191,3 +192,42 @@ async def test_storm_drops_and_vanishing_clients_leave_nothing_behind() -> None:
             assert len(asyncio.all_tasks()) <= tasks_before
     finally:
         ConnectionClass.__init__ = original_init  # type: ignore[method-assign]
+
+
+handled: list[str] = []
+handler_started = asyncio.Event()
+
+
+@channel("work")
+class Work(ChannelListener):
+    @channel.on("job")
+    async def job(self, connection: SocketConnection, user: Any, packet: Any) -> None:
+        handler_started.set()
+        await asyncio.sleep(0.3)  # the handler's own work, in flight during the shutdown
+        handled.append(packet.data)
+
+
+async def test_uvicorn_shutdown_lets_handlers_finish_and_closes_with_1012() -> None:
+    handled.clear()
+    handler_started.clear()
+    channels = Channels(listeners=[Work])
+    app = FastAPI()
+    app.include_router(channels.router)
+    async with live_server(app) as address:
+        ws = await websockets.connect(f"ws://{address}/ws")
+        await ws.recv()
+        await ws.send(
+            json.dumps({"event": "subscribe-channel-request", "data": {"channel": "work"}})
+        )
+        await ws.recv()
+        await ws.send(json.dumps({"event": "job", "channel": "work", "data": "payroll"}))
+        async with asyncio.timeout(2):
+            await handler_started.wait()
+    # leaving live_server stopped uvicorn: the handler in flight finished first
+    assert handled == ["payroll"]
+    async with asyncio.timeout(2):
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await ws.recv()
+    assert ws.close_code == 1012
+    assert channels.server.connections == []

@@ -1,0 +1,55 @@
+"""When to reconnect, and how long to wait first: capped exponential backoff with jitter."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["STOP_CODES", "Backoff", "should_reconnect"]
+
+STOP_CODES = frozenset({1000, 1005, 1008})
+"""Close codes after which the client does not reconnect: the server ended the connection on
+purpose (1000, or a close frame without a code) or for a policy violation (1008)."""
+
+
+def should_reconnect(code: int) -> bool:
+    """The default rule: reconnect after any close but those in :data:`STOP_CODES`.
+
+    An abnormal drop (1006), a server restart (1012), ``try again later`` (1013) and going away
+    (1001) all reconnect.
+    """
+    return code not in STOP_CODES
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """The reconnect policy.
+
+    Attributes:
+        initial: the delay before the first attempt after a drop, in seconds.
+        maximum: the cap of any delay.
+        factor: the growth of the delay per failed attempt.
+        jitter: the share of each delay (0..1) randomly taken off, so that many clients dropped
+            together do not come back together.
+        max_attempts: consecutive failed attempts before giving up; ``None`` never gives up.
+        should_reconnect: decides from the close code whether a lost connection is
+            re-established at all.
+    """
+
+    initial: float = 1.0
+    maximum: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.5
+    max_attempts: int | None = None
+    should_reconnect: Callable[[int], bool] = field(default=should_reconnect)
+
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """The delay before attempt ``attempt`` (0 first): capped, less up to ``jitter`` of it."""
+        # the exponent is bounded: a client that fails for days must not overflow a float
+        base = min(self.maximum, self.initial * self.factor ** min(attempt, 64))
+        return max(0.0, base * (1 - self.jitter * rand()))
+
+    def gives_up_after(self, failures: int) -> bool:
+        """Whether ``failures`` consecutive failed attempts exhaust the policy."""
+        return self.max_attempts is not None and failures >= self.max_attempts

@@ -1,0 +1,91 @@
+"""A channel subscription as the client sees it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi_channels.client.errors import SubscriptionDenied
+from fastapi_channels.client.listeners import Listeners
+from fastapi_channels.client.packets import PacketStream
+
+if TYPE_CHECKING:
+    from fastapi_channels.client.connection import ChannelsClient
+
+__all__ = ["Channel", "ChannelState"]
+
+ChannelState = Literal["pending", "subscribed", "denied", "unsubscribed"]
+_MISSING: Any = object()
+
+
+class Channel(Listeners):
+    """One subscription of a :class:`ChannelsClient`; get it from ``await client.subscribe()``.
+
+    After a reconnect the client subscribes again by itself; :attr:`state` is ``pending`` until
+    the server answers, then ``subscribed`` (or ``denied``: the channel is then dropped and a
+    ``channels:subscription`` event tells the client's listeners).
+
+    Attributes:
+        name: the concrete channel name.
+        state: ``pending``, ``subscribed``, ``denied`` or ``unsubscribed``.
+    """
+
+    def __init__(self, client: ChannelsClient, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.state: ChannelState = "pending"
+        self._client = client
+        self._waiter: asyncio.Future[Channel] | None = None
+        self._requested = False
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.name} {self.state}>"
+
+    async def emit(self, event: str, data: Any = _MISSING) -> None:
+        """Send ``event`` on this channel.
+
+        Raises:
+            ConnectionClosed: the client is not connected.
+        """
+        await self._client.emit(event, data, channel=self.name)
+
+    async def request(self, event: str, data: Any = None, *, timeout: float | None = None) -> Any:
+        """Send ``event`` on this channel and return the reply's data (see ``client.request``)."""
+        return await self._client.request(event, data, channel=self.name, timeout=timeout)
+
+    def packets(self, event: str | None = None, maxsize: int = 1000) -> PacketStream:
+        """A stream of this channel's packets (of one ``event`` if given), from now on."""
+        return self._client.packets(event=event, channel=self.name, maxsize=maxsize)
+
+    def __aiter__(self) -> PacketStream:
+        return self.packets()
+
+    async def unsubscribe(self) -> None:
+        """Unsubscribe; this channel's callbacks are removed."""
+        await self._client.unsubscribe(self.name)
+
+    # ------------------------------------------------------------------ client side
+
+    def _wait(self) -> asyncio.Future[Channel]:
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter.add_done_callback(_retrieve)
+        return self._waiter
+
+    def _settle(self, successful: bool, reason: str) -> bool:
+        """Record the server's answer; returns whether someone was waiting for it."""
+        self.state = "subscribed" if successful else "denied"
+        waiter, self._waiter = self._waiter, None
+        if waiter is None or waiter.done():
+            return False
+        if successful:
+            waiter.set_result(self)
+        else:
+            waiter.set_exception(SubscriptionDenied(self.name, reason))
+        return True
+
+
+def _retrieve(future: asyncio.Future[Channel]) -> None:
+    """Mark the outcome as seen, so an unawaited refusal is not reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()

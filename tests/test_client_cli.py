@@ -1,0 +1,169 @@
+"""``fastapi-channels connect`` run as a subprocess against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fastapi_channels.client.cli import use_colour
+from tests.client_app import create_app
+from tests.live import live_server
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+async def address() -> AsyncIterator[str]:
+    async with live_server(create_app()) as address:
+        yield address
+
+
+class Command:
+    """A running ``python -m fastapi_channels connect ...``; every wait is bounded."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+
+    async def line(self, timeout: float = 10) -> str:
+        assert self.process.stdout is not None
+        async with asyncio.timeout(timeout):
+            raw = await self.process.stdout.readline()
+        text = raw.decode().rstrip("\n")
+        self.lines.append(text)
+        return text
+
+    async def line_containing(self, text: str, timeout: float = 10) -> str:
+        async with asyncio.timeout(timeout):
+            while text not in (line := await self.line()):
+                assert line, f"output ended before {text!r}: {self.lines}"
+        return line
+
+    async def finish(self, timeout: float = 10) -> tuple[int, str, str]:
+        async with asyncio.timeout(timeout):
+            out, err = await self.process.communicate()
+        self.lines += out.decode().splitlines()
+        assert self.process.returncode is not None
+        return self.process.returncode, "\n".join(self.lines), err.decode()
+
+
+async def command(*args: str, env: dict[str, str] | None = None) -> Command:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    environment.pop("NO_COLOR", None)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "fastapi_channels",
+        "connect",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+        env=environment,
+    )
+    return Command(process)
+
+
+async def outcome(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run the command to its end: ``(status, stdout, stderr)``."""
+    return await (await command(*args, env=env)).finish()
+
+
+async def test_subscribes_and_prints_events_without_colour_on_a_pipe(address: str) -> None:
+    run = await command(
+        f"ws://{address}/ws", "--token", "user-a", "-s", "public:cli", "--count", "1"
+    )
+    await run.line_containing("* subscribed to public:cli")
+    async with httpx.AsyncClient(base_url=f"http://{address}") as http:
+        body = {"channel": "public:cli", "event": "news", "data": {"n": 1}}
+        (await http.post("/_test/publish", json=body)).raise_for_status()
+    status, out, err = await run.finish()
+    assert status == 0, err
+    event = out.splitlines()[-1]
+    assert event.endswith('public:cli  news  {"n": 1}')
+    assert "\x1b[" not in out
+
+
+async def test_emit_and_print_the_answer_as_json(address: str) -> None:
+    status, out, err = await outcome(
+        f"ws://{address}/ws",
+        "--token",
+        "user-b",
+        "--emit",
+        "echo",
+        "--data",
+        '"x"',
+        "--count",
+        "1",
+        "--json",
+    )
+    assert status == 0, err
+    assert json.loads(out) == {"event": "echo", "data": "x"}
+    assert "* connected to" in err
+
+
+async def test_request_shows_the_reply_and_fails_on_an_error(address: str) -> None:
+    status, out, err = await outcome(
+        f"ws://{address}/replies", "--request", "time", "--data", "5", "--json"
+    )
+    assert status == 0, err
+    assert json.loads(out) == {"event": "channels:reply", "data": {"event": "time", "data": 5}}
+    status, _, err = await outcome(f"ws://{address}/replies", "--request", "fail")
+    assert status == 1
+    assert "rejected" in err
+
+
+async def test_a_refusal_and_a_denied_subscription_exit_with_1(address: str) -> None:
+    status, _, err = await outcome(f"ws://{address}/ws", "--token", "bad")
+    assert (status, err.strip()) == (1, "error: connection refused: invalid token")
+    status, _, err = await outcome(
+        f"ws://{address}/ws", "--token", "user-c", "-s", "private:d", "--duration", "0.2"
+    )
+    assert status == 1
+    assert "subscription to private:d refused: not authorised" in err
+
+
+async def test_the_token_can_come_from_the_environment(address: str) -> None:
+    status, out, err = await outcome(
+        f"ws://{address}/ws",
+        "--emit",
+        "whoami",
+        "--count",
+        "1",
+        "--json",
+        env={"FASTAPI_CHANNELS_TOKEN": "user-env"},
+    )
+    assert status == 0, err
+    assert json.loads(out)["data"]["user"] == "env"
+
+
+async def test_colour_when_asked(address: str) -> None:
+    status, out, _ = await outcome(
+        f"ws://{address}/ws", "--emit", "echo", "--count", "1", "--color", "always"
+    )
+    assert status == 0
+    assert "\x1b[1;32mecho\x1b[0m" in out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_colour_follows_the_terminal_and_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    assert use_colour("auto", _Terminal())
+    assert not use_colour("auto", io.StringIO())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not use_colour("auto", _Terminal())
+    assert use_colour("always", io.StringIO())
+    assert not use_colour("never", _Terminal())
