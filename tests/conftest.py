@@ -12,6 +12,9 @@ from starlette.requests import HTTPConnection
 from fastapi_channels import Broker, Channels, MemoryBroker
 from fastapi_channels.brokers import MemoryHub
 from fastapi_channels.testing import SocketTestClient, lifespan
+from tests.client_app import create_app
+from tests.live import live_server
+from tests.proxy import TcpProxy, tcp_proxy
 
 pytest_plugins = ["tests.redis_support"]
 
@@ -84,3 +87,17 @@ async def start(make_broker: Callable[[], Broker]) -> AsyncIterator[Start]:
             return Harness(channels, app)
 
         yield run
+
+
+@pytest.fixture
+async def address() -> AsyncIterator[str]:
+    """``host:port`` of ``tests/client_app.py`` served by uvicorn, for the client tests."""
+    async with live_server(create_app()) as address:
+        yield address
+
+
+@pytest.fixture
+async def proxy(address: str) -> AsyncIterator[TcpProxy]:
+    """A proxy to ``address`` that can drop its connections the way a network failure does."""
+    async with tcp_proxy(int(address.rsplit(":", 1)[1])) as proxy:
+        yield proxy
