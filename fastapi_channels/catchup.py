@@ -9,22 +9,36 @@ response, ``channels:presence``, the missed messages, then live ones.
 
 Only routes with presence or history have a :class:`CatchUp`; other channels keep the plain
 fan-out.
+
+A whole process catches up too (:class:`Reconnects`): while its broker is disconnected from
+Redis, the stored messages and presence announcements other processes publish do not reach it.
+When the broker is connected again, each local history channel is read from the last position
+this process delivered, and what is missing goes to its subscribers, held and de-duplicated as
+above; each local presence channel's subscribers get the member list again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastapi_channels.brokers.base import Position
+from fastapi_channels.brokers.base import Broker, BrokerState, Position
+from fastapi_channels.errors import BrokerError
+from fastapi_channels.history import recover, with_position
+from fastapi_channels.presence import PRESENCE_TOPIC, announcements, members_frame
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Collection, Mapping
 
     from fastapi_channels.connection import SocketConnection
     from fastapi_channels.listeners import Subscription
+    from fastapi_channels.registry import ChannelRoute
 
-__all__ = ["CatchUp", "CaughtUp", "push"]
+__all__ = ["CatchUp", "CaughtUp", "Held", "Reconnects", "push"]
+
+logger = logging.getLogger("fastapi_channels.catchup")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,3 +164,146 @@ class CaughtUp:
 
 def _already_sent(position: Position, last: Position | None) -> bool:
     return last is not None and position.epoch == last.epoch and position.offset <= last.offset
+
+
+class Reconnects:
+    """Fills the gap a broker outage leaves in this process's history channels.
+
+    Args:
+        broker: the process's broker.
+        channels: the server's local subscribers by channel (read, never changed).
+        topic: the broker topic of a channel name.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        channels: Mapping[str, set[SocketConnection]],
+        topic: str,
+    ) -> None:
+        self._broker = broker
+        self._channels = channels
+        self._topic = topic
+        self._last: dict[str, Position] = {}
+        self._runner: asyncio.Task[None] | None = None
+        self.filled = asyncio.Event()
+        """Set after each catch-up that follows a reconnect (for tests and monitoring)."""
+
+    def saw(self, channel: str, position: Position) -> None:
+        """Record a stored message this process delivered (the fan-out path: one dict write)."""
+        self._last[channel] = position
+
+    def note(self, channel: str, position: Position) -> None:
+        """Record a channel's position read when subscribing, unless a newer one is known."""
+        self._last.setdefault(channel, position)
+
+    def forget(self, channel: str) -> None:
+        """The process has no subscriber left in ``channel``."""
+        self._last.pop(channel, None)
+
+    def start(self) -> None:
+        """Watch the broker: after every reconnection, catch the history channels up."""
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._watch(), name="fastapi_channels.reconnects")
+
+    async def stop(self) -> None:
+        """Stop watching."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            await asyncio.wait({runner})
+
+    async def _watch(self) -> None:
+        broker = self._broker
+        while True:
+            await broker.wait_for_state(BrokerState.RECONNECTING)
+            await broker.wait_for_state(BrokerState.CONNECTED, BrokerState.STOPPED)
+            if broker.state is BrokerState.STOPPED:
+                return
+            try:
+                await self.fill()
+            except Exception:
+                logger.exception("catching up after a reconnect failed")
+            self.filled.set()
+            self.filled = asyncio.Event()
+
+    async def fill(self) -> None:
+        """Catch every local history and presence channel up, one after the other.
+
+        A history channel's subscribers get what this process missed there; a presence
+        channel's get the member list again.
+        """
+        for channel, last in list(self._last.items()):
+            await self._fill(channel, last)
+        for channel in list(self._channels):
+            await self._list_members(channel)
+
+    def _route(self, channel: str) -> tuple[set[SocketConnection], ChannelRoute] | None:
+        subscribers = self._channels.get(channel)
+        first = next(iter(subscribers)).subscriptions.get(channel) if subscribers else None
+        if subscribers is None or first is None or first.route.catch_up is None:
+            return None
+        return subscribers, first.route
+
+    async def _list_members(self, channel: str) -> None:
+        found = self._route(channel)
+        if found is None or not found[1].presence:
+            return
+        subscribers, route = found
+        catch_up = route.catch_up
+        assert catch_up is not None
+        waiting = [c for c in subscribers if not catch_up.holding(channel, c)]
+        for connection in waiting:
+            catch_up.hold(channel, connection)
+        frames: list[Held] = []
+        try:
+            members = await self._broker.presence_members(
+                PRESENCE_TOPIC + channel, announcements(channel)
+            )
+        except BrokerError as exc:
+            logger.warning("could not read the members of %r after a reconnect: %s", channel, exc)
+        else:
+            frames.append(Held(members_frame(channel, members), filtered=False))
+        self._finish(channel, waiting, frames, None)
+
+    def _finish(
+        self,
+        channel: str,
+        waiting: list[SocketConnection],
+        frames: list[Held],
+        last: Position | None,
+    ) -> None:
+        for connection in waiting:
+            sub = connection.subscriptions.get(channel)
+            if sub is not None:  # else it unsubscribed meanwhile, which stopped the holding
+                CaughtUp(sub, frames=list(frames), last=last).finish(connection)
+
+    async def _fill(self, channel: str, last: Position) -> None:
+        found = self._route(channel)
+        if found is None or found[1].history is None:
+            self.forget(channel)
+            return
+        subscribers, route = found
+        history, catch_up = route.history, route.catch_up
+        assert history is not None and catch_up is not None
+        waiting = [c for c in subscribers if not catch_up.holding(channel, c)]
+        for connection in waiting:
+            catch_up.hold(channel, connection)
+        frames: list[Held] = []
+        end = last
+        try:
+            stored = await self._broker.read_stored(
+                self._topic + channel, history.retention, last.offset
+            )
+        except BrokerError as exc:
+            logger.warning("could not read the history of %r after a reconnect: %s", channel, exc)
+        else:
+            _, missed, recovered = recover(stored, last)
+            if not recovered:
+                logger.warning("%r: messages missed during the outage are no longer kept", channel)
+            for entry in missed:
+                end = Position(entry.offset, stored.epoch)
+                frames.append(Held(with_position(entry.data.decode(), end), end))
+        if self._last.get(channel) == last:  # no live message arrived during the read
+            self._last[channel] = end
+        self._finish(channel, waiting, frames, last)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic_core import from_json
 
 from fastapi_channels.brokers.base import Broker, Position
-from fastapi_channels.catchup import CaughtUp, Held
+from fastapi_channels.catchup import CaughtUp, Held, Reconnects
 from fastapi_channels.errors import BrokerError, CloseCode, InvalidChannel, ProtocolError
 from fastapi_channels.history import (
     NO_ENTRIES,
@@ -80,6 +80,8 @@ class SocketServer:
         self._connections: dict[str, SocketConnection] = {}
         self._channels: dict[str, set[SocketConnection]] = {}
         self._users: dict[str, set[SocketConnection]] = {}
+        self.reconnects = Reconnects(broker, self._channels, _CHANNEL)
+        """Catches history channels up after a broker outage (see :mod:`.catchup`)."""
         self._removals: set[asyncio.Future[None]] = set()
         self._empty = asyncio.Event()
         self._empty.set()
@@ -100,6 +102,8 @@ class SocketServer:
         await self.broker.start(self._on_message, self._on_stored)
         if any(route.presence for route in self._routes):
             self.presence_tracker.start()
+        if any(route.catch_up is not None for route in self._routes):
+            self.reconnects.start()
 
     async def stop(
         self, reason: str = "server shutting down", timeout: float = 5.0, spread: float = 0.0
@@ -119,6 +123,7 @@ class SocketServer:
         if self.presence_tracker.running:  # leave while the broker can still announce it
             await asyncio.gather(*(self.remove_connection(c) for c in connections))
             await self.presence_tracker.stop()
+        await self.reconnects.stop()
         await self.broker.stop()
 
     # ------------------------------------------------------------------ state
@@ -276,6 +281,7 @@ class SocketServer:
             subscribers.discard(connection)
             if not subscribers:
                 del self._channels[channel]
+                self.reconnects.forget(channel)
                 await self.broker.unsubscribe(_CHANNEL + channel)
                 if presence:
                     self.presence_tracker.unwatch(channel)
@@ -328,6 +334,7 @@ class SocketServer:
                 caught.fields["recovered"] = False
             return
         position, missed, recovered = recover(stored, since)
+        self.reconnects.note(channel, Position(stored.top, stored.epoch))
         caught.fields["position"] = position_data(position)
         if since is not None:
             caught.fields["recovered"] = recovered
@@ -518,6 +525,7 @@ class SocketServer:
         name = topic[2:]
         subscribers = self._channels.get(name)
         if subscribers:
+            self.reconnects.saw(name, position)
             _deliver(subscribers, name, with_position(data.decode(), position), position)
 
     def _on_announcement(self, name: str, data: bytes) -> None:

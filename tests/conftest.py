@@ -33,6 +33,16 @@ class Harness:
         self.app = app
         self.server = channels.server
 
+    @classmethod
+    def build(cls, app: FastAPI | None = None, **options: Any) -> Harness:
+        """An app around ``Channels(**options)`` (users from ``?user=``), not started yet: run
+        it with ``lifespan(harness.app)``."""
+        options.setdefault("user", user_from_query)
+        channels = Channels(**options)
+        app = app or FastAPI()
+        app.include_router(channels.router)
+        return cls(channels, app)
+
     def client(self, user: str | None = None, **options: Any) -> SocketTestClient:
         if user is not None:
             options.setdefault("query_string", f"user={user}")
@@ -40,6 +50,19 @@ class Harness:
 
 
 Start = Callable[..., Awaitable[Harness]]
+
+
+class BareBroker(Broker):
+    """A broker with no optional capability, delivering nothing."""
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        return None
+
+    async def _subscribe(self, topic: str) -> None:
+        return None
+
+    async def _unsubscribe(self, topic: str) -> None:
+        return None
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
@@ -77,14 +100,11 @@ async def start(make_broker: Callable[[], Broker]) -> AsyncIterator[Start]:
     async with contextlib.AsyncExitStack() as stack:
 
         async def run(app: FastAPI | None = None, **options: Any) -> Harness:
-            options.setdefault("user", user_from_query)
             if "broker" not in options:
                 options["broker"] = make_broker()
-            channels = Channels(**options)
-            app = app or FastAPI()
-            app.include_router(channels.router)
-            await stack.enter_async_context(lifespan(app))
-            return Harness(channels, app)
+            harness = Harness.build(app, **options)
+            await stack.enter_async_context(lifespan(harness.app))
+            return harness
 
         yield run
 

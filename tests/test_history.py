@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from fastapi import FastAPI
@@ -21,8 +22,11 @@ from fastapi_channels import (
     SocketConnection,
     channel,
 )
+from fastapi_channels.brokers.base import BrokerState
+from fastapi_channels.brokers.redis import RedisBroker
 from fastapi_channels.testing import ReceivedPacket, SocketTestClient, lifespan
-from tests.conftest import Start, eventually, user_from_query
+from tests.conftest import Harness, Start, eventually
+from tests.proxy import tcp_proxy
 
 TIMEOUT = 5.0
 
@@ -351,22 +355,21 @@ async def test_a_malformed_since_is_refused(start: Start) -> None:
         assert ann.ready is not None
 
 
+def process(broker: Broker) -> tuple[FastAPI, Channels]:
+    """An app ("process") with its own Channels on ``broker``; run it with ``lifespan``."""
+    harness = Harness.build(listeners=LISTENERS, broker=broker)
+    return harness.app, harness.channels
+
+
 async def test_positions_survive_a_process_restart(make_broker: Callable[[], Broker]) -> None:
     """A new process on the same Redis (or memory hub) continues the same positions."""
-
-    def process() -> tuple[FastAPI, Channels]:
-        channels = Channels(user=user_from_query, listeners=LISTENERS, broker=make_broker())
-        app = FastAPI()
-        app.include_router(channels.router)
-        return app, channels
-
-    app, channels = process()
+    app, channels = process(make_broker())
     async with lifespan(app), SocketTestClient(app, query_string="user=ann") as ann:
         epoch = (await subscribe(ann, "feed:p"))["position"]["epoch"]
         for n in range(3):
             await channels.server.broadcast(Feed, "feed:p", "post", n)
         assert await offsets(ann, 3) == [1, 2, 3]
-    app, channels = process()  # the old one is gone
+    app, channels = process(make_broker())  # the old one is gone
     async with lifespan(app), SocketTestClient(app, query_string="user=ann") as ann:
         await channels.server.broadcast(Feed, "feed:p", "post", 3)
         response = await subscribe(ann, "feed:p", {"offset": 2, "epoch": epoch})
@@ -385,3 +388,34 @@ def test_history_declarations_are_checked() -> None:
 
     with pytest.raises(ConfigurationError, match="History"):
         Channels(listeners=[channel("wrong")(Wrong)])
+
+
+async def test_a_process_that_lost_redis_catches_its_subscribers_up(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """What other processes published while this one was cut off from Redis is replayed."""
+    fast = {"prefix": redis_prefix, "reconnect_delay": (0.02, 0.1), "timeout": 1.0}
+    async with tcp_proxy(urlsplit(redis_url).port or 6379) as proxy:
+        cut_off = RedisBroker(f"redis://127.0.0.1:{proxy.port}/0", **fast)
+        (app_a, a), (app_b, b) = process(cut_off), process(RedisBroker(redis_url, **fast))
+        async with (
+            lifespan(app_a),
+            lifespan(app_b),
+            SocketTestClient(app_a, query_string="user=ann") as ann,
+        ):
+            await subscribe(ann, "feed:o")
+            await b.server.broadcast(Feed, "feed:o", "post", 0)
+            assert await offsets(ann, 1) == [1]
+            proxy.down = True
+            proxy.drop()
+            async with asyncio.timeout(TIMEOUT):
+                await cut_off.wait_for_state(BrokerState.RECONNECTING)
+            for n in range(1, 4):
+                await b.server.broadcast(Feed, "feed:o", "post", n)
+            filled = a.server.reconnects.filled
+            proxy.down = False
+            async with asyncio.timeout(TIMEOUT):
+                await filled.wait()
+            await b.server.broadcast(Feed, "feed:o", "post", 4)
+            assert await offsets(ann, 4) == [2, 3, 4, 5]
+            await ann.assert_no_message()

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from fastapi_channels import (
-    Broker,
     ChannelListener,
     ConfigurationError,
     InvalidChannel,
     SocketConnection,
     channel,
 )
-from fastapi_channels.testing import ReceivedPacket, SocketTestClient
-from tests.conftest import Harness, Start, eventually
+from fastapi_channels.brokers.base import BrokerState
+from fastapi_channels.brokers.redis import RedisBroker
+from fastapi_channels.testing import ReceivedPacket, SocketTestClient, lifespan
+from tests.conftest import BareBroker, Harness, Start, eventually
+from tests.proxy import tcp_proxy
 
 TIMEOUT = 5.0
 SHORT = 0.6
@@ -228,18 +231,8 @@ async def test_churn_across_processes_ends_in_the_right_state(start: Start) -> N
 
 
 async def test_a_broker_without_presence_is_refused_at_start(start: Start) -> None:
-    class Bare(Broker):
-        async def publish(self, topic: str, data: bytes) -> None:
-            return None
-
-        async def _subscribe(self, topic: str) -> None:
-            return None
-
-        async def _unsubscribe(self, topic: str) -> None:
-            return None
-
     with pytest.raises(RuntimeError, match="presence"):
-        await start(listeners=[Room], broker=Bare())
+        await start(listeners=[Room], broker=BareBroker())
     with pytest.raises(ConfigurationError):
         await start(listeners=[Room], presence_timeout=0)
 
@@ -250,3 +243,34 @@ async def test_presence_follows_the_first_connection_info(start: Start) -> None:
         await subscribed(ann, "room:1")
         assert await subscribed(again, "room:1") == [member("ann")]
         await ann.assert_no_message()
+
+
+async def test_a_process_back_from_a_redis_outage_lists_the_members_again(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Joins and leaves announced while a process was cut off from Redis are not replayed: its
+    subscribers get the member list again instead."""
+    fast = {"prefix": redis_prefix, "reconnect_delay": (0.02, 0.1), "timeout": 1.0}
+    async with tcp_proxy(urlsplit(redis_url).port or 6379) as proxy:
+        cut_off = RedisBroker(f"redis://127.0.0.1:{proxy.port}/0", **fast)
+        a = Harness.build(listeners=LISTENERS, broker=cut_off)
+        b = Harness.build(listeners=LISTENERS, broker=RedisBroker(redis_url, **fast))
+        async with (
+            lifespan(a.app),
+            lifespan(b.app),
+            a.client("ann") as ann,
+            b.client("bob") as bob,
+        ):
+            await subscribed(ann, "room:1")
+            proxy.down = True
+            proxy.drop()
+            async with asyncio.timeout(TIMEOUT):
+                await cut_off.wait_for_state(BrokerState.RECONNECTING)
+            assert await subscribed(bob, "room:1") == [member("ann"), member("bob")]
+            filled = a.server.reconnects.filled
+            proxy.down = False
+            async with asyncio.timeout(TIMEOUT):
+                await filled.wait()
+            packet = await ann.receive(TIMEOUT)
+            assert packet.event == "channels:presence"
+            assert packet.data["members"] == [member("ann"), member("bob")]
