@@ -13,6 +13,7 @@ store, no position and no extra work.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -48,6 +49,9 @@ class History:
         keep: seconds a channel's position (its epoch and last offset) is kept after its last
             broadcast. A client coming back later fails to recover; an idle channel broadcast
             again after that starts a new epoch. At least ``ttl``.
+        events: the events kept (a set of names); ``None`` keeps every event. The others
+            (typing indicators, say) are broadcast live only, without a position, and are not
+            ordered with the kept ones.
 
     Raises:
         ConfigurationError: a value is out of range.
@@ -56,14 +60,23 @@ class History:
     size: int = 100
     ttl: float | None = None
     keep: float = 7 * 24 * 3600.0
+    events: Collection[str] | None = None
 
     def __post_init__(self) -> None:
+        if self.events is not None:
+            if isinstance(self.events, str) or not all(isinstance(e, str) for e in self.events):
+                raise ConfigurationError("History.events must be a collection of event names")
+            object.__setattr__(self, "events", frozenset(self.events))
         if not isinstance(self.size, int) or not 1 <= self.size <= MAX_SIZE:
             raise ConfigurationError(f"History.size must be an integer from 1 to {MAX_SIZE}")
         if self.ttl is not None and not self.ttl > 0:
             raise ConfigurationError("History.ttl must be a positive number of seconds, or None")
         if not self.keep > 0 or (self.ttl is not None and self.keep < self.ttl):
             raise ConfigurationError("History.keep must be positive and at least ttl")
+
+    def keeps(self, event: str) -> bool:
+        """Whether broadcasts of ``event`` are kept."""
+        return self.events is None or event in self.events
 
     @property
     def retention(self) -> Retention:

@@ -434,9 +434,10 @@ class SocketServer:
         frame to each local subscriber's queue. A recipient whose queue is full is handled by
         its overflow policy and does not delay the others.
 
-        When the listener keeps a history, the message is stored first and delivered with its
-        position, which is returned; if it cannot be stored (Redis unreachable) it is
-        delivered nowhere and ``BrokerError`` is raised. Otherwise None is returned.
+        When the listener keeps a history (of this event), the message is stored first and
+        delivered with its position, which is returned; if it cannot be stored (Redis
+        unreachable) it is delivered nowhere and ``BrokerError`` is raised. Otherwise None is
+        returned.
 
         Args:
             listener: the listener class (or instance, or pattern) that serves ``channel``.
@@ -450,7 +451,7 @@ class SocketServer:
         """
         self._check_channel(listener, channel)
         history = self._history_of(listener, channel)
-        if history is None:
+        if history is None or not history.keeps(event):
             await self.broker.publish(_CHANNEL + channel, encode(event, data, channel))
             return None
         frame = encode(event, data, channel)
