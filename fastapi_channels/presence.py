@@ -83,6 +83,8 @@ class _Channel:
     """What the broker holds for this process (as far as this process knows)."""
     dirty: bool = False
     """The broker's view may be wrong: write it whole at the next write."""
+    writes: int = 0
+    """Writes ended so far (a sweep that raced one is not trusted)."""
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     writer: asyncio.Task[None] | None = None
 
@@ -246,6 +248,7 @@ class Presence:
                     state.dirty = True
                     logger.exception("presence of %r not written (retried later)", channel)
                 finally:
+                    state.writes += 1
                     for waiter in waiters:
                         if not waiter.done():
                             waiter.set_result(None)
@@ -296,14 +299,18 @@ class Presence:
         """
         try:
             if not await self.broker.presence_renew(self.timeout):
-                for state in self._channels.values():
-                    state.dirty = True
+                for known in self._channels.values():
+                    known.dirty = True
             watched = sorted(self._watched | set(self._channels))
             topics = {PRESENCE_TOPIC + c: self._held(c) for c in watched}
             announce = {PRESENCE_TOPIC + c: announcements(c) for c in watched}
+            writes = {c: self._channels[c].writes for c in watched if c in self._channels}
             differ = await self.broker.presence_sweep(topics, announce)
             for topic in differ:
-                self._state(topic[len(PRESENCE_TOPIC) :]).dirty = True
+                channel = topic[len(PRESENCE_TOPIC) :]
+                state = self._channels.get(channel)
+                if state is None or (state.writes == writes.get(channel) and not state.waiters):
+                    self._state(channel).dirty = True  # else a write raced the sweep
             await self._resync(c for c, s in list(self._channels.items()) if s.dirty)
         except BrokerError as exc:
             if not self._failing:
