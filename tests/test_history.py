@@ -255,6 +255,24 @@ async def test_order_holds_under_concurrent_publishing(start: Start) -> None:
             assert mine == [f"{name}{n}" for n in range(40)]
 
 
+async def test_bursts_of_broadcasts_and_subscriptions_are_absorbed(start: Start) -> None:
+    """More concurrent broadcasts and catch-ups than the store has connections: they queue."""
+    app = await start(listeners=LISTENERS)
+    sent = await asyncio.gather(
+        *(app.server.broadcast(Feed, "feed:b", "post", n) for n in range(300))
+    )
+    assert sorted(p.offset for p in sent if p is not None) == list(range(1, 301))
+    assert [p.offset for p in sent if p is not None] == list(range(1, 301))  # publish order
+    clients = [app.client(f"u{n}") for n in range(150)]
+    await asyncio.gather(*(c.expect_ready() for c in clients))
+    since = {"offset": 298, "epoch": sent[0].epoch if sent[0] else ""}
+    responses = await asyncio.gather(*(subscribe(c, "feed:b", since) for c in clients))
+    assert all(r["recovered"] is True for r in responses)
+    for client in clients:
+        assert await offsets(client, 2) == [299, 300]
+    await asyncio.gather(*(c.close() for c in clients))
+
+
 async def test_live_messages_during_recovery_come_after_it_once(
     start: Start, monkeypatch: pytest.MonkeyPatch
 ) -> None:

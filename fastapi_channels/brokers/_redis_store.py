@@ -25,13 +25,16 @@ Redis server, not a cluster. History keys expire ``keep`` after the last publish
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import re
 import secrets
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
-from redis.asyncio import ConnectionPool, Redis
-from redis.exceptions import RedisError
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.exceptions import NoScriptError, RedisError
 
 from fastapi_channels.brokers.base import Announcements, Position, Retention, Stored, StoredEntry
 from fastapi_channels.errors import BrokerError
@@ -275,45 +278,121 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a failure as seen: a cancelled publisher no longer awaits it."""
+    if not future.cancelled():
+        future.exception()
+
+
+@dataclass(frozen=True, slots=True)
+class _Script:
+    source: str
+    sha: str
+
+    @classmethod
+    def of(cls, source: str) -> _Script:
+        return cls(source, hashlib.sha1(source.encode()).hexdigest())  # the id Redis gives it
+
+
+_Call = tuple[_Script, Sequence[Any], Sequence[Any]]
+
+
 class RedisStore:
-    """History and presence commands on a pool of Redis connections, created when first used.
+    """History and presence commands on a small pool of Redis connections of their own.
+
+    Every command is a Lua script run with ``EVALSHA`` (loaded again if Redis lost it). Stored
+    publishes are batched: those that arrive while a batch is in flight go together, pipelined
+    in the next one, in arrival order. At most ``connections`` commands run at once; the others
+    wait for a connection, up to ``timeout``.
 
     Args:
         pool: the broker's connection pool (its URL and options).
         prefix: the broker's prefix.
         process: this process's name among the processes (hex).
+        connections: the most connections this store opens.
+        timeout: seconds to wait for a free connection.
 
     Presence records are kept 60 s, or three times the renewal timeout if longer, after their
     last join or sweep.
     """
 
-    def __init__(self, pool: ConnectionPool, prefix: str, process: str) -> None:
-        self._client = Redis(connection_pool=pool)
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        prefix: str,
+        process: str,
+        *,
+        connections: int = 8,
+        timeout: float = 5.0,
+    ) -> None:
+        self._pool = BlockingConnectionPool(
+            connection_class=pool.connection_class,
+            max_connections=connections,
+            timeout=timeout,
+            **pool.connection_kwargs,
+        )
+        self._client = Redis(connection_pool=self._pool)
         self._prefix = prefix
         self.process = process
-        register = self._client.register_script
-        self._publish = register(_PUBLISH_STORED)
-        self._read = register(_READ_STORED)
-        self._update = register(_UPDATE)
-        self._sync = register(_SYNC)
-        self._sweep = register(_SWEEP)
-        self._renew = register(_RENEW)
+        self._publish = _Script.of(_PUBLISH_STORED)
+        self._read = _Script.of(_READ_STORED)
+        self._update = _Script.of(_UPDATE)
+        self._sync = _Script.of(_SYNC)
+        self._sweep = _Script.of(_SWEEP)
+        self._renew = _Script.of(_RENEW)
         self._alive = self._key("presence-alive")
         self._local_prefix = self._key("presence-local:")
         self._keep_ms = 60_000
+        self._waiting: list[tuple[Sequence[Any], Sequence[Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
-        """Close the pool's connections."""
+        """Fail the publishes still waiting and close the connections."""
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.cancel()
+            await asyncio.wait({flusher})
+        waiting, self._waiting = self._waiting, []
+        for _, _, future in waiting:
+            if not future.done():
+                future.set_exception(BrokerError("the broker stopped before this was stored"))
         await self._client.aclose(close_connection_pool=True)
 
     def _key(self, name: str, topic: str = "") -> bytes:
         return f"{self._prefix}:{name}{topic}".encode("utf-8", "surrogatepass")
 
-    async def _call(self, script: Any, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
+    async def _run(self, calls: Sequence[_Call]) -> list[Any]:
+        """Run scripts pipelined in one round trip; each result, or its error, in order.
+
+        Raises:
+            BrokerError: Redis could not be reached (for every call).
+        """
         try:
-            return await script(keys=keys, args=args)
+            results = await self._pipeline(calls)
+            lost = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+            if lost:  # Redis restarted or flushed its scripts: load them and run those again
+                for script in {calls[i][0] for i in lost}:
+                    await self._client.script_load(script.source)
+                for i, result in zip(
+                    lost, await self._pipeline([calls[i] for i in lost]), strict=True
+                ):
+                    results[i] = result
         except (RedisError, OSError) as exc:
             raise BrokerError(f"Redis did not answer: {exc}") from exc
+        return results
+
+    async def _pipeline(self, calls: Sequence[_Call]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+
+    async def _call(self, script: _Script, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
+        [result] = await self._run([(script, keys, args)])
+        if isinstance(result, Exception):
+            raise BrokerError(f"Redis refused the command: {result}") from result
+        return result
 
     # ------------------------------------------------------------------ history
 
@@ -326,8 +405,34 @@ class RedisStore:
         """Append and publish on ``channel`` in one script; return the position."""
         ttl = _ms(retention.ttl) if retention.ttl is not None else 0
         args = [channel, data, retention.size, ttl, _ms(retention.keep), secrets.token_hex(6)]
-        offset, epoch = await self._call(self._publish, self._history_keys(topic), args)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        self._waiting.append((self._history_keys(topic), args, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name="fastapi_channels.redis.store")
+        offset, epoch = await asyncio.shield(future)
         return Position(int(offset), bytes(epoch).decode())
+
+    async def _flush(self) -> None:
+        """Run waiting stored publishes, one pipelined batch at a time, until none waits."""
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    results = await self._run([(self._publish, k, a) for k, a, _ in batch])
+                except BrokerError as exc:
+                    results = [exc] * len(batch)
+                for (_, _, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, BrokerError):
+                        future.set_exception(result)
+                    elif isinstance(result, Exception):
+                        future.set_exception(BrokerError(f"Redis refused the message: {result}"))
+                    else:
+                        future.set_result(result)
+        finally:
+            self._flusher = None
 
     async def read_stored(self, topic: str, retention: Retention, after: int) -> Stored:
         """Read the retained messages above ``after``."""
@@ -411,14 +516,14 @@ class RedisStore:
         if not topics:
             return []
         names = list(topics)
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for topic in names:
-                    keys, args = self._sweep_call(channels[topic], topic, "held", announce[topic])
-                    await self._sweep(keys=keys, args=args, client=pipe)
-                held = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise BrokerError(f"Redis did not answer: {exc}") from exc
+        calls: list[_Call] = []
+        for topic in names:
+            keys, args = self._sweep_call(channels[topic], topic, "held", announce[topic])
+            calls.append((self._sweep, keys, args))
+        held = await self._run(calls)
+        failed = next((result for result in held if isinstance(result, Exception)), None)
+        if failed is not None:
+            raise BrokerError(f"Redis refused a sweep: {failed}") from failed
         return [topic for topic, count in zip(names, held, strict=True) if count != topics[topic]]
 
     async def renew(self, timeout: float) -> bool:

@@ -127,6 +127,9 @@ class RedisBroker(Broker):
             Redis together do not reconnect in lockstep.
         max_payload: the largest Redis message a batch is packed into, in bytes; a single
             message larger than this travels alone.
+        store_connections: the most connections opened for history and presence commands
+            (only when a channel uses them); more commands at once wait for one, up to
+            ``timeout``. Stored publishes are pipelined in batches whatever this number.
 
     Raises:
         ConfigurationError: the URL or an option is invalid.
@@ -145,6 +148,7 @@ class RedisBroker(Broker):
         ping_interval: float = 5.0,
         reconnect_delay: tuple[float, float] = (0.1, 5.0),
         max_payload: int = 512 * 1024,
+        store_connections: int = 8,
     ) -> None:
         super().__init__()
         url, url_prefix = _pop_prefix(url)
@@ -174,6 +178,9 @@ class RedisBroker(Broker):
         self._ping_interval = ping_interval
         self._reconnect_delay = reconnect_delay
         self._max_payload = max_payload
+        if store_connections < 1:
+            raise ConfigurationError("store_connections must be at least 1")
+        self._store_connections = store_connections
         self._address = _address(self._pool.connection_kwargs)
         self._origin = os.urandom(_frames.ORIGIN_SIZE)
         self.stats = RedisStats()
@@ -478,7 +485,13 @@ class RedisBroker(Broker):
     @property
     def _store(self) -> RedisStore:
         if self._redis_store is None:
-            self._redis_store = RedisStore(self._pool, self._prefix, self._origin.hex())
+            self._redis_store = RedisStore(
+                self._pool,
+                self._prefix,
+                self._origin.hex(),
+                connections=self._store_connections,
+                timeout=self._timeout,
+            )
         return self._redis_store
 
     async def publish_stored(self, topic: str, data: bytes, retention: Retention) -> Position:
