@@ -1,15 +1,24 @@
 """One client connection: its subscriptions, its bounded outgoing queue and its writer.
 
-Sending never waits on the socket: frames are appended to a bounded queue that one writer task
-per connection drains. When the queue is full, the connection's :class:`OverflowPolicy` decides.
+Sending never waits on the socket. A frame for an idle connection is written at once: the
+transport's send coroutine is started in place and, when it completes without suspending (the
+socket's buffer has room, the usual case), no task, future or queue entry is created for it.
+Only when a send suspends (the peer reads slowly, the transport paused writing) does the
+connection get a writer task, which finishes that send and drains what queued up meanwhile, in
+order, then goes away again. Frames that arrive while a send is pending wait in a bounded queue;
+when it is full, the connection's :class:`OverflowPolicy` decides.
+
+Clients that opt in to batching (see :meth:`SocketConnection.enable_batching`) get the frames
+that wait for them in one loop turn as one frame holding a JSON array of packets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Coroutine, MutableMapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,8 +37,13 @@ logger = logging.getLogger("fastapi_channels.connection")
 class Transport(Protocol):
     """What a connection needs from the socket underneath."""
 
-    async def send_text(self, text: str) -> None:
-        """Send one text frame; may block while the peer does not read."""
+    def send_text(self, text: str) -> Coroutine[Any, Any, None]:
+        """A coroutine that sends one text frame; it may suspend while the peer does not read.
+
+        The connection may step the coroutine itself (``coro.send(None)``) rather than await
+        it in a task, so it must be a real coroutine (any ``async def`` is) that only awaits
+        asyncio futures.
+        """
 
     async def close(self, code: int, reason: str) -> None:
         """Send a close frame."""
@@ -46,6 +60,10 @@ class OverflowPolicy(StrEnum):
     """Discard the queue, send ``disconnect`` (reason ``too slow``) and close with 1013."""
 
 
+_BATCH_MAX = 100
+"""The most packets one batched frame holds."""
+
+
 class SocketConnection:
     """A connected client.
 
@@ -56,23 +74,26 @@ class SocketConnection:
         scope: the ASGI scope of the handshake (headers, client address, path).
         subscriptions: the connection's subscriptions by concrete channel name.
 
-    Memory: a connection holds its slots, one small object per subscription and its queued
-    frames (shared ``str`` objects: a broadcast's frame is one object for all recipients).
+    Memory: an idle connection holds its slots and one small object per subscription; the
+    queue and the writer task exist only while frames wait for a slow peer. Queued frames are
+    shared ``str`` objects: a broadcast's frame is one object for all recipients.
     """
 
     __slots__ = (
         "__weakref__",
+        "_batch",
         "_close_timeout",
         "_closed",
         "_closing",
         "_deadline",
+        "_flush_scheduled",
         "_max_queue",
         "_on_abandon",
         "_policy",
         "_queue",
+        "_started",
         "_stats",
         "_transport",
-        "_waiter",
         "_writer",
         "id",
         "scope",
@@ -100,16 +121,18 @@ class SocketConnection:
         self.scope: MutableMapping[str, Any] = scope if scope is not None else {}
         self.subscriptions: dict[str, Subscription] = {}
         self._transport = transport
-        self._queue: deque[str] = deque()
+        self._queue: deque[str] | None = None  # created when a frame first has to wait
         self._max_queue = max_queue
         self._policy = overflow
-        self._waiter: asyncio.Future[None] | None = None
         self._closing: tuple[int, str] | None = None
         self._close_timeout = close_timeout
         self._deadline: asyncio.TimerHandle | None = None
         self._on_abandon: Callable[[SocketConnection], None] | None = None
         self._closed = False
-        self._writer: asyncio.Task[None] | None = None
+        self._started = False
+        self._batch = False
+        self._flush_scheduled = False
+        self._writer: asyncio.Task[None] | None = None  # only while a send is pending
         self._stats = stats if stats is not None else Stats()
 
     def __repr__(self) -> str:
@@ -123,29 +146,56 @@ class SocketConnection:
     @property
     def queued(self) -> int:
         """How many frames wait in the outgoing queue."""
-        return len(self._queue)
+        return len(self._queue) if self._queue else 0
+
+    @property
+    def batching(self) -> bool:
+        """Whether waiting frames are sent to this client batched (see :meth:`enable_batching`)."""
+        return self._batch
 
     def has_subscription(self, channel: str) -> bool:
         """Whether the connection is subscribed to the concrete ``channel``."""
         return channel in self.subscriptions
 
     def start(self) -> None:
-        """Start the writer task; frames pushed before are sent first, in order."""
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(
-                self._write_loop(), name=f"fastapi_channels writer {self.id}"
-            )
+        """Start sending; frames pushed before are sent first, in order."""
+        if self._started:
+            return
+        self._started = True
+        if self._closing is not None:
+            self._writer = asyncio.get_running_loop().create_task(self._write(None, None))
+        else:
+            self._flush()
+
+    def enable_batching(self) -> None:
+        """Send frames that wait together as one frame: a JSON array of up to 100 packets.
+
+        Only for clients that asked for it (the ``channels:batch`` option): the Envuso client
+        parses every frame as one packet object. Frames pushed during one event-loop turn are
+        sent at the end of it, so a burst of broadcasts costs one socket write, not one each.
+        """
+        self._batch = True
 
     def push(self, frame: str) -> bool:
-        """Queue one encoded frame without waiting; returns whether it was queued.
+        """Hand one encoded frame to the connection without waiting; returns whether it was taken.
 
-        This is the fan-out path: it never blocks and never raises. A closing or closed
-        connection ignores the frame; a full queue applies the overflow policy.
+        This is the fan-out path: it never blocks and never raises. An idle connection writes
+        the frame at once (the transport's send runs in place; see the module docstring); a
+        connection whose peer is behind queues it. A closing or closed connection ignores the
+        frame; a full queue applies the overflow policy. A send that fails marks the connection
+        closed (the peer is gone; its reader cleans up).
         """
         if self._closing is not None or self._closed:
             return False
-        queue = self._queue
         stats = self._stats
+        if self._writer is None and self._started and not self._batch:
+            stats.messages_out += 1
+            stats.bytes_out += len(frame)
+            self._send_now(frame)  # idle, so nothing is queued: order is kept
+            return True
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
         if len(queue) >= self._max_queue:
             stats.dropped += 1
             if self._policy is OverflowPolicy.DROP_NEWEST:
@@ -160,9 +210,9 @@ class SocketConnection:
         queue.append(frame)
         stats.messages_out += 1
         stats.bytes_out += len(frame)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self._batch and self._writer is None and self._started and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
         return True
 
     async def send(self, event: str, data: Any = None) -> None:
@@ -200,7 +250,7 @@ class SocketConnection:
         await self.wait_closed(timeout=5.0)
 
     async def wait_closed(self, timeout: float) -> None:
-        """Wait for the writer to finish; cancel it when ``timeout`` passes first."""
+        """Wait for a pending writer to finish; cancel it when ``timeout`` passes first."""
         writer = self._writer
         if writer is None or writer is asyncio.current_task():
             return
@@ -224,19 +274,18 @@ class SocketConnection:
         data: dict[str, Any] = {"reason": reason}
         if reconnect_after is not None:
             data["reconnect_after"] = round(reconnect_after, 3)
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(encode(DISCONNECT, data).decode())
         self._closing = (code, reason)
         self._stats.closes[code] += 1
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        writer = self._writer
-        if writer is None:
+        if not self._started:
             self._closed = True
-        elif not writer.done():
-            self._deadline = asyncio.get_running_loop().call_later(
-                self._close_timeout, self._abandon
-            )
+            return
+        loop = asyncio.get_running_loop()
+        if self._writer is None:
+            self._writer = loop.create_task(self._write(None, None))
+        self._deadline = loop.call_later(self._close_timeout, self._abandon)
 
     def _abandon(self) -> None:
         """The peer has not taken the close in time: stop writing and forget the connection."""
@@ -250,37 +299,113 @@ class SocketConnection:
             self._on_abandon(self)
 
     def mark_closed(self) -> None:
-        """Record that the peer went away: stop queuing and wake the writer so it exits."""
+        """Record that the peer went away: stop queuing; a pending writer exits after its send."""
         self._closed = True
-        self._queue.clear()
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self._queue:
+            self._queue.clear()
 
-    async def _write_loop(self) -> None:
+    # ------------------------------------------------------------------ writing
+
+    def _take(self) -> str:
+        """The next frame to send: one packet, or a batch of what waits for a batching client."""
         queue = self._queue
-        send = self._transport.send_text
-        loop = asyncio.get_running_loop()
+        assert queue
+        if not self._batch or len(queue) == 1:
+            return queue.popleft()
+        popleft = queue.popleft
+        return "[" + ",".join([popleft() for _ in range(min(len(queue), _BATCH_MAX))]) + "]"
+
+    def _flush(self) -> None:
+        """Send what waits, in place, until it is sent or a send has to wait for the peer."""
+        self._flush_scheduled = False
+        queue = self._queue
+        while queue and self._writer is None and not self._closed and self._closing is None:
+            self._send_now(self._take())
+        if not queue:
+            self._queue = None  # an idle connection keeps no queue
+
+    def _send_now(self, frame: str) -> None:
+        """Start the transport's send in place; a send that suspends continues in a writer task.
+
+        Sending to a peer that keeps up completes without suspending, so a broadcast costs no
+        task switch, future or queue entry per recipient. Frames pushed while the writer task
+        runs are queued behind the pending send, so order is kept.
+        """
+        coro = self._transport.send_text(frame)
+        # The send runs in a context of its own, as it would in a task: context variables an
+        # ASGI middleware sets around ``send`` neither leak into the caller nor break when a
+        # suspended send is resumed by the writer task, which runs in this same context.
+        context = contextvars.copy_context()
         try:
+            waiting = context.run(coro.send, None)
+        except StopIteration:
+            return
+        except Exception as exc:  # the peer is gone; the reader notices and cleans up
+            self._fail(exc)
+            return
+        self._writer = asyncio.get_running_loop().create_task(
+            self._write(coro, waiting), name=f"fastapi_channels writer {self.id}", context=context
+        )
+
+    def _fail(self, exc: BaseException) -> None:
+        logger.debug("connection %s: send failed: %r", self.id, exc)
+        self._closed = True
+        if self._queue:
+            self._queue.clear()
+
+    async def _write(
+        self, pending: Coroutine[Any, Any, None] | None, waiting: asyncio.Future[Any] | None
+    ) -> None:
+        """Finish a suspended send, drain the queue, close if closing, then exit (idle)."""
+        try:
+            if pending is not None:
+                await _resume(pending, waiting)
+            send = self._transport.send_text
             while not self._closed:
-                while queue:
-                    await send(queue.popleft())
-                if self._closing is not None:
+                if self._queue:
+                    await send(self._take())
+                elif self._closing is not None:
                     code, reason = self._closing
                     await self._transport.close(code, reason)
+                    self._closed = True
+                else:
+                    self._queue = None  # drained: an idle connection keeps no queue
                     break
-                if self._closed:
-                    break
-                self._waiter = loop.create_future()
-                await self._waiter
-                self._waiter = None
         except asyncio.CancelledError:
+            self._fail(asyncio.CancelledError())
             raise
-        except Exception as exc:  # the peer is gone; the reader notices and cleans up
-            logger.debug("connection %s: send failed: %r", self.id, exc)
+        except Exception as exc:
+            self._fail(exc)
         finally:
-            self._closed = True
-            queue.clear()
-            if self._deadline is not None:
+            self._writer = None
+            if self._closed and self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting: asyncio.Future[Any] | None) -> None:
+    """Run to completion a coroutine that was started outside a task and then suspended.
+
+    It suspended on ``waiting`` (or on a bare yield, ``None``), as an ``await`` does inside a
+    task; wait for that, then step the coroutine again, as a task would. Cancellation is passed
+    into the coroutine.
+    """
+    while True:
+        try:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                waiting._asyncio_future_blocking = False
+                await asyncio.wait((waiting,))
+        except asyncio.CancelledError as exc:
+            if waiting is not None:
+                waiting.cancel()
+            try:
+                waiting = coro.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return

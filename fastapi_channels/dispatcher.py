@@ -41,6 +41,7 @@ from fastapi_channels.limits import Limits
 from fastapi_channels.listeners import Subscription, _current_subscription
 from fastapi_channels.middleware import Middleware, MiddlewareContext, hooks_for, run_chain
 from fastapi_channels.protocol import (
+    BATCH,
     PONG,
     SUBSCRIBE_REQUEST,
     SUBSCRIBE_RESPONSE,
@@ -152,12 +153,27 @@ class Dispatcher:
             await self._unsubscribe(connection, packet)
         elif event == PONG:
             self._reply(connection, packet, None)
+        elif event == BATCH:
+            self._batch_option(connection, packet)
         elif event in self._extension_events:
             await self._extension_event(connection, packet)
         elif packet.channel is not None:
             await self._channel_event(connection, packet)
         else:
             await self._plain_event(connection, packet)
+
+    @staticmethod
+    def _batch_option(connection: SocketConnection, packet: SocketPacket) -> None:
+        """``channels:batch`` with ``{"enabled": true}``: answer, then batch what follows.
+
+        The answer (``{"enabled": <bool>}``) is the last frame sent unbatched; a client that
+        does not ask is never sent a batch. Batching cannot be turned off again.
+        """
+        data = packet.data
+        wanted = isinstance(data, dict) and data.get("enabled") is True
+        connection.push(encode(BATCH, {"enabled": wanted or connection.batching}).decode())
+        if wanted:
+            connection.enable_batching()
 
     def reject_rate(self, connection: SocketConnection, text: str | None = None) -> None:
         """Answer a frame dropped by the rate limit (with a reply if ``text`` has an ``id``)."""

@@ -20,6 +20,7 @@ from fastapi_channels.errors import ErrorCode, ProtocolError
 __all__ = [
     "AUTHENTICATE",
     "AUTHENTICATE_RESPONSE",
+    "BATCH",
     "CHANNEL_NAME_RE",
     "DISCONNECT",
     "ERROR",
@@ -66,6 +67,8 @@ JOIN: Final = "channels:join"
 """Server → client: a member joined a presence channel, ``data: {"channel", "member"}``."""
 LEAVE: Final = "channels:leave"
 """Server → client: a member left a presence channel, ``data: {"channel", "member"}``."""
+BATCH: Final = "channels:batch"
+"""Our batching option: a client asks for it, the server answers with the same event."""
 
 RESERVED_EVENTS: Final = frozenset(
     {
@@ -83,6 +86,7 @@ RESERVED_EVENTS: Final = frozenset(
         PRESENCE,
         JOIN,
         LEAVE,
+        BATCH,
     }
 )
 """Event names no listener may handle."""

@@ -6,8 +6,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, WebSocket
@@ -36,15 +37,23 @@ logger = logging.getLogger("fastapi_channels.router")
 
 
 class _ASGITransport:
-    """Sends text frames straight through the websocket's ASGI ``send``."""
+    """Sends text frames straight through the route's ASGI ``send``.
 
-    __slots__ = ("_websocket",)
+    Starlette's ``WebSocket.send`` checks its state machine and goes through two wrapper
+    coroutines on every message; after the handshake those checks cannot fail for a text frame
+    (a send on a closed socket fails in the server's ``send`` itself), so the hot path skips
+    them and returns the server's own send coroutine, which the connection may step in place.
+    The close still goes through Starlette, which tracks the closing state.
+    """
 
-    def __init__(self, websocket: WebSocket) -> None:
+    __slots__ = ("_send", "_websocket")
+
+    def __init__(self, websocket: WebSocket, send: Send) -> None:
         self._websocket = websocket
+        self._send = send
 
-    async def send_text(self, text: str) -> None:
-        await self._websocket.send({"type": "websocket.send", "text": text})
+    def send_text(self, text: str) -> Coroutine[Any, Any, None]:
+        return self._send({"type": "websocket.send", "text": text})  # type: ignore[return-value]
 
     async def close(self, code: int, reason: str) -> None:
         if self._websocket.application_state is WebSocketState.CONNECTED:
@@ -102,66 +111,92 @@ class _RefuseOnError:
         self.stats = stats
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        accepted = refused = connected = False
-        deadline = asyncio.timeout(self.handshake_timeout)
-
-        async def tracking_receive() -> Message:
-            nonlocal connected
-            message = await receive()
-            connected = connected or message["type"] == "websocket.connect"
-            return message
-
-        async def refuse(reason: str, kind: str) -> None:
-            nonlocal refused
-            refused = True
-            _count_refusal(self.stats, kind)
-            if not connected:
-                await tracking_receive()
-            await send(
-                {
-                    "type": "websocket.accept",
-                    "subprotocol": select_subprotocol(scope.get("subprotocols", [])),
-                }
-            )
-            frame = encode(DISCONNECT, {"reason": reason}).decode()
-            await send({"type": "websocket.send", "text": frame})
-            await send({"type": "websocket.close", "code": CloseCode.NORMAL, "reason": reason})
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal accepted
-            kind = message["type"]
-            if accepted:
-                await send(message)
-            elif refused:
-                return  # the rest of a replaced HTTP response
-            elif kind == "websocket.accept":
-                accepted = True
-                deadline.reschedule(None)
-                await send(message)
-            elif kind == "websocket.close":
-                logger.info("websocket refused at the handshake with close %s", message.get("code"))
-                await refuse(message.get("reason") or "connection refused", "closed")
-            elif kind == "websocket.http.response.start":
-                logger.info("websocket refused at the handshake with HTTP %s", message["status"])
-                await refuse(_status_reason(message["status"]), f"http-{message['status']}")
-            else:
-                await send(message)
-
+        handshake = _Handshake(scope, receive, send, self.stats, self.handshake_timeout)
+        _handshake.set(handshake)
         try:
-            async with deadline:
-                await self.app(scope, tracking_receive, guarded_send)
+            async with handshake.deadline:
+                await self.app(scope, handshake.receive, handshake.send)
         except Exception as exc:
-            if accepted or refused:
+            if handshake.accepted or handshake.refused:
                 raise
             if isinstance(exc, TimeoutError):
                 logger.warning("websocket refused: handshake took over %ss", self.handshake_timeout)
-                await refuse("handshake timed out", "handshake timed out")
+                await handshake.refuse("handshake timed out", "handshake timed out")
                 return
             if isinstance(exc, Reject | HTTPException):
                 logger.info("websocket refused at the handshake: %r", exc)
             else:
                 logger.exception("websocket refused: the handshake failed")
-            await refuse(_public_reason(exc), type(exc).__name__)
+            await handshake.refuse(_public_reason(exc), type(exc).__name__)
+
+
+class _Handshake:
+    """One connection's refusal guard: what it saw, and the server's own ``receive``/``send``.
+
+    One small object per connection (rather than closures and their cells, which would live as
+    long as the connection); the endpoint finds it through a context variable and, once
+    accepted, reads and writes through the server's callables directly.
+    """
+
+    __slots__ = (
+        "accepted",
+        "connected",
+        "deadline",
+        "raw_receive",
+        "raw_send",
+        "refused",
+        "scope",
+        "stats",
+    )
+
+    def __init__(
+        self, scope: Scope, receive: Receive, send: Send, stats: Stats, timeout: float
+    ) -> None:
+        self.scope = scope
+        self.raw_receive = receive
+        self.raw_send = send
+        self.stats = stats
+        self.accepted = self.refused = self.connected = False
+        self.deadline = asyncio.timeout(timeout)
+
+    async def receive(self) -> Message:
+        message = await self.raw_receive()
+        self.connected = self.connected or message["type"] == "websocket.connect"
+        return message
+
+    async def refuse(self, reason: str, kind: str) -> None:
+        self.refused = True
+        _count_refusal(self.stats, kind)
+        if not self.connected:
+            await self.receive()
+        send = self.raw_send
+        subprotocol = select_subprotocol(self.scope.get("subprotocols", []))
+        await send({"type": "websocket.accept", "subprotocol": subprotocol})
+        frame = encode(DISCONNECT, {"reason": reason}).decode()
+        await send({"type": "websocket.send", "text": frame})
+        await send({"type": "websocket.close", "code": CloseCode.NORMAL, "reason": reason})
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if self.accepted:
+            await self.raw_send(message)
+        elif self.refused:
+            return  # the rest of a replaced HTTP response
+        elif kind == "websocket.accept":
+            self.accepted = True
+            self.deadline.reschedule(None)
+            await self.raw_send(message)
+        elif kind == "websocket.close":
+            logger.info("websocket refused at the handshake with close %s", message.get("code"))
+            await self.refuse(message.get("reason") or "connection refused", "closed")
+        elif kind == "websocket.http.response.start":
+            logger.info("websocket refused at the handshake with HTTP %s", message["status"])
+            await self.refuse(_status_reason(message["status"]), f"http-{message['status']}")
+        else:
+            await self.raw_send(message)
+
+
+_handshake: ContextVar[_Handshake] = ContextVar("fastapi_channels_handshake")
 
 
 async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
@@ -174,8 +209,16 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
         await _refuse(websocket, server.stats, "authentication required")
         return
     limits = channels.limits
+    # After the handshake, frames go straight through the route's ASGI callables: Starlette's
+    # state checks and wrapper coroutines cost time per frame and a suspended frame per idle
+    # connection, and cannot fail once accepted (the server's own calls raise instead).
+    handshake = _handshake.get(None)
+    if handshake is not None and handshake.scope is websocket.scope:
+        receive, send = handshake.raw_receive, handshake.raw_send
+    else:  # mounted without the guard: Starlette's own callables
+        receive, send = websocket.receive, websocket.send
     connection = SocketConnection(
-        _ASGITransport(websocket),
+        _ASGITransport(websocket, send),
         id=uuid.uuid4().hex,
         user=user,
         user_key=channels.user_key(user),
@@ -208,14 +251,14 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
         await server.add_connection(connection)
         connection.start()
         dispatcher.opened(connection)
-        await _read(websocket, connection, dispatcher, limits)
+        await _read(receive, connection, dispatcher, limits)
     finally:
         await dispatcher.disconnect(connection)
         await connection.wait_closed(limits.close_timeout)
 
 
 async def _read(
-    websocket: WebSocket, connection: SocketConnection, dispatcher: Dispatcher, limits: Limits
+    receive: Receive, connection: SocketConnection, dispatcher: Dispatcher, limits: Limits
 ) -> None:
     """The connection's reader: size and rate checks, then one dispatch per frame, in order.
 
@@ -228,8 +271,11 @@ async def _read(
     stats = dispatcher.server.stats
     rate, burst = limits.rate, float(limits.burst)
     tokens, last, strikes = burst, time.monotonic(), 0
+    message: Message | None
+    text: str | None
     while True:
-        message = await websocket.receive()
+        message = text = None  # nothing of the last frame stays referenced while idle
+        message = await receive()
         if message["type"] == "websocket.disconnect":
             return
         if not connection.is_open:

@@ -1,10 +1,14 @@
 """The socket server: who is connected, who is subscribed to what, and every way to send.
 
 Each message is encoded once, published through the broker as bytes, and fanned out by every
-process to its local subscribers: appending one shared frame to each connection's bounded queue,
-without awaiting any socket. A channel whose listener declares an outgoing filter is the one
-exception: its frames are decoded once per process and re-encoded only for the recipients whose
-data the filter changed (see :mod:`fastapi_channels.outgoing`).
+process to its local subscribers: handing one shared frame to each connection, without awaiting
+any socket (see :meth:`SocketConnection.push`). A channel whose listener declares an outgoing
+filter is the one exception: its frames are decoded once per process and re-encoded only for the
+recipients whose data the filter changed (see :mod:`fastapi_channels.outgoing`).
+
+A fan-out to more than ``FAN_OUT_CHUNK`` connections is cut into chunks with a turn of the event
+loop between them, so a broadcast to a huge channel never blocks the loop for long; fan-outs
+then run strictly in arrival order, so every connection still gets its frames in publish order.
 
 Presence and history channels (see :mod:`fastapi_channels.presence` and
 :mod:`fastapi_channels.history`) add state in the broker: a broadcast on a history channel is
@@ -19,6 +23,7 @@ import asyncio
 import logging
 import os
 import random
+from collections import deque
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +52,7 @@ if TYPE_CHECKING:
     from fastapi_channels.listeners import Subscription
     from fastapi_channels.registry import ChannelRoute
 
-__all__ = ["SocketServer"]
+__all__ = ["FAN_OUT_CHUNK", "SocketServer"]
 
 logger = logging.getLogger("fastapi_channels.server")
 
@@ -59,6 +64,32 @@ _USER = "u:"
 _EVENT = b"e"
 _CHANNEL_EVENT = b"c"
 _DISCONNECT = b"x"
+
+FAN_OUT_CHUNK = 1000
+"""Connections served in one go (a few milliseconds); a larger fan-out yields between chunks."""
+_BACKLOG_LIMIT = 32
+"""Fan-outs waiting for their turn above which :meth:`SocketServer.broadcast` waits."""
+
+
+class _FanOut:
+    """A fan-out in progress: the recipients fixed at arrival, and how far it got."""
+
+    __slots__ = ("channel", "connections", "filtered", "frame", "index", "position")
+
+    def __init__(
+        self,
+        connections: list[SocketConnection],
+        frame: str,
+        channel: str | None,
+        position: Position | None = None,
+        filtered: bool = True,
+    ):
+        self.connections = connections
+        self.frame = frame
+        self.channel = channel
+        self.position = position
+        self.filtered = filtered
+        self.index = 0
 
 
 class SocketServer:
@@ -79,12 +110,16 @@ class SocketServer:
         """This process's presence bookkeeping (see :mod:`fastapi_channels.presence`)."""
         self._connections: dict[str, SocketConnection] = {}
         self._channels: dict[str, set[SocketConnection]] = {}
-        self._users: dict[str, set[SocketConnection]] = {}
+        # A user's connections as a tuple: most users have one or two, and a 1-tuple is a
+        # quarter of an empty set's size (this dict holds an entry per connected user).
+        self._users: dict[str, tuple[SocketConnection, ...]] = {}
         self.reconnects = Reconnects(broker, self._channels, _CHANNEL)
         """Catches history channels up after a broker outage (see :mod:`.catchup`)."""
         self._removals: set[asyncio.Future[None]] = set()
         self._empty = asyncio.Event()
         self._empty.set()
+        self._backlog: deque[_FanOut] = deque()
+        self._drained: asyncio.Future[None] | None = None
         self.stats = Stats()
         """Counters since this server was created (see ``fastapi_channels.stats``)."""
 
@@ -125,6 +160,8 @@ class SocketServer:
             await self.presence_tracker.stop()
         await self.reconnects.stop()
         await self.broker.stop()
+        self._backlog.clear()
+        self._release_waiters()
 
     # ------------------------------------------------------------------ state
 
@@ -205,9 +242,9 @@ class SocketServer:
         self.stats.connections_opened += 1
         key = connection.user_key
         if key is not None:
-            peers = self._users.setdefault(key, set())
-            peers.add(connection)
-            if len(peers) == 1:
+            peers = self._users.get(key, ())
+            self._users[key] = (*peers, connection)
+            if not peers:
                 await self.broker.subscribe(_USER + key)
 
     def _remove_soon(self, connection: SocketConnection) -> None:
@@ -228,8 +265,10 @@ class SocketServer:
         key = connection.user_key
         peers = self._users.get(key) if key is not None else None
         if peers is not None:
-            peers.discard(connection)
-            if not peers:
+            rest = tuple(c for c in peers if c is not connection)
+            if rest:
+                self._users[key] = rest  # type: ignore[index]
+            else:
                 del self._users[key]  # type: ignore[arg-type]
                 await self.broker.unsubscribe(_USER + key)  # type: ignore[operator]
 
@@ -430,9 +469,11 @@ class SocketServer:
         """Send ``event`` to every subscriber of the concrete ``channel``, on every process.
 
         Only subscribers of exactly ``channel`` receive it (never those of other channels that
-        the same pattern matches). The packet is encoded once; each process appends the same
-        frame to each local subscriber's queue. A recipient whose queue is full is handled by
-        its overflow policy and does not delay the others.
+        the same pattern matches). The packet is encoded once; each process hands the same
+        frame to each local subscriber. A recipient whose queue is full is handled by its
+        overflow policy and does not delay the others. While more than a few large fan-outs
+        wait for their turn in this process, this waits for them first (backpressure on a
+        publisher that outruns the sockets).
 
         When the listener keeps a history (of this event), the message is stored first and
         delivered with its position, which is returned; if it cannot be stored (Redis
@@ -450,6 +491,8 @@ class SocketServer:
             BrokerError: the broker could not publish (Redis unreachable).
         """
         self._check_channel(listener, channel)
+        if len(self._backlog) > _BACKLOG_LIMIT:
+            await self._wait_drained()
         history = self._history_of(listener, channel)
         if history is None or not history.keeps(event):
             await self.broker.publish(_CHANNEL + channel, encode(event, data, channel))
@@ -499,7 +542,7 @@ class SocketServer:
             name = topic[2:]
             subscribers = self._channels.get(name)
             if subscribers:
-                _deliver(subscribers, name, data.decode())
+                self._fan_out(subscribers, data.decode(), name)
             return
         if topic.startswith(PRESENCE_TOPIC):
             self._on_announcement(topic[2:], data)
@@ -509,11 +552,11 @@ class SocketServer:
             return
         kind, body = data[:1], data[1:]
         if kind == _EVENT:
-            _fan_out(targets, body.decode())
+            self._fan_out(targets, body.decode(), None)
         elif kind == _CHANNEL_EVENT:
             channel, _, frame = body.partition(b"\n")
             name = channel.decode()
-            _deliver([c for c in targets if name in c.subscriptions], name, frame.decode())
+            self._fan_out([c for c in targets if name in c.subscriptions], frame.decode(), name)
         elif kind == _DISCONNECT:
             reason = body.decode()
             for connection in list(targets):
@@ -527,34 +570,94 @@ class SocketServer:
         subscribers = self._channels.get(name)
         if subscribers:
             self.reconnects.saw(name, position)
-            _deliver(subscribers, name, with_position(data.decode(), position), position)
+            self._fan_out(subscribers, with_position(data.decode(), position), name, position)
 
     def _on_announcement(self, name: str, data: bytes) -> None:
         """Fan out a presence announcement (a plain event, never filtered)."""
         subscribers = self._channels.get(name)
-        if not subscribers:
+        if subscribers:
+            self._fan_out(subscribers, data.decode(), name, filtered=False)
+
+    def _fan_out(
+        self,
+        connections: Collection[SocketConnection],
+        frame: str,
+        channel: str | None,
+        position: Position | None = None,
+        filtered: bool = True,
+    ) -> None:
+        """Hand ``frame`` to ``connections``: now if few and nothing waits, else in turn.
+
+        ``position`` and ``filtered`` matter on presence and history channels only (see
+        :func:`_deliver`).
+        """
+        if not self._backlog and len(connections) <= FAN_OUT_CHUNK:
+            _deliver(connections, channel, frame, position, filtered)
             return
-        sub = next(iter(subscribers)).subscriptions.get(name)
-        if sub is not None and sub.route.catch_up is not None:
-            sub.route.catch_up.deliver(subscribers, sub, Held(data.decode(), filtered=False))
+        self._backlog.append(_FanOut(list(connections), frame, channel, position, filtered))
+        if len(self._backlog) == 1:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Serve up to ``FAN_OUT_CHUNK`` recipients of waiting fan-outs, oldest first.
+
+        A recipient that unsubscribed from the channel since the message arrived is skipped:
+        no connection is sent an event for a channel it is not subscribed to.
+        """
+        backlog = self._backlog
+        budget = FAN_OUT_CHUNK
+        while backlog and budget > 0:
+            job = backlog[0]
+            start = job.index
+            end = min(start + budget, len(job.connections))
+            chunk = job.connections[start:end]
+            channel = job.channel
+            if channel is not None:
+                chunk = [c for c in chunk if channel in c.subscriptions]
+            _deliver(chunk, channel, job.frame, job.position, job.filtered)
+            budget -= end - start
+            job.index = end
+            if end == len(job.connections):
+                backlog.popleft()
+        if backlog:
+            asyncio.get_running_loop().call_soon(self._drain)
+        else:
+            self._release_waiters()
+
+    async def _wait_drained(self) -> None:
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._drained)
+
+    def _release_waiters(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
 
 
 def _deliver(
     connections: Collection[SocketConnection],
-    channel: str,
+    channel: str | None,
     frame: str,
     position: Position | None = None,
+    filtered: bool = True,
 ) -> None:
-    """Queue a channel event, through the channel listener's outgoing filter when it has one.
+    """Hand over an event; a channel event goes through its listener's outgoing filter, if any.
 
-    On a presence or history channel, the frame is held for subscribers being caught up.
+    On a presence or history channel, the frame is held for subscribers being caught up;
+    ``position`` is a stored message's, and ``filtered=False`` (presence announcements) skips
+    the outgoing filter.
     """
     if not connections:
+        return
+    if channel is None:
+        _fan_out(connections, frame)
         return
     subscription = next(iter(connections)).subscriptions.get(channel)
     route = subscription.route if subscription is not None else None
     if route is not None and route.catch_up is not None:
-        route.catch_up.deliver(connections, subscription, Held(frame, position))  # type: ignore[arg-type]
+        held = Held(frame, position, filtered)
+        route.catch_up.deliver(connections, subscription, held)  # type: ignore[arg-type]
         return
     outgoing = route.outgoing if route is not None else None
     if outgoing is None or subscription is None:

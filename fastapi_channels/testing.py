@@ -190,7 +190,7 @@ class SocketTestClient:
         return packet
 
     async def receive(self, timeout: float | None = None) -> ReceivedPacket:
-        """Return the next packet the server sent.
+        """Return the next packet the server sent; the packets of a batch come one by one.
 
         Raises:
             TimeoutError: nothing arrived in time.
@@ -198,13 +198,26 @@ class SocketTestClient:
         """
         if self._backlog:
             return self._backlog.popleft()
+        packet = from_json(await self.receive_text(timeout))
+        if isinstance(packet, list):  # a batch (only after asking for ``channels:batch``)
+            assert packet and all(isinstance(p, dict) for p in packet), f"bad batch {packet!r}"
+            self._backlog.extend(ReceivedPacket(p) for p in packet[1:])
+            packet = packet[0]
+        assert isinstance(packet, dict), f"the server sent a non-object frame {packet!r}"
+        return ReceivedPacket(packet)
+
+    async def receive_text(self, timeout: float | None = None) -> str:
+        """Return the text of the next frame as sent (a batch stays one JSON array).
+
+        Raises:
+            TimeoutError: nothing arrived in time.
+            ConnectionClosed: the server closed the connection.
+        """
         message = await self._next_message(timeout)
         if message["type"] == "websocket.send":
             text = message.get("text")
             assert text is not None, "the server sent a binary frame"
-            packet = from_json(text)
-            assert isinstance(packet, dict), f"the server sent a non-object frame {text!r}"
-            return ReceivedPacket(packet)
+            return str(text)
         self._closed_by(message)
 
     async def receive_closed(self, timeout: float | None = None) -> tuple[int, str]:

@@ -1,0 +1,251 @@
+"""Medians (with min and max) over runs, the table, and the targets checked against it."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+Getter = Callable[[dict[str, Any]], Any]
+
+
+def _path(*keys: str) -> Getter:
+    def get(run: dict[str, Any]) -> Any:
+        value: Any = run
+        for key in keys:
+            if not isinstance(value, dict) or key not in value:
+                return None
+            value = value[key]
+        return value
+
+    return get
+
+
+def metrics(sizes: list[str]) -> list[tuple[str, str, Getter]]:
+    """(key, label, getter) for every figure of one server run."""
+    rows: list[tuple[str, str, Getter]] = []
+    for n in sizes:
+        rows += [
+            (
+                f"{n}.fixed.cpu_us",
+                f"N={n}: server CPU µs/delivery at 20 broadcasts/s",
+                _path(n, "fixed", "cpu_us"),
+            ),
+            (
+                f"{n}.flood.cpu_us",
+                f"N={n}: server CPU µs/delivery at flood",
+                _path(n, "flood", "cpu_us"),
+            ),
+            (f"{n}.flood.rate", f"N={n}: deliveries/s at flood", _path(n, "flood", "rate")),
+            (f"{n}.fixed.p50_ms", f"N={n}: latency p50 ms at 20/s", _path(n, "fixed", "p50_ms")),
+            (f"{n}.fixed.p99_ms", f"N={n}: latency p99 ms at 20/s", _path(n, "fixed", "p99_ms")),
+            (
+                f"{n}.fixed.lag_max_ms",
+                f"N={n}: max loop lag ms at 20/s",
+                _path(n, "fixed", "lag_max_ms"),
+            ),
+            (f"{n}.mem_kib", f"N={n}: idle memory KiB/connection (RSS)", _path(n, "mem_kib")),
+            (f"{n}.connect_per_s", f"N={n}: connect+JWT+subscribe /s", _path(n, "connect_per_s")),
+            (
+                f"{n}.connect_cpu_us",
+                f"N={n}: server CPU µs per connect+JWT+subscribe",
+                _path(n, "connect_cpu_us"),
+            ),
+        ]
+    rows += [
+        (
+            "burst.unbatched.cpu_us",
+            "bursts of 10: CPU µs/delivery, unbatched",
+            _path("burst", "unbatched", "cpu_us"),
+        ),
+        (
+            "burst.batched.cpu_us",
+            "bursts of 10: CPU µs/delivery, batched",
+            _path("burst", "batched", "cpu_us"),
+        ),
+        (
+            "burst.batched.frames_per_delivery",
+            "bursts of 10: frames/delivery, batched",
+            lambda r: _ratio(
+                _path("burst", "batched", "frames")(r), _path("burst", "batched", "received")(r)
+            ),
+        ),
+    ]
+    return rows
+
+
+def big_metrics() -> list[tuple[str, str, Getter]]:
+    return [
+        ("big.fixed.cpu_us", "server CPU µs/delivery", _path("fixed", "cpu_us")),
+        ("big.fixed.p50_ms", "latency p50 ms", _path("fixed", "p50_ms")),
+        ("big.fixed.p99_ms", "latency p99 ms", _path("fixed", "p99_ms")),
+        ("big.fixed.lag_max_ms", "max loop lag ms", _path("fixed", "lag_max_ms")),
+        ("big.fixed.gc_max_ms", "longest garbage collection ms", _path("fixed", "gc_max_ms")),
+        ("big.mem_kib", "idle memory KiB/connection", _path("mem_kib")),
+        ("big.connect_per_s", "connect (+JWT+subscribe) /s", _path("connect_per_s")),
+        ("big.connect_cpu_us", "server CPU µs per connect", _path("connect_cpu_us")),
+    ]
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _stat(values: list[Any]) -> dict[str, float] | None:
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return None
+    return {
+        "median": statistics.median(present),
+        "min": min(present),
+        "max": max(present),
+        "n": len(present),
+    }
+
+
+def summarise(report: dict[str, Any]) -> dict[str, Any]:
+    sizes = [str(s) for s in report["settings"]["sizes"]]
+    rows = metrics(sizes)
+    summary: dict[str, Any] = {"servers": {}, "big": {}, "ceiling": {}}
+    for name, runs in report["raw"]["runs"].items():
+        summary["servers"][name] = {key: _stat([get(r) for r in runs]) for key, _, get in rows}
+    for name, runs in report["raw"]["big"].items():
+        summary["big"][name] = {key: _stat([get(r) for r in runs]) for key, _, get in big_metrics()}
+    ceiling = report["raw"]["ceiling"]
+    summary["ceiling"] = {key: _stat([get(r) for r in ceiling]) for key, _, get in rows}
+    summary["targets"] = targets(summary, sizes[0] if sizes else "500")
+    return summary
+
+
+def _median(summary: dict[str, Any], server: str, key: str, group: str = "servers") -> float | None:
+    stat = summary[group].get(server, {}).get(key)
+    return stat["median"] if stat else None
+
+
+def targets(summary: dict[str, Any], n: str) -> list[dict[str, Any]]:
+    """Each target of the issue: the figures it compares, the ratio, and whether it holds."""
+    m = lambda server, key, group="servers": _median(summary, server, key, group)  # noqa: E731
+    checks: list[tuple[str, float | None, str, float]] = []
+
+    def ratio(name: str, a: float | None, b: float | None, op: str, bound: float) -> None:
+        checks.append((name, a / b if a is not None and b else None, op, bound))
+
+    ch, hw, sio = "channels", "handwritten", "socketio"
+    ratio(
+        "CPU/delivery at 20/s vs hand-written",
+        m(ch, f"{n}.fixed.cpu_us"),
+        m(hw, f"{n}.fixed.cpu_us"),
+        "<=",
+        0.8,
+    )
+    ratio(
+        "CPU/delivery at 20/s vs python-socketio",
+        m(ch, f"{n}.fixed.cpu_us"),
+        m(sio, f"{n}.fixed.cpu_us"),
+        "<=",
+        0.25,
+    )
+    ratio(
+        "flood deliveries/s vs hand-written",
+        m(ch, f"{n}.flood.rate"),
+        m(hw, f"{n}.flood.rate"),
+        ">=",
+        1.2,
+    )
+    p99c, p99h = m(ch, f"{n}.fixed.p99_ms"), m(hw, f"{n}.fixed.p99_ms")
+    checks.append(
+        (
+            "p99 at 20/s minus hand-written's (ms)",
+            p99c - p99h if p99c is not None and p99h is not None else None,
+            "<=",
+            0.0,
+        )
+    )
+    ratio(
+        "idle memory/connection vs hand-written",
+        m(ch, f"{n}.mem_kib"),
+        m(hw, f"{n}.mem_kib"),
+        "<=",
+        1.15,
+    )
+    ratio(
+        "connect+JWT+subscribe vs hand-written plain connect",
+        m(ch, f"{n}.connect_per_s"),
+        m(hw, f"{n}.connect_per_s"),
+        ">=",
+        0.9,
+    )
+    checks.append(
+        (
+            "max loop lag at 10,000 subscribers (ms)",
+            m(ch, "big.fixed.lag_max_ms", "big"),
+            "<=",
+            50.0,
+        )
+    )
+    ratio(
+        "batched vs unbatched CPU/delivery (bursts of 10)",
+        m(ch, "burst.batched.cpu_us"),
+        m(ch, "burst.unbatched.cpu_us"),
+        "<=",
+        0.2,
+    )
+    rp99 = m("channels-redis", f"{n}.fixed.p99_ms")
+    checks.append(
+        (
+            "Redis p99 minus in-process p99 (ms)",
+            rp99 - p99c if rp99 is not None and p99c is not None else None,
+            "<=",
+            5.0,
+        )
+    )
+    out = []
+    for name, value, op, bound in checks:
+        holds = None if value is None else (value <= bound if op == "<=" else value >= bound)
+        out.append({"target": name, "value": value, "op": op, "bound": bound, "holds": holds})
+    return out
+
+
+def _cell(stat: dict[str, float] | None) -> str:
+    if stat is None:
+        return "-"
+    fmt = (lambda v: f"{v:,.0f}") if stat["median"] >= 100 else (lambda v: f"{v:.2f}")
+    if stat["n"] == 1:
+        return fmt(stat["median"])
+    return f"{fmt(stat['median'])} ({fmt(stat['min'])}-{fmt(stat['max'])})"
+
+
+def render(report: dict[str, Any]) -> str:
+    """A Markdown table of medians (min-max), and the targets."""
+    summary = report["summary"]
+    sizes = [str(s) for s in report["settings"]["sizes"]]
+    names = list(summary["servers"])
+    lines = [
+        f"| figure | {' | '.join(names)} | load client ceiling |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
+    for key, label, _ in metrics(sizes):
+        cells = [_cell(summary["servers"][n].get(key)) for n in names]
+        if all(c == "-" for c in cells):
+            continue
+        lines.append(f"| {label} | {' | '.join(cells)} | {_cell(summary['ceiling'].get(key))} |")
+    if summary["big"]:
+        big = list(summary["big"])
+        size = report["settings"]["big"]
+        lines += [
+            "",
+            f"| N={size:,} on one process | {' | '.join(big)} |",
+            "|---|" + "---|" * len(big),
+        ]
+        for key, label, _ in big_metrics():
+            lines.append(
+                f"| {label} | {' | '.join(_cell(summary['big'][n].get(key)) for n in big)} |"
+            )
+    lines += ["", "| target | value | bound | holds |", "|---|---|---|---|"]
+    for t in summary["targets"]:
+        value = "-" if t["value"] is None else f"{t['value']:.2f}"
+        holds = {True: "yes", False: "**no**", None: "not measured"}[t["holds"]]
+        lines.append(f"| {t['target']} | {value} | {t['op']} {t['bound']} | {holds} |")
+    for name, why in report["pending"].items():
+        lines.append(f"\n{name}: pending ({why})")
+    return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""A tiny run of the benchmark: a few connections per server, sane numbers from the driver."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import run
+
+SIZE = str(run.PLANS["smoke"].sizes[0])
+
+
+def smoke(tmp_path: Path, servers: list[str]) -> dict[str, Any]:
+    out = tmp_path / "smoke.json"
+    argv = ["--plan", "smoke", "--quiet", "--servers", ",".join(servers), "--out", str(out)]
+    report = run.main(argv)
+    assert out.exists()
+    ceiling = report["raw"]["ceiling"][0][SIZE]
+    assert ceiling["flood"]["received"] == ceiling["flood"]["expected"]
+    for name in servers:
+        result = report["raw"]["runs"][name][0][SIZE]
+        for phase in ("fixed", "flood"):
+            figures = result[phase]
+            assert figures["received"] == figures["expected"] > 0, (name, phase, figures)
+            assert figures["publish_error"] is None
+            assert 0 < figures["cpu_us"] < 10_000, (name, phase, figures)
+        assert 0 < result["fixed"]["p50_ms"] <= result["fixed"]["p99_ms"] < 1000
+        assert result["flood"]["rate"] > 0
+        assert result["connect_per_s"] > 0
+        assert result["mem_kib"] < 1024
+    assert all(name in run.render(report) for name in servers)
+    return report
+
+
+def test_fastapi_channels_and_the_hand_written_endpoints(tmp_path: Path) -> None:
+    servers = ["channels", "handwritten", "handwritten-jwt"]
+    if run.redis_available() is None:
+        servers.append("channels-redis")
+    report = smoke(tmp_path, servers)
+    burst = report["raw"]["runs"]["channels"][0]["burst"]
+    assert burst["batched"]["received"] == burst["batched"]["expected"]
+    assert burst["batched"]["frames"] < burst["unbatched"]["frames"]  # fewer, bigger frames
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("socketio") is None,
+    reason="python-socketio is not installed (pip install -e '.[bench]')",
+)
+def test_python_socketio(tmp_path: Path) -> None:
+    smoke(tmp_path, ["socketio"])
