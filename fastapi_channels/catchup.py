@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi_channels.brokers.base import Broker, BrokerState, Position
 from fastapi_channels.errors import BrokerError
-from fastapi_channels.history import recover, with_position
+from fastapi_channels.history import History, recover, with_position
 from fastapi_channels.presence import PRESENCE_TOPIC, announcements, members_frame
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ def _already_sent(position: Position, last: Position | None) -> bool:
 
 
 class Reconnects:
-    """Fills the gap a broker outage leaves in this process's history channels.
+    """Fills the gap a broker outage leaves in this process's history and presence channels.
 
     Args:
         broker: the process's broker.
@@ -228,82 +228,64 @@ class Reconnects:
             self.filled = asyncio.Event()
 
     async def fill(self) -> None:
-        """Catch every local history and presence channel up, one after the other.
+        """Catch every local presence and history channel up, all at once.
 
-        A history channel's subscribers get what this process missed there; a presence
-        channel's get the member list again.
+        A presence channel's subscribers get the member list again; a history channel's get
+        what this process missed there. The broker bounds how many reads run at once.
         """
-        for channel, last in list(self._last.items()):
-            await self._fill(channel, last)
-        for channel in list(self._channels):
-            await self._list_members(channel)
+        await asyncio.gather(*(self._catch_up(channel) for channel in list(self._channels)))
+        for channel in [c for c in self._last if c not in self._channels]:
+            self.forget(channel)
 
-    def _route(self, channel: str) -> tuple[set[SocketConnection], ChannelRoute] | None:
+    async def _catch_up(self, channel: str) -> None:
+        """Hold the channel's subscribers, read what they need, send it, then the held frames."""
         subscribers = self._channels.get(channel)
         first = next(iter(subscribers)).subscriptions.get(channel) if subscribers else None
-        if subscribers is None or first is None or first.route.catch_up is None:
-            return None
-        return subscribers, first.route
-
-    async def _list_members(self, channel: str) -> None:
-        found = self._route(channel)
-        if found is None or not found[1].presence:
+        route: ChannelRoute | None = first.route if first is not None else None
+        catch_up = route.catch_up if route is not None else None
+        if subscribers is None or route is None or catch_up is None:
             return
-        subscribers, route = found
-        catch_up = route.catch_up
-        assert catch_up is not None
         waiting = [c for c in subscribers if not catch_up.holding(channel, c)]
         for connection in waiting:
             catch_up.hold(channel, connection)
         frames: list[Held] = []
+        last = self._last.get(channel)
+        try:
+            if route.presence:
+                frames += await self._members(channel)
+            if route.history is not None and last is not None:
+                frames += await self._missed(channel, route.history, last)
+        finally:
+            for connection in waiting:
+                sub = connection.subscriptions.get(channel)
+                if sub is not None:  # else it unsubscribed meanwhile, which stopped the holding
+                    CaughtUp(sub, frames=list(frames), last=last).finish(connection)
+
+    async def _members(self, channel: str) -> list[Held]:
         try:
             members = await self._broker.presence_members(
                 PRESENCE_TOPIC + channel, announcements(channel)
             )
         except BrokerError as exc:
             logger.warning("could not read the members of %r after a reconnect: %s", channel, exc)
-        else:
-            frames.append(Held(members_frame(channel, members), filtered=False))
-        self._finish(channel, waiting, frames, None)
+            return []
+        return [Held(members_frame(channel, members), filtered=False)]
 
-    def _finish(
-        self,
-        channel: str,
-        waiting: list[SocketConnection],
-        frames: list[Held],
-        last: Position | None,
-    ) -> None:
-        for connection in waiting:
-            sub = connection.subscriptions.get(channel)
-            if sub is not None:  # else it unsubscribed meanwhile, which stopped the holding
-                CaughtUp(sub, frames=list(frames), last=last).finish(connection)
-
-    async def _fill(self, channel: str, last: Position) -> None:
-        found = self._route(channel)
-        if found is None or found[1].history is None:
-            self.forget(channel)
-            return
-        subscribers, route = found
-        history, catch_up = route.history, route.catch_up
-        assert history is not None and catch_up is not None
-        waiting = [c for c in subscribers if not catch_up.holding(channel, c)]
-        for connection in waiting:
-            catch_up.hold(channel, connection)
-        frames: list[Held] = []
-        end = last
+    async def _missed(self, channel: str, history: History, last: Position) -> list[Held]:
         try:
             stored = await self._broker.read_stored(
                 self._topic + channel, history.retention, last.offset
             )
         except BrokerError as exc:
             logger.warning("could not read the history of %r after a reconnect: %s", channel, exc)
-        else:
-            _, missed, recovered = recover(stored, last)
-            if not recovered:
-                logger.warning("%r: messages missed during the outage are no longer kept", channel)
-            for entry in missed:
-                end = Position(entry.offset, stored.epoch)
-                frames.append(Held(with_position(entry.data.decode(), end), end))
+            return []
+        _, missed, recovered = recover(stored, last)
+        if not recovered:
+            logger.warning("%r: messages missed during the outage are no longer kept", channel)
+        frames, end = [], last
+        for entry in missed:
+            end = Position(entry.offset, stored.epoch)
+            frames.append(Held(with_position(entry.data.decode(), end), end))
         if self._last.get(channel) == last:  # no live message arrived during the read
             self._last[channel] = end
-        self._finish(channel, waiting, frames, last)
+        return frames

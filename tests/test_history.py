@@ -65,7 +65,13 @@ class Plain(ChannelListener):
     pass
 
 
-LISTENERS = [Feed, News, Secret, Plain]
+@channel("present:*")
+class Present(ChannelListener):
+    presence = True
+    history = History(size=10)
+
+
+LISTENERS = [Feed, News, Secret, Plain, Present]
 
 
 def position(packet: ReceivedPacket) -> tuple[int, str]:
@@ -338,7 +344,7 @@ async def test_replayed_messages_go_through_the_outgoing_filter(start: Start) ->
 
 
 async def test_a_plain_channel_does_no_history_work(start: Start) -> None:
-    app = await start(listeners=LISTENERS)
+    app = await start(listeners=[Feed, Plain])  # no presence listener: no renewals either
     broker = app.server.broker
     calls: list[str] = []
     for name in ("publish_stored", "read_stored", "presence_update", "presence_members"):
@@ -408,10 +414,13 @@ def test_history_declarations_are_checked() -> None:
         Channels(listeners=[channel("wrong")(Wrong)])
 
 
+@pytest.mark.parametrize("listener", [Feed, Present], ids=["history", "presence+history"])
 async def test_a_process_that_lost_redis_catches_its_subscribers_up(
-    redis_url: str, redis_prefix: str
+    redis_url: str, redis_prefix: str, listener: type[ChannelListener]
 ) -> None:
-    """What other processes published while this one was cut off from Redis is replayed."""
+    """What other processes published while this one was cut off from Redis is replayed (after
+    the member list, on a presence channel)."""
+    name = listener.pattern.prefix + "o"
     fast = {"prefix": redis_prefix, "reconnect_delay": (0.02, 0.1), "timeout": 1.0}
     async with tcp_proxy(urlsplit(redis_url).port or 6379) as proxy:
         cut_off = RedisBroker(f"redis://127.0.0.1:{proxy.port}/0", **fast)
@@ -421,19 +430,27 @@ async def test_a_process_that_lost_redis_catches_its_subscribers_up(
             lifespan(app_b),
             SocketTestClient(app_a, query_string="user=ann") as ann,
         ):
-            await subscribe(ann, "feed:o")
-            await b.server.broadcast(Feed, "feed:o", "post", 0)
+            await subscribe(ann, name)
+            if listener.presence:
+                assert (await ann.receive(TIMEOUT)).event == "channels:presence"
+            await b.server.broadcast(listener, name, "post", 0)
             assert await offsets(ann, 1) == [1]
             proxy.down = True
             proxy.drop()
             async with asyncio.timeout(TIMEOUT):
                 await cut_off.wait_for_state(BrokerState.RECONNECTING)
             for n in range(1, 4):
-                await b.server.broadcast(Feed, "feed:o", "post", n)
+                await b.server.broadcast(listener, name, "post", n)
             filled = a.server.reconnects.filled
             proxy.down = False
             async with asyncio.timeout(TIMEOUT):
                 await filled.wait()
-            await b.server.broadcast(Feed, "feed:o", "post", 4)
+            if listener.presence:
+                members = await ann.receive(TIMEOUT)
+                assert (members.event, members.data["members"]) == (
+                    "channels:presence",
+                    [{"id": "ann"}],
+                )
+            await b.server.broadcast(listener, name, "post", 4)
             assert await offsets(ann, 4) == [2, 3, 4, 5]
             await ann.assert_no_message()
