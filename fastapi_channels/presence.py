@@ -104,8 +104,6 @@ class Presence:
         self._watched: set[str] = set()
         self._runner: asyncio.Task[None] | None = None
         self._failing = False
-        self.renewed = asyncio.Event()
-        """Set after each renewal round (renew, resync, sweep), successful or not."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -322,9 +320,6 @@ class Presence:
             if self._failing:
                 logger.warning("presence renewal works again")
             self._failing = False
-        finally:
-            self.renewed.set()
-            self.renewed = asyncio.Event()
 
     def _held(self, channel: str) -> int:
         state = self._channels.get(channel)
