@@ -178,7 +178,7 @@ async def test_a_dead_process_leaves_no_ghost(
         loop = asyncio.get_running_loop()
         began = loop.time()
         assert await event(ann) == ("leave", member("zed"))
-        assert loop.time() - began <= SHORT * 4 / 3 + 0.5  # the documented bound, and slack
+        assert loop.time() - began <= SHORT * 4 / 3 + 1.0  # the documented bound, and slack
         assert await a.server.presence("room:1") == [member("ann")]
 
         # It comes back: its next renewal finds it was dropped, and registers zed again.
