@@ -53,6 +53,12 @@ class Process:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
 
+    def kill(self) -> None:
+        """End the process at once (SIGKILL): nothing of its shutdown runs."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=TIMEOUT)
+
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()

@@ -20,6 +20,7 @@ from tests.processes import TIMEOUT, Process, start_process
 from tests.redis_support import RedisServer
 
 APP = "tests.multiprocess_app:app"
+PRESENCE_TIMEOUT = 1.0
 
 
 @dataclass
@@ -40,7 +41,7 @@ def redis_for_processes(redis_binary: str) -> Iterator[RedisServer]:
 @pytest.fixture
 async def cluster(redis_for_processes: RedisServer) -> AsyncIterator[Cluster]:
     url = f"{redis_for_processes.url}?prefix=test-{uuid.uuid4().hex[:12]}"
-    env = {"FASTAPI_CHANNELS_BROKER_URL": url}
+    env = {"FASTAPI_CHANNELS_BROKER_URL": url, "PRESENCE_TIMEOUT": str(PRESENCE_TIMEOUT)}
     a, b = await asyncio.gather(*(start_process(APP, env) for _ in range(2)))
     try:
         yield Cluster(redis_for_processes, a, b)
@@ -68,6 +69,20 @@ class Client:
             "event": "subscribe-channel-response",
             "data": {"channel": channel, "successful": True},
         }
+
+    async def subscribe_to_lobby(
+        self, channel: str, since: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], list[Any]]:
+        """Subscribe to a presence and history channel: its response, then its members."""
+        data: dict[str, Any] = {"channel": channel}
+        if since is not None:
+            data["since"] = since
+        await self.ws.send(json.dumps({"event": "subscribe-channel-request", "data": data}))
+        response = await self.receive()
+        assert response["event"] == "subscribe-channel-response"
+        members = await self.receive()
+        assert members["event"] == "channels:presence"
+        return response["data"], members["data"]["members"]
 
 
 @pytest.fixture
@@ -139,3 +154,46 @@ async def test_processes_survive_a_redis_restart(cluster: Cluster, connect: Any)
     assert (await bob.receive())["data"] == {"n": "after"}  # "during" never reached B
     assert (await cluster.a.post("/users/bob/poke")).status_code == 200
     assert (await bob.receive())["event"] == "poke"
+
+
+async def test_a_killed_process_leaves_no_ghost_and_a_restarted_one_recovers_positions(
+    cluster: Cluster, connect: Any
+) -> None:
+    ann = await connect(cluster.a, "ann")
+    bob = await connect(cluster.b, "bob")
+    await ann.subscribe_to_lobby("lobby:1")
+    response, members = await bob.subscribe_to_lobby("lobby:1")
+    assert members == [{"id": "ann"}, {"id": "bob"}]
+    epoch = response["position"]["epoch"]
+
+    # Process A dies without a word: its member goes within the presence timeout's bound.
+    loop = asyncio.get_running_loop()
+    killed_at = loop.time()
+    cluster.a.kill()
+    leave = await bob.receive()
+    assert leave == {
+        "event": "channels:leave",
+        "data": {"channel": "lobby:1", "member": {"id": "ann"}},
+    }
+    assert loop.time() - killed_at <= PRESENCE_TIMEOUT * 4 / 3 + 1.0  # the bound, and slack
+
+    # History written through process B survives B's restart: bob comes back and recovers.
+    assert (await cluster.b.post("/lobbies/1", {"n": 1})).status_code == 200
+    first = await bob.receive()
+    assert first["position"] == {"offset": 1, "epoch": epoch}
+    cluster.b.stop()
+    restarted = await start_process(APP, cluster.b.env)
+    try:
+        assert (await restarted.post("/lobbies/1", {"n": 2})).status_code == 200
+        assert (await restarted.post("/lobbies/1", {"n": 3})).status_code == 200
+        bob = await connect(restarted, "bob")
+        response, members = await bob.subscribe_to_lobby("lobby:1", since=first["position"])
+        assert response["recovered"] is True
+        assert members == [{"id": "bob"}]
+        missed = [await bob.receive() for _ in range(2)]
+        assert [(m["data"], m["position"]["offset"]) for m in missed] == [
+            ({"n": 2}, 2),
+            ({"n": 3}, 3),
+        ]
+    finally:
+        restarted.stop()

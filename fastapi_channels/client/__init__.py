@@ -34,6 +34,7 @@ from fastapi_channels.client.errors import (
     SubscriptionDenied,
 )
 from fastapi_channels.client.packets import Packet, PacketStream
+from fastapi_channels.history import Position
 
 __all__ = [
     "STOP_CODES",
@@ -45,6 +46,7 @@ __all__ = [
     "ConnectionClosed",
     "Packet",
     "PacketStream",
+    "Position",
     "Refused",
     "RenewalError",
     "ReplyError",
