@@ -5,8 +5,9 @@ of the app share a Redis broker, so it runs on several workers (``scripts/demo``
 two); without it, everything stays in this process's memory.
 
 - :mod:`demo.auth`: ``POST /login`` (a name, no password) answers a JWT; the admin guard.
-- :mod:`demo.chat`: the channels (``global-chat``, each user's ``chat:user.<name>`` inbox) and
-  the ``typing`` listener.
+- :mod:`demo.chat`: the channels (``global-chat``, with who is online, and each user's
+  ``chat:user.<name>`` inbox, both keeping their recent messages) and the ``typing`` listener.
+- here: ``POST /announce`` and ``GET /history/{channel}``, HTTP routes that use the channels.
 - ``demo/static/``: the page, built on the JavaScript client the app serves at
   ``/ws/client.js``.
 """
@@ -17,12 +18,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from demo import auth, chat
 from fastapi_channels import Channels, Inject, SocketServer
+from fastapi_channels.auth import TokenUser
+from fastapi_channels.history import position_data
 
 STATIC = Path(__file__).with_name("static")
 
@@ -40,7 +43,29 @@ app.include_router(auth.router)
 @app.post("/announce", status_code=204, dependencies=[Depends(auth.require_admin)])
 async def announce(body: chat.Announcement, server: SocketServer = Inject(SocketServer)) -> None:
     """Broadcast an announcement to the room from HTTP (bearer: ``DEMO_ADMIN_TOKEN``)."""
-    await server.broadcast(chat.GlobalChat, "global-chat", "announcement", body)
+    await server.broadcast(
+        chat.GlobalChat, "global-chat", "announcement", chat.Announced(**dict(body))
+    )
+
+
+@app.get("/history/{channel}")
+async def history(
+    channel: str,
+    user: TokenUser = Depends(auth.auth.required),
+    server: SocketServer = Inject(SocketServer),
+) -> dict[str, Any]:
+    """The messages the room, or your own inbox, keeps: the page loads them, then subscribes
+    from ``position`` so that it misses nothing and gets nothing twice."""
+    if channel not in ("global-chat", chat.inbox(user.id)):
+        raise HTTPException(403, "only the room and your own inbox")
+    page = await server.history(channel)
+    return {
+        "position": position_data(page.position),
+        "messages": [
+            {"event": m.event, "data": m.data, "position": position_data(m.position)}
+            for m in page.messages
+        ],
+    }
 
 
 # --8<-- [end:app]

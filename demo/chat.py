@@ -1,11 +1,12 @@
 """The demo's channels: a room for everyone, an inbox per user, and a typing indicator.
 
 - ``global-chat``: every subscriber sees every ``message`` (and ``typing`` and
-  ``announcement``).
+  ``announcement``), and who is online (a presence channel). It keeps its last 100 lines of
+  the day, so a page that reconnects gets what it missed.
 - ``chat:user.<name>``: that user's inbox; only that user may subscribe. A direct message is a
   ``message`` event sent on *your own* inbox with ``{"to": <name>, "text": ...}``: the server
   delivers it to the recipient's inbox and echoes it to yours, so nobody ever needs to
-  subscribe to someone else's inbox.
+  subscribe to someone else's inbox. Inboxes keep their last 100 messages of the day too.
 - ``typing``: a plain event (no channel), ``{}`` for the room or ``{"to": <name>}`` for a
   private chat; the server tells the room, or the recipient's inbox.
 
@@ -17,11 +18,14 @@ AsyncAPI document at ``/ws/asyncapi.json``.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from pydantic import BaseModel, Field
 
 from demo.auth import Username
 from fastapi_channels import (
     ChannelListener,
+    History,
     SocketConnection,
     SocketListener,
     SocketServer,
@@ -40,11 +44,16 @@ class DirectMessage(Message):
     to: Username
 
 
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
 class ChatLine(BaseModel):
-    """A message as everyone receives it: ``{"from": ..., "text": ...}``."""
+    """A message as everyone receives it: ``{"from": ..., "text": ..., "at": ...}``."""
 
     from_: str = Field(serialization_alias="from")
     text: str
+    at: datetime = Field(default_factory=now)
 
 
 class PrivateLine(ChatLine):
@@ -61,6 +70,12 @@ class Announcement(BaseModel):
     text: str = Field(min_length=1, max_length=2000)
 
 
+class Announced(Announcement):
+    """An announcement as the room receives it."""
+
+    at: datetime = Field(default_factory=now)
+
+
 class TypingNotice(BaseModel):
     """Who is typing, and to whom (``None``: to the room)."""
 
@@ -68,12 +83,18 @@ class TypingNotice(BaseModel):
     to: str | None = None
 
 
+KEPT = History(size=100, ttl=24 * 3600, events={"message", "announcement"})
+"""The last 100 lines of the day; typing indicators are live only."""
+
+
 @channel("global-chat")
 class GlobalChat(ChannelListener):
-    """The room everyone is in."""
+    """The room everyone is in, with who is online."""
 
     require_user = True
-    sends = {"message": ChatLine, "typing": TypingNotice, "announcement": Announcement}
+    presence = True  # members: {"id": <name>}
+    history = KEPT
+    sends = {"message": ChatLine, "typing": TypingNotice, "announcement": Announced}
 
     @channel.on("message")
     async def message(self, message: Message, user: TokenUser) -> Posted:
@@ -92,6 +113,7 @@ class Inbox(ChannelListener):
     """A user's inbox: direct messages to and from them. Only its owner may subscribe."""
 
     require_user = True
+    history = KEPT
     sends = {"message": PrivateLine, "typing": TypingNotice}
 
     async def is_authorised(self, connection: SocketConnection, user: TokenUser) -> bool:

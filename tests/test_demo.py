@@ -1,9 +1,12 @@
-"""The demo chat works end to end in-process: login, the room, inboxes, typing, announcements."""
+"""The demo chat works end to end in-process: login, the room, inboxes, typing, announcements,
+who is online and catching up after a reconnect."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from datetime import datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -36,6 +39,31 @@ async def connect(stack: AsyncExitStack, http: httpx.AsyncClient, name: str) -> 
     return client
 
 
+async def everyone(
+    stack: AsyncExitStack, http: httpx.AsyncClient, *names: str
+) -> list[SocketTestClient]:
+    """Connect each of ``names`` in turn; each sees who was online, then who came after."""
+    clients: list[SocketTestClient] = []
+    for name in names:
+        client = await connect(stack, http, name)
+        online = await client.receive()
+        assert online.event == "channels:presence"
+        assert online.data["members"] == [{"id": n} for n in sorted(names[: len(clients) + 1])]
+        clients.append(client)
+    for index, client in enumerate(clients):
+        for later in names[index + 1 :]:
+            joined = await client.receive()
+            assert (joined.event, joined.data["member"]) == ("channels:join", {"id": later})
+    return clients
+
+
+def said(packet: Any) -> dict[str, Any]:
+    """A chat line's data without its time (checked to be a time)."""
+    data = dict(packet.data)
+    datetime.fromisoformat(data.pop("at"))
+    return data
+
+
 async def test_login_answers_a_token_for_a_safe_name_only(http: httpx.AsyncClient) -> None:
     token = await log_in(http, "ann")
     async with SocketTestClient(app, subprotocols=[token]) as ann:
@@ -55,7 +83,7 @@ async def test_connections_without_a_valid_token_are_refused(http: httpx.AsyncCl
 
 async def test_global_chat_and_its_typing_indicator(http: httpx.AsyncClient) -> None:
     async with AsyncExitStack() as stack:
-        ann, bob = [await connect(stack, http, name) for name in ("ann", "bob")]
+        ann, bob = await everyone(stack, http, "ann", "bob")
         await bob.emit("typing")  # no data: the room
         await bob.emit("typing", {})
         assert await ann.request("message", {"text": "hi all"}, channel="global-chat") == {
@@ -67,10 +95,8 @@ async def test_global_chat_and_its_typing_indicator(http: httpx.AsyncClient) -> 
                 assert (typing.channel, typing.event) == ("global-chat", "typing")
                 assert typing.data == {"from": "bob", "to": None}
             message = await client.receive()
-            assert (message.channel, message.data) == (
-                "global-chat",
-                {"from": "ann", "text": "hi all"},
-            )
+            assert message.channel == "global-chat"
+            assert said(message) == {"from": "ann", "text": "hi all"}
 
         with pytest.raises(ReplyError) as refused:
             await ann.request("message", {"text": ""}, channel="global-chat")
@@ -81,7 +107,7 @@ async def test_direct_messages_reach_the_recipient_and_the_sender_only(
     http: httpx.AsyncClient,
 ) -> None:
     async with AsyncExitStack() as stack:
-        ann, bob, carol = [await connect(stack, http, name) for name in ("ann", "bob", "carol")]
+        ann, bob, carol = await everyone(stack, http, "ann", "bob", "carol")
         # Nobody may listen to someone else's inbox, nor send from it.
         assert (await carol.subscribe("chat:user.bob")) == {
             "channel": "chat:user.bob",
@@ -95,9 +121,10 @@ async def test_direct_messages_reach_the_recipient_and_the_sender_only(
         sent = {"to": "bob", "text": "psst"}
         assert await ann.request("message", sent, channel="chat:user.ann") == {"delivered": True}
         line = {"from": "ann", "to": "bob", "text": "psst"}
-        assert (await bob.receive()).data == line
+        assert said(await bob.receive()) == line
         echo = await ann.receive()
-        assert (echo.channel, echo.data) == ("chat:user.ann", line)
+        assert echo.channel == "chat:user.ann"
+        assert said(echo) == line
 
         await ann.emit("typing", {"to": "bob"})
         typing = await bob.receive()
@@ -118,7 +145,7 @@ async def test_announcements_need_the_admin_token(
     assert (await http.post("/announce", json=body)).status_code == 403
     monkeypatch.setenv("DEMO_ADMIN_TOKEN", "operator-secret")
     async with AsyncExitStack() as stack:
-        ann = await connect(stack, http, "ann")
+        (ann,) = await everyone(stack, http, "ann")
         user_token = await log_in(http, "admin")
         for headers in ({}, {"Authorization": f"Bearer {user_token}"}):
             refused = await http.post("/announce", json=body, headers=headers)
@@ -127,7 +154,59 @@ async def test_announcements_need_the_admin_token(
         admin = {"Authorization": "Bearer operator-secret"}
         assert (await http.post("/announce", json=body, headers=admin)).status_code == 204
         announcement = await ann.receive()
-        assert (announcement.event, announcement.data) == ("announcement", body)
+        assert (announcement.event, said(announcement)) == ("announcement", body)
+
+
+async def test_who_is_online_follows_connections(http: httpx.AsyncClient) -> None:
+    async with AsyncExitStack() as stack:
+        ann, bob = await everyone(stack, http, "ann", "bob")
+        async with SocketTestClient(app, subprotocols=[await log_in(http, "bob")]) as second_tab:
+            assert (await second_tab.subscribe("global-chat"))["successful"]
+            assert (await second_tab.receive()).data["members"] == [{"id": "ann"}, {"id": "bob"}]
+        await ann.assert_no_message()  # bob is still there in his first tab
+        await bob.close()
+        left = await ann.receive()
+        assert (left.event, left.data["member"]) == ("channels:leave", {"id": "bob"})
+
+
+async def test_the_page_loads_kept_messages_then_catches_up_after_a_reconnect(
+    http: httpx.AsyncClient,
+) -> None:
+    async with AsyncExitStack() as stack:
+        (ann,) = await everyone(stack, http, "ann")
+        bob_token = await log_in(http, "bob")
+        bearer = {"Authorization": f"Bearer {bob_token}"}
+        # What the page does: load what the room and the inbox keep, then subscribe from there.
+        kept = {}
+        for channel in ("global-chat", "chat:user.bob"):
+            response = await http.get(f"/history/{channel}", headers=bearer)
+            assert response.status_code == 200
+            kept[channel] = response.json()
+        assert (await http.get("/history/chat:user.ann", headers=bearer)).status_code == 403
+        assert (await http.get("/history/global-chat")).status_code == 401
+
+        await ann.request("message", {"text": "before bob"}, channel="global-chat")
+        await ann.request("message", {"to": "bob", "text": "dm 1"}, channel="chat:user.ann")
+        async with SocketTestClient(app, subprotocols=[bob_token]) as bob:
+            for channel, page in kept.items():
+                since = {"channel": channel, "since": page["position"]}
+                await bob.emit("subscribe-channel-request", since)
+                assert (await bob.receive()).data["recovered"] is True
+                if channel == "global-chat":
+                    assert (await bob.receive()).event == "channels:presence"
+                caught_up = await bob.receive()
+                assert caught_up.data["text"] in ("before bob", "dm 1")
+                assert caught_up["position"]["offset"] == page["position"]["offset"] + 1
+            last_seen = caught_up["position"]
+        # bob's connection dropped; what was said meanwhile comes on his next subscription.
+        await ann.request("message", {"to": "bob", "text": "dm 2"}, channel="chat:user.ann")
+        async with SocketTestClient(app, subprotocols=[bob_token]) as bob:
+            since = {"channel": "chat:user.bob", "since": last_seen}
+            await bob.emit("subscribe-channel-request", since)
+            assert (await bob.receive()).data["recovered"] is True
+            missed = await bob.receive()
+            assert said(missed) == {"from": "ann", "to": "bob", "text": "dm 2"}
+            await bob.assert_no_message()
 
 
 async def test_the_asyncapi_document_describes_the_demo(http: httpx.AsyncClient) -> None:

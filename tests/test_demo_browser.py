@@ -148,6 +148,11 @@ async def test_two_people_chat_in_the_room_and_in_private_and_a_third_sees_no_se
         carol.errors.clear()  # the browser logs the refused request (422) as an error
         await asyncio.gather(alice.log_in(), bob.log_in(), carol.log_in())
 
+        # Who is online shows before anyone says a word.
+        for name in ("bob", "carol"):
+            await expect(alice.entry(name)).to_have_accessible_name(f"{name}, online")
+        await expect(alice.page.get_by_text("· 3 online")).to_be_visible()
+
         # The room: everyone sees everyone; typing shows to the others while it lasts.
         await alice.send("hello everyone")
         for person in (alice, bob, carol):
@@ -160,17 +165,17 @@ async def test_two_people_chat_in_the_room_and_in_private_and_a_third_sees_no_se
         await expect(alice.room()).to_contain_text("hi alice!")
         await expect(alice.page.get_by_text("bob is typing…")).to_be_hidden()
 
-        # Private: alice writes to bob, who saw her in the room; bob is told while in the room.
+        # Private: alice writes to bob; bob is told while he is in the room.
         await alice.open_chat("bob")
         await expect(
             alice.page.get_by_role("heading", name="Private chat with bob")
         ).to_be_visible()
         await alice.type("the cake is in")
         bob_sees_alice = bob.entry("alice")
-        await expect(bob_sees_alice).to_have_accessible_name("alice, typing")
+        await expect(bob_sees_alice).to_have_accessible_name("alice, online, typing")
         await alice.send("the cake is in the fridge")
         await expect(alice.chat_with("bob")).to_contain_text("the cake is in the fridge")
-        await expect(bob_sees_alice).to_have_accessible_name("alice, 1 unread")
+        await expect(bob_sees_alice).to_have_accessible_name("alice, online, 1 unread")
         await bob.screenshot("2-unread-phone")
         await bob.open_chat("alice")
         await expect(bob.chat_with("alice")).to_contain_text("the cake is in the fridge")
@@ -203,9 +208,18 @@ async def test_two_people_chat_in_the_room_and_in_private_and_a_third_sees_no_se
         for person in (alice, bob, carol):
             assert person.errors == [], person.name
 
+        # carol closes her browser: the others see her go.
+        await carol.page.context.close()
+        await expect(alice.entry("carol")).to_have_accessible_name("carol, offline")
+        await expect(bob.entry("carol")).to_have_accessible_name("carol, offline")
 
-async def test_a_lost_connection_shows_and_comes_back_by_itself(browser: Browser) -> None:
-    """The badge follows the connection; after a reconnect the page is subscribed again."""
+
+async def test_a_lost_connection_shows_comes_back_and_catches_up(
+    browser: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The badge follows the connection; after a reconnect the page gets what it missed."""
+    admin = {"Authorization": f"Bearer {secrets.token_urlsafe(16)}"}
+    monkeypatch.setenv("DEMO_ADMIN_TOKEN", admin["Authorization"].split()[1])
     async with asyncio.timeout(60), live_server(app) as address:
         port = int(address.rsplit(":", 1)[1])
         async with tcp_proxy(port) as network:
@@ -218,13 +232,45 @@ async def test_a_lost_connection_shows_and_comes_back_by_itself(browser: Browser
             network.drop()
             await expect(status).to_have_text(re.compile(r"^reconnecting in \d+ s$"))
             await expect(alice.page.get_by_role("button", name="Send")).to_be_disabled()
+            await expect(bob.entry("alice")).to_have_accessible_name("alice, offline")
+            await bob.send("while you were away")
+            await bob.open_chat("alice")
+            await bob.send("did you see this?")
             await alice.screenshot("5-reconnecting-phone")
+
             network.down = False
             await expect(status).to_have_text("connected", timeout=2 * WAIT)
-            await bob.send("welcome back")
-            await expect(alice.room()).to_contain_text("welcome back")
-            await alice.send("thanks")
-            await expect(bob.room()).to_contain_text("thanks")
+            await expect(bob.entry("alice")).to_have_accessible_name("alice, online")
+            await expect(alice.room()).to_contain_text("while you were away")
+            await expect(alice.entry("bob")).to_have_accessible_name("bob, online, 1 unread")
+            await alice.screenshot("6-caught-up-phone")
+            await alice.open_chat("bob")
+            await expect(alice.chat_with("bob")).to_contain_text("did you see this?")
+            await alice.send("I did")
+            await expect(bob.chat_with("alice")).to_contain_text("I did")
+
+            # A new page (a reload) shows what the room and the inbox keep, once.
+            await alice.page.reload()
+            await alice.log_in()
+            await expect(alice.room()).to_contain_text("while you were away")
+            await alice.open_chat("bob")
+            await expect(alice.chat_with("bob").get_by_text("did you see this?")).to_have_count(1)
+            await expect(alice.chat_with("bob")).to_contain_text("I did")
+
+            # Away while more was said than the room keeps: the page shows what it keeps now.
+            network.down = True
+            network.drop()
+            await expect(status).to_have_text(re.compile(r"^reconnecting"))
+            async with httpx.AsyncClient(base_url=f"http://{address}", headers=admin) as http:
+                for n in range(1, 102):
+                    response = await http.post("/announce", json={"text": f"a-{n:03}"})
+                    assert response.status_code == 204
+            network.down = False
+            await expect(status).to_have_text("connected", timeout=2 * WAIT)
+            await expect(alice.room()).to_contain_text("Some messages were missed")
+            await expect(alice.room()).to_contain_text("a-101")
+            await expect(alice.room()).to_contain_text("a-002")
+            await expect(alice.room()).not_to_contain_text("a-001")
             assert alice.errors == bob.errors == []
 
 
@@ -242,6 +288,7 @@ async def test_two_workers_on_redis_share_the_room_and_inboxes(
             alice = await Person.open(browser, one.http, "alice", DESKTOP)
             bob = await Person.open(browser, two.http, "bob", PHONE)
             await asyncio.gather(alice.log_in(), bob.log_in())
+            await expect(alice.entry("bob")).to_have_accessible_name("bob, online")
             await bob.send("hello from the other worker")
             await expect(alice.room()).to_contain_text("hello from the other worker")
             await bob.page.get_by_label("Private chat with").fill(" Alice")

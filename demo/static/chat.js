@@ -4,20 +4,26 @@
 // - global-chat: the room, with "message", "typing" and "announcement" events;
 // - chat:user.<me>: my inbox. A direct message is a request on it, {to, text}: the server
 //   delivers it to the recipient's inbox and echoes it to mine;
-// - "typing": a plain event, {} for the room or {to} for a private chat.
+// - "typing": a plain event, {} for the room or {to} for a private chat;
+// - both channels keep their recent messages (history): the page loads them over HTTP, then
+//   subscribes from there, and after a reconnect the server replays what it missed;
+// - the room is a presence channel: its members are who is online.
 import { SocketClient } from "/ws/client.js";
 
 const $ = (id) => document.getElementById(id);
 const ROOM = "global-chat";
+const INBOX = () => `chat:user.${me}`;
 const TYPING_EVERY = 2000; // ms between two "typing" events while typing in one conversation
 const TYPING_SHOWN = 3500; // ms a "typing" notice stays up without a new one
 
 let me = null;
+let token = null; // the latest token, for HTTP requests too
 let client = null;
 let room = null;
 let inbox = null;
 let active = null;
 const conversations = new Map(); // "room" or "@<name>" -> conversation
+const shown = new Set(); // "<channel>@<epoch>:<offset>" of every kept event shown
 
 // ---- logging in ------------------------------------------------------------------------------
 
@@ -45,16 +51,16 @@ $("login").addEventListener("submit", async (event) => {
   const name = $("login-name").value.trim().toLowerCase();
   const button = event.submitter ?? $("login").querySelector("button");
   button.disabled = true;
-  let token;
+  let first;
   try {
-    token = await fetchToken(name);
+    first = await fetchToken(name);
   } catch (error) {
     $("login-error").textContent = `Cannot log in: ${error.message}.`;
     $("login-error").hidden = false;
     button.disabled = false;
     return;
   }
-  start(name, token).catch((error) => note(conversation("room"), `Cannot chat: ${error.message}`));
+  start(name, first).catch((error) => note(conversation("room"), `Cannot chat: ${error.message}`));
 });
 
 async function start(name, firstToken) {
@@ -68,45 +74,85 @@ async function start(name, firstToken) {
   select(conversation("room"));
 
   // --8<-- [start:connect]
-  // The first attempt uses the token just fetched; reconnects and renewals log in again. (This
-  // login needs no password; a real app would use a refresh token or a session here.)
-  let token = firstToken;
+  // The token is fetched again for every connection attempt after the first and for renewals.
+  // (This login needs no password; a real app would use a refresh token or a session here.)
+  token = firstToken;
+  let offered = false;
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
   client = new SocketClient(url, {
     token: async () => {
-      const next = token ?? (await fetchToken(name));
-      token = null;
-      return next;
+      if (offered) token = await fetchToken(name);
+      offered = true;
+      return token;
     },
     renewBefore: 5 * 60_000, // renew in-band five minutes before the token expires
   });
   client.on("channels:state", showState);
-  client.on("channels:subscription", ({ channel, successful, reason }) => {
+  client.on("channels:subscription", ({ channel, successful, reason, recovered }) => {
     if (!successful) note(conversation("room"), `${channel} refused: ${reason}`);
+    // After a reconnect the client asks for what was missed; if that is no longer kept,
+    // start again from what the server keeps now.
+    else if (recovered === false) reload(channel).catch((error) => note(active, error.message));
   });
 
+  // What the room and my inbox keep, then everything after it: nothing missed, nothing twice.
+  const since = { [ROOM]: await load(ROOM), [INBOX()]: await load(INBOX()) };
   await client.connect({ retry: true });
-  [room, inbox] = await Promise.all([client.subscribe(ROOM), client.subscribe(`chat:user.${me}`)]);
-  room.listen("message", ({ from, text }) => {
-    meet(from);
-    stopTyping(conversation("room"), from);
-    line(conversation("room"), from, text);
-  });
-  room.listen("announcement", ({ text }) => announce(conversation("room"), text));
+  [room, inbox] = await Promise.all(
+    [ROOM, INBOX()].map((channel) => client.subscribe(channel, { since: since[channel] })),
+  );
+  room.listen("message", (data, packet) => show(ROOM, packet));
+  room.listen("announcement", (data, packet) => show(ROOM, packet));
   room.listen("typing", ({ from }) => {
     meet(from);
     typing(conversation("room"), from);
   });
-  inbox.listen("message", ({ from, to, text }) => {
-    const chat = conversation(`@${from === me ? to : from}`);
-    stopTyping(chat, from);
-    line(chat, from, text);
-  });
+  for (const event of ["channels:presence", "channels:join", "channels:leave"]) {
+    room.listen(event, showOnline);
+  }
+  inbox.listen("message", (data, packet) => show(INBOX(), packet));
   inbox.listen("typing", ({ from }) => typing(conversation(`@${from}`), from));
   // --8<-- [end:connect]
   window.chatClient = client; // for poking at it from the console
+  showOnline();
   enableSending();
   note(conversation("room"), `You are ${me}. Say hello!`);
+}
+
+/** What `channel` keeps, shown (once); returns the position to subscribe from. */
+async function load(channel) {
+  const response = await fetch(`/history/${channel}`, {
+    headers: { Authorization: `Bearer ${token}` },
+  });
+  if (!response.ok) throw new Error(`cannot load ${channel} (HTTP ${response.status})`);
+  const { position, messages } = await response.json();
+  for (const packet of messages) show(channel, packet, { live: false });
+  return position;
+}
+
+/** Some messages were missed and are no longer kept: show what is kept now instead. */
+async function reload(channel) {
+  const inRoom = channel === ROOM;
+  for (const chat of conversations.values()) {
+    if ((chat.peer === null) === inRoom) chat.log.replaceChildren();
+  }
+  for (const key of shown) if (key.startsWith(`${channel}@`)) shown.delete(key);
+  await load(channel);
+  note(conversation("room"), "Some messages were missed; this is what the server keeps.");
+}
+
+/** Show a kept event of the room or the inbox, unless it was shown already. */
+function show(channel, { event, data, position }, { live = true } = {}) {
+  const key = position ? `${channel}@${position.epoch}:${position.offset}` : null;
+  if (shown.has(key)) return;
+  if (key) shown.add(key);
+  const when = { at: new Date(data.at), live };
+  if (event === "announcement") return announce(conversation("room"), data.text, when);
+  const peer = data.from === me ? data.to : data.from;
+  const chat = conversation(channel === ROOM ? "room" : `@${peer}`);
+  if (channel === ROOM) meet(data.from);
+  stopTyping(chat, data.from);
+  line(chat, data.from, data.text, when);
 }
 
 $("logout").addEventListener("click", async () => {
@@ -154,38 +200,60 @@ function conversation(key) {
   button.type = "button";
   button.className = "conversation-button";
   button.dataset.conversation = key;
+  const dot = document.createElement("span");
+  dot.className = "dot";
+  dot.hidden = !peer;
   const label = document.createElement("span");
   label.className = "name";
   label.textContent = title;
   const badge = document.createElement("span");
   badge.className = "badge";
   badge.hidden = true;
-  button.append(label, badge);
+  button.append(dot, label, badge);
   item.append(button);
   (peer ? $("people") : $("rooms")).append(item);
   if (peer) $("nobody").hidden = true;
 
-  found = { key, peer, title, log, button, badge, unread: 0, typers: new Map(), lastTyping: 0 };
+  found = { key, peer, title, log, button, badge, unread: 0, online: false, typers: new Map() };
+  found.lastTyping = 0;
   button.addEventListener("click", () => select(found));
   conversations.set(key, found);
   mark(found);
   return found;
 }
 
-/** Show a conversation's unread count and whether someone types in it, in its list entry. */
+/** Show in a conversation's list entry: online or not, unread count, someone typing. */
 function mark(chat) {
   const typing = chat.typers.size > 0;
   chat.badge.textContent = String(chat.unread);
   chat.badge.hidden = chat.unread === 0;
+  chat.button.classList.toggle("online", chat.online);
   chat.button.classList.toggle("has-unread", chat.unread > 0);
   chat.button.classList.toggle("is-typing", typing);
-  const extra = [chat.unread ? `${chat.unread} unread` : "", typing ? "typing" : ""];
-  chat.button.setAttribute("aria-label", [chat.title, ...extra.filter(Boolean)].join(", "));
+  const label = [chat.title];
+  if (chat.peer) label.push(chat.online ? "online" : "offline");
+  if (chat.unread) label.push(`${chat.unread} unread`);
+  if (typing) label.push("typing");
+  chat.button.setAttribute("aria-label", label.join(", "));
 }
 
 /** Put `name` (someone seen in the room) in the list of people to chat with. */
 function meet(name) {
   if (name !== me) conversation(`@${name}`);
+}
+
+/** Who is online, from the room's member list: online people first, then the others. */
+function showOnline() {
+  const online = room?.members ?? new Map();
+  for (const id of online.keys()) meet(String(id));
+  const people = [...conversations.values()].filter((chat) => chat.peer !== null);
+  for (const chat of people) {
+    chat.online = online.has(chat.peer);
+    mark(chat);
+  }
+  people.sort((a, b) => b.online - a.online || a.peer.localeCompare(b.peer));
+  for (const chat of people) $("people").append(chat.button.parentElement);
+  $("online-count").textContent = online.size ? `· ${online.size} online` : "";
 }
 
 function select(chat) {
@@ -202,22 +270,22 @@ function select(chat) {
   showTyping();
 }
 
-function add(chat, item) {
+/** Add `item` to a conversation; `at` is when it was said, `live` whether it counts as unread. */
+function add(chat, item, { at = new Date(), live = true } = {}) {
   const time = document.createElement("time");
-  const now = new Date();
-  time.dateTime = now.toISOString();
-  time.textContent = now.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  time.dateTime = at.toISOString();
+  time.textContent = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   item.append(time);
   chat.log.append(item);
   if (chat === active) {
     item.scrollIntoView({ block: "end" });
-  } else if (!item.classList.contains("notice")) {
+  } else if (live && !item.classList.contains("notice")) {
     chat.unread += 1;
     mark(chat);
   }
 }
 
-function line(chat, from, text) {
+function line(chat, from, text, when) {
   const item = document.createElement("li");
   item.className = from === me ? "line mine" : "line";
   const who = document.createElement("span");
@@ -227,16 +295,16 @@ function line(chat, from, text) {
   body.className = "text";
   body.textContent = text;
   item.append(who, body);
-  add(chat, item);
+  add(chat, item, when);
 }
 
-function announce(chat, text) {
+function announce(chat, text, when) {
   const item = document.createElement("li");
   item.className = "announcement";
   const label = document.createElement("strong");
   label.textContent = "Announcement ";
   item.append(label, text);
-  add(chat, item);
+  add(chat, item, when);
 }
 
 function note(chat, text) {
