@@ -164,6 +164,7 @@ $("logout").addEventListener("click", async () => {
 function showState({ state, delay, reason }) {
   const badge = $("state");
   badge.dataset.state = state;
+  document.body.dataset.state = state; // who is online is not known while disconnected
   if (state === "re-connecting" && delay !== undefined) {
     badge.textContent = `reconnecting in ${Math.ceil(delay / 1000)} s`;
   } else if (state === "disconnected" && reason) {
