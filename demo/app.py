@@ -43,9 +43,8 @@ app.include_router(auth.router)
 @app.post("/announce", status_code=204, dependencies=[Depends(auth.require_admin)])
 async def announce(body: chat.Announcement, server: SocketServer = Inject(SocketServer)) -> None:
     """Broadcast an announcement to the room from HTTP (bearer: ``DEMO_ADMIN_TOKEN``)."""
-    await server.broadcast(
-        chat.GlobalChat, "global-chat", "announcement", chat.Announced(**dict(body))
-    )
+    announced = chat.Announced(text=body.text)
+    await server.broadcast(chat.GlobalChat, "global-chat", "announcement", announced)
 
 
 @app.get("/history/{channel}")
