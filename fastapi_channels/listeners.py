@@ -28,7 +28,7 @@ from fastapi_channels.history import History, Position
 from fastapi_channels.invocation import HANDLER, IS_AUTHORISED, plan_for
 from fastapi_channels.middleware import Middleware
 from fastapi_channels.patterns import ChannelPattern
-from fastapi_channels.protocol import RESERVED_EVENTS, SocketPacket
+from fastapi_channels.protocol import RESERVED_EVENTS
 
 if TYPE_CHECKING:
     from fastapi_channels.connection import SocketConnection
@@ -99,8 +99,12 @@ class ChannelListener:
     history: ClassVar[History | None] = None
     _server: SocketServer
 
-    async def is_authorised(self, connection: SocketConnection, user: Any) -> bool:
-        """Decide whether ``connection`` may subscribe; the default allows everyone.
+    async def is_authorised(self, *args: Any, **kwargs: Any) -> bool:
+        """Decide whether a connection may subscribe; the default allows everyone.
+
+        Override it as ``async def is_authorised(self, connection, user) -> bool`` (Envuso's
+        form) or with typed parameters; the open base signature lets a type checker accept
+        either.
 
         Called once per subscribe request, after this channel's middleware. Raising ``Reject``
         refuses with its reason; any other exception refuses with a generic reason and is logged.
@@ -166,10 +170,13 @@ class SocketListener:
     sends: ClassVar[Mapping[str, Any]] = {}
     _server: SocketServer
 
-    async def handle(self, connection: SocketConnection, user: Any, packet: SocketPacket) -> Any:
-        """Handle one packet of this listener's event; may take typed parameters instead.
+    async def handle(self, *args: Any, **kwargs: Any) -> Any:
+        """Handle one packet of this listener's event.
 
-        The return value is the reply's ``data`` when the packet carried an ``id``.
+        Override it as ``async def handle(self, connection, user, packet)`` (Envuso's form) or
+        with typed parameters, as a channel handler; the open base signature lets a type
+        checker accept either. The return value is the reply's ``data`` when the packet carried
+        an ``id``.
         """
         raise NotImplementedError  # pragma: no cover - the decorator checks it is overridden
 
