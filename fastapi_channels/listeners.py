@@ -9,7 +9,7 @@ instance of each when the server starts, so constructors can take ``SocketServer
 service.
 
 Handlers take Envuso's ``(self, connection, user, packet)`` or typed parameters (see
-:mod:`fastapi_channels.invocation`); their signatures are checked when the class is decorated
+`fastapi_channels.invocation`); their signatures are checked when the class is decorated
 (as far as its type hints can be resolved then) and again, fully, when it is registered.
 """
 
@@ -73,10 +73,10 @@ class ChannelListener:
     """Base class of channel listeners.
 
     One instance serves every subscription to every channel its pattern matches, so it must
-    not keep per-subscription state in attributes; :attr:`channel_name` and :attr:`wildcard`
+    not keep per-subscription state in attributes; `channel_name` and `wildcard`
     read the subscription being served from a context variable instead.
 
-    Class attributes:
+    Attributes:
         pattern: set by ``@channel``.
         middleware: middleware (instances, or classes built by the container) for this channel.
         require_user: refuse subscriptions and events from anonymous connections.
@@ -112,25 +112,25 @@ class ChannelListener:
 
     @property
     def wildcard(self) -> str:
-        """What the pattern's ``*`` matched in :attr:`channel_name` (``""`` without a ``*``)."""
+        """What the pattern's ``*`` matched in `channel_name` (``""`` without a ``*``)."""
         return _current_subscription.get().wildcard
 
     def get_channel_name(self) -> str:
-        """Alias of :attr:`channel_name`, Envuso's spelling."""
+        """Alias of `channel_name`, Envuso's spelling."""
         return self.channel_name
 
     async def broadcast(self, channel: str, event: str, data: Any = None) -> None:
         """Send ``event`` to every subscriber of the concrete ``channel`` of this listener.
 
-        See :meth:`SocketServer.broadcast` for the behaviour under load.
+        See `SocketServer.broadcast` for the behaviour under load.
         """
         await self._server.broadcast(type(self), channel, event, data)
 
 
 class SocketListener:
-    """Base class of plain event listeners (no channel): override :meth:`handle`.
+    """Base class of plain event listeners (no channel): override `handle`.
 
-    Class attributes:
+    Attributes:
         event: set by ``@listener``.
         require_user: refuse the event from anonymous connections.
         sends: the plain events this listener sends, with their data types; documentation
@@ -229,6 +229,15 @@ class _ChannelDecorator:
 
 
 channel = _ChannelDecorator()
+"""Declares channel listeners and their handlers.
+
+- `@channel("user:chat.*")` on a `ChannelListener` subclass declares the pattern it serves (at
+  most one `*`, matching a non-empty run of characters without `:`). A malformed pattern
+  raises `ConfigurationError` at once; a handler whose signature cannot be satisfied raises
+  it when the class is decorated or registered.
+- `@channel.on("event")` marks a method as the handler of an event.
+- `@channel.outgoing("event", ...)` marks the listener's outgoing filter.
+"""
 
 
 def listener(event: str) -> Callable[[L], L]:

@@ -2,9 +2,9 @@
 
 Each message is encoded once, published through the broker as bytes, and fanned out by every
 process to its local subscribers: handing one shared frame to each connection, without awaiting
-any socket (see :meth:`SocketConnection.push`). A channel whose listener declares an outgoing
+any socket (see `SocketConnection.push`). A channel whose listener declares an outgoing
 filter is the one exception: its frames are decoded once per process and re-encoded only for the
-recipients whose data the filter changed (see :mod:`fastapi_channels.outgoing`).
+recipients whose data the filter changed (see `fastapi_channels.outgoing`).
 
 A fan-out to more than ``FAN_OUT_CHUNK`` connections is cut into chunks with a turn of the event
 loop between them, so a broadcast to a huge channel never blocks the loop for long; fan-outs
@@ -48,7 +48,7 @@ _DISCONNECT = b"x"
 FAN_OUT_CHUNK = 1000
 """Connections served in one go (a few milliseconds); a larger fan-out yields between chunks."""
 _BACKLOG_LIMIT = 32
-"""Fan-outs waiting for their turn above which :meth:`SocketServer.broadcast` waits."""
+"""Fan-outs waiting for their turn above which `SocketServer.broadcast` waits."""
 
 
 class _FanOut:
@@ -171,7 +171,7 @@ class SocketServer:
         ``healthy`` is false while the broker cannot reach the other processes (Redis down or
         reconnecting): this process then still serves its own connections, but its messages do
         not reach other processes, nor theirs it. ``broker`` holds the broker's own report
-        (:class:`~fastapi_channels.brokers.base.BrokerHealth`): its state, how many topics this
+        (`BrokerHealth`): its state, how many topics this
         process listens to, and the last transport error.
         """
         broker = self.broker.health()
@@ -286,7 +286,7 @@ class SocketServer:
         """Send a channel event to those connections of one user subscribed to ``channel``.
 
         Raises:
-            InvalidChannel: as :meth:`broadcast`.
+            InvalidChannel: as `broadcast`.
         """
         self._check_channel(listener, channel)
         payload = _CHANNEL_EVENT + channel.encode() + b"\n" + encode(event, data, channel)

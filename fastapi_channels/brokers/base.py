@@ -75,13 +75,13 @@ class BrokerHealth:
 class Broker(ABC):
     """Base class of every broker.
 
-    Subclasses implement :meth:`publish`, :meth:`_subscribe` and :meth:`_unsubscribe`, and may
-    override :meth:`start` and :meth:`stop`; a broker with a transport reports its state
-    through :meth:`_set_state`.
+    Subclasses implement `publish`, `_subscribe` and `_unsubscribe`, and may
+    override `start` and `stop`; a broker with a transport reports its state
+    through `_set_state`.
     """
 
     name: ClassVar[str] = "broker"
-    """The kind of broker, as shown by :meth:`health`."""
+    """The kind of broker, as shown by `health`."""
 
     def __init__(self) -> None:
         self._handler: MessageHandler | None = None
@@ -132,7 +132,7 @@ class Broker(ABC):
         return self._state
 
     def _set_state(self, state: BrokerState, error: BaseException | str | None = None) -> None:
-        """Record a state change (and the error behind it) and wake :meth:`wait_for_state`."""
+        """Record a state change (and the error behind it) and wake `wait_for_state`."""
         if error is not None:
             self._last_error = (
                 error if isinstance(error, str) else f"{type(error).__name__}: {error}"

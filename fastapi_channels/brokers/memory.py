@@ -12,7 +12,7 @@ class MemoryBroker(Broker):
 
     ``publish`` hands the bytes to the server's fan-out before it returns, so it never waits on
     a slow consumer: the fan-out only appends to bounded per-connection queues. It is
-    ``connected`` from :meth:`start` to :meth:`stop`.
+    ``connected`` from `start` to `stop`.
     """
 
     name = "memory"

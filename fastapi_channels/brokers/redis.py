@@ -12,7 +12,7 @@ Redis echoes them back. So local delivery never depends on Redis.
 
 Under load, publishes are batched: while one round trip to Redis is in flight, new publishes
 wait in a buffer; the next round trip packs every buffered message for one topic into a single
-Redis message (see :mod:`fastapi_channels.brokers._frames`) and pipelines all topics in one
+Redis message (see `fastapi_channels.brokers._frames`) and pipelines all topics in one
 write. A process publishing faster than the round-trip time therefore sends far fewer Redis
 messages than it publishes, and the receiving processes decode them without touching the
 message bytes.
@@ -61,7 +61,7 @@ class RedisStats:
     """Counters since the broker was created, for monitoring and benchmarks.
 
     Attributes:
-        published: messages sent to Redis by :meth:`RedisBroker.publish`.
+        published: messages sent to Redis by `RedisBroker.publish`.
         payloads_sent: Redis ``PUBLISH`` commands those messages were packed into.
         round_trips: pipelined writes to Redis (each waits for all of its replies).
         received: messages received from other processes.
@@ -99,7 +99,7 @@ class RedisBroker(Broker):
             sharing one server need distinct prefixes. Defaults to the URL's ``prefix`` query
             parameter, else ``"fastapi_channels"``.
         timeout: seconds a Redis command (a publish round trip, a subscription) may take before
-            the broker gives up on it: a publish then raises :class:`BrokerError`.
+            the broker gives up on it: a publish then raises `BrokerError`.
         connect_timeout: seconds one connection attempt may take.
         ping_interval: when nothing arrived from Redis for this many seconds, the broker pings
             it; no answer within another interval counts as a lost connection. This detects a
@@ -170,7 +170,7 @@ class RedisBroker(Broker):
         self._flusher: asyncio.Task[None] | None = None
 
     def counters(self) -> dict[str, int]:
-        """Return :attr:`stats` as a dict, for metrics."""
+        """Return `stats` as a dict, for metrics."""
         return dataclasses.asdict(self.stats)
 
     @property
@@ -201,7 +201,7 @@ class RedisBroker(Broker):
         """Stop the broker and close both connections.
 
         An in-flight round trip gets up to ``timeout`` to finish; publishes still waiting then
-        raise :class:`BrokerError`.
+        raise `BrokerError`.
         """
         self._set_state(BrokerState.STOPPED)  # new publishes fail from here on
         runner, self._runner = self._runner, None

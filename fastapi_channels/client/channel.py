@@ -19,9 +19,9 @@ _MISSING: Any = object()
 
 
 class Channel(Listeners):
-    """One subscription of a :class:`ChannelsClient`; get it from ``await client.subscribe()``.
+    """One subscription of a `ChannelsClient`; get it from ``await client.subscribe()``.
 
-    After a reconnect the client subscribes again by itself; :attr:`state` is ``pending`` until
+    After a reconnect the client subscribes again by itself; `state` is ``pending`` until
     the server answers, then ``subscribed`` (or ``denied``: the channel is then dropped and a
     ``channels:subscription`` event tells the client's listeners).
 
