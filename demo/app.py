@@ -25,6 +25,7 @@ from starlette.requests import HTTPConnection
 from fastapi_channels import (
     ChannelListener,
     Channels,
+    History,
     Inject,
     SocketConnection,
     SocketListener,
@@ -33,6 +34,7 @@ from fastapi_channels import (
     channel,
     listener,
 )
+from fastapi_channels.history import position_data
 
 
 class User(SocketUserMixin):
@@ -97,9 +99,15 @@ class UserChat(ChannelListener):
 
 @channel("global-chat")
 class GlobalChat(ChannelListener):
-    """Everyone's chat room."""
+    """Everyone's chat room: who is online, and the last 100 lines of the day for whoever
+    reconnects (typing indicators are not kept)."""
 
     sends = {"message": ChatLine, "typing": dict[str, str]}
+    presence = True
+    history = History(size=100, ttl=24 * 3600, events={"message"})
+
+    def member_info(self, connection: SocketConnection, user: User) -> dict[str, str]:
+        return {"id": str(user.id), "name": str(user.id).title()}
 
     @channel.on("message")
     async def message(self, message: Message, user: User | None) -> Posted:
@@ -134,6 +142,25 @@ app.include_router(channels.router)
 @app.post("/announce")
 async def announce(body: Announcement, server: SocketServer = Inject(SocketServer)) -> None:
     await server.broadcast(GlobalChat, "global-chat", "message", body.model_dump())
+
+
+@app.get("/chat/online")
+async def online(server: SocketServer = Inject(SocketServer)) -> list[dict[str, Any]]:
+    """Who is in the global chat, on every process."""
+    return await server.presence("global-chat")
+
+
+@app.get("/chat/history")
+async def recent(limit: int = 20, server: SocketServer = Inject(SocketServer)) -> dict[str, Any]:
+    """The global chat's last lines, with their positions."""
+    page = await server.history("global-chat", limit=limit)
+    return {
+        "position": position_data(page.position),
+        "messages": [
+            {"position": position_data(m.position), "event": m.event, "data": m.data}
+            for m in page.messages
+        ],
+    }
 
 
 # --8<-- [end:listeners]

@@ -17,6 +17,7 @@ from fastapi_channels.errors import (
     Reject,
     ReplyError,
 )
+from fastapi_channels.history import History, Position
 from fastapi_channels.limits import Limits
 from fastapi_channels.listeners import ChannelListener, SocketListener, channel, listener
 from fastapi_channels.middleware import Middleware, MiddlewareContext
@@ -36,6 +37,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionClosed",
     "ErrorCode",
+    "History",
     "Inject",
     "InvalidChannel",
     "InvalidData",
@@ -44,6 +46,7 @@ __all__ = [
     "Middleware",
     "MiddlewareContext",
     "OverflowPolicy",
+    "Position",
     "ProtocolError",
     "Reject",
     "ReplyError",

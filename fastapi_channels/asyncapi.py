@@ -29,7 +29,10 @@ from fastapi_channels.invocation import HANDLER, IS_AUTHORISED, plan_for
 from fastapi_channels.listeners import ChannelListener, SocketListener, handlers
 from fastapi_channels.protocol import (
     ERROR,
+    JOIN,
+    LEAVE,
     MAX_ID_LENGTH,
+    PRESENCE,
     REPLY,
     SUBSCRIBE_REQUEST,
     SUBSCRIBE_RESPONSE,
@@ -183,8 +186,32 @@ class _Builder:
         )
         for event, name in handlers(cls).items():
             self._handler(channel, event, cls, name, channel_event=True)
+        history = cls.history
         for event, payload in cls.sends.items():
-            self._sent(channel, event, payload, channel_event=True)
+            kept = history is not None and history.keeps(event)
+            self._sent(channel, event, payload, channel_event=True, position=kept)
+        if cls.presence:
+            self._presence_events()
+
+    def _presence_events(self) -> None:
+        """The plain events of presence channels, described once."""
+        if PRESENCE in self.channels[_EVENTS]["messages"]:
+            return
+        member = {"type": "object", "required": ["id"], "description": "A member's public info."}
+        shapes: dict[str, tuple[str, dict[str, Any]]] = {
+            PRESENCE: ("Member list", {"members": {"type": "array", "items": member}}),
+            JOIN: ("A member joined", {"member": member}),
+            LEAVE: ("A member left", {"member": member}),
+        }
+        for event, (title, fields) in shapes.items():
+            data = {
+                "type": "object",
+                "required": ["channel", *fields],
+                "properties": {"channel": {"type": "string"}, **fields},
+            }
+            envelope = _packet(event, channel=False, request=False)
+            message = self._message(_EVENTS, event, envelope, None, extra=data, title=title)
+            self._operation(f"{_EVENTS}.{_ident(event)}.send", "send", _EVENTS, [message])
 
     def add_plain_listeners(self, classes: Iterable[type[SocketListener]]) -> None:
         for cls in classes:
@@ -219,13 +246,14 @@ class _Builder:
             description=_doc(handler),
         )
 
-    def _sent(self, channel: str, event: str, payload: Any, *, channel_event: bool) -> None:
+    def _sent(
+        self, channel: str, event: str, payload: Any, *, channel_event: bool, position: bool = False
+    ) -> None:
+        envelope = _packet(event, channel=channel_event, request=False)
+        if position:
+            envelope["properties"]["position"] = _POSITION
         message = self._message(
-            channel,
-            f"{event}.sent",
-            _packet(event, channel=channel_event, request=False),
-            (payload, "serialization"),
-            name=event,
+            channel, f"{event}.sent", envelope, (payload, "serialization"), name=event
         )
         self._operation(f"{channel}.{_ident(event)}.send", "send", channel, [message])
 
@@ -367,11 +395,28 @@ def _packet(event: str, *, channel: bool, request: bool) -> dict[str, Any]:
     return {"type": "object", "required": required, "properties": properties}
 
 
+_POSITION: dict[str, Any] = {
+    "type": "object",
+    "required": ["offset", "epoch"],
+    "description": "Where an event stands in a history channel: an offset within an epoch.",
+    "properties": {
+        "offset": {"type": "integer", "minimum": 0},
+        "epoch": {"type": "string", "minLength": 1, "maxLength": 64},
+    },
+}
+
+
 def _subscribe_request() -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["channel"],
-        "properties": {"channel": {"type": "string", "description": "The concrete channel."}},
+        "properties": {
+            "channel": {"type": "string", "description": "The concrete channel."},
+            "since": {
+                **_POSITION,
+                "description": "On a history channel: the last position seen, to recover from.",
+            },
+        },
     }
 
 
@@ -383,6 +428,14 @@ def _subscribe_response() -> dict[str, Any]:
             "channel": {"type": "string", "description": "Exactly the requested string."},
             "successful": {"type": "boolean"},
             "reason": {"type": "string"},
+            "position": {
+                **_POSITION,
+                "description": "On a history channel: where the subscriber's events continue.",
+            },
+            "recovered": {
+                "type": "boolean",
+                "description": "When since was sent: whether every missed event is replayed.",
+            },
         },
     }
 

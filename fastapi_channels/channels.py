@@ -63,6 +63,12 @@ class Channels:
         info_guard: a FastAPI dependency guarding ``GET {path}/info`` (this process's counts
             per channel and counters); the route exists only when a guard is given. It should
             raise (e.g. ``HTTPException(403)``) for callers who may not see it.
+        presence_timeout: seconds after which the members of a process that stopped renewing
+            its presence (it died, or lost Redis) are dropped; each process renews every third
+            of it. Leaves are announced within four thirds of it.
+
+    Raises:
+        ConfigurationError: an option is out of range.
     """
 
     def __init__(
@@ -82,7 +88,10 @@ class Channels:
         extensions: Sequence[ConnectionExtension] = (),
         asyncapi: bool = True,
         info_guard: Callable[..., Any] | None = None,
+        presence_timeout: float = 30.0,
     ) -> None:
+        if not presence_timeout > 0:
+            raise ConfigurationError("presence_timeout must be a positive number of seconds")
         self.user_dependency = user
         self.extensions = list(extensions)
         provided = getattr(user, "connection_extension", None)
@@ -104,6 +113,7 @@ class Channels:
         self.server = SocketServer(
             broker if isinstance(broker, Broker) else create_broker(broker),
             max_name_length=self.limits.max_name_length,
+            presence_timeout=presence_timeout,
         )
         self.container.binder.bind(SocketServer, to=self.server)
         self.container.binder.bind(Channels, to=self)
@@ -210,14 +220,23 @@ class Channels:
         """Start the broker and build every listener; usable without an app in tests.
 
         Raises:
-            ConfigurationError: a listener or middleware cannot be built by the container.
+            ConfigurationError: a listener or middleware cannot be built by the container, or
+                a listener declares presence or history and the broker does not support it.
         """
         if self.dispatcher is not None:
             raise ConfigurationError("this Channels is already running")
+        broker = self.server.broker
+        for feature in ("history", "presence"):
+            if self.registry.uses(feature) and feature not in broker.capabilities:
+                raise ConfigurationError(
+                    f"a channel listener declares {feature}, which the {broker.name} broker "
+                    "does not support"
+                )
         middleware = [
             self.container.get(m) if isinstance(m, type) else m for m in self._middleware_spec
         ]
         self.registry.start(self.container, self.server, middleware)
+        self.server.bind(self.registry.channels)
         await self.server.start()
         self.dispatcher = Dispatcher(
             self.server, self.registry, self.limits, middleware, self.extensions

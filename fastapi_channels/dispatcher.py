@@ -5,6 +5,10 @@ top-level ``channel`` too). Every failure a client can cause is answered with a
 ``subscribe-channel-response`` (``successful: false``) or a ``channels:error`` packet and
 logged; it never escapes to the connection's reader or affects another connection.
 
+A subscribe request may carry ``since`` (the last position the client saw on a history
+channel); a new subscriber of a presence or history channel is caught up (member list, missed
+messages) right after the response, before any live frame of that channel.
+
 A packet that carries an ``id`` is answered exactly once with a ``channels:reply`` carrying it:
 the handler's return value, or the error that would otherwise have been a ``channels:error``
 packet. A subscribe request with an ``id`` gets its reply besides the Envuso response. Packets
@@ -20,6 +24,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi_channels.catchup import CaughtUp
 from fastapi_channels.connection import SocketConnection
 from fastapi_channels.errors import (
     BrokerError,
@@ -30,6 +35,7 @@ from fastapi_channels.errors import (
     Reject,
 )
 from fastapi_channels.extensions import ConnectionExtension
+from fastapi_channels.history import Position, parse_since
 from fastapi_channels.invocation import BoundHandler
 from fastapi_channels.limits import Limits
 from fastapi_channels.listeners import Subscription, _current_subscription
@@ -208,21 +214,59 @@ class Dispatcher:
     async def _subscribe(self, connection: SocketConnection, packet: SocketPacket) -> None:
         data = packet.data
         requested = data.get("channel") if isinstance(data, dict) else None
-        refusal = await self._try_subscribe(connection, requested, packet)
+        caught: CaughtUp | None = None
+        try:
+            since = parse_since(data.get("since") if isinstance(data, dict) else None)
+        except ProtocolError as exc:
+            refusal: _Refusal | None = _Refusal(exc.code, exc.message)
+        else:
+            refusal = await self._try_subscribe(connection, requested, packet)
+            caught = await self._catch_up(connection, requested, since, refusal)
         response: dict[str, Any] = {"channel": requested, "successful": refusal is None}
         if refusal is not None:
             response["reason"] = refusal.reason
             logger.info(
                 "connection %s: subscribe %r refused: %s", connection.id, requested, refusal.reason
             )
-        connection.push(encode(SUBSCRIBE_RESPONSE, response).decode())
-        if packet.id is None:
-            return
-        if refusal is None:
-            self._reply(connection, packet, {"channel": requested})
-        else:  # counted as a refused subscription, not as an error packet
-            frame = encode_reply_error(packet.id, refusal.code, refusal.reason, refusal.errors)
-            connection.push(frame.decode())
+        extra = caught.fields if caught is not None else {}
+        connection.push(encode(SUBSCRIBE_RESPONSE, {**response, **extra}).decode())
+        if packet.id is not None:
+            if refusal is None:
+                self._reply(connection, packet, {"channel": requested, **extra})
+            else:  # counted as a refused subscription, not as an error packet
+                frame = encode_reply_error(packet.id, refusal.code, refusal.reason, refusal.errors)
+                connection.push(frame.decode())
+        if caught is not None:
+            caught.finish(connection)
+
+    async def _catch_up(
+        self,
+        connection: SocketConnection,
+        requested: object,
+        since: Position | None,
+        refusal: _Refusal | None,
+    ) -> CaughtUp | None:
+        """What a new subscriber of a presence or history channel gets before live frames.
+
+        Never raises: on a failure the held frames are sent as they are.
+        """
+        if not isinstance(requested, str):
+            return None
+        subscription = connection.subscriptions.get(requested)
+        if subscription is None or subscription.route.catch_up is None:
+            return None
+        if refusal is not None:  # refused after subscribing (middleware raised late)
+            self.server.release(connection, requested)
+            return None
+        try:
+            caught: CaughtUp | None = await self._guard(
+                self.server.catch_up(connection, subscription, since)
+            )
+        except Exception:
+            logger.exception("connection %s: catching up on %r failed", connection.id, requested)
+            self.server.release(connection, requested)
+            return None
+        return caught
 
     async def _try_subscribe(
         self, connection: SocketConnection, requested: object, packet: SocketPacket

@@ -16,7 +16,7 @@ Handlers take Envuso's ``(self, connection, user, packet)`` or typed parameters 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import injector
 
 from fastapi_channels.errors import ConfigurationError
+from fastapi_channels.history import History, Position
 from fastapi_channels.invocation import HANDLER, IS_AUTHORISED, plan_for
 from fastapi_channels.middleware import Middleware
 from fastapi_channels.patterns import ChannelPattern
@@ -82,12 +83,20 @@ class ChannelListener:
         require_user: refuse subscriptions and events from anonymous connections.
         sends: the events this listener sends to its subscribers, with their data types
             (``{"message": ChatMessage}``); documentation only, for the AsyncAPI document.
+        presence: make the channels presence channels: subscribers get the member list
+            (``channels:presence``) and ``channels:join`` / ``channels:leave`` events, with
+            each member's `member_info` (see ``docs/presence-and-history.md``).
+        history: keep the channels' last broadcasts (a `History`): their events carry
+            a ``position``, and a subscriber coming back with its last position receives what
+            it missed.
     """
 
     pattern: ClassVar[ChannelPattern]
     middleware: ClassVar[Sequence[Middleware | type[Middleware]]] = ()
     require_user: ClassVar[bool] = False
     sends: ClassVar[Mapping[str, Any]] = {}
+    presence: ClassVar[bool] = False
+    history: ClassVar[History | None] = None
     _server: SocketServer
 
     async def is_authorised(self, connection: SocketConnection, user: Any) -> bool:
@@ -100,6 +109,20 @@ class ChannelListener:
         validated into it, and invalid data refuses the subscription.
         """
         return True
+
+    def member_info(
+        self, connection: SocketConnection, user: Any
+    ) -> Mapping[str, Any] | Awaitable[Mapping[str, Any]]:
+        """What the other subscribers of a presence channel see of ``user``; may be async.
+
+        Called when a user's connection makes it join a channel (its first connection on a
+        process), with `channel_name` set. The result is public: every subscriber of
+        the channel receives it. It must be JSON-serialisable; an ``id`` (the user key) is
+        added when it has none, so clients can match a ``channels:leave`` with a member. The
+        default is ``{"id": <user key>}``. If it raises, the member is listed with the
+        default (and the error is logged).
+        """
+        return {"id": connection.user_key}
 
     @property
     def channel_name(self) -> str:
@@ -119,12 +142,13 @@ class ChannelListener:
         """Alias of `channel_name`, Envuso's spelling."""
         return self.channel_name
 
-    async def broadcast(self, channel: str, event: str, data: Any = None) -> None:
+    async def broadcast(self, channel: str, event: str, data: Any = None) -> Position | None:
         """Send ``event`` to every subscriber of the concrete ``channel`` of this listener.
 
-        See `SocketServer.broadcast` for the behaviour under load.
+        Returns the message's position when the listener keeps a history. See
+        `SocketServer.broadcast` for the behaviour under load.
         """
-        await self._server.broadcast(type(self), channel, event, data)
+        return await self._server.broadcast(type(self), channel, event, data)
 
 
 class SocketListener:

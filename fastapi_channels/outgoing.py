@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 from pydantic_core import from_json
 
+from fastapi_channels.history import Position, with_position
 from fastapi_channels.listeners import _current_subscription
 from fastapi_channels.protocol import encode
 
@@ -70,6 +71,8 @@ class OutgoingFilter:
         try:
             packet = from_json(frame)
             event, data = packet["event"], packet.get("data")
+            position = packet.get("position")
+            at = Position(position["offset"], position["epoch"]) if position else None
         except (ValueError, KeyError, TypeError):
             logger.error("dropping an undecodable frame on %s", subscription.channel)
             return
@@ -88,8 +91,10 @@ class OutgoingFilter:
                         continue
                     if result is data:
                         connection.push(frame)
-                    else:
+                    elif at is None:
                         connection.push(encode(event, result, channel).decode())
+                    else:  # a history channel's event keeps its position
+                        connection.push(with_position(encode(event, result, channel).decode(), at))
                 except Exception:
                     failures += 1
                     if failures == 1:

@@ -24,8 +24,11 @@ __all__ = [
     "CHANNEL_NAME_RE",
     "DISCONNECT",
     "ERROR",
+    "JOIN",
+    "LEAVE",
     "MAX_ID_LENGTH",
     "PONG",
+    "PRESENCE",
     "READY",
     "REPLY",
     "RESERVED_EVENTS",
@@ -58,6 +61,12 @@ AUTHENTICATE_RESPONSE: Final = "channels:authenticate-response"
 "reason"?: <string>}``."""
 REPLY: Final = "channels:reply"
 """Our reply packet's event name: the answer to a client packet that carried an ``id``."""
+PRESENCE: Final = "channels:presence"
+"""Server → client, after subscribing to a presence channel: ``data: {"channel", "members"}``."""
+JOIN: Final = "channels:join"
+"""Server → client: a member joined a presence channel, ``data: {"channel", "member"}``."""
+LEAVE: Final = "channels:leave"
+"""Server → client: a member left a presence channel, ``data: {"channel", "member"}``."""
 BATCH: Final = "channels:batch"
 """Our batching option: a client asks for it, the server answers with the same event."""
 
@@ -74,6 +83,9 @@ RESERVED_EVENTS: Final = frozenset(
         AUTHENTICATE,
         AUTHENTICATE_RESPONSE,
         REPLY,
+        PRESENCE,
+        JOIN,
+        LEAVE,
         BATCH,
     }
 )

@@ -14,7 +14,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from fastapi_channels.catchup import CatchUp
 from fastapi_channels.errors import ConfigurationError
+from fastapi_channels.history import History
 from fastapi_channels.invocation import HANDLER, IS_AUTHORISED, BoundHandler, plan_for
 from fastapi_channels.listeners import ChannelListener, SocketListener, handlers, outgoing_hook
 from fastapi_channels.middleware import Middleware, hooks_for
@@ -38,6 +40,10 @@ class ChannelRoute:
     Attributes:
         authorise: the listener's ``is_authorised``, with its plan.
         outgoing: the listener's outgoing filter; None keeps broadcasts encode-once.
+        history: the listener's history declaration, if any.
+        presence: whether the listener's channels are presence channels.
+        catch_up: holds live frames for new subscribers of a presence or history channel
+            while they are caught up; None for other channels (their fan-out is untouched).
     """
 
     pattern: ChannelPattern
@@ -48,6 +54,9 @@ class ChannelRoute:
     require_user: bool
     authorise: BoundHandler
     outgoing: OutgoingFilter | None = None
+    history: History | None = None
+    presence: bool = False
+    catch_up: CatchUp | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -84,6 +93,7 @@ class ListenerRegistry:
             handlers(cls)
             plan_for(cls, "is_authorised", IS_AUTHORISED)
             outgoing_hook(cls)
+            _check_features(cls)
             self._patterns.add(pattern, cls)
         elif isinstance(cls, type) and issubclass(cls, SocketListener):
             event = cls.__dict__.get("event")
@@ -147,6 +157,9 @@ class ListenerRegistry:
                     outgoing=None
                     if hook is None
                     else OutgoingFilter(getattr(instance, hook[0]), hook[1]),
+                    history=cls.history,
+                    presence=cls.presence,
+                    catch_up=CatchUp() if cls.presence or cls.history is not None else None,
                 ),
             )
         events: dict[str, EventRoute] = {}
@@ -162,10 +175,24 @@ class ListenerRegistry:
             )
         self.channels, self.events = channels, events
 
+    def uses(self, feature: str) -> bool:
+        """Whether a registered channel listener declares ``"history"`` or ``"presence"``."""
+        return any(
+            cls.presence if feature == "presence" else cls.history is not None
+            for cls in self._patterns
+        )
+
     def classes(self) -> Iterable[type[ChannelListener] | type[SocketListener]]:
         """Every registered class."""
         yield from self._patterns
         yield from self._events.values()
+
+
+def _check_features(cls: type[ChannelListener]) -> None:
+    if cls.history is not None and not isinstance(cls.history, History):
+        raise ConfigurationError(f"{cls.__qualname__}.history must be a History or None")
+    if not isinstance(cls.presence, bool):
+        raise ConfigurationError(f"{cls.__qualname__}.presence must be True or False")
 
 
 def _build(container: injector.Injector, cls: type[_T]) -> _T:

@@ -9,6 +9,12 @@ recipients whose data the filter changed (see `fastapi_channels.outgoing`).
 A fan-out to more than ``FAN_OUT_CHUNK`` connections is cut into chunks with a turn of the event
 loop between them, so a broadcast to a huge channel never blocks the loop for long; fan-outs
 then run strictly in arrival order, so every connection still gets its frames in publish order.
+
+Presence and history channels (see `fastapi_channels.presence` and
+`fastapi_channels.history`) add state in the broker: a broadcast on a history channel is
+stored and delivered with its position, and a new subscriber of either kind is caught up (see
+`fastapi_channels.catchup`) before it gets live frames. Other channels take none of these
+paths.
 """
 
 from __future__ import annotations
@@ -21,16 +27,30 @@ from collections import deque
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
-from fastapi_channels.brokers.base import Broker
-from fastapi_channels.errors import CloseCode, InvalidChannel, ProtocolError
+from pydantic_core import from_json
+
+from fastapi_channels.brokers.base import Broker, Position
+from fastapi_channels.catchup import CaughtUp, Held, Reconnects
+from fastapi_channels.errors import BrokerError, CloseCode, InvalidChannel, ProtocolError
+from fastapi_channels.history import (
+    NO_ENTRIES,
+    History,
+    HistoryPage,
+    StoredMessage,
+    position_data,
+    recover,
+    with_position,
+)
 from fastapi_channels.listeners import ChannelListener
-from fastapi_channels.patterns import ChannelPattern
+from fastapi_channels.patterns import ChannelPattern, PatternTable
+from fastapi_channels.presence import PRESENCE_TOPIC, Presence, members_frame
 from fastapi_channels.protocol import encode, validate_channel_name
 from fastapi_channels.stats import Stats
 
 if TYPE_CHECKING:
     from fastapi_channels.connection import SocketConnection
     from fastapi_channels.listeners import Subscription
+    from fastapi_channels.registry import ChannelRoute
 
 __all__ = ["FAN_OUT_CHUNK", "SocketServer"]
 
@@ -54,12 +74,21 @@ _BACKLOG_LIMIT = 32
 class _FanOut:
     """A fan-out in progress: the recipients fixed at arrival, and how far it got."""
 
-    __slots__ = ("channel", "connections", "frame", "index")
+    __slots__ = ("channel", "connections", "filtered", "frame", "index", "position")
 
-    def __init__(self, connections: list[SocketConnection], frame: str, channel: str | None):
+    def __init__(
+        self,
+        connections: list[SocketConnection],
+        frame: str,
+        channel: str | None,
+        position: Position | None = None,
+        filtered: bool = True,
+    ):
         self.connections = connections
         self.frame = frame
         self.channel = channel
+        self.position = position
+        self.filtered = filtered
         self.index = 0
 
 
@@ -71,14 +100,21 @@ class SocketServer:
     waits for delivery, and a slow or dead recipient never delays the others.
     """
 
-    def __init__(self, broker: Broker, *, max_name_length: int = 200) -> None:
+    def __init__(
+        self, broker: Broker, *, max_name_length: int = 200, presence_timeout: float = 30.0
+    ) -> None:
         self.broker = broker
         self._max_name_length = max_name_length
+        self._routes: PatternTable[ChannelRoute] = PatternTable()
+        self.presence_tracker = Presence(broker, presence_timeout)
+        """This process's presence bookkeeping (see `fastapi_channels.presence`)."""
         self._connections: dict[str, SocketConnection] = {}
         self._channels: dict[str, set[SocketConnection]] = {}
         # A user's connections as a tuple: most users have one or two, and a 1-tuple is a
         # quarter of an empty set's size (this dict holds an entry per connected user).
         self._users: dict[str, tuple[SocketConnection, ...]] = {}
+        self.reconnects = Reconnects(broker, self._channels, _CHANNEL)
+        """Catches history channels up after a broker outage (see `.catchup`)."""
         self._removals: set[asyncio.Future[None]] = set()
         self._empty = asyncio.Event()
         self._empty.set()
@@ -89,9 +125,20 @@ class SocketServer:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def bind(self, routes: PatternTable[ChannelRoute]) -> None:
+        """Give the server the started channel routes (for history and presence by name)."""
+        self._routes = routes
+
     async def start(self) -> None:
-        """Start the broker and begin fanning out what it delivers."""
-        await self.broker.start(self._on_message)
+        """Start the broker and begin fanning out what it delivers.
+
+        Presence renewals start too when a channel listener declares presence.
+        """
+        await self.broker.start(self._on_message, self._on_stored)
+        if any(route.presence for route in self._routes):
+            self.presence_tracker.start()
+        if any(route.catch_up is not None for route in self._routes):
+            self.reconnects.start()
 
     async def stop(
         self, reason: str = "server shutting down", timeout: float = 5.0, spread: float = 0.0
@@ -108,6 +155,10 @@ class SocketServer:
             hint = random.uniform(0, spread) if spread > 0 else None
             connection.close_soon(CloseCode.SERVICE_RESTART, reason, reconnect_after=hint)
         await asyncio.gather(*(c.wait_closed(timeout) for c in connections))
+        if self.presence_tracker.running:  # leave while the broker can still announce it
+            await asyncio.gather(*(self.remove_connection(c) for c in connections))
+            await self.presence_tracker.stop()
+        await self.reconnects.stop()
         await self.broker.stop()
         self._backlog.clear()
         self._release_waiters()
@@ -222,36 +273,199 @@ class SocketServer:
                 await self.broker.unsubscribe(_USER + key)  # type: ignore[operator]
 
     async def add_subscription(self, connection: SocketConnection, sub: Subscription) -> None:
-        """Subscribe ``connection``; returns once broadcasts to the channel will reach it."""
+        """Subscribe ``connection``; returns once broadcasts to the channel will reach it.
+
+        On a presence or history channel, live frames are then held for the connection until
+        `catch_up` has run (or `release` is called).
+        """
+        route: ChannelRoute | None = sub.route  # None for a subscription made by hand, in tests
+        catch_up = route.catch_up if route is not None else None
+        if catch_up is not None:
+            catch_up.hold(sub.channel, connection)
         subscribers = self._channels.get(sub.channel)
         if subscribers is None:
             subscribers = self._channels[sub.channel] = set()
             try:
-                await self.broker.subscribe(_CHANNEL + sub.channel)
+                await self._subscribe_topics(route, sub.channel)
             except BaseException:
                 if not subscribers:
                     self._channels.pop(sub.channel, None)
+                if catch_up is not None:
+                    catch_up.release(sub.channel, connection)
                 raise
         subscribers.add(connection)
         connection.subscriptions[sub.channel] = sub
 
+    async def _subscribe_topics(self, route: ChannelRoute | None, channel: str) -> None:
+        await self.broker.subscribe(_CHANNEL + channel)
+        if route is not None and route.presence:
+            try:
+                await self.broker.subscribe(PRESENCE_TOPIC + channel)
+            except BaseException:
+                await self.broker.unsubscribe(_CHANNEL + channel)
+                raise
+            self.presence_tracker.watch(channel)
+
     async def remove_subscription(self, connection: SocketConnection, channel: str) -> bool:
         """Unsubscribe ``connection`` from ``channel``; returns whether it was subscribed."""
-        if connection.subscriptions.pop(channel, None) is None:
+        sub = connection.subscriptions.pop(channel, None)
+        if sub is None:
             return False
+        route: ChannelRoute | None = sub.route
+        presence = route is not None and route.presence
+        if route is not None and route.catch_up is not None:
+            route.catch_up.release(channel, connection)
         subscribers = self._channels.get(channel)
         if subscribers is not None:
             subscribers.discard(connection)
             if not subscribers:
                 del self._channels[channel]
+                self.reconnects.forget(channel)
                 await self.broker.unsubscribe(_CHANNEL + channel)
+                if presence:
+                    self.presence_tracker.unwatch(channel)
+                    await self.broker.unsubscribe(PRESENCE_TOPIC + channel)
+        if presence:
+            await self.presence_tracker.remove(connection, channel)
         return True
+
+    async def catch_up(
+        self, connection: SocketConnection, sub: Subscription, since: Position | None = None
+    ) -> CaughtUp | None:
+        """Prepare what a new subscriber of a presence or history channel gets first.
+
+        Registers the connection's user as a member (presence), reads the member list and,
+        for a history channel, the messages after ``since``. Returns None when nothing is held
+        for this subscription (another kind of channel, or it was subscribed already). The
+        caller sends the subscribe response with `CaughtUp.fields`, then calls
+        `CaughtUp.finish`, which also stops holding live frames. Broker failures are
+        logged, not raised: the member list is then left out, and a history channel answers
+        without a position (``recovered: false`` when ``since`` was given).
+        """
+        route = sub.route
+        catch_up = route.catch_up
+        if catch_up is None or not catch_up.holding(sub.channel, connection):
+            return None
+        caught = CaughtUp(sub)
+        if route.presence:
+            tracker = self.presence_tracker
+            await tracker.add(connection, sub)
+            caught.skip = tracker.join_frame(sub.channel, connection.user_key)
+            try:
+                members = await self.presence_tracker.members(sub.channel)
+            except BrokerError as exc:
+                logger.warning("no member list for %r: %s", sub.channel, exc)
+            else:
+                caught.frames.append(Held(members_frame(sub.channel, members), filtered=False))
+        if route.history is not None:
+            await self._recover(caught, route.history, sub.channel, since)
+        return caught
+
+    async def _recover(
+        self, caught: CaughtUp, history: History, channel: str, since: Position | None
+    ) -> None:
+        after = NO_ENTRIES if since is None else since.offset
+        try:
+            stored = await self.broker.read_stored(_CHANNEL + channel, history.retention, after)
+        except BrokerError as exc:
+            logger.warning("no history for %r: %s", channel, exc)
+            if since is not None:
+                caught.fields["recovered"] = False
+            return
+        position, missed, recovered = recover(stored, since)
+        self.reconnects.note(channel, Position(stored.top, stored.epoch))
+        caught.fields["position"] = position_data(position)
+        if since is not None:
+            caught.fields["recovered"] = recovered
+        caught.last = position
+        for entry in missed:
+            at = Position(entry.offset, stored.epoch)
+            caught.frames.append(Held(with_position(entry.data.decode(), at), at))
+            caught.last = at
+
+    def release(self, connection: SocketConnection, channel: str) -> None:
+        """Stop holding live frames for ``connection`` on ``channel`` and send what was held."""
+        sub = connection.subscriptions.get(channel)
+        if sub is not None:
+            CaughtUp(sub).finish(connection)
+
+    # ------------------------------------------------------------------ presence, history
+
+    def _route(self, channel: str, feature: str) -> ChannelRoute:
+        try:
+            validate_channel_name(channel, self._max_name_length)
+        except ProtocolError as exc:
+            raise InvalidChannel(f"invalid channel {channel!r}: {exc.message}") from None
+        resolved = self._routes.resolve(channel)
+        route = resolved[0] if resolved is not None else None
+        if route is None or not (route.presence if feature == "presence" else route.history):
+            raise InvalidChannel(f"channel {channel!r} is not a {feature} channel")
+        return route
+
+    async def presence(self, channel: str) -> list[dict[str, Any]]:
+        """The members of a presence channel, on every process: each one's member info.
+
+        Members of a process that stopped renewing (see ``presence_timeout``) are left out,
+        and their leaves announced.
+
+        Raises:
+            InvalidChannel: ``channel`` is not a presence channel.
+            BrokerError: the broker could not be read.
+        """
+        self._route(channel, "presence")
+        members = await self.presence_tracker.members(channel)
+        return [from_json(members[key]) for key in sorted(members)]
+
+    async def presence_count(self, channel: str) -> int:
+        """How many members a presence channel has, on every process (users, not connections).
+
+        Raises:
+            InvalidChannel: ``channel`` is not a presence channel.
+            BrokerError: the broker could not be read.
+        """
+        self._route(channel, "presence")
+        return await self.presence_tracker.count(channel)
+
+    async def history(
+        self, channel: str, *, limit: int | None = None, since: Position | None = None
+    ) -> HistoryPage:
+        """Read a history channel's retained messages, from any process.
+
+        Without ``since``: the newest ``limit`` messages (all retained ones by default).
+        With ``since``: the first ``limit`` messages after it, and whether they continue it
+        (``recovered``); when they do not (another epoch, or messages no longer retained),
+        the oldest retained ones.
+
+        Raises:
+            InvalidChannel: ``channel`` is not a history channel.
+            BrokerError: the broker could not be read.
+        """
+        history = self._route(channel, "history").history
+        assert history is not None
+        after = 0 if since is None else since.offset
+        stored = await self.broker.read_stored(_CHANNEL + channel, history.retention, after)
+        recovered: bool | None = None
+        entries = stored.entries
+        if since is not None:
+            recovered = recover(stored, since)[2]
+            if not recovered and since.epoch != stored.epoch:
+                everything = await self.broker.read_stored(_CHANNEL + channel, history.retention)
+                entries = everything.entries
+            entries = entries[:limit] if limit is not None else entries
+        elif limit is not None:
+            entries = entries[-limit:] if limit > 0 else []
+        messages = []
+        for entry in entries:
+            packet = from_json(entry.data)
+            position = Position(entry.offset, stored.epoch)
+            messages.append(StoredMessage(position, packet["event"], packet.get("data")))
+        return HistoryPage(messages, Position(stored.top, stored.epoch), recovered)
 
     # ------------------------------------------------------------------ sending
 
     async def broadcast(
         self, listener: ListenerRef, channel: str, event: str, data: Any = None
-    ) -> None:
+    ) -> Position | None:
         """Send ``event`` to every subscriber of the concrete ``channel``, on every process.
 
         Only subscribers of exactly ``channel`` receive it (never those of other channels that
@@ -260,6 +474,11 @@ class SocketServer:
         overflow policy and does not delay the others. While more than a few large fan-outs
         wait for their turn in this process, this waits for them first (backpressure on a
         publisher that outruns the sockets).
+
+        When the listener keeps a history (of this event), the message is stored first and
+        delivered with its position, which is returned; if it cannot be stored (Redis
+        unreachable) it is delivered nowhere and ``BrokerError`` is raised. Otherwise None is
+        returned.
 
         Args:
             listener: the listener class (or instance, or pattern) that serves ``channel``.
@@ -274,7 +493,18 @@ class SocketServer:
         self._check_channel(listener, channel)
         if len(self._backlog) > _BACKLOG_LIMIT:
             await self._wait_drained()
-        await self.broker.publish(_CHANNEL + channel, encode(event, data, channel))
+        history = self._history_of(listener, channel)
+        if history is None or not history.keeps(event):
+            await self.broker.publish(_CHANNEL + channel, encode(event, data, channel))
+            return None
+        frame = encode(event, data, channel)
+        return await self.broker.publish_stored(_CHANNEL + channel, frame, history.retention)
+
+    def _history_of(self, listener: ListenerRef, channel: str) -> History | None:
+        if not isinstance(listener, str):
+            return listener.history
+        resolved = self._routes.resolve(channel)
+        return resolved[0].history if resolved is not None else None
 
     async def send_to_user(self, user_id: object, event: str, data: Any = None) -> None:
         """Send a plain event to every connection of one user, on every process."""
@@ -314,6 +544,9 @@ class SocketServer:
             if subscribers:
                 self._fan_out(subscribers, data.decode(), name)
             return
+        if topic.startswith(PRESENCE_TOPIC):
+            self._on_announcement(topic[2:], data)
+            return
         targets = self._users.get(topic[2:])
         if not targets:
             return
@@ -331,14 +564,37 @@ class SocketServer:
         else:
             logger.error("dropping a message of unknown kind %r on %s", kind, topic)
 
+    def _on_stored(self, topic: str, data: bytes, position: Position) -> None:
+        """Fan out a stored message of a history channel, with its position."""
+        name = topic[2:]
+        subscribers = self._channels.get(name)
+        if subscribers:
+            self.reconnects.saw(name, position)
+            self._fan_out(subscribers, with_position(data.decode(), position), name, position)
+
+    def _on_announcement(self, name: str, data: bytes) -> None:
+        """Fan out a presence announcement (a plain event, never filtered)."""
+        subscribers = self._channels.get(name)
+        if subscribers:
+            self._fan_out(subscribers, data.decode(), name, filtered=False)
+
     def _fan_out(
-        self, connections: Collection[SocketConnection], frame: str, channel: str | None
+        self,
+        connections: Collection[SocketConnection],
+        frame: str,
+        channel: str | None,
+        position: Position | None = None,
+        filtered: bool = True,
     ) -> None:
-        """Hand ``frame`` to ``connections``: now if few and nothing waits, else in turn."""
+        """Hand ``frame`` to ``connections``: now if few and nothing waits, else in turn.
+
+        ``position`` and ``filtered`` matter on presence and history channels only (see
+        `_deliver`).
+        """
         if not self._backlog and len(connections) <= FAN_OUT_CHUNK:
-            _deliver(connections, channel, frame)
+            _deliver(connections, channel, frame, position, filtered)
             return
-        self._backlog.append(_FanOut(list(connections), frame, channel))
+        self._backlog.append(_FanOut(list(connections), frame, channel, position, filtered))
         if len(self._backlog) == 1:
             self._drain()
 
@@ -358,7 +614,7 @@ class SocketServer:
             channel = job.channel
             if channel is not None:
                 chunk = [c for c in chunk if channel in c.subscriptions]
-            _deliver(chunk, channel, job.frame)
+            _deliver(chunk, channel, job.frame, job.position, job.filtered)
             budget -= end - start
             job.index = end
             if end == len(job.connections):
@@ -379,8 +635,19 @@ class SocketServer:
             drained.set_result(None)
 
 
-def _deliver(connections: Collection[SocketConnection], channel: str | None, frame: str) -> None:
-    """Hand over an event; a channel event goes through its listener's outgoing filter, if any."""
+def _deliver(
+    connections: Collection[SocketConnection],
+    channel: str | None,
+    frame: str,
+    position: Position | None = None,
+    filtered: bool = True,
+) -> None:
+    """Hand over an event; a channel event goes through its listener's outgoing filter, if any.
+
+    On a presence or history channel, the frame is held for subscribers being caught up;
+    ``position`` is a stored message's, and ``filtered=False`` (presence announcements) skips
+    the outgoing filter.
+    """
     if not connections:
         return
     if channel is None:
@@ -388,6 +655,10 @@ def _deliver(connections: Collection[SocketConnection], channel: str | None, fra
         return
     subscription = next(iter(connections)).subscriptions.get(channel)
     route = subscription.route if subscription is not None else None
+    if route is not None and route.catch_up is not None:
+        held = Held(frame, position, filtered)
+        route.catch_up.deliver(connections, subscription, held)  # type: ignore[arg-type]
+        return
     outgoing = route.outgoing if route is not None else None
     if outgoing is None or subscription is None:
         _fan_out(connections, frame)

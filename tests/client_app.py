@@ -7,6 +7,9 @@ anonymous connection. The token is read from
 the subprotocol offer (the first value, or the value after ``bearer``), the ``Authorization``
 header or the ``token`` query parameter.
 
+``feed:*`` channels keep a history (the last 20 events) and are presence channels, for the
+clients' position tracking, recovery and member lists.
+
 ``/replies`` answers every packet that has an ``id`` with a ``channels:reply`` (an ``error`` for
 the event ``fail``, nothing for ``ignore``), so the clients' ``request`` is tested apart from any
 listener.
@@ -27,6 +30,7 @@ from pydantic import BaseModel
 from fastapi_channels import (
     ChannelListener,
     Channels,
+    History,
     Limits,
     Reject,
     SocketConnection,
@@ -79,6 +83,18 @@ class PrivateChannel(ChannelListener):
 
     async def is_authorised(self, connection: SocketConnection, user: Any) -> bool:
         return user is not None and user["id"] == self.wildcard
+
+
+@channel("feed:*")
+class FeedChannel(ChannelListener):
+    """Keeps the last 20 events; a presence channel; ``say`` is broadcast back as ``said``."""
+
+    history = History(size=20)
+    presence = True
+
+    @channel.on("say")
+    async def say(self, connection: SocketConnection, user: Any, packet: SocketPacket) -> None:
+        await self.broadcast(self.channel_name, "said", packet.data)
 
 
 @listener("whoami")
@@ -149,7 +165,7 @@ def create_app(limits: Limits | None = None) -> FastAPI:
     """Build a fresh app (one ``Channels`` per app)."""
     channels = Channels(
         token_user,
-        listeners=[PublicChannel, PrivateChannel, WhoAmI, Echo, Add],
+        listeners=[PublicChannel, PrivateChannel, FeedChannel, WhoAmI, Echo, Add],
         limits=limits,
     )
     app = FastAPI()
@@ -157,9 +173,10 @@ def create_app(limits: Limits | None = None) -> FastAPI:
     app.add_api_websocket_route("/replies", _replies)
 
     @app.post("/_test/publish")
-    async def publish(body: Publish, server: Server) -> dict[str, bool]:
-        await server.broadcast(PublicChannel, body.channel, body.event, body.data)
-        return {"ok": True}
+    async def publish(body: Publish, server: Server) -> dict[str, Any]:
+        listener = FeedChannel if body.channel.startswith("feed:") else PublicChannel
+        position = await server.broadcast(listener, body.channel, body.event, body.data)
+        return {"ok": True, "offset": position.offset if position else None}
 
     @app.post("/_test/close")
     async def close(body: Close, server: Server) -> dict[str, int]:

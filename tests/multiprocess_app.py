@@ -2,11 +2,14 @@
 
 Its broker comes from ``FASTAPI_CHANNELS_BROKER_URL``, as in a deployment; a connection's user is
 the ``?user=`` query parameter. The HTTP routes send from whichever process serves them, and
-answer 503 when Redis could not take the message (local subscribers got it anyway).
+answer 503 when Redis could not take the message (local subscribers got it anyway, except on a
+history channel). ``lobby:*`` channels are presence channels with a history; the presence
+timeout is ``PRESENCE_TIMEOUT`` seconds (30 by default).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable
 from typing import Any
 
@@ -14,7 +17,15 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 
-from fastapi_channels import BrokerError, ChannelListener, Channels, Inject, SocketServer, channel
+from fastapi_channels import (
+    BrokerError,
+    ChannelListener,
+    Channels,
+    History,
+    Inject,
+    SocketServer,
+    channel,
+)
 
 
 @channel("room:*")
@@ -22,11 +33,21 @@ class Room(ChannelListener):
     pass
 
 
+@channel("lobby:*")
+class Lobby(ChannelListener):
+    presence = True
+    history = History(size=50)
+
+
 def user_from_query(connection: HTTPConnection) -> str | None:
     return connection.query_params.get("user")
 
 
-channels = Channels(user=user_from_query, listeners=[Room])
+channels = Channels(
+    user=user_from_query,
+    listeners=[Room, Lobby],
+    presence_timeout=float(os.environ.get("PRESENCE_TIMEOUT", "30")),
+)
 app = FastAPI()
 app.include_router(channels.router)
 
@@ -44,6 +65,13 @@ async def broadcast(
     room: str, body: dict[str, Any], server: SocketServer = Inject(SocketServer)
 ) -> JSONResponse:
     return await sent(server.broadcast(Room, f"room:{room}", "message", body))
+
+
+@app.post("/lobbies/{lobby}")
+async def post_to_lobby(
+    lobby: str, body: dict[str, Any], server: SocketServer = Inject(SocketServer)
+) -> JSONResponse:
+    return await sent(server.broadcast(Lobby, f"lobby:{lobby}", "message", body))
 
 
 @app.post("/users/{user}/poke")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from fastapi_channels import (
     ChannelListener,
     Channels,
+    History,
     SocketConnection,
     SocketListener,
     SocketPacket,
@@ -233,3 +234,30 @@ def test_the_document_is_built_once_and_has_no_servers_without_a_host() -> None:
     assert "servers" not in first
     assert channels.asyncapi(title="t", version="1")["channels"] is first["channels"]
     assert channels.asyncapi(host="h:1", protocol="wss")["servers"]["main"]["protocol"] == "wss"
+
+
+@channel("room:*")
+class Room(ChannelListener):
+    presence = True
+    history = History(size=10, events={"message"})
+    sends = {"message": ChatMessage, "typing": str}
+
+
+def test_presence_and_history_are_described() -> None:
+    document = Channels(listeners=[Room, Lobby]).asyncapi()
+    validator().validate(document)
+    for ref in refs(document):
+        resolve(document, ref)
+    room = document["channels"]["Room"]["messages"]
+    kept = room["message.sent"]["payload"]["properties"]
+    assert kept["position"]["required"] == ["offset", "epoch"]
+    assert "position" not in room["typing.sent"]["payload"]["properties"]  # not kept
+    events = document["channels"]["events"]["messages"]
+    for event in ("channels:presence", "channels:join", "channels:leave"):
+        assert any(message["name"] == event for message in events.values()), event
+    replies = document["channels"]["replies"]["messages"]
+    response = replies["subscribe-channel-response"]["payload"]["properties"]["data"]
+    assert {"position", "recovered"} <= set(response["properties"])
+    # Without presence listeners, no presence events.
+    plain = Channels(listeners=[Lobby]).asyncapi()["channels"]["events"]["messages"]
+    assert not any(message["name"] == "channels:join" for message in plain.values())

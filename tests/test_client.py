@@ -30,21 +30,9 @@ from fastapi_channels.client import (
 )
 from tests.client_app import create_app, create_jwt_app
 from tests.live import live_server
-from tests.proxy import TcpProxy, tcp_proxy
+from tests.proxy import TcpProxy
 
 FAST = Backoff(initial=0.02, maximum=0.2)
-
-
-@pytest.fixture
-async def address() -> AsyncIterator[str]:
-    async with live_server(create_app()) as address:
-        yield address
-
-
-@pytest.fixture
-async def proxy(address: str) -> AsyncIterator[TcpProxy]:
-    async with tcp_proxy(int(address.rsplit(":", 1)[1])) as proxy:
-        yield proxy
 
 
 async def post(address: str, path: str, body: dict[str, Any]) -> None:
@@ -405,6 +393,7 @@ def test_the_public_names_of_the_client() -> None:
         "ConnectionClosed",
         "Packet",
         "PacketStream",
+        "Position",
         "Refused",
         "RenewalError",
         "ReplyError",

@@ -231,3 +231,45 @@ async def test_uvicorn_shutdown_lets_handlers_finish_and_closes_with_1012() -> N
                 await ws.recv()
     assert ws.close_code == 1012
     assert channels.server.connections == []
+
+
+@channel("risky")
+class Risky(ChannelListener):
+    @channel.on("crash")
+    async def crash(self, connection: SocketConnection, user: Any, packet: Any) -> None:
+        raise RuntimeError("handler bug")
+
+    @channel.on("hang")
+    async def hang(self, connection: SocketConnection, user: Any, packet: Any) -> None:
+        await asyncio.Event().wait()
+
+    @channel.on("say")
+    async def say(self, connection: SocketConnection, user: Any, packet: Any) -> None:
+        await self.broadcast("risky", "said", packet.data)
+
+
+async def test_a_handler_that_raises_or_hangs_fails_only_that_request_over_the_wire() -> None:
+    channels = Channels(listeners=[Risky], limits=Limits(handler_timeout=0.3))
+    app = FastAPI()
+    app.include_router(channels.router)
+    subscribe = SUBSCRIBE.replace('"room"', '"risky"')
+    async with (
+        live_server(app) as address,
+        websockets.connect(f"ws://{address}/ws") as faulty,
+        websockets.connect(f"ws://{address}/ws") as bystander,
+    ):
+        for ws in (faulty, bystander):
+            await ws.recv()
+            await ws.send(subscribe)
+            await ws.recv()
+        for event, code in (("crash", "handler-error"), ("hang", "handler-timeout")):
+            await faulty.send(json.dumps({"event": event, "channel": "risky"}))
+            await bystander.send(json.dumps({"event": "say", "channel": "risky", "data": event}))
+            assert json.loads(await bystander.recv())["data"] == event
+            # the faulty connection gets the bystander's message and its own error, in order
+            packets = [json.loads(await faulty.recv()) for _ in range(2)]
+            errors = [p["data"]["code"] for p in packets if p["event"] == "channels:error"]
+            assert errors == [code]
+        await faulty.send(json.dumps({"event": "say", "channel": "risky", "data": "still here"}))
+        for ws in (faulty, bystander):
+            assert json.loads(await ws.recv())["data"] == "still here"

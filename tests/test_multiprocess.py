@@ -26,6 +26,7 @@ from tests.redis_support import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 10.0
+PRESENCE_TIMEOUT = 1.0
 
 
 class Process:
@@ -43,7 +44,12 @@ class Process:
 
     def spawn(self) -> None:
         self.port = free_port()
-        env = {**os.environ, "FASTAPI_CHANNELS_BROKER_URL": self.broker_url, "PYTHONPATH": "."}
+        env = {
+            **os.environ,
+            "FASTAPI_CHANNELS_BROKER_URL": self.broker_url,
+            "PYTHONPATH": ".",
+            "PRESENCE_TIMEOUT": str(PRESENCE_TIMEOUT),
+        }
         args = [sys.executable, "-m", "uvicorn", "tests.multiprocess_app:app"]
         args += ["--host", "127.0.0.1", "--port", str(self.port), "--ws", "websockets-sansio"]
         args += ["--log-level", "warning"]
@@ -57,6 +63,12 @@ class Process:
     def output(self) -> str:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
+
+    def kill(self) -> None:
+        """End the process at once (SIGKILL): nothing of its shutdown runs."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=TIMEOUT)
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -157,6 +169,20 @@ class Client:
             "data": {"channel": channel, "successful": True},
         }
 
+    async def subscribe_to_lobby(
+        self, channel: str, since: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], list[Any]]:
+        """Subscribe to a presence and history channel: its response, then its members."""
+        data: dict[str, Any] = {"channel": channel}
+        if since is not None:
+            data["since"] = since
+        await self.ws.send(json.dumps({"event": "subscribe-channel-request", "data": data}))
+        response = await self.receive()
+        assert response["event"] == "subscribe-channel-response"
+        members = await self.receive()
+        assert members["event"] == "channels:presence"
+        return response["data"], members["data"]["members"]
+
 
 @pytest.fixture
 async def connect() -> AsyncIterator[Any]:
@@ -227,3 +253,46 @@ async def test_processes_survive_a_redis_restart(cluster: Cluster, connect: Any)
     assert (await bob.receive())["data"] == {"n": "after"}  # "during" never reached B
     assert (await cluster.a.post("/users/bob/poke")).status_code == 200
     assert (await bob.receive())["event"] == "poke"
+
+
+async def test_a_killed_process_leaves_no_ghost_and_a_restarted_one_recovers_positions(
+    cluster: Cluster, connect: Any
+) -> None:
+    ann = await connect(cluster.a, "ann")
+    bob = await connect(cluster.b, "bob")
+    await ann.subscribe_to_lobby("lobby:1")
+    response, members = await bob.subscribe_to_lobby("lobby:1")
+    assert members == [{"id": "ann"}, {"id": "bob"}]
+    epoch = response["position"]["epoch"]
+
+    # Process A dies without a word: its member goes within the presence timeout's bound.
+    loop = asyncio.get_running_loop()
+    killed_at = loop.time()
+    cluster.a.kill()
+    leave = await bob.receive()
+    assert leave == {
+        "event": "channels:leave",
+        "data": {"channel": "lobby:1", "member": {"id": "ann"}},
+    }
+    assert loop.time() - killed_at <= PRESENCE_TIMEOUT * 4 / 3 + 1.0  # the bound, and slack
+
+    # History written through process B survives B's restart: bob comes back and recovers.
+    assert (await cluster.b.post("/lobbies/1", {"n": 1})).status_code == 200
+    first = await bob.receive()
+    assert first["position"] == {"offset": 1, "epoch": epoch}
+    cluster.b.stop()
+    restarted = await start_process(cluster.b.broker_url)
+    try:
+        assert (await restarted.post("/lobbies/1", {"n": 2})).status_code == 200
+        assert (await restarted.post("/lobbies/1", {"n": 3})).status_code == 200
+        bob = await connect(restarted, "bob")
+        response, members = await bob.subscribe_to_lobby("lobby:1", since=first["position"])
+        assert response["recovered"] is True
+        assert members == [{"id": "bob"}]
+        missed = [await bob.receive() for _ in range(2)]
+        assert [(m["data"], m["position"]["offset"]) for m in missed] == [
+            ({"n": 2}, 2),
+            ({"n": 3}, 3),
+        ]
+    finally:
+        restarted.stop()

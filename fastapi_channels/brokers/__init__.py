@@ -8,10 +8,10 @@ the ``redis`` extra stays optional.
 from __future__ import annotations
 
 from fastapi_channels.brokers.base import Broker, MessageHandler
-from fastapi_channels.brokers.memory import MemoryBroker
+from fastapi_channels.brokers.memory import MemoryBroker, MemoryHub
 from fastapi_channels.errors import ConfigurationError
 
-__all__ = ["Broker", "MemoryBroker", "MessageHandler", "create_broker"]
+__all__ = ["Broker", "MemoryBroker", "MemoryHub", "MessageHandler", "create_broker"]
 
 
 def create_broker(url: str | None) -> Broker:

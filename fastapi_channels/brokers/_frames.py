@@ -12,6 +12,18 @@ A payload is a fixed header followed by one or more length-prefixed messages:
 ``origin`` identifies the publishing broker, so a process can skip its own messages (it has
 already delivered them locally). Decoding costs one ``struct`` unpack and one slice per message;
 the messages themselves are never inspected.
+
+A second, *scripted* framing carries one message published by a Redis Lua script (a stored
+message, a presence announcement), which every process delivers, the publishing one too:
+
+```text
++---------+--------------------+---------+---------+
+| version | header             | newline | message |
+| 1 byte  | ASCII, may be empty| 1 byte  | bytes   |
++---------+--------------------+---------+---------+
+```
+
+The header of a stored message is its position, ``<offset>:<epoch>``; an announcement has none.
 """
 
 from __future__ import annotations
@@ -20,9 +32,19 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import Final
 
-__all__ = ["ORIGIN_SIZE", "pack", "pack_batches", "unpack"]
+__all__ = [
+    "ORIGIN_SIZE",
+    "SCRIPTED",
+    "pack",
+    "pack_batches",
+    "pack_scripted",
+    "unpack",
+    "unpack_scripted",
+]
 
 VERSION: Final = 1
+SCRIPTED: Final = 2
+_SCRIPTED_BYTE: Final = bytes([SCRIPTED])
 ORIGIN_SIZE: Final = 8
 _HEADER: Final = struct.Struct(">B8s")
 _LENGTH: Final = struct.Struct(">I")
@@ -88,3 +110,22 @@ def unpack(payload: bytes) -> tuple[bytes, list[bytes]]:
         messages.append(payload[offset : offset + length])
         offset += length
     return origin, messages
+
+
+def pack_scripted(header: bytes, message: bytes) -> bytes:
+    """Frame one message in the scripted framing (the Lua scripts build the same bytes)."""
+    return _SCRIPTED_BYTE + header + b"\n" + message
+
+
+def unpack_scripted(payload: bytes) -> tuple[bytes, bytes]:
+    """Split a scripted payload into its header and its message.
+
+    Raises:
+        ValueError: the payload is not in the scripted framing.
+    """
+    if payload[:1] != _SCRIPTED_BYTE:
+        raise ValueError("not a scripted payload")
+    end = payload.find(b"\n", 1)
+    if end < 0:
+        raise ValueError("scripted payload without a header line")
+    return payload[1:end], payload[end + 1 :]

@@ -5,6 +5,17 @@ message once, publishes the bytes, and fans out whatever the broker delivers to 
 connections. Interest in a topic is reference-counted here, so a concrete broker sees one
 ``_subscribe`` when the first local subscriber arrives and one ``_unsubscribe`` when the last
 one leaves.
+
+Two optional capabilities keep state shared by every process (a broker lists what it supports
+in `Broker.capabilities`; the others raise `BrokerError`):
+
+* ``history``: stored topics. `Broker.publish_stored` appends a message to the topic's
+  history and publishes it, atomically, with its `Position` (an integer offset within an
+  epoch); `Broker.read_stored` reads what is retained.
+* ``presence``: who is in a topic, by member key, across processes. Each process registers its
+  own members and keeps itself alive with `Broker.presence_renew`; the members of a
+  process that stops renewing are swept by the others. Joins and leaves are announced on the
+  topic itself, atomically with the change, so every process sees them in one order.
 """
 
 from __future__ import annotations
@@ -12,16 +23,105 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
 
-__all__ = ["Broker", "BrokerHealth", "BrokerState", "MessageHandler"]
+from fastapi_channels.errors import BrokerError
+
+__all__ = [
+    "Announcements",
+    "Broker",
+    "BrokerHealth",
+    "BrokerState",
+    "MessageHandler",
+    "Position",
+    "Retention",
+    "Stored",
+    "StoredEntry",
+    "StoredHandler",
+]
 
 MessageHandler = Callable[[str, bytes], None]
 """Called with ``(topic, data)`` for every message on a subscribed topic, in publish order per
 publisher. It runs on the event loop and must not block."""
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a message stands in a stored topic's history.
+
+    Attributes:
+        offset: the message's number in the topic, from 1, without gaps: each stored message
+            gets the previous offset plus one.
+        epoch: names the history the offsets belong to. It changes when the history is lost
+            (a Redis restart without persistence, a topic idle past its retention), so an
+            offset is only meaningful together with its epoch.
+    """
+
+    offset: int
+    epoch: str
+
+
+StoredHandler = Callable[[str, bytes, Position], None]
+"""Called with ``(topic, data, position)`` for every stored message on a subscribed topic, in
+offset order. It runs on the event loop and must not block."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How much of a stored topic's history is kept.
+
+    Attributes:
+        size: the most messages kept (the newest ones).
+        ttl: seconds a message is kept after it was published; ``None`` keeps it until
+            ``size`` pushes it out.
+        keep: seconds the topic's position (its epoch and last offset) is kept after its last
+            publish; its history goes too, and a topic published again after that starts a
+            new epoch.
+    """
+
+    size: int
+    ttl: float | None
+    keep: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """One retained message of a stored topic: its offset and its bytes."""
+
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What `Broker.read_stored` found.
+
+    Attributes:
+        epoch: the topic's current epoch.
+        top: the offset of the topic's last message (0 when none was ever published).
+        entries: the retained messages after the requested offset, oldest first. Offsets are
+            consecutive and end at ``top`` (when any message is retained at all).
+    """
+
+    epoch: str
+    top: int
+    entries: list[StoredEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class Announcements:
+    """How a presence topic announces its changes: a packet is ``prefix + info + suffix``.
+
+    ``info`` is the member's stored info (bytes given when it joined). The broker publishes
+    the result on the presence topic when a member joins (``join``) or leaves (``leave``),
+    atomically with the change.
+    """
+
+    join: tuple[bytes, bytes]
+    leave: tuple[bytes, bytes]
 
 
 class BrokerState(StrEnum):
@@ -83,8 +183,12 @@ class Broker(ABC):
     name: ClassVar[str] = "broker"
     """The kind of broker, as shown by `health`."""
 
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    """The optional capabilities the broker implements: ``"history"``, ``"presence"``."""
+
     def __init__(self) -> None:
         self._handler: MessageHandler | None = None
+        self._stored_handler: StoredHandler | None = None
         self._interest: dict[str, int] = {}
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._state = BrokerState.STOPPED
@@ -149,14 +253,25 @@ class Broker(ABC):
         if self._handler is not None and topic in self._interest:
             self._handler(topic, data)
 
-    async def start(self, handler: MessageHandler) -> None:
-        """Start delivering messages on subscribed topics to ``handler``."""
+    def _deliver_stored(self, topic: str, data: bytes, position: Position) -> None:
+        """Hand one received stored message to the server, if this process wants the topic."""
+        if self._stored_handler is not None and topic in self._interest:
+            self._stored_handler(topic, data, position)
+
+    async def start(self, handler: MessageHandler, stored: StoredHandler | None = None) -> None:
+        """Start delivering messages on subscribed topics to ``handler``.
+
+        Stored messages (see `publish_stored`) go to ``stored``, with their position;
+        without it they are not delivered.
+        """
         self._handler = handler
+        self._stored_handler = stored
         self._set_state(BrokerState.CONNECTED)
 
     async def stop(self) -> None:
         """Stop delivering and release every resource; interest is forgotten."""
         self._handler = None
+        self._stored_handler = None
         self._interest.clear()
         self._set_state(BrokerState.STOPPED)
 
@@ -221,3 +336,121 @@ class Broker(ABC):
     @abstractmethod
     async def _unsubscribe(self, topic: str) -> None:
         """Stop receiving ``topic`` (called once, when interest drops to zero)."""
+
+    # ------------------------------------------------------------------ history (optional)
+
+    async def publish_stored(self, topic: str, data: bytes, retention: Retention) -> Position:
+        """Append ``data`` to ``topic``'s history and deliver it to every process, this one too.
+
+        The append and the publish are one atomic step, so every process receives a topic's
+        stored messages in offset order, each once; they arrive through the ``stored`` handler
+        given to `start`, with their position. Unlike `publish`, nothing is
+        delivered when the message cannot be stored.
+
+        Raises:
+            BrokerError: the broker keeps no history, or the message could not be stored (then
+                it was delivered nowhere).
+        """
+        raise self._unsupported("history")
+
+    async def read_stored(self, topic: str, retention: Retention, after: int = 0) -> Stored:
+        """Read ``topic``'s retained messages with an offset above ``after``, oldest first.
+
+        Reading a topic that has no epoch yet gives it one, so a position read now stays valid
+        for the messages published next.
+
+        Raises:
+            BrokerError: the broker keeps no history, or the store could not be read.
+        """
+        raise self._unsupported("history")
+
+    # ------------------------------------------------------------------ presence (optional)
+
+    async def presence_update(
+        self,
+        topic: str,
+        join: Mapping[str, bytes],
+        leave: Collection[str],
+        announce: Announcements,
+    ) -> tuple[list[str], list[str]]:
+        """Register and unregister members of ``topic`` for this process, in one atomic step.
+
+        ``join`` maps member keys to their info; ``leave`` lists member keys. Both are
+        idempotent. A member no process held before joins the topic: its info is kept while
+        any process holds it, and the join is announced. A member no process holds any more
+        leaves it: the leave is announced. Returns the members whose join, and whose leave, was
+        announced.
+
+        Raises:
+            BrokerError: the broker keeps no presence, or the store could not be reached (the
+                update may or may not have been applied).
+        """
+        raise self._unsupported("presence")
+
+    async def presence_members(self, topic: str, announce: Announcements) -> dict[str, bytes]:
+        """Return ``topic``'s members and their info, from every live process.
+
+        Members of processes that stopped renewing are swept first (and their leaves
+        announced).
+
+        Raises:
+            BrokerError: the broker keeps no presence, or the store could not be reached.
+        """
+        raise self._unsupported("presence")
+
+    async def presence_count(self, topic: str, announce: Announcements) -> int:
+        """Return how many members ``topic`` has on every live process (sweeping as above).
+
+        Raises:
+            BrokerError: the broker keeps no presence, or the store could not be reached.
+        """
+        raise self._unsupported("presence")
+
+    async def presence_renew(self, timeout: float) -> bool:
+        """Declare this process alive for ``timeout`` more seconds.
+
+        Returns whether it was still alive before this call. False means its registrations may
+        have been swept (the first call, a renewal too late, a store that lost its data): the
+        caller should register its members again with `presence_sync`.
+
+        Raises:
+            BrokerError: the broker keeps no presence, or the store could not be reached.
+        """
+        raise self._unsupported("presence")
+
+    async def presence_sync(
+        self, topic: str, members: dict[str, bytes], announce: Announcements
+    ) -> None:
+        """Make this process's members of ``topic`` exactly ``members`` (key to info).
+
+        Members added or removed are announced as by `presence_update`.
+
+        Raises:
+            BrokerError: the broker keeps no presence, or the store could not be reached.
+        """
+        raise self._unsupported("presence")
+
+    async def presence_sweep(
+        self, topics: dict[str, int], announce: dict[str, Announcements]
+    ) -> list[str]:
+        """Sweep the members of dead processes out of ``topics``, announcing their leaves.
+
+        ``topics`` maps each topic to how many members this process believes it holds there;
+        the topics where the store disagrees are returned (they need `presence_sync`).
+        It also keeps the topics' records from expiring while this process uses them.
+
+        Raises:
+            BrokerError: the broker keeps no presence, or the store could not be reached.
+        """
+        raise self._unsupported("presence")
+
+    async def presence_retire(self) -> None:
+        """Declare this process dead at once, so its remaining members are swept.
+
+        Raises:
+            BrokerError: the broker keeps no presence, or the store could not be reached.
+        """
+        raise self._unsupported("presence")
+
+    def _unsupported(self, capability: str) -> BrokerError:
+        return BrokerError(f"the {self.name} broker does not support {capability}")

@@ -21,6 +21,11 @@ Faults: when Redis drops or restarts, the broker logs it (logger
 ``fastapi_channels.brokers.redis``), keeps delivering locally, reconnects with capped
 exponential backoff and jitter, and re-subscribes every topic with local interest. Messages
 published anywhere while a process is disconnected do not reach it and are not replayed.
+
+History and presence (see `fastapi_channels.brokers._redis_store`) run Lua scripts on a
+pool of further connections, opened only when a channel uses them. A stored message is not
+delivered locally first: the script stores and publishes it in one step, and every process,
+this one included, receives it from Redis, so all see one order.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import random
 import time
 from asyncio import FIRST_COMPLETED
 from collections import deque
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -44,7 +50,17 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fastapi_channels.brokers import _frames
-from fastapi_channels.brokers.base import Broker, BrokerState, MessageHandler
+from fastapi_channels.brokers._redis_store import RedisStore, parse_position
+from fastapi_channels.brokers.base import (
+    Announcements,
+    Broker,
+    BrokerState,
+    MessageHandler,
+    Position,
+    Retention,
+    Stored,
+    StoredHandler,
+)
 from fastapi_channels.errors import BrokerError, ConfigurationError
 
 __all__ = ["RedisBroker", "RedisStats"]
@@ -54,6 +70,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_PREFIX: Final = "fastapi_channels"
 _SUBSCRIBE_CHUNK: Final = 1000
 _TRANSPORT_ERRORS: Final = (RedisError, OSError)
+_SCRIPTED: Final = bytes([_frames.SCRIPTED])
 
 
 @dataclass(slots=True)
@@ -110,12 +127,16 @@ class RedisBroker(Broker):
             Redis together do not reconnect in lockstep.
         max_payload: the largest Redis message a batch is packed into, in bytes; a single
             message larger than this travels alone.
+        store_connections: the most connections opened for history and presence commands
+            (only when a channel uses them); more commands at once wait for one, up to
+            ``timeout``. Stored publishes are pipelined in batches whatever this number.
 
     Raises:
         ConfigurationError: the URL or an option is invalid.
     """
 
     name = "redis"
+    capabilities = frozenset({"history", "presence"})
 
     def __init__(
         self,
@@ -127,6 +148,7 @@ class RedisBroker(Broker):
         ping_interval: float = 5.0,
         reconnect_delay: tuple[float, float] = (0.1, 5.0),
         max_payload: int = 512 * 1024,
+        store_connections: int = 8,
     ) -> None:
         super().__init__()
         url, url_prefix = _pop_prefix(url)
@@ -156,6 +178,9 @@ class RedisBroker(Broker):
         self._ping_interval = ping_interval
         self._reconnect_delay = reconnect_delay
         self._max_payload = max_payload
+        if store_connections < 1:
+            raise ConfigurationError("store_connections must be at least 1")
+        self._store_connections = store_connections
         self._address = _address(self._pool.connection_kwargs)
         self._origin = os.urandom(_frames.ORIGIN_SIZE)
         self.stats = RedisStats()
@@ -168,6 +193,7 @@ class RedisBroker(Broker):
         self._down_since: float | None = None
         self._batch: _Batch | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._redis_store: RedisStore | None = None
 
     def counters(self) -> dict[str, int]:
         """Return `stats` as a dict, for metrics."""
@@ -182,8 +208,8 @@ class RedisBroker(Broker):
         """Return the Redis channel that carries ``topic``."""
         return self._channel_prefix + topic.encode("utf-8", "surrogatepass")
 
-    async def start(self, handler: MessageHandler) -> None:
-        """Connect to Redis and start delivering to ``handler``.
+    async def start(self, handler: MessageHandler, stored: StoredHandler | None = None) -> None:
+        """Connect to Redis and start delivering to ``handler`` (stored messages to ``stored``).
 
         Returns after the first connection attempt. If Redis is unreachable then, the broker
         does not fail: it logs a warning, stays ``connecting`` (unhealthy), delivers locally
@@ -192,6 +218,7 @@ class RedisBroker(Broker):
         if self._runner is not None:
             raise BrokerError("the broker is already started")
         self._handler = handler
+        self._stored_handler = stored
         self._set_state(BrokerState.CONNECTING)
         self._attempted.clear()
         self._runner = asyncio.create_task(self._run(), name="fastapi_channels.redis")
@@ -215,6 +242,12 @@ class RedisBroker(Broker):
             _fail(self._batch, BrokerError("the broker stopped before this message was sent"))
             self._batch = None
         await _close(self._publisher)
+        if self._redis_store is not None:
+            store, self._redis_store = self._redis_store, None
+            try:
+                await store.close()
+            except _TRANSPORT_ERRORS:
+                logger.debug("error while closing the Redis store's connections", exc_info=True)
         await super().stop()
 
     async def publish(self, topic: str, data: bytes) -> None:
@@ -407,6 +440,9 @@ class RedisBroker(Broker):
                 self._confirm(kind, channel)
 
     def _received(self, channel: bytes, payload: bytes) -> None:
+        if payload[:1] == _SCRIPTED:
+            self._received_scripted(channel, payload)
+            return
         try:
             origin, messages = _frames.unpack(payload)
         except ValueError as exc:
@@ -423,6 +459,99 @@ class RedisBroker(Broker):
                 self._deliver(topic, message)
             except Exception:
                 logger.exception("the message handler failed on topic %r", topic)
+
+    def _received_scripted(self, channel: bytes, payload: bytes) -> None:
+        """Deliver a message a Lua script published: a stored message or an announcement."""
+        try:
+            header, message = _frames.unpack_scripted(payload)
+            position = parse_position(header) if header else None
+        except ValueError as exc:
+            self.stats.dropped += 1
+            logger.warning("dropped an undecodable message on Redis channel %r: %s", channel, exc)
+            return
+        self.stats.payloads_received += 1
+        self.stats.received += 1
+        topic = channel[len(self._channel_prefix) :].decode("utf-8", "surrogatepass")
+        try:
+            if position is None:
+                self._deliver(topic, message)
+            else:
+                self._deliver_stored(topic, message, position)
+        except Exception:
+            logger.exception("the message handler failed on topic %r", topic)
+
+    # ------------------------------------------------------------------ history, presence
+
+    @property
+    def _store(self) -> RedisStore:
+        if self._redis_store is None:
+            self._redis_store = RedisStore(
+                self._pool,
+                self._prefix,
+                self._origin.hex(),
+                connections=self._store_connections,
+                timeout=self._timeout,
+            )
+        return self._redis_store
+
+    async def publish_stored(self, topic: str, data: bytes, retention: Retention) -> Position:
+        """Store ``data`` in ``topic``'s stream and publish it, in one Lua script.
+
+        Every process receives it from Redis, this one included, in offset order.
+
+        Raises:
+            BrokerError: Redis is disconnected (raised at once) or the script failed; the
+                message then reached no one.
+        """
+        if self._state is not BrokerState.CONNECTED:
+            raise BrokerError(
+                f"Redis at {self._address} is unreachable ({self._last_error}); "
+                "the message was neither stored nor sent"
+            )
+        return await self._store.publish_stored(self.channel(topic), topic, data, retention)
+
+    async def read_stored(self, topic: str, retention: Retention, after: int = 0) -> Stored:
+        """Read ``topic``'s retained messages above ``after`` from its stream."""
+        return await self._store.read_stored(topic, retention, after)
+
+    async def presence_update(
+        self,
+        topic: str,
+        join: Mapping[str, bytes],
+        leave: Collection[str],
+        announce: Announcements,
+    ) -> tuple[list[str], list[str]]:
+        """Register ``join`` and unregister ``leave`` for this process (one Lua script)."""
+        return await self._store.update(self.channel(topic), topic, join, leave, announce)
+
+    async def presence_members(self, topic: str, announce: Announcements) -> dict[str, bytes]:
+        """Sweep dead processes, then read ``topic``'s members."""
+        return await self._store.members(self.channel(topic), topic, announce)
+
+    async def presence_count(self, topic: str, announce: Announcements) -> int:
+        """Sweep dead processes, then count ``topic``'s members."""
+        return await self._store.count(self.channel(topic), topic, announce)
+
+    async def presence_renew(self, timeout: float) -> bool:
+        """Move this process's deadline ``timeout`` seconds ahead (on Redis's clock)."""
+        return await self._store.renew(timeout)
+
+    async def presence_sync(
+        self, topic: str, members: dict[str, bytes], announce: Announcements
+    ) -> None:
+        """Make this process's members of ``topic`` exactly ``members`` (one Lua script)."""
+        await self._store.sync(self.channel(topic), topic, members, announce)
+
+    async def presence_sweep(
+        self, topics: dict[str, int], announce: dict[str, Announcements]
+    ) -> list[str]:
+        """Sweep every topic in ``topics``, pipelined in one round trip."""
+        channels = {topic: self.channel(topic) for topic in topics}
+        return await self._store.sweep(channels, topics, announce)
+
+    async def presence_retire(self) -> None:
+        """Remove this process from the live ones."""
+        await self._store.retire()
 
     def _expect(self, kind: bytes, channel: bytes) -> asyncio.Future[None]:
         """Return a future that Redis's next ``kind`` confirmation for ``channel`` resolves."""

@@ -36,6 +36,7 @@ from fastapi_channels.client.errors import (
     SubscriptionDenied,
 )
 from fastapi_channels.client.packets import Packet, PacketStream
+from fastapi_channels.history import Position
 
 __all__ = [
     "STOP_CODES",
@@ -47,6 +48,7 @@ __all__ = [
     "ConnectionClosed",
     "Packet",
     "PacketStream",
+    "Position",
     "Refused",
     "RenewalError",
     "ReplyError",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi_channels.client.errors import SubscriptionDenied
 from fastapi_channels.client.listeners import Listeners
 from fastapi_channels.client.packets import PacketStream
+from fastapi_channels.history import Position
 
 if TYPE_CHECKING:
     from fastapi_channels.client.connection import ChannelsClient
@@ -25,15 +26,33 @@ class Channel(Listeners):
     the server answers, then ``subscribed`` (or ``denied``: the channel is then dropped and a
     ``channels:subscription`` event tells the client's listeners).
 
+    On a history channel the client keeps the position of the last event it received and
+    subscribes again from it, so the server replays what was missed before live events. When
+    it cannot (the gap is no longer kept, or the history was lost), `recovered` is False
+    and the ``channels:subscription`` event says ``recovered: False``: reload the state the
+    channel's events build.
+
+    On a presence channel, `members` follows the member list and its joins and leaves;
+    the channel's callbacks also get ``channels:presence``, ``channels:join`` and
+    ``channels:leave``.
+
     Attributes:
         name: the concrete channel name.
         state: ``pending``, ``subscribed``, ``denied`` or ``unsubscribed``.
+        position: the last position received on a history channel (or the one the server
+            said the channel continues from), else ``None``.
+        recovered: after subscribing with a position, whether the server replayed everything
+            missed since; ``None`` when no position was sent.
+        members: a presence channel's members by id (their info, as the server sends it).
     """
 
-    def __init__(self, client: ChannelsClient, name: str) -> None:
+    def __init__(self, client: ChannelsClient, name: str, since: Position | None = None) -> None:
         super().__init__()
         self.name = name
         self.state: ChannelState = "pending"
+        self.position: Position | None = since
+        self.recovered: bool | None = None
+        self.members: dict[Any, Any] = {}
         self._client = client
         self._waiter: asyncio.Future[Channel] | None = None
         self._requested = False

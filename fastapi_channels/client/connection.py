@@ -36,7 +36,8 @@ from fastapi_channels.client.errors import (
     ReplyError,
 )
 from fastapi_channels.client.listeners import Listeners
-from fastapi_channels.client.packets import Packet, PacketStream, parse_packet
+from fastapi_channels.client.packets import Packet, PacketStream, parse_packet, parse_position
+from fastapi_channels.history import Position, position_data
 
 __all__ = ["ChannelsClient", "ClientState", "TokenProvider", "TokenTransport"]
 
@@ -57,6 +58,10 @@ REPLY = "channels:reply"
 """The reply packet: ``{"event": "channels:reply", "id": <id>, "data": ..., "error"?: {...}}``."""
 AUTHENTICATE = "channels:authenticate"
 """In-band renewal, ``data: {"token": ...}``; the reply: ``successful``, ``expires_at``."""
+PRESENCE = "channels:presence"
+"""A presence channel's member list, ``data: {"channel", "members"}``, after subscribing."""
+JOIN = "channels:join"
+LEAVE = "channels:leave"
 STATE = "channels:state"
 SUBSCRIPTION = "channels:subscription"
 RENEWAL = "channels:renewal"
@@ -233,11 +238,15 @@ class ChannelsClient(Listeners):
 
     # ------------------------------------------------------------------ subscriptions
 
-    async def subscribe(self, name: str, *, timeout: float | None = None) -> Channel:
+    async def subscribe(
+        self, name: str, *, since: Position | None = None, timeout: float | None = None
+    ) -> Channel:
         """Subscribe to ``name`` and return the channel once the server grants it.
 
         Subscribing to a name twice returns the same channel. While the client reconnects the
-        request is sent as soon as it is ready.
+        request is sent as soon as it is ready. ``since`` (a position kept from an earlier
+        session) asks a history channel to replay what came after it; the client tracks the
+        position from then on by itself.
 
         Raises:
             SubscriptionDenied: the server refused; the reason is in the exception.
@@ -252,7 +261,7 @@ class ChannelsClient(Listeners):
         if channel is not None and channel.state == "subscribed":
             return channel
         if channel is None:
-            channel = self._channels[name] = Channel(self, name)
+            channel = self._channels[name] = Channel(self, name, since)
             self._leaving.discard(name)
         waiter = channel._wait()
         if self.connected and not channel._requested:
@@ -569,6 +578,8 @@ class ChannelsClient(Listeners):
         if event == SUBSCRIBE_RESPONSE:
             self._on_subscribe_response(packet)
             return
+        if event in (PRESENCE, JOIN, LEAVE):
+            self._on_presence(packet)
         if event == REPLY:
             if not self._settle(packet.id, packet.data, packet.error):
                 logger.warning("ignoring a reply to unknown request %r", packet.id)
@@ -597,6 +608,8 @@ class ChannelsClient(Listeners):
             return
         channel = self._channels.get(packet.channel)
         if channel is not None:
+            if packet.position is not None:
+                channel.position = packet.position
             if not channel._dispatch(packet) and not self._streams:
                 logger.warning("no callback for %r on %s", packet.event, packet.channel)
         elif packet.channel not in self._leaving:
@@ -613,6 +626,15 @@ class ChannelsClient(Listeners):
         channel._requested = False
         successful = bool(data.get("successful"))
         reason = str(data.get("reason") or "")
+        history: dict[str, Any] = {}
+        if successful and "position" in data:
+            channel.position = parse_position(data["position"])
+            history["position"] = data["position"]
+        if "recovered" in data:
+            channel.recovered = data["recovered"] is True
+            history["recovered"] = channel.recovered
+            if not channel.recovered:
+                logger.info("%s: missed events could not be replayed", channel.name)
         awaited = channel._settle(successful, reason or "refused")
         if not successful:
             del self._channels[channel.name]
@@ -625,8 +647,31 @@ class ChannelsClient(Listeners):
                 "successful": successful,
                 "reason": reason or None,
                 "resubscribed": not awaited,
+                **history,
             },
         )
+
+    def _on_presence(self, packet: Packet) -> None:
+        """Keep the channel's `members` and pass the event to its callbacks."""
+        data = packet.data if isinstance(packet.data, dict) else {}
+        name = data.get("channel")
+        channel = self._channels.get(name) if isinstance(name, str) else None
+        if channel is None:
+            return
+        if packet.event == PRESENCE:
+            listed = data.get("members")
+            if isinstance(listed, list):
+                channel.members = {
+                    m.get("id"): m for m in listed if isinstance(m, dict) and "id" in m
+                }
+        else:
+            member = data.get("member")
+            if isinstance(member, dict) and "id" in member:
+                if packet.event == JOIN:
+                    channel.members[member["id"]] = member
+                else:
+                    channel.members.pop(member["id"], None)
+        channel._dispatch(packet)
 
     # ------------------------------------------------------------------ helpers
 
@@ -683,8 +728,11 @@ class ChannelsClient(Listeners):
 
     async def _send_subscribe(self, channel: Channel) -> None:
         channel._requested = True
+        data: dict[str, Any] = {"channel": channel.name}
+        if channel.position is not None:
+            data["since"] = position_data(channel.position)
         try:
-            await self._send({"event": SUBSCRIBE_REQUEST, "data": {"channel": channel.name}})
+            await self._send({"event": SUBSCRIBE_REQUEST, "data": data})
         except ConnectionClosed:
             channel._requested = False  # sent again after the reconnect
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-__all__ = ["Packet", "PacketStream", "parse_packet"]
+from fastapi_channels.history import Position
+
+__all__ = ["Packet", "PacketStream", "parse_packet", "parse_position"]
 
 logger = logging.getLogger("fastapi_channels.client")
 
@@ -26,6 +28,7 @@ class Packet:
         channel: the channel, for a channel event.
         id: the request id, on a reply.
         error: the error object, on a reply that failed.
+        position: where the event stands in its channel's history, on a history channel.
     """
 
     event: str
@@ -33,6 +36,17 @@ class Packet:
     channel: str | None = None
     id: Any = None
     error: Any = None
+    position: Position | None = None
+
+
+def parse_position(value: Any) -> Position | None:
+    """A wire position ``{"offset": int, "epoch": str}`` as a `Position`, else None."""
+    if not isinstance(value, dict):
+        return None
+    offset, epoch = value.get("offset"), value.get("epoch")
+    if isinstance(offset, int) and not isinstance(offset, bool) and isinstance(epoch, str):
+        return Position(offset, epoch)
+    return None
 
 
 def parse_packet(text: str | bytes) -> Packet | None:
@@ -55,6 +69,7 @@ def parse_packet(text: str | bytes) -> Packet | None:
         channel=channel if isinstance(channel, str) else None,
         id=raw.get("id"),
         error=raw.get("error"),
+        position=parse_position(raw.get("position")),
     )
 
 

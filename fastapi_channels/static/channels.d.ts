@@ -13,7 +13,22 @@ export declare const ServerEventTypes: Readonly<{
   AUTHENTICATE: "channels:authenticate";
   AUTHENTICATE_RESPONSE: "channels:authenticate-response";
   REPLY: "channels:reply";
+  PRESENCE: "channels:presence";
+  JOIN: "channels:join";
+  LEAVE: "channels:leave";
 }>;
+
+/** Where an event stands in a history channel: an offset within an epoch. */
+export interface Position {
+  offset: number;
+  epoch: string;
+}
+
+/** A presence channel's member: the info the server chose, with at least an `id`. */
+export interface Member {
+  id: string | number;
+  [key: string]: unknown;
+}
 
 /** Connection states, with Envuso's values. */
 export declare const ConnectionStatus: Readonly<{
@@ -73,6 +88,11 @@ export interface SubscriptionChange {
   reason: string | null;
   /** True when this answers the automatic re-subscription after a reconnect. */
   resubscribed: boolean;
+  /** On a history channel: the position the channel continues from. */
+  position?: Position | null;
+  /** After subscribing from a position: whether every missed event was replayed; `false`
+   * means the events could not be replayed, so reload the state they build. */
+  recovered?: boolean;
 }
 
 /** `channels:renewal`: the outcome of an in-band token renewal. */
@@ -185,6 +205,12 @@ export declare class SocketChannel {
   readonly name: string;
   readonly state: "pending" | "subscribed" | "denied" | "unsubscribed";
   readonly subscribed: boolean;
+  /** On a history channel: the last position received; the client resubscribes from it. */
+  readonly position: Position | null;
+  /** After subscribing from a position: whether everything missed was replayed. */
+  readonly recovered: boolean | null;
+  /** On a presence channel: the members by id. */
+  readonly members: Map<string | number, Member>;
   getName(): string;
   listen<T = any>(event: string, callback: Listener<T>): this;
   on<T = any>(event: string, callback: Listener<T>): this;
@@ -210,7 +236,12 @@ export declare class SocketClient {
   disconnect(code?: number, reason?: string): Promise<void>;
   subscribe(
     name: string,
-    callback?: (error: Error | null, channel: SocketChannel | null) => void,
+    callback?:
+      | ((error: Error | null, channel: SocketChannel | null) => void)
+      | {
+          since?: Position;
+          callback?: (error: Error | null, channel: SocketChannel | null) => void;
+        },
   ): Promise<SocketChannel>;
   unsubscribe(name: string): void;
   on(event: "channels:state", callback: (change: StateChange) => unknown): this;

@@ -6,7 +6,9 @@
  * `unsubscribe`, `disconnect`) and more: several listeners per event and `off`, promises for
  * subscriptions and replies, reconnection with capped exponential backoff and jitter,
  * re-subscription after a reconnect, a token provider called before every connection attempt,
- * connection state events, and unexpected packets reported instead of thrown.
+ * connection state events, and unexpected packets reported instead of thrown. On history
+ * channels it tracks the last position received and subscribes again from it, so the server
+ * replays what a reconnect missed; on presence channels it keeps the member list.
  *
  * Served by a fastapi_channels app at `<channels path>/client.js` (`/ws/client.js` by default):
  *
@@ -36,6 +38,9 @@ export const ServerEventTypes = Object.freeze({
   AUTHENTICATE: "channels:authenticate",
   AUTHENTICATE_RESPONSE: "channels:authenticate-response",
   REPLY: "channels:reply",
+  PRESENCE: "channels:presence",
+  JOIN: "channels:join",
+  LEAVE: "channels:leave",
 });
 
 /** Connection states, with Envuso's values. */
@@ -166,6 +171,14 @@ function isObject(value) {
   return value !== null && typeof value === "object" && !Array.isArray(value);
 }
 
+/** A wire position `{offset, epoch}` as a fresh object, or `null` for anything else. */
+function parsePosition(value) {
+  if (!isObject(value) || !Number.isInteger(value.offset) || typeof value.epoch !== "string") {
+    return null;
+  }
+  return { offset: value.offset, epoch: value.epoch };
+}
+
 /** The `exp` claim of a JWT (seconds), or `null` for anything else; the signature is not
  * checked: the client only uses it to time a renewal. */
 export function jwtExpiry(token) {
@@ -236,6 +249,20 @@ export class SocketChannel extends Listeners {
     this.name = name;
     /** "pending" | "subscribed" | "denied" | "unsubscribed" */
     this.state = "pending";
+    /**
+     * On a history channel, the position of the last event received (or the one the server
+     * said the channel continues from): `{offset, epoch}`, or `null`. The client subscribes
+     * again from it after a reconnect; keep it to resume a later session (`subscribe(name,
+     * {since})`).
+     */
+    this.position = null;
+    /**
+     * After subscribing from a position: whether the server replayed everything missed since
+     * (`false`: reload the state this channel's events build); `null` when no position was sent.
+     */
+    this.recovered = null;
+    /** On a presence channel, the members by id (their info as the server sends it). */
+    this.members = new Map();
     this._client = client;
     this._deferred = null;
   }
@@ -298,13 +325,31 @@ export class SocketChannel extends Listeners {
     else deferred.reject(new SubscriptionError(this.name, reason || "refused"));
   }
 
-  _dispatch(packet) {
+  _dispatch(packet, quiet = false) {
+    const position = parsePosition(packet.position);
+    if (position !== null) this.position = position;
     const listeners = this._listeners.get(packet.event);
     if (!listeners || listeners.size === 0) {
-      this._client._warn(`no listener for "${packet.event}" on channel ${this.name}`, { packet });
+      if (!quiet) {
+        this._client._warn(`no listener for "${packet.event}" on channel ${this.name}`, { packet });
+      }
       return;
     }
     for (const callback of [...listeners]) this._client._invoke(callback, packet);
+  }
+
+  _onPresence(packet) {
+    const data = packet.data;
+    if (packet.event === ServerEventTypes.PRESENCE) {
+      if (!Array.isArray(data.members)) return;
+      this.members = new Map(
+        data.members.filter((member) => isObject(member) && "id" in member).map((m) => [m.id, m]),
+      );
+    } else if (isObject(data.member) && "id" in data.member) {
+      if (packet.event === ServerEventTypes.JOIN) this.members.set(data.member.id, data.member);
+      else this.members.delete(data.member.id);
+    }
+    this._dispatch(packet, true);
   }
 }
 
@@ -445,13 +490,20 @@ export class SocketClient extends Listeners {
    * Subscribe to a channel. Resolves with the channel once the server grants it; rejects with
    * `SubscriptionError` when it refuses. With Envuso's `callback(error, channel)`, the callback
    * is called as well. Subscribing while (re)connecting sends the request once ready;
-   * subscribing to a name twice returns the same channel.
+   * subscribing to a name twice returns the same channel. Options instead of the callback:
+   * `{since: {offset, epoch}}` (a position kept from an earlier session) asks a history channel
+   * to replay what came after it, and `callback`.
    *
    * @param {string} name
-   * @param {(error: Error | null, channel: SocketChannel) => void} [callback]
+   * @param {((error: Error | null, channel: SocketChannel) => void) | {since?: {offset: number, epoch: string}, callback?: Function}} [callback]
    * @returns {Promise<SocketChannel>}
    */
   subscribe(name, callback) {
+    let since = null;
+    if (isObject(callback)) {
+      since = parsePosition(callback.since);
+      callback = callback.callback;
+    }
     let promise;
     if (typeof name !== "string" || name === "") {
       promise = Promise.reject(new TypeError("channel name must be a non-empty string"));
@@ -461,6 +513,7 @@ export class SocketClient extends Listeners {
       let channel = this._channels.get(name);
       if (!channel) {
         channel = new SocketChannel(name, this);
+        channel.position = since;
         this._channels.set(name, channel);
         this._leaving.delete(name);
       }
@@ -791,6 +844,11 @@ export class SocketClient extends Listeners {
       case ServerEventTypes.SOCKET_DISCONNECT:
         session.closingReason = String(data?.reason ?? "");
         break;
+      case ServerEventTypes.PRESENCE:
+      case ServerEventTypes.JOIN:
+      case ServerEventTypes.LEAVE:
+        if (isObject(data)) this._channels.get(data.channel)?._onPresence(packet);
+        break;
       case ServerEventTypes.ERROR: {
         const id = packet.id ?? data?.id;
         if (id !== undefined && this._settlePending(id, null, data)) return;
@@ -825,6 +883,15 @@ export class SocketClient extends Listeners {
     }
     const resubscribed = channel._deferred === null;
     const successful = Boolean(data.successful);
+    const history = {};
+    if (successful && "position" in data) {
+      channel.position = parsePosition(data.position);
+      history.position = channel.position;
+    }
+    if ("recovered" in data) {
+      channel.recovered = data.recovered === true;
+      history.recovered = channel.recovered;
+    }
     channel._settle(successful, data.reason);
     if (!successful) this._channels.delete(name);
     this._emitLocal(ClientEvents.SUBSCRIPTION, {
@@ -832,6 +899,7 @@ export class SocketClient extends Listeners {
       successful,
       reason: data.reason ?? null,
       resubscribed,
+      ...history,
     });
   }
 
@@ -866,7 +934,10 @@ export class SocketClient extends Listeners {
   }
 
   _sendSubscribe(name) {
-    this._trySend({ event: ServerEventTypes.CHANNEL_SUBSCRIBE_REQUEST, data: { channel: name } });
+    const data = { channel: name };
+    const position = this._channels.get(name)?.position;
+    if (position) data.since = { offset: position.offset, epoch: position.epoch };
+    this._trySend({ event: ServerEventTypes.CHANNEL_SUBSCRIBE_REQUEST, data });
   }
 
   _sendUnsubscribe(name) {

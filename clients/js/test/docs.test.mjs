@@ -12,11 +12,13 @@ const chat = await import("../../../docs/examples/js/chat.mjs");
 const tokens = await import("../../../docs/examples/js/tokens.mjs");
 const node = await import("../../../docs/examples/js/node.mjs");
 const login = await import("../../../docs/examples/js/login.mjs");
+const history = await import("../../../docs/examples/js/history.mjs");
 const shim = await import("../support/ws-shim.mjs");
 
 const PASSWORDS = { ann: "correct horse", bob: "battery staple", eve: "eavesdropper" };
 let server;
 let jwtServer;
+let roomServer;
 const clients = [];
 
 function origin() {
@@ -55,15 +57,16 @@ function screen() {
 }
 
 before(async () => {
-  [server, jwtServer] = await Promise.all([
+  [server, jwtServer, roomServer] = await Promise.all([
     startServer(["--app", "docs.examples.private_chat:app"]),
     startServer(["--jwt"]),
+    startServer(["--app", "docs.examples.presence_history:app"]),
   ]);
 });
 
 after(async () => {
   await Promise.all(clients.map((c) => c.disconnect()));
-  await Promise.all([server.stop(), jwtServer.stop()]);
+  await Promise.all([server.stop(), jwtServer.stop(), roomServer.stop()]);
 });
 
 describe("docs/clients.md", { timeout: 20000 }, () => {
@@ -173,5 +176,75 @@ describe("docs/authentication.md", { timeout: 20000 }, () => {
     const answer = await within(renewed, 5000, "the renewal's answer");
     assert.equal(answer.successful, true);
     assert.deepEqual(answers, ["ready", "channels:authenticate-response"]);
+  });
+});
+
+/** A client of the presence and history app, whose token is the user's name. */
+async function roomClient(name) {
+  const client = new SocketClient(roomServer.url(), {
+    token: name,
+    tokenTransport: "query",
+    reconnect: false,
+  });
+  clients.push(client);
+  await client.connect();
+  return client;
+}
+
+/** Stands for a page's localStorage. */
+function storage() {
+  const items = new Map();
+  return { getItem: (key) => items.get(key) ?? null, setItem: (key, value) => items.set(key, value) };
+}
+
+describe("docs/clients.md: history and presence", { timeout: 20000 }, () => {
+  test("a page resumes from the position it kept, or reloads", async () => {
+    const kept = storage();
+    const seen = screen();
+    const reloads = [];
+    const bob = await (await roomClient("bob")).subscribe("room:1");
+    const first = await roomClient("ann");
+    await history.followRoom(first, (data) => seen(data.text), (name) => reloads.push(name), kept);
+    bob.emit("message", { text: "one" });
+    await seen.wait("one");
+    await first.disconnect();
+    bob.emit("message", { text: "two" });
+    await next(bob, "message", { accept: (data) => data.text === "two" });
+
+    const again = screen();
+    const second = await roomClient("ann");
+    const room = await history.followRoom(second, (d) => again(d.text), (n) => reloads.push(n), kept);
+    await again.wait("two");
+    assert.deepEqual(again.shown, ["two"]);
+    assert.equal(room.recovered, true);
+    assert.deepEqual(reloads, []);
+
+    const lost = storage();
+    lost.setItem("room-position", JSON.stringify({ offset: 1, epoch: "gone" }));
+    const third = await roomClient("cy");
+    const refused = await history.followRoom(third, () => {}, (name) => reloads.push(name), lost);
+    assert.equal(refused.recovered, false);
+    assert.deepEqual(reloads, ["room:1"]);
+  });
+
+  test("who is here, kept up to date", async () => {
+    const toasts = [];
+    const online = [];
+    const ann = await roomClient("ann");
+    const shown = new Promise((resolve) => {
+      history.showWhoIsHere(ann, (text) => toasts.push(text), (members) => {
+        online.push(members.map((m) => m.name).join(","));
+        if (members.length === 2) resolve();
+      });
+    });
+    await within(
+      new Promise((resolve) => ann.on("channels:presence", resolve)),
+      5000,
+      "the member list",
+    );
+    await (await roomClient("bob")).subscribe("room:2");
+    await within(shown, 5000, "bob online");
+    assert.deepEqual(online, ["Ann", "Ann,Bob"]);
+    assert.deepEqual(toasts, ["Bob is here"]);
   });
 });

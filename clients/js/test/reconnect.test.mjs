@@ -1,5 +1,7 @@
 // Reconnection, re-subscription and the token provider, against a real server behind a proxy
-// that can cut connections the way a network failure does (no close frame).
+// that can cut connections the way a network failure does (no close frame); on history
+// channels (the server's `feed:*` keep their last 20 events), recovery of what a drop missed,
+// and presence channels' member lists.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
@@ -23,6 +25,23 @@ function client(token, reconnect = {}) {
   });
   clients.push(made);
   return made;
+}
+
+const publish = (channel, data) => server.post("/_test/publish", { channel, event: "said", data });
+
+/** Collect `count` events of `event` on `channel`, with their packets. */
+function collect(channel, event, count) {
+  const got = [];
+  return new Promise((resolve) => {
+    const listener = (data, packet) => {
+      got.push({ data, position: packet.position });
+      if (got.length === count) {
+        channel.off(event, listener);
+        resolve(got);
+      }
+    };
+    channel.on(event, listener);
+  });
 }
 
 const connected = (c) => next(c, "channels:state", { accept: (s) => s.state === "connected" });
@@ -241,5 +260,90 @@ describe("subscribing while reconnecting", { timeout: 20000 }, () => {
       await p.close();
       await s.stop();
     }
+  });
+});
+
+describe("history", { timeout: 20000 }, () => {
+  test("tracks positions and replays what a dropped connection missed", async () => {
+    const c = client("user-hana");
+    await c.connect();
+    const feed = await c.subscribe("feed:r");
+    assert.equal(feed.position.offset, 0);
+    const epoch = feed.position.epoch;
+    const first = collect(feed, "said", 2);
+    for (const n of [0, 1]) await publish("feed:r", n);
+    await first;
+    assert.deepEqual(feed.position, { offset: 2, epoch });
+
+    proxy.down = true; // the client cannot come back until the events below are published
+    const resubscribed = next(c, "channels:subscription", { accept: (s) => s.resubscribed });
+    const replayed = collect(feed, "said", 4);
+    proxy.drop();
+    for (const n of [2, 3, 4]) await publish("feed:r", n);
+    proxy.down = false;
+    const answer = await resubscribed;
+    assert.equal(answer.recovered, true);
+    assert.deepEqual(answer.position, { offset: 2, epoch });
+    assert.equal(feed.recovered, true);
+    await publish("feed:r", 5);
+    assert.deepEqual(
+      await replayed,
+      [2, 3, 4, 5].map((n) => ({ data: n, position: { offset: n + 1, epoch } })),
+    );
+    assert.deepEqual(feed.position, { offset: 6, epoch });
+  });
+
+  test("reports a gap too old to replay", async () => {
+    const c = client("user-ivo");
+    await c.connect();
+    const feed = await c.subscribe("feed:g");
+    proxy.down = true;
+    const resubscribed = next(c, "channels:subscription", { accept: (s) => s.resubscribed });
+    proxy.drop();
+    for (let n = 0; n < 25; n += 1) await publish("feed:g", n); // the channel keeps 20
+    proxy.down = false;
+    const answer = await resubscribed;
+    assert.equal(answer.recovered, false);
+    assert.equal(feed.recovered, false);
+    assert.equal(feed.position.offset, 25);
+  });
+
+  test("subscribes since a position kept from an earlier session", async () => {
+    const first = client("user-jo");
+    await first.connect();
+    const kept = (await first.subscribe("feed:k")).position;
+    await first.disconnect();
+    for (const n of [0, 1]) await publish("feed:k", n);
+    const second = client("user-jo");
+    await second.connect();
+    const subscribing = second.subscribe("feed:k", { since: kept });
+    const replayed = collect(second.channel("feed:k"), "said", 2);
+    const feed = await subscribing;
+    assert.equal(feed.recovered, true);
+    assert.deepEqual(
+      (await replayed).map((event) => event.data),
+      [0, 1],
+    );
+  });
+});
+
+describe("presence", { timeout: 20000 }, () => {
+  test("keeps the member list with joins and leaves", async () => {
+    const kim = client("user-kim");
+    await kim.connect();
+    const listed = next(kim, "channels:presence");
+    const feed = await kim.subscribe("feed:p");
+    assert.deepEqual(await listed, { channel: "feed:p", members: [{ id: "kim" }] });
+    assert.deepEqual([...feed.members.keys()], ["kim"]);
+    const joined = next(feed, "channels:join");
+    const lee = client("user-lee");
+    await lee.connect();
+    await lee.subscribe("feed:p");
+    assert.deepEqual(await joined, { channel: "feed:p", member: { id: "lee" } });
+    assert.deepEqual([...feed.members.keys()].sort(), ["kim", "lee"]);
+    const left = next(kim, "channels:leave");
+    await lee.disconnect();
+    assert.deepEqual(await left, { channel: "feed:p", member: { id: "lee" } });
+    assert.deepEqual([...feed.members.keys()], ["kim"]);
   });
 });

@@ -1,0 +1,540 @@
+"""History and presence in Redis, for the Redis broker: keys, Lua scripts and their replies.
+
+Every change is one Lua script, so it is atomic, and a script that changes what subscribers
+must hear publishes it itself, in the same step: processes receive stored messages in offset
+order and presence announcements in the order the changes happened. Such a message is a Redis
+payload of the ``scripted`` framing (see `fastapi_channels.brokers._frames`), which every
+process delivers, the publishing one included.
+
+Keys, under the broker's prefix ``P`` (topics are ``c:<channel>`` and ``p:<channel>``):
+
+* ``P:history-meta:<topic>``, a hash: ``epoch`` and ``top`` (the last offset);
+* ``P:history:<topic>``, a stream of ``o`` (offset) and ``d`` (data) entries, trimmed to the
+  retention's size (``MAXLEN ~``) and age (``MINID ~``, on Redis's clock);
+* ``P:presence:<topic>``, a hash: member to info;
+* ``P:presence-holders:<topic>``, a hash: member to the number of processes holding it;
+* ``P:presence-procs:<topic>``, a set: the processes holding members there;
+* ``P:presence-local:<process>:<topic>``, a hash: that process's members there;
+* ``P:presence-alive``, a sorted set: process to the deadline (ms, Redis's clock) before which
+  it must renew.
+
+Scripts compute the ``presence-local`` key of each process they sweep, so they need a single
+Redis server, not a cluster. History keys expire ``keep`` after the last publish; presence keys
+``keep`` after their last join or sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.exceptions import NoScriptError, RedisError
+
+from fastapi_channels.brokers.base import Announcements, Position, Retention, Stored, StoredEntry
+from fastapi_channels.errors import BrokerError
+
+__all__ = ["RedisStore", "parse_position"]
+
+_EPOCH_RE: Final = re.compile(rb"[0-9A-Za-z_-]{1,64}")
+
+_COMMON: Final = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+_PUBLISH_STORED: Final = (
+    _COMMON
+    + """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'top', 1)
+local id = string.format('%d', offset)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'o', id, 'd', ARGV[2])
+local ttl = tonumber(ARGV[4])
+local keep = tonumber(ARGV[5])
+if ttl > 0 then
+  redis.call('XTRIM', KEYS[2], 'MINID', '~', string.format('%d', now_ms() - ttl))
+  redis.call('PEXPIRE', KEYS[2], math.min(ttl, keep))
+else
+  redis.call('PEXPIRE', KEYS[2], keep)
+end
+redis.call('PEXPIRE', KEYS[1], keep)
+redis.call('PUBLISH', ARGV[1], '\\2' .. id .. ':' .. epoch .. '\\n' .. ARGV[2])
+return {offset, epoch}
+"""
+)
+"""KEYS: meta, stream. ARGV: Redis channel, data, size, ttl ms (0: none), keep ms, new epoch."""
+
+_READ_STORED: Final = (
+    _COMMON
+    + """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+local top = tonumber(redis.call('HGET', KEYS[1], 'top') or '0')
+local first = math.max(tonumber(ARGV[1]), top - tonumber(ARGV[2])) + 1
+local result = {epoch, top}
+if first > top then
+  return result
+end
+local ttl = tonumber(ARGV[3])
+local oldest = 0
+if ttl > 0 then
+  oldest = now_ms() - ttl
+end
+local entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', top - first + 1)
+for _, entry in ipairs(entries) do
+  local offset = tonumber(entry[2][2])
+  local ms = tonumber(string.match(entry[1], '^(%d+)'))
+  if offset < first or ms < oldest then
+    break
+  end
+  table.insert(result, offset)
+  table.insert(result, entry[2][4])
+end
+return result
+"""
+)
+"""KEYS: meta, stream. ARGV: after, size, ttl ms (0: none), keep ms, new epoch. Returns epoch,
+top, then offset and data of each retained entry above ``after``, newest first."""
+
+_PRESENCE: Final = (
+    _COMMON
+    + """
+local function announcer(i)
+  return {channel = ARGV[i], join = {ARGV[i + 1], ARGV[i + 2]}, leave = {ARGV[i + 3], ARGV[i + 4]}}
+end
+
+local function announce(a, kind, info)
+  redis.call('PUBLISH', a.channel, '\\2\\n' .. a[kind][1] .. info .. a[kind][2])
+end
+
+local function add(localkey, proc, member, info, a)
+  if redis.call('HSETNX', localkey, member, '1') == 0 then
+    return 0
+  end
+  redis.call('SADD', KEYS[3], proc)
+  if redis.call('HINCRBY', KEYS[2], member, 1) > 1 then
+    return 0
+  end
+  redis.call('HSET', KEYS[1], member, info)
+  announce(a, 'join', info)
+  return 1
+end
+
+local function remove(localkey, proc, member, a)
+  if redis.call('HDEL', localkey, member) == 0 then
+    return 0
+  end
+  if redis.call('EXISTS', localkey) == 0 then
+    redis.call('SREM', KEYS[3], proc)
+  end
+  if redis.call('HINCRBY', KEYS[2], member, -1) > 0 then
+    return 0
+  end
+  redis.call('HDEL', KEYS[2], member)
+  local info = redis.call('HGET', KEYS[1], member)
+  redis.call('HDEL', KEYS[1], member)
+  if info then
+    announce(a, 'leave', info)
+  end
+  return 1
+end
+
+local function sweep(alive, localprefix, topic, a)
+  local now = now_ms()
+  for _, proc in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+    local deadline = redis.call('ZSCORE', alive, proc)
+    if not deadline or tonumber(deadline) < now then
+      local localkey = localprefix .. proc .. ':' .. topic
+      for _, member in ipairs(redis.call('HKEYS', localkey)) do
+        remove(localkey, proc, member, a)
+      end
+      redis.call('DEL', localkey)
+      redis.call('SREM', KEYS[3], proc)
+    end
+  end
+end
+
+local function keep(localkey, ms)
+  for i = 1, 3 do
+    redis.call('PEXPIRE', KEYS[i], ms)
+  end
+  if localkey then
+    redis.call('PEXPIRE', localkey, ms)
+  end
+end
+"""
+)
+"""Functions shared by the presence scripts. KEYS[1..3]: members, holders, procs."""
+
+_UPDATE: Final = (
+    _PRESENCE
+    + """
+local a = announcer(3)
+local count = tonumber(ARGV[8])
+local joined, left = {}, {}
+for i = 9, 8 + count do
+  if remove(KEYS[4], ARGV[1], ARGV[i], a) == 1 then
+    table.insert(left, ARGV[i])
+  end
+end
+for i = 9 + count, #ARGV, 2 do
+  if add(KEYS[4], ARGV[1], ARGV[i], ARGV[i + 1], a) == 1 then
+    table.insert(joined, ARGV[i])
+  end
+end
+keep(KEYS[4], ARGV[2])
+return {joined, left}
+"""
+)
+"""KEYS: members, holders, procs, local. ARGV: process, keep ms, announcer, the number of members
+leaving, those members, then member and info pairs joining."""
+
+_SYNC: Final = (
+    _PRESENCE
+    + """
+local a = announcer(3)
+local wanted = {}
+for i = 8, #ARGV, 2 do
+  wanted[ARGV[i]] = ARGV[i + 1]
+end
+for _, member in ipairs(redis.call('HKEYS', KEYS[4])) do
+  if not wanted[member] then
+    remove(KEYS[4], ARGV[1], member, a)
+  end
+end
+for i = 8, #ARGV, 2 do
+  add(KEYS[4], ARGV[1], ARGV[i], ARGV[i + 1], a)
+end
+keep(KEYS[4], ARGV[2])
+return 1
+"""
+)
+"""KEYS: members, holders, procs, local. ARGV: process, keep ms, announcer, then member and info
+pairs."""
+
+_SWEEP: Final = (
+    _PRESENCE
+    + """
+sweep(KEYS[4], ARGV[1], ARGV[2], announcer(6))
+local localkey = ARGV[1] .. ARGV[3] .. ':' .. ARGV[2]
+keep(localkey, ARGV[4])
+if ARGV[5] == 'members' then
+  return redis.call('HGETALL', KEYS[1])
+elseif ARGV[5] == 'count' then
+  return redis.call('HLEN', KEYS[2])
+end
+return redis.call('HLEN', localkey)
+"""
+)
+"""KEYS: members, holders, procs, alive. ARGV: local key prefix, topic, process, keep ms, what to
+return (``members``, ``count`` or ``held``: this process's member count), announcer."""
+
+_RENEW: Final = (
+    _COMMON
+    + """
+local now = now_ms()
+local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now))
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if deadline and tonumber(deadline) >= now then
+  return 1
+end
+return 0
+"""
+)
+"""KEYS: alive. ARGV: process, timeout ms, keep ms. Returns whether the process was alive."""
+
+
+def parse_position(header: bytes) -> Position:
+    """Read ``<offset>:<epoch>``, the header of a stored message.
+
+    Raises:
+        ValueError: the header is malformed.
+    """
+    offset, _, epoch = header.partition(b":")
+    if not offset.isdigit() or _EPOCH_RE.fullmatch(epoch) is None:
+        raise ValueError(f"malformed position {header[:80]!r}")
+    return Position(int(offset), epoch.decode())
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a failure as seen: a cancelled publisher no longer awaits it."""
+    if not future.cancelled():
+        future.exception()
+
+
+@dataclass(frozen=True, slots=True)
+class _Script:
+    source: str
+    sha: str
+
+    @classmethod
+    def of(cls, source: str) -> _Script:
+        return cls(source, hashlib.sha1(source.encode()).hexdigest())  # the id Redis gives it
+
+
+_Call = tuple[_Script, Sequence[Any], Sequence[Any]]
+
+
+class RedisStore:
+    """History and presence commands on a small pool of Redis connections of their own.
+
+    Every command is a Lua script run with ``EVALSHA`` (loaded again if Redis lost it). Stored
+    publishes are batched: those that arrive while a batch is in flight go together, pipelined
+    in the next one, in arrival order. At most ``connections`` commands run at once; the others
+    wait for a connection, up to ``timeout``.
+
+    Args:
+        pool: the broker's connection pool (its URL and options).
+        prefix: the broker's prefix.
+        process: this process's name among the processes (hex).
+        connections: the most connections this store opens.
+        timeout: seconds to wait for a free connection.
+
+    Presence records are kept 60 s, or three times the renewal timeout if longer, after their
+    last join or sweep.
+    """
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        prefix: str,
+        process: str,
+        *,
+        connections: int = 8,
+        timeout: float = 5.0,
+    ) -> None:
+        self._pool = BlockingConnectionPool(
+            connection_class=pool.connection_class,
+            max_connections=connections,
+            timeout=timeout,
+            **pool.connection_kwargs,
+        )
+        self._client = Redis(connection_pool=self._pool)
+        self._prefix = prefix
+        self.process = process
+        self._publish = _Script.of(_PUBLISH_STORED)
+        self._read = _Script.of(_READ_STORED)
+        self._update = _Script.of(_UPDATE)
+        self._sync = _Script.of(_SYNC)
+        self._sweep = _Script.of(_SWEEP)
+        self._renew = _Script.of(_RENEW)
+        self._alive = self._key("presence-alive")
+        self._local_prefix = self._key("presence-local:")
+        self._keep_ms = 60_000
+        self._waiting: list[tuple[Sequence[Any], Sequence[Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        """Fail the publishes still waiting and close the connections."""
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.cancel()
+            await asyncio.wait({flusher})
+        waiting, self._waiting = self._waiting, []
+        for _, _, future in waiting:
+            if not future.done():
+                future.set_exception(BrokerError("the broker stopped before this was stored"))
+        await self._client.aclose(close_connection_pool=True)
+
+    def _key(self, name: str, topic: str = "") -> bytes:
+        return f"{self._prefix}:{name}{topic}".encode("utf-8", "surrogatepass")
+
+    async def _run(self, calls: Sequence[_Call]) -> list[Any]:
+        """Run scripts pipelined in one round trip; each result, or its error, in order.
+
+        Raises:
+            BrokerError: Redis could not be reached (for every call).
+        """
+        try:
+            results = await self._pipeline(calls)
+            lost = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+            if lost:  # Redis restarted or flushed its scripts: load them and run those again
+                for script in {calls[i][0] for i in lost}:
+                    await self._client.script_load(script.source)
+                for i, result in zip(
+                    lost, await self._pipeline([calls[i] for i in lost]), strict=True
+                ):
+                    results[i] = result
+        except (RedisError, OSError) as exc:
+            raise BrokerError(f"Redis did not answer: {exc}") from exc
+        return results
+
+    async def _pipeline(self, calls: Sequence[_Call]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+
+    async def _call(self, script: _Script, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
+        [result] = await self._run([(script, keys, args)])
+        if isinstance(result, Exception):
+            raise BrokerError(f"Redis refused the command: {result}") from result
+        return result
+
+    # ------------------------------------------------------------------ history
+
+    def _history_keys(self, topic: str) -> list[bytes]:
+        return [self._key("history-meta:", topic), self._key("history:", topic)]
+
+    async def publish_stored(
+        self, channel: bytes, topic: str, data: bytes, retention: Retention
+    ) -> Position:
+        """Append and publish on ``channel`` in one script; return the position."""
+        ttl = _ms(retention.ttl) if retention.ttl is not None else 0
+        args = [channel, data, retention.size, ttl, _ms(retention.keep), secrets.token_hex(6)]
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        self._waiting.append((self._history_keys(topic), args, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name="fastapi_channels.redis.store")
+        offset, epoch = await asyncio.shield(future)
+        return Position(int(offset), bytes(epoch).decode())
+
+    async def _flush(self) -> None:
+        """Run waiting stored publishes, one pipelined batch at a time, until none waits."""
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    results = await self._run([(self._publish, k, a) for k, a, _ in batch])
+                except BrokerError as exc:
+                    results = [exc] * len(batch)
+                for (_, _, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, BrokerError):
+                        future.set_exception(result)
+                    elif isinstance(result, Exception):
+                        future.set_exception(BrokerError(f"Redis refused the message: {result}"))
+                    else:
+                        future.set_result(result)
+        finally:
+            self._flusher = None
+
+    async def read_stored(self, topic: str, retention: Retention, after: int) -> Stored:
+        """Read the retained messages above ``after``."""
+        ttl = _ms(retention.ttl) if retention.ttl is not None else 0
+        args = [after, retention.size, ttl, _ms(retention.keep), secrets.token_hex(6)]
+        reply = await self._call(self._read, self._history_keys(topic), args)
+        epoch, top, rest = bytes(reply[0]).decode(), int(reply[1]), reply[2:]
+        entries = [StoredEntry(int(rest[i]), bytes(rest[i + 1])) for i in range(0, len(rest), 2)]
+        entries.reverse()
+        return Stored(epoch=epoch, top=top, entries=entries)
+
+    # ------------------------------------------------------------------ presence
+
+    def _presence_keys(self, topic: str) -> list[bytes]:
+        return [
+            self._key("presence:", topic),
+            self._key("presence-holders:", topic),
+            self._key("presence-procs:", topic),
+        ]
+
+    def _local(self, topic: str) -> bytes:
+        return self._local_prefix + f"{self.process}:{topic}".encode("utf-8", "surrogatepass")
+
+    @staticmethod
+    def _announcer(channel: bytes, announce: Announcements) -> list[bytes]:
+        return [channel, *announce.join, *announce.leave]
+
+    async def update(
+        self,
+        channel: bytes,
+        topic: str,
+        join: Mapping[str, bytes],
+        leave: Collection[str],
+        announce: Announcements,
+    ) -> tuple[list[str], list[str]]:
+        """Unregister ``leave`` and register ``join`` for this process."""
+        keys = [*self._presence_keys(topic), self._local(topic)]
+        args: list[Any] = [self.process, self._keep_ms, *self._announcer(channel, announce)]
+        args += [len(leave), *leave]
+        for member, info in join.items():
+            args += [member, info]
+        joined, left = await self._call(self._update, keys, args)
+        return [bytes(m).decode() for m in joined], [bytes(m).decode() for m in left]
+
+    async def sync(
+        self, channel: bytes, topic: str, members: dict[str, bytes], announce: Announcements
+    ) -> None:
+        """Make this process's members of ``topic`` exactly ``members``."""
+        keys = [*self._presence_keys(topic), self._local(topic)]
+        args: list[Any] = [self.process, self._keep_ms, *self._announcer(channel, announce)]
+        for member, info in members.items():
+            args += [member, info]
+        await self._call(self._sync, keys, args)
+
+    def _sweep_call(
+        self, channel: bytes, topic: str, what: str, announce: Announcements
+    ) -> tuple[list[bytes], list[Any]]:
+        keys = [*self._presence_keys(topic), self._alive]
+        args: list[Any] = [self._local_prefix, topic, self.process, self._keep_ms, what]
+        return keys, args + self._announcer(channel, announce)
+
+    async def members(
+        self, channel: bytes, topic: str, announce: Announcements
+    ) -> dict[str, bytes]:
+        """Sweep, then return the members and their info."""
+        reply = await self._call(
+            self._sweep, *self._sweep_call(channel, topic, "members", announce)
+        )
+        return {bytes(reply[i]).decode(): bytes(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+    async def count(self, channel: bytes, topic: str, announce: Announcements) -> int:
+        """Sweep, then return the number of members."""
+        return int(
+            await self._call(self._sweep, *self._sweep_call(channel, topic, "count", announce))
+        )
+
+    async def sweep(
+        self, channels: dict[str, bytes], topics: dict[str, int], announce: dict[str, Announcements]
+    ) -> list[str]:
+        """Sweep every topic in one round trip; return those where this process differs."""
+        if not topics:
+            return []
+        names = list(topics)
+        calls: list[_Call] = []
+        for topic in names:
+            keys, args = self._sweep_call(channels[topic], topic, "held", announce[topic])
+            calls.append((self._sweep, keys, args))
+        held = await self._run(calls)
+        failed = next((result for result in held if isinstance(result, Exception)), None)
+        if failed is not None:
+            raise BrokerError(f"Redis refused a sweep: {failed}") from failed
+        return [topic for topic, count in zip(names, held, strict=True) if count != topics[topic]]
+
+    async def renew(self, timeout: float) -> bool:
+        """Keep this process alive ``timeout`` more seconds; return whether it was alive."""
+        self._keep_ms = max(self._keep_ms, _ms(3 * timeout))
+        args = [self.process, _ms(timeout), self._keep_ms]
+        return bool(await self._call(self._renew, [self._alive], args))
+
+    async def retire(self) -> None:
+        """Declare this process dead."""
+        try:
+            await self._client.zrem(self._alive, self.process)
+        except (RedisError, OSError) as exc:
+            raise BrokerError(f"Redis did not answer: {exc}") from exc
