@@ -1,118 +1,229 @@
-"""The demo app (the README example) works end to end in-process."""
+"""The demo chat works end to end in-process: login, the room, inboxes, typing, announcements,
+who is online and catching up after a reconnect."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import datetime
+from typing import Any
+
 import httpx
+import pytest
 
 from demo.app import app
-from fastapi_channels.protocol import JOIN, LEAVE, PRESENCE
+from fastapi_channels import ReplyError
 from fastapi_channels.testing import SocketTestClient, lifespan
 
 
-async def test_demo_private_and_global_chat() -> None:
-    async with (
-        lifespan(app),
-        SocketTestClient(app, subprotocols=["ann"]) as ann,
-        SocketTestClient(app, subprotocols=["bob"]) as bob,
-    ):
-        assert ann.subprotocol == "ann"
-        assert (await ann.subscribe("user:chat.ann"))["successful"]
-        assert not (await bob.subscribe("user:chat.ann"))["successful"]
-        await ann.emit("message", {"text": "note to self"}, channel="user:chat.ann")
-        assert (await ann.receive()).data == {"text": "note to self"}
-        await bob.assert_no_message()
-
-        for client in (ann, bob):
-            assert (await client.subscribe("global-chat"))["successful"]
-        assert [(await ann.receive()).event for _ in range(2)] == [PRESENCE, JOIN]
-        assert (await bob.receive()).event == PRESENCE
-        await bob.emit("typing")
-        await ann.emit("message", {"text": "hi all"}, channel="global-chat")
-        for client in (ann, bob):
-            assert (await client.receive()).data == {"from": "bob"}
-            assert (await client.receive()).data == {"from": "ann", "text": "hi all"}
-
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as http:
-            assert (await http.post("/announce", json={"text": "maintenance"})).status_code == 200
-        for client in (ann, bob):
-            assert (await client.receive()).data == {"text": "maintenance"}
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://demo") as c:
+        yield c
 
 
-async def test_demo_typed_events_replies_and_asyncapi() -> None:
-    async with lifespan(app), SocketTestClient(app, subprotocols=["ann"]) as ann:
-        assert (await ann.subscribe("global-chat"))["successful"]
-        assert (await ann.receive()).event == PRESENCE
-        assert await ann.request("message", {"text": "hi"}, channel="global-chat") == {
+async def log_in(http: httpx.AsyncClient, name: str) -> str:
+    response = await http.post("/login", json={"username": name})
+    assert response.status_code == 200, response.text
+    token: str = response.json()["token"]
+    return token
+
+
+async def connect(stack: AsyncExitStack, http: httpx.AsyncClient, name: str) -> SocketTestClient:
+    """Log in as ``name`` and connect with the token, subscribed to the room and the inbox."""
+    token = await log_in(http, name)
+    client = await stack.enter_async_context(SocketTestClient(app, subprotocols=[token]))
+    for channel in ("global-chat", f"chat:user.{name}"):
+        assert (await client.subscribe(channel))["successful"]
+    return client
+
+
+async def everyone(
+    stack: AsyncExitStack, http: httpx.AsyncClient, *names: str
+) -> list[SocketTestClient]:
+    """Connect each of ``names`` in turn; each sees who was online, then who came after."""
+    clients: list[SocketTestClient] = []
+    for name in names:
+        client = await connect(stack, http, name)
+        online = await client.receive()
+        assert online.event == "channels:presence"
+        assert online.data["members"] == [{"id": n} for n in sorted(names[: len(clients) + 1])]
+        clients.append(client)
+    for index, client in enumerate(clients):
+        for later in names[index + 1 :]:
+            joined = await client.receive()
+            assert (joined.event, joined.data["member"]) == ("channels:join", {"id": later})
+    return clients
+
+
+def said(packet: Any) -> dict[str, Any]:
+    """A chat line's data without its time (checked to be a time)."""
+    data = dict(packet.data)
+    datetime.fromisoformat(data.pop("at"))
+    return data
+
+
+async def test_login_answers_a_token_for_a_safe_name_only(http: httpx.AsyncClient) -> None:
+    token = await log_in(http, "ann")
+    async with SocketTestClient(app, subprotocols=[token]) as ann:
+        assert ann.subprotocol == token
+    for bad in ("", "Ann", "ann bob", "a" * 25, "ann:x", "../etc"):
+        assert (await http.post("/login", json={"username": bad})).status_code == 422, bad
+    assert (await http.post("/login", json={})).status_code == 422
+
+
+async def test_connections_without_a_valid_token_are_refused(http: httpx.AsyncClient) -> None:
+    for offered in ([], ["ann"], ["not.a.token"]):
+        refused = SocketTestClient(app, subprotocols=offered)
+        packet = await refused.connect()
+        assert packet.event == "disconnect"
+        await refused.close()
+
+
+async def test_global_chat_and_its_typing_indicator(http: httpx.AsyncClient) -> None:
+    async with AsyncExitStack() as stack:
+        ann, bob = await everyone(stack, http, "ann", "bob")
+        await bob.emit("typing")  # no data: the room
+        await bob.emit("typing", {})
+        assert await ann.request("message", {"text": "hi all"}, channel="global-chat") == {
             "delivered": True
         }
-        assert (await ann.receive()).data == {"from": "ann", "text": "hi"}
-        await ann.emit("message", {"text": ""}, channel="global-chat")
-        error = await ann.receive()
-        assert error.data["code"] == "invalid-data"
-        assert error.data["errors"][0]["loc"] == ["text"]
+        for client in (ann, bob):
+            for _ in range(2):
+                typing = await client.receive()
+                assert (typing.channel, typing.event) == ("global-chat", "typing")
+                assert typing.data == {"from": "bob", "to": None}
+            message = await client.receive()
+            assert message.channel == "global-chat"
+            assert said(message) == {"from": "ann", "text": "hi all"}
 
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as http:
-            document = (await http.get("/ws/asyncapi.json")).json()
-        assert document["channels"]["UserChat"]["address"] == "user:chat.{wildcard}"
-        assert "GlobalChat.message.receive" in document["operations"]
-
-
-async def test_demo_page_imports_the_javascript_client_the_app_serves() -> None:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://demo") as http:
-        page = await http.get("/")
-        assert page.headers["content-type"].startswith("text/html")
-        assert 'import { SocketClient } from "/ws/client.js"' in page.text
-        module = await http.get("/ws/client.js")
-        assert module.headers["content-type"].startswith("text/javascript")
-        assert "export class SocketClient" in module.text
+        with pytest.raises(ReplyError) as refused:
+            await ann.request("message", {"text": ""}, channel="global-chat")
+        assert refused.value.code == "invalid-data"
 
 
-async def test_demo_shows_who_is_online_and_catches_up_after_a_reconnect() -> None:
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        lifespan(app),
-        httpx.AsyncClient(transport=transport, base_url="http://demo") as http,
-        SocketTestClient(app, subprotocols=["ann"]) as ann,
-        SocketTestClient(app) as anonymous,
-    ):
-        assert (await ann.subscribe("global-chat"))["successful"]
-        assert (await ann.receive()).data["members"] == [{"id": "ann", "name": "Ann"}]
-        assert (await anonymous.subscribe("global-chat"))["successful"]
-        assert (await anonymous.receive()).data["members"] == [{"id": "ann", "name": "Ann"}]
+async def test_direct_messages_reach_the_recipient_and_the_sender_only(
+    http: httpx.AsyncClient,
+) -> None:
+    async with AsyncExitStack() as stack:
+        ann, bob, carol = await everyone(stack, http, "ann", "bob", "carol")
+        # Nobody may listen to someone else's inbox, nor send from it.
+        assert (await carol.subscribe("chat:user.bob")) == {
+            "channel": "chat:user.bob",
+            "successful": False,
+            "reason": "not authorised",
+        }
+        with pytest.raises(ReplyError) as not_yours:
+            await carol.request("message", {"to": "ann", "text": "x"}, channel="chat:user.bob")
+        assert not_yours.value.code == "not-subscribed"
 
-        async with SocketTestClient(app, subprotocols=["bob"]) as bob:
-            response = await bob.subscribe("global-chat")
-            epoch = response["position"]["epoch"]
-            members = (await bob.receive()).data["members"]
-            assert members == [{"id": "ann", "name": "Ann"}, {"id": "bob", "name": "Bob"}]
-            assert (await http.get("/chat/online")).json() == members
-            await bob.emit("typing")  # live only: no position, not kept
-            assert "position" not in await bob.receive()
-            await bob.emit("message", {"text": "back soon"}, channel="global-chat")
-            seen = (await bob.receive())["position"]
-        for client in (ann, anonymous):
-            assert (await client.receive()).event == JOIN
-            assert (await client.receive()).data == {"from": "bob"}
-            assert (await client.receive()).data == {"from": "bob", "text": "back soon"}
-            assert (await client.receive()).event == LEAVE
+        sent = {"to": "bob", "text": "psst"}
+        assert await ann.request("message", sent, channel="chat:user.ann") == {"delivered": True}
+        line = {"from": "ann", "to": "bob", "text": "psst"}
+        assert said(await bob.receive()) == line
+        echo = await ann.receive()
+        assert echo.channel == "chat:user.ann"
+        assert said(echo) == line
 
-        await ann.emit("message", {"text": "you missed this"}, channel="global-chat")
-        assert (await http.post("/announce", json={"text": "and this"})).status_code == 200
-        recent = (await http.get("/chat/history", params={"limit": 2})).json()
-        assert [m["data"]["text"] for m in recent["messages"]] == ["you missed this", "and this"]
+        await ann.emit("typing", {"to": "bob"})
+        typing = await bob.receive()
+        assert (typing.channel, typing.data) == ("chat:user.bob", {"from": "ann", "to": "bob"})
 
-        async with SocketTestClient(app, subprotocols=["bob"]) as bob:
-            await bob.emit("subscribe-channel-request", {"channel": "global-chat", "since": seen})
-            response = await bob.receive()
-            assert response.data["recovered"] is True
-            assert response.data["position"] == {"offset": seen["offset"], "epoch": epoch}
-            assert (await bob.receive()).event == PRESENCE
-            missed = [await bob.receive() for _ in range(2)]
-            assert [p.data["text"] for p in missed] == ["you missed this", "and this"]
-            assert [p["position"]["offset"] for p in missed] == [
-                seen["offset"] + 1,
-                seen["offset"] + 2,
-            ]
+        with pytest.raises(ReplyError) as bad_name:
+            await ann.request("message", {"to": "Bob!", "text": "x"}, channel="chat:user.ann")
+        assert bad_name.value.code == "invalid-data"
+        await carol.assert_no_message()
+        await ann.assert_no_message()
+
+
+async def test_announcements_need_the_admin_token(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = {"text": "maintenance at noon"}
+    monkeypatch.delenv("DEMO_ADMIN_TOKEN", raising=False)
+    assert (await http.post("/announce", json=body)).status_code == 403
+    monkeypatch.setenv("DEMO_ADMIN_TOKEN", "operator-secret")
+    async with AsyncExitStack() as stack:
+        (ann,) = await everyone(stack, http, "ann")
+        user_token = await log_in(http, "admin")
+        for headers in ({}, {"Authorization": f"Bearer {user_token}"}):
+            refused = await http.post("/announce", json=body, headers=headers)
+            assert refused.status_code == 401
+            assert refused.headers["www-authenticate"] == "Bearer"
+        admin = {"Authorization": "Bearer operator-secret"}
+        assert (await http.post("/announce", json=body, headers=admin)).status_code == 204
+        announcement = await ann.receive()
+        assert (announcement.event, said(announcement)) == ("announcement", body)
+
+
+async def test_who_is_online_follows_connections(http: httpx.AsyncClient) -> None:
+    async with AsyncExitStack() as stack:
+        ann, bob = await everyone(stack, http, "ann", "bob")
+        async with SocketTestClient(app, subprotocols=[await log_in(http, "bob")]) as second_tab:
+            assert (await second_tab.subscribe("global-chat"))["successful"]
+            assert (await second_tab.receive()).data["members"] == [{"id": "ann"}, {"id": "bob"}]
+        await ann.assert_no_message()  # bob is still there in his first tab
+        await bob.close()
+        left = await ann.receive()
+        assert (left.event, left.data["member"]) == ("channels:leave", {"id": "bob"})
+
+
+async def test_the_page_loads_kept_messages_then_catches_up_after_a_reconnect(
+    http: httpx.AsyncClient,
+) -> None:
+    async with AsyncExitStack() as stack:
+        (ann,) = await everyone(stack, http, "ann")
+        bob_token = await log_in(http, "bob")
+        bearer = {"Authorization": f"Bearer {bob_token}"}
+        # What the page does: load what the room and the inbox keep, then subscribe from there.
+        kept = {}
+        for channel in ("global-chat", "chat:user.bob"):
+            response = await http.get(f"/history/{channel}", headers=bearer)
+            assert response.status_code == 200
+            kept[channel] = response.json()
+        assert (await http.get("/history/chat:user.ann", headers=bearer)).status_code == 403
+        assert (await http.get("/history/global-chat")).status_code == 401
+
+        await ann.request("message", {"text": "before bob"}, channel="global-chat")
+        await ann.request("message", {"to": "bob", "text": "dm 1"}, channel="chat:user.ann")
+        async with SocketTestClient(app, subprotocols=[bob_token]) as bob:
+            for channel, page in kept.items():
+                since = {"channel": channel, "since": page["position"]}
+                await bob.emit("subscribe-channel-request", since)
+                assert (await bob.receive()).data["recovered"] is True
+                if channel == "global-chat":
+                    assert (await bob.receive()).event == "channels:presence"
+                caught_up = await bob.receive()
+                assert caught_up.data["text"] in ("before bob", "dm 1")
+                assert caught_up["position"]["offset"] == page["position"]["offset"] + 1
+            last_seen = caught_up["position"]
+        # bob's connection dropped; what was said meanwhile comes on his next subscription.
+        await ann.request("message", {"to": "bob", "text": "dm 2"}, channel="chat:user.ann")
+        async with SocketTestClient(app, subprotocols=[bob_token]) as bob:
+            since = {"channel": "chat:user.bob", "since": last_seen}
+            await bob.emit("subscribe-channel-request", since)
+            assert (await bob.receive()).data["recovered"] is True
+            missed = await bob.receive()
+            assert said(missed) == {"from": "ann", "to": "bob", "text": "dm 2"}
+            await bob.assert_no_message()
+
+
+async def test_the_asyncapi_document_describes_the_demo(http: httpx.AsyncClient) -> None:
+    document = (await http.get("/ws/asyncapi.json")).json()
+    assert document["channels"]["Inbox"]["address"] == "chat:user.{wildcard}"
+    assert document["channels"]["GlobalChat"]["address"] == "global-chat"
+    assert "Inbox.message.receive" in document["operations"]
+
+
+async def test_the_page_and_its_script_are_served_locally(http: httpx.AsyncClient) -> None:
+    page = await http.get("/")
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Demo login, no password." in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from elsewhere
+    script = await http.get("/static/chat.js")
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert 'import { SocketClient } from "/ws/client.js"' in script.text
+    assert (await http.get("/static/chat.css")).status_code == 200
+    module = await http.get("/ws/client.js")
+    assert "export class SocketClient" in module.text

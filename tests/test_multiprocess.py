@@ -8,119 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import httpx
 import pytest
 import websockets
 
-from tests.redis_support import RedisServer, free_port
+from tests.processes import TIMEOUT, Process, start_process
+from tests.redis_support import RedisServer
 
-ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT = 10.0
+APP = "tests.multiprocess_app:app"
 PRESENCE_TIMEOUT = 1.0
-
-
-class Process:
-    """One uvicorn process of the app, on a free loopback port."""
-
-    def __init__(self, broker_url: str) -> None:
-        self.broker_url = broker_url
-        self.port = 0
-        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def spawn(self) -> None:
-        self.port = free_port()
-        env = {
-            **os.environ,
-            "FASTAPI_CHANNELS_BROKER_URL": self.broker_url,
-            "PYTHONPATH": ".",
-            "PRESENCE_TIMEOUT": str(PRESENCE_TIMEOUT),
-        }
-        args = [sys.executable, "-m", "uvicorn", "tests.multiprocess_app:app"]
-        args += ["--host", "127.0.0.1", "--port", str(self.port), "--ws", "websockets-sansio"]
-        args += ["--log-level", "warning"]
-        self._process = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log
-        )
-
-    def exited(self) -> bool:
-        return self._process is None or self._process.poll() is not None
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-    def kill(self) -> None:
-        """End the process at once (SIGKILL): nothing of its shutdown runs."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait(timeout=TIMEOUT)
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=TIMEOUT)
-        self.log.close()
-
-    async def health(self) -> dict[str, Any] | None:
-        """The process's health report, or ``None`` while it does not answer."""
-        try:
-            async with httpx.AsyncClient(timeout=1.0) as http:
-                response = await http.get(f"{self.http}/health")
-        except httpx.TransportError:
-            return None
-        report: dict[str, Any] = response.json()
-        return report
-
-    async def wait_health(self, healthy: bool) -> None:
-        """Poll the health route (bounded) until the process reports ``healthy``."""
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                if self.exited():
-                    raise RuntimeError(f"uvicorn exited:\n{self.output()}")
-                report = await self.health()
-                if report is not None and report["healthy"] is healthy:
-                    return
-                await asyncio.sleep(0.05)
-
-    async def post(self, path: str, json: Any = None) -> httpx.Response:
-        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
-            return await http.post(f"{self.http}{path}", json=json)
-
-
-async def start_process(broker_url: str) -> Process:
-    """Start a process and wait until it serves with a connected broker; retry if its port was
-    taken between choosing and binding it."""
-    for _ in range(3):
-        process = Process(broker_url)
-        process.spawn()
-        try:
-            await process.wait_health(True)
-        except RuntimeError:
-            if "address already in use" not in process.output().lower():
-                raise
-            process.stop()
-            continue
-        return process
-    raise RuntimeError("no free port for uvicorn after 3 attempts")
 
 
 @dataclass
@@ -141,7 +41,8 @@ def redis_for_processes(redis_binary: str) -> Iterator[RedisServer]:
 @pytest.fixture
 async def cluster(redis_for_processes: RedisServer) -> AsyncIterator[Cluster]:
     url = f"{redis_for_processes.url}?prefix=test-{uuid.uuid4().hex[:12]}"
-    a, b = await asyncio.gather(start_process(url), start_process(url))
+    env = {"FASTAPI_CHANNELS_BROKER_URL": url, "PRESENCE_TIMEOUT": str(PRESENCE_TIMEOUT)}
+    a, b = await asyncio.gather(*(start_process(APP, env) for _ in range(2)))
     try:
         yield Cluster(redis_for_processes, a, b)
     finally:
@@ -281,7 +182,7 @@ async def test_a_killed_process_leaves_no_ghost_and_a_restarted_one_recovers_pos
     first = await bob.receive()
     assert first["position"] == {"offset": 1, "epoch": epoch}
     cluster.b.stop()
-    restarted = await start_process(cluster.b.broker_url)
+    restarted = await start_process(APP, cluster.b.env)
     try:
         assert (await restarted.post("/lobbies/1", {"n": 2})).status_code == 200
         assert (await restarted.post("/lobbies/1", {"n": 3})).status_code == 200
