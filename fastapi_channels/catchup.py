@@ -2,15 +2,15 @@
 
 Subscribing to a presence or history channel takes a few reads from the broker (the member
 list, the missed messages). Live frames for the channel may arrive during those reads: they
-are held for that connection only (:class:`CatchUp`), then sent after the subscribe response,
+are held for that connection only (`CatchUp`), then sent after the subscribe response,
 the member list and the missed messages, skipping stored messages the connection already got
 (same epoch, offset not above the last one sent). So a client sees, in order and once: the
 response, ``channels:presence``, the missed messages, then live ones.
 
-Only routes with presence or history have a :class:`CatchUp`; other channels keep the plain
+Only routes with presence or history have a `CatchUp`; other channels keep the plain
 fan-out.
 
-A whole process catches up too (:class:`Reconnects`): while its broker is disconnected from
+A whole process catches up too (`Reconnects`): while its broker is disconnected from
 Redis, the stored messages and presence announcements other processes publish do not reach it.
 When the broker is connected again, each local history channel is read from the last position
 this process delivered, and what is missing goes to its subscribers, held and de-duplicated as
@@ -75,7 +75,7 @@ class CatchUp:
         self._held: dict[str, dict[SocketConnection, list[Held]]] = {}
 
     def hold(self, channel: str, connection: SocketConnection) -> None:
-        """Hold ``channel``'s live frames for ``connection`` until :meth:`release`."""
+        """Hold ``channel``'s live frames for ``connection`` until `release`."""
         self._held.setdefault(channel, {})[connection] = []
 
     def holding(self, channel: str, connection: SocketConnection) -> bool:

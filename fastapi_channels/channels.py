@@ -48,18 +48,18 @@ class Channels:
         middleware: global middleware, first outermost; classes are built by the container.
         container: an ``injector.Injector`` holding the app's services; a new one by default.
         broker: a ``Broker``, or a URL (``memory://``, ``redis://...``, see
-            :func:`~fastapi_channels.brokers.create_broker`). When not given, the URL in the
+            `create_broker`). When not given, the URL in the
             ``FASTAPI_CHANNELS_BROKER_URL`` environment variable, else in memory.
         limits: per-connection limits and the outgoing queue's overflow policy.
         enabled: when False the router has no websocket route (Envuso's ``enabled``).
         allow_anonymous: when False a connection whose user is ``None`` is refused.
         user_id: how to get the id a user is reached by (default: ``socket_user_id()``, then
             ``.id``, then ``["id"]``/``["sub"]``, then the value itself for ``str``/``int``).
-        extensions: per-connection extensions (see :mod:`fastapi_channels.extensions`). A
+        extensions: per-connection extensions (see `fastapi_channels.extensions`). A
             ``user`` dependency with a ``connection_extension`` attribute (``JWTAuth``: token
             expiry and in-band renewal) adds it on its own.
         asyncapi: serve the AsyncAPI 3.0 document of the channels at ``{path}/asyncapi.json``
-            (see :meth:`asyncapi`).
+            (see `asyncapi`).
         info_guard: a FastAPI dependency guarding ``GET {path}/info`` (this process's counts
             per channel and counters); the route exists only when a guard is given. It should
             raise (e.g. ``HTTPException(403)``) for callers who may not see it.

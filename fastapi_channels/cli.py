@@ -4,7 +4,7 @@ Subcommands:
 
 ``connect``
     A terminal client of a running app: subscribe, print events, send an event or a request
-    (see :mod:`fastapi_channels.client.cli`). Needs the ``client`` extra.
+    (see `fastapi_channels.client.cli`). Needs the ``client`` extra.
 """
 
 from __future__ import annotations

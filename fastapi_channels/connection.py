@@ -6,9 +6,9 @@ socket's buffer has room, the usual case), no task, future or queue entry is cre
 Only when a send suspends (the peer reads slowly, the transport paused writing) does the
 connection get a writer task, which finishes that send and drains what queued up meanwhile, in
 order, then goes away again. Frames that arrive while a send is pending wait in a bounded queue;
-when it is full, the connection's :class:`OverflowPolicy` decides.
+when it is full, the connection's `OverflowPolicy` decides.
 
-Clients that opt in to batching (see :meth:`SocketConnection.enable_batching`) get the frames
+Clients that opt in to batching (see `SocketConnection.enable_batching`) get the frames
 that wait for them in one loop turn as one frame holding a JSON array of packets.
 """
 
@@ -150,7 +150,7 @@ class SocketConnection:
 
     @property
     def batching(self) -> bool:
-        """Whether waiting frames are sent to this client batched (see :meth:`enable_batching`)."""
+        """Whether waiting frames are sent to this client batched (see `enable_batching`)."""
         return self._batch
 
     def has_subscription(self, channel: str) -> bool:

@@ -1,20 +1,22 @@
 """Exceptions and close codes of fastapi_channels.
 
-Every exception the library raises derives from :class:`ChannelsError`::
+Every exception the library raises derives from `ChannelsError`:
 
-    ChannelsError
-    ├── ConfigurationError      bad set-up, raised at registration or start-up
-    ├── ProtocolError           a client sent something the protocol does not allow
-    │   └── InvalidData         the packet's data failed a handler's declared type
-    ├── Reject                  middleware, is_authorised or a handler refuses, with a reason
-    │   └── AuthenticationError the credential is missing, invalid or from a forbidden origin
-    ├── ConnectionClosed        sending on a connection that is closed
-    ├── InvalidChannel          a send names a channel its listener does not serve (ValueError)
-    ├── BrokerError             the broker (in memory or Redis) failed
-    └── ReplyError              a request was answered with an error (client side)
+```text
+ChannelsError
+├── ConfigurationError      bad set-up, raised at registration or start-up
+├── ProtocolError           a client sent something the protocol does not allow
+│   └── InvalidData         the packet's data failed a handler's declared type
+├── Reject                  middleware, is_authorised or a handler refuses, with a reason
+│   └── AuthenticationError the credential is missing, invalid or from a forbidden origin
+├── ConnectionClosed        sending on a connection that is closed
+├── InvalidChannel          a send names a channel its listener does not serve (ValueError)
+├── BrokerError             the broker (in memory or Redis) failed
+└── ReplyError              a request was answered with an error (client side)
+```
 
-Client-facing failures are mapped to error packets (see :class:`ErrorCode`) or close codes
-(see :class:`CloseCode`) in one place, the dispatcher; nothing a client sends can escape as an
+Client-facing failures are mapped to error packets (see `ErrorCode`) or close codes
+(see `CloseCode`) in one place, the dispatcher; nothing a client sends can escape as an
 unhandled exception.
 """
 
@@ -43,7 +45,7 @@ class CloseCode(IntEnum):
     """Websocket close codes the server uses.
 
     The Envuso client stops for good on any close frame, so a refusal is always sent as a
-    ``disconnect`` packet followed by :attr:`NORMAL`.
+    ``disconnect`` packet followed by `NORMAL`.
     """
 
     NORMAL = 1000
@@ -137,7 +139,7 @@ class InvalidData(ProtocolError):
 
     Raised by the dispatcher before the handler runs (the handler then does not run); a handler
     may raise it too, for checks its types cannot express. Answered with code
-    ``invalid-data`` and :attr:`errors`.
+    ``invalid-data`` and `errors`.
 
     Args:
         message: a short summary, e.g. ``"2 validation errors"``.
@@ -170,7 +172,7 @@ class Reject(ChannelsError):
 class AuthFailure(StrEnum):
     """Why an authentication was refused: the specific reason written to the server log.
 
-    Only :attr:`AuthenticationError.reason`, which is one of three generic texts, reaches the
+    Only `AuthenticationError.reason`, which is one of three generic texts, reaches the
     client; these values never do.
     """
 
@@ -215,8 +217,8 @@ _PUBLIC_REASONS: dict[AuthFailure, str] = {
 class AuthenticationError(Reject):
     """The connection or request could not be authenticated.
 
-    The client sees only :attr:`reason`, a generic text ("authentication required",
-    "authentication failed" or "origin not allowed"); :attr:`failure` and :attr:`detail` say
+    The client sees only `reason`, a generic text ("authentication required",
+    "authentication failed" or "origin not allowed"); `failure` and `detail` say
     precisely what went wrong and are for the server log. Neither ever holds the token, a
     secret or a claim's value.
 
@@ -267,7 +269,7 @@ class ReplyError(ChannelsError):
     Raised by the clients' awaitable calls and by ``SocketTestClient.request``.
 
     Attributes:
-        code: the reply's ``error.code`` (an :class:`ErrorCode` value).
+        code: the reply's ``error.code`` (an `ErrorCode` value).
         message: the reply's ``error.message``.
         errors: the validation problems for code ``invalid-data``, else empty.
     """

@@ -21,8 +21,8 @@ __all__ = ["ConnectionExtension"]
 class ConnectionExtension:
     """Base class of connection extensions; every hook does nothing unless overridden.
 
-    Class attributes:
-        events: the reserved event names :meth:`handle` receives.
+    Attributes:
+        events: the reserved event names `handle` receives.
     """
 
     events: ClassVar[frozenset[str]] = frozenset()
@@ -34,7 +34,7 @@ class ConnectionExtension:
         """Run once the connection has gone away; must not block."""
 
     async def handle(self, connection: SocketConnection, packet: SocketPacket) -> object:
-        """Handle one packet of one of :attr:`events`.
+        """Handle one packet of one of `events`.
 
         What it returns is the ``data`` of the reply when the packet carried an ``id``. An
         exception is logged and answered with a ``channels:error`` packet (code

@@ -1,7 +1,7 @@
 """History channels: the declaration, positions on the wire, and recovery.
 
 A channel listener with ``history = History(size=100, ttl=3600)`` keeps its channels' last
-messages in the broker. Each broadcast on such a channel gets a :class:`Position` (an offset,
+messages in the broker. Each broadcast on such a channel gets a `Position` (an offset,
 counting from 1 without gaps, within an epoch) that travels with the packet as a top-level
 ``position`` field. A client that subscribes again with the last position it saw (``since``)
 receives what it missed, in order and once, before live messages, or learns that recovery
@@ -86,7 +86,7 @@ class History:
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """One message of a channel's history, as :meth:`SocketServer.history` returns it."""
+    """One message of a channel's history, as `SocketServer.history` returns it."""
 
     position: Position
     event: str
@@ -95,7 +95,7 @@ class StoredMessage:
 
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
-    """What :meth:`SocketServer.history` read.
+    """What `SocketServer.history` read.
 
     Attributes:
         messages: the messages, oldest first.

@@ -13,9 +13,9 @@ annotation and name, in any order:
 
 A parameter with a default that none of these rules claims is left to its default.
 
-The signature and its type hints are read once, into an :class:`InvocationPlan` holding a
+The signature and its type hints are read once, into an `InvocationPlan` holding a
 ``pydantic.TypeAdapter`` for the data; nothing is inspected per message. Invalid data raises
-:class:`~fastapi_channels.errors.InvalidData` before the handler runs, with a bounded list of
+`InvalidData` before the handler runs, with a bounded list of
 ``{loc, msg, type}`` problems that never holds the input's values.
 """
 
@@ -88,7 +88,7 @@ class _Unresolved:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class InvocationPlan:
-    """How to call one handler function; built once per function by :func:`plan_for`.
+    """How to call one handler function; built once per function by `plan_for`.
 
     Attributes:
         name: the handler's qualified name, for messages.
@@ -311,7 +311,7 @@ def _is_payload_type(hint: Any) -> bool:
 
 
 def _hints(func: Callable[..., Any], params: list[inspect.Parameter]) -> list[Any]:
-    """Each parameter's evaluated annotation, ``_EMPTY`` or an :class:`_Unresolved`."""
+    """Each parameter's evaluated annotation, ``_EMPTY`` or an `_Unresolved`."""
     try:
         resolved = typing.get_type_hints(func, include_extras=True)
     except Exception:

@@ -9,7 +9,7 @@ instance of each when the server starts, so constructors can take ``SocketServer
 service.
 
 Handlers take Envuso's ``(self, connection, user, packet)`` or typed parameters (see
-:mod:`fastapi_channels.invocation`); their signatures are checked when the class is decorated
+`fastapi_channels.invocation`); their signatures are checked when the class is decorated
 (as far as its type hints can be resolved then) and again, fully, when it is registered.
 """
 
@@ -74,10 +74,10 @@ class ChannelListener:
     """Base class of channel listeners.
 
     One instance serves every subscription to every channel its pattern matches, so it must
-    not keep per-subscription state in attributes; :attr:`channel_name` and :attr:`wildcard`
+    not keep per-subscription state in attributes; `channel_name` and `wildcard`
     read the subscription being served from a context variable instead.
 
-    Class attributes:
+    Attributes:
         pattern: set by ``@channel``.
         middleware: middleware (instances, or classes built by the container) for this channel.
         require_user: refuse subscriptions and events from anonymous connections.
@@ -85,8 +85,8 @@ class ChannelListener:
             (``{"message": ChatMessage}``); documentation only, for the AsyncAPI document.
         presence: make the channels presence channels: subscribers get the member list
             (``channels:presence``) and ``channels:join`` / ``channels:leave`` events, with
-            each member's :meth:`member_info` (see ``docs/presence-and-history.md``).
-        history: keep the channels' last broadcasts (a :class:`History`): their events carry
+            each member's `member_info` (see ``docs/presence-and-history.md``).
+        history: keep the channels' last broadcasts (a `History`): their events carry
             a ``position``, and a subscriber coming back with its last position receives what
             it missed.
     """
@@ -120,7 +120,7 @@ class ChannelListener:
         """What the other subscribers of a presence channel see of ``user``; may be async.
 
         Called when a user's connection makes it join a channel (its first connection on a
-        process), with :attr:`channel_name` set. The result is public: every subscriber of
+        process), with `channel_name` set. The result is public: every subscriber of
         the channel receives it. It must be JSON-serialisable; an ``id`` (the user key) is
         added when it has none, so clients can match a ``channels:leave`` with a member. The
         default is ``{"id": <user key>}``. If it raises, the member is listed with the
@@ -139,26 +139,26 @@ class ChannelListener:
 
     @property
     def wildcard(self) -> str:
-        """What the pattern's ``*`` matched in :attr:`channel_name` (``""`` without a ``*``)."""
+        """What the pattern's ``*`` matched in `channel_name` (``""`` without a ``*``)."""
         return _current_subscription.get().wildcard
 
     def get_channel_name(self) -> str:
-        """Alias of :attr:`channel_name`, Envuso's spelling."""
+        """Alias of `channel_name`, Envuso's spelling."""
         return self.channel_name
 
     async def broadcast(self, channel: str, event: str, data: Any = None) -> Position | None:
         """Send ``event`` to every subscriber of the concrete ``channel`` of this listener.
 
         Returns the message's position when the listener keeps a history. See
-        :meth:`SocketServer.broadcast` for the behaviour under load.
+        `SocketServer.broadcast` for the behaviour under load.
         """
         return await self._server.broadcast(type(self), channel, event, data)
 
 
 class SocketListener:
-    """Base class of plain event listeners (no channel): override :meth:`handle`.
+    """Base class of plain event listeners (no channel): override `handle`.
 
-    Class attributes:
+    Attributes:
         event: set by ``@listener``.
         require_user: refuse the event from anonymous connections.
         sends: the plain events this listener sends, with their data types; documentation
@@ -260,6 +260,15 @@ class _ChannelDecorator:
 
 
 channel = _ChannelDecorator()
+"""Declares channel listeners and their handlers.
+
+- `@channel("user:chat.*")` on a `ChannelListener` subclass declares the pattern it serves (at
+  most one `*`, matching a non-empty run of characters without `:`). A malformed pattern
+  raises `ConfigurationError` at once; a handler whose signature cannot be satisfied raises
+  it when the class is decorated or registered.
+- `@channel.on("event")` marks a method as the handler of an event.
+- `@channel.outgoing("event", ...)` marks the listener's outgoing filter.
+"""
 
 
 def listener(event: str) -> Callable[[L], L]:

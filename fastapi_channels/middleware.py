@@ -1,8 +1,8 @@
 """Middleware: an async chain around connect, subscribe and channel events.
 
-A middleware subclasses :class:`Middleware` and overrides the hooks it needs; each hook gets a
-:class:`MiddlewareContext` and ``call_next``, and refuses by raising
-:class:`~fastapi_channels.errors.Reject`. Global middleware (given to ``Channels``) runs for
+A middleware subclasses `Middleware` and overrides the hooks it needs; each hook gets a
+`MiddlewareContext` and ``call_next``, and refuses by raising
+`Reject`. Global middleware (given to ``Channels``) runs for
 every stage, the first in the list outermost; a channel listener's own middleware runs at
 subscribe (before ``is_authorised``) and around that channel's events. A hook that is not
 overridden costs nothing: it is left out of the chain when the chain is built.

@@ -3,7 +3,7 @@
 A listener declares at most one method with ``@channel.outgoing(...)``. When a broadcast (or a
 ``send_to_user_via_channel``) of one of its events reaches this process, the frame is decoded
 once and the hook is called for each local recipient; it returns the data unchanged (the shared
-frame is queued), other data (encoded for that recipient only) or :data:`DROP` (nothing is
+frame is queued), other data (encoded for that recipient only) or `DROP` (nothing is
 sent to that recipient). A listener without a hook keeps the encode-once fan-out: one frame
 object shared by every recipient, no decoding.
 

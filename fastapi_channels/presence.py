@@ -168,7 +168,7 @@ class Presence:
     async def remove(self, connection: SocketConnection, channel: str) -> None:
         """Stop counting ``connection``; its user's last connection here unregisters it.
 
-        Never raises (see :meth:`add`).
+        Never raises (see `add`).
         """
         key = connection.user_key
         state = self._channels.get(channel)

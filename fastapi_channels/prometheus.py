@@ -1,10 +1,12 @@
 """Prometheus metrics for a ``Channels`` server (the ``prometheus`` extra).
 
 The collector reads the server's plain counters at scrape time, so metrics cost nothing on the
-per-message path beyond the integer increments the server always makes::
+per-message path beyond the integer increments the server always makes:
 
-    from fastapi_channels.prometheus import metrics_app
-    app.mount("/metrics", metrics_app(channels))
+```python
+from fastapi_channels.prometheus import metrics_app
+app.mount("/metrics", metrics_app(channels))
+```
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ def validate_channel_name(name: object, max_length: int) -> str:
 
 
 def decode_packet(text: str, max_name_length: int = 200) -> SocketPacket:
-    """Decode one text frame into a :class:`SocketPacket`.
+    """Decode one text frame into a `SocketPacket`.
 
     Args:
         text: the frame's text.

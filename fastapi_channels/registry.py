@@ -1,7 +1,7 @@
 """The listener registry: what is declared, validated at registration, built at start-up.
 
 Registering a class reads every handler's signature once into an invocation plan (see
-:mod:`fastapi_channels.invocation`); starting binds those plans to the listener instances the
+`fastapi_channels.invocation`); starting binds those plans to the listener instances the
 container builds. Nothing about a handler is inspected per message.
 """
 

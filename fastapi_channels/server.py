@@ -2,18 +2,18 @@
 
 Each message is encoded once, published through the broker as bytes, and fanned out by every
 process to its local subscribers: handing one shared frame to each connection, without awaiting
-any socket (see :meth:`SocketConnection.push`). A channel whose listener declares an outgoing
+any socket (see `SocketConnection.push`). A channel whose listener declares an outgoing
 filter is the one exception: its frames are decoded once per process and re-encoded only for the
-recipients whose data the filter changed (see :mod:`fastapi_channels.outgoing`).
+recipients whose data the filter changed (see `fastapi_channels.outgoing`).
 
 A fan-out to more than ``FAN_OUT_CHUNK`` connections is cut into chunks with a turn of the event
 loop between them, so a broadcast to a huge channel never blocks the loop for long; fan-outs
 then run strictly in arrival order, so every connection still gets its frames in publish order.
 
-Presence and history channels (see :mod:`fastapi_channels.presence` and
-:mod:`fastapi_channels.history`) add state in the broker: a broadcast on a history channel is
+Presence and history channels (see `fastapi_channels.presence` and
+`fastapi_channels.history`) add state in the broker: a broadcast on a history channel is
 stored and delivered with its position, and a new subscriber of either kind is caught up (see
-:mod:`fastapi_channels.catchup`) before it gets live frames. Other channels take none of these
+`fastapi_channels.catchup`) before it gets live frames. Other channels take none of these
 paths.
 """
 
@@ -68,7 +68,7 @@ _DISCONNECT = b"x"
 FAN_OUT_CHUNK = 1000
 """Connections served in one go (a few milliseconds); a larger fan-out yields between chunks."""
 _BACKLOG_LIMIT = 32
-"""Fan-outs waiting for their turn above which :meth:`SocketServer.broadcast` waits."""
+"""Fan-outs waiting for their turn above which `SocketServer.broadcast` waits."""
 
 
 class _FanOut:
@@ -107,14 +107,14 @@ class SocketServer:
         self._max_name_length = max_name_length
         self._routes: PatternTable[ChannelRoute] = PatternTable()
         self.presence_tracker = Presence(broker, presence_timeout)
-        """This process's presence bookkeeping (see :mod:`fastapi_channels.presence`)."""
+        """This process's presence bookkeeping (see `fastapi_channels.presence`)."""
         self._connections: dict[str, SocketConnection] = {}
         self._channels: dict[str, set[SocketConnection]] = {}
         # A user's connections as a tuple: most users have one or two, and a 1-tuple is a
         # quarter of an empty set's size (this dict holds an entry per connected user).
         self._users: dict[str, tuple[SocketConnection, ...]] = {}
         self.reconnects = Reconnects(broker, self._channels, _CHANNEL)
-        """Catches history channels up after a broker outage (see :mod:`.catchup`)."""
+        """Catches history channels up after a broker outage (see `.catchup`)."""
         self._removals: set[asyncio.Future[None]] = set()
         self._empty = asyncio.Event()
         self._empty.set()
@@ -222,7 +222,7 @@ class SocketServer:
         ``healthy`` is false while the broker cannot reach the other processes (Redis down or
         reconnecting): this process then still serves its own connections, but its messages do
         not reach other processes, nor theirs it. ``broker`` holds the broker's own report
-        (:class:`~fastapi_channels.brokers.base.BrokerHealth`): its state, how many topics this
+        (`BrokerHealth`): its state, how many topics this
         process listens to, and the last transport error.
         """
         broker = self.broker.health()
@@ -276,7 +276,7 @@ class SocketServer:
         """Subscribe ``connection``; returns once broadcasts to the channel will reach it.
 
         On a presence or history channel, live frames are then held for the connection until
-        :meth:`catch_up` has run (or :meth:`release` is called).
+        `catch_up` has run (or `release` is called).
         """
         route: ChannelRoute | None = sub.route  # None for a subscription made by hand, in tests
         catch_up = route.catch_up if route is not None else None
@@ -337,8 +337,8 @@ class SocketServer:
         Registers the connection's user as a member (presence), reads the member list and,
         for a history channel, the messages after ``since``. Returns None when nothing is held
         for this subscription (another kind of channel, or it was subscribed already). The
-        caller sends the subscribe response with :attr:`CaughtUp.fields`, then calls
-        :meth:`CaughtUp.finish`, which also stops holding live frames. Broker failures are
+        caller sends the subscribe response with `CaughtUp.fields`, then calls
+        `CaughtUp.finish`, which also stops holding live frames. Broker failures are
         logged, not raised: the member list is then left out, and a history channel answers
         without a position (``recovered: false`` when ``since`` was given).
         """
@@ -516,7 +516,7 @@ class SocketServer:
         """Send a channel event to those connections of one user subscribed to ``channel``.
 
         Raises:
-            InvalidChannel: as :meth:`broadcast`.
+            InvalidChannel: as `broadcast`.
         """
         self._check_channel(listener, channel)
         payload = _CHANNEL_EVENT + channel.encode() + b"\n" + encode(event, data, channel)
@@ -589,7 +589,7 @@ class SocketServer:
         """Hand ``frame`` to ``connections``: now if few and nothing waits, else in turn.
 
         ``position`` and ``filtered`` matter on presence and history channels only (see
-        :func:`_deliver`).
+        `_deliver`).
         """
         if not self._backlog and len(connections) <= FAN_OUT_CHUNK:
             _deliver(connections, channel, frame, position, filtered)

@@ -1,13 +1,15 @@
 """Test helpers: drive a fastapi_channels app in-process, with a timeout on every wait.
 
 ``SocketTestClient`` speaks to the ASGI app directly (no network, no threads), in the test's
-own event loop; ``lifespan(app)`` runs the app's lifespan around a test::
+own event loop; ``lifespan(app)`` runs the app's lifespan around a test:
 
-    async with lifespan(app), SocketTestClient(app) as client:
-        assert (await client.subscribe("global-chat"))["successful"]
-        await client.emit("message", {"text": "hi"}, channel="global-chat")
-        packet = await client.receive()
-        answer = await client.request("message", {"text": "hi"}, channel="global-chat")
+```python
+async with lifespan(app), SocketTestClient(app) as client:
+    assert (await client.subscribe("global-chat"))["successful"]
+    await client.emit("message", {"text": "hi"}, channel="global-chat")
+    packet = await client.receive()
+    answer = await client.request("message", {"text": "hi"}, channel="global-chat")
+```
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ class SocketTestClient:
         self._ids = itertools.count(1)
 
     async def __aenter__(self) -> SocketTestClient:
-        """Connect and require ``ready`` (kept in :attr:`ready`)."""
+        """Connect and require ``ready`` (kept in `ready`)."""
         self.ready = await self.expect_ready()
         return self
 
@@ -170,7 +172,7 @@ class SocketTestClient:
     async def connect(self, timeout: float | None = None) -> ReceivedPacket:
         """Open the connection and return the server's first packet.
 
-        That is ``ready``, or ``disconnect`` when refused; :meth:`expect_ready` requires ``ready``.
+        That is ``ready``, or ``disconnect`` when refused; `expect_ready` requires ``ready``.
 
         Raises:
             ConnectionClosed: the server closed without accepting.
@@ -224,7 +226,7 @@ class SocketTestClient:
         """Wait for the server to close; return ``(code, reason)``.
 
         Raises:
-            AssertionError: a packet arrived first (it is kept for :meth:`receive`).
+            AssertionError: a packet arrived first (it is kept for `receive`).
         """
         try:
             packet = await self.receive(timeout)
@@ -251,7 +253,7 @@ class SocketTestClient:
     ) -> None:
         """Send an event; without ``data`` the packet has no ``data`` key (as Envuso's emit).
 
-        With ``id`` the server answers with a ``channels:reply`` (see :meth:`receive_reply`).
+        With ``id`` the server answers with a ``channels:reply`` (see `receive_reply`).
         """
         packet: dict[str, Any] = {"event": event}
         if channel is not None:
@@ -272,7 +274,7 @@ class SocketTestClient:
     ) -> Any:
         """Send an event with a fresh ``id`` and return the ``data`` of its reply.
 
-        Packets that arrive before the reply are kept for :meth:`receive`.
+        Packets that arrive before the reply are kept for `receive`.
 
         Raises:
             ReplyError: the reply carries an error (``code``, ``message``, ``errors``).
@@ -289,7 +291,7 @@ class SocketTestClient:
     async def receive_reply(self, id: PacketId, timeout: float | None = None) -> ReceivedPacket:
         """Wait for the ``channels:reply`` to ``id`` and return it whole.
 
-        Packets that arrive before it are kept for :meth:`receive`.
+        Packets that arrive before it are kept for `receive`.
 
         Raises:
             TimeoutError: it did not arrive within ``timeout`` seconds in all.
@@ -299,7 +301,7 @@ class SocketTestClient:
     async def subscribe(self, channel: str, timeout: float | None = None) -> dict[str, Any]:
         """Ask to subscribe and return the response's ``data``.
 
-        Packets that arrive before the response are kept for :meth:`receive`.
+        Packets that arrive before the response are kept for `receive`.
         """
         await self.emit(SUBSCRIBE_REQUEST, {"channel": channel})
         response = await self._wait_for(
@@ -331,7 +333,7 @@ class SocketTestClient:
     async def _wait_for(
         self, wanted: Callable[[ReceivedPacket], bool], timeout: float | None
     ) -> ReceivedPacket:
-        """Return the first packet ``wanted`` accepts; keep the others for :meth:`receive`."""
+        """Return the first packet ``wanted`` accepts; keep the others for `receive`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout if timeout is not None else self.timeout)
         skipped: list[ReceivedPacket] = []

@@ -13,7 +13,7 @@ __all__ = ["SocketUserMixin"]
 class SocketUserMixin:
     """Give a user model ``send_socket_event`` and ``send_socket_channel_event``.
 
-    The user is identified by :meth:`socket_user_id` (its ``id`` attribute by default), the
+    The user is identified by `socket_user_id` (its ``id`` attribute by default), the
     same key the ``Channels`` plugin files its connections under. The server is taken from the
     running ``Channels`` container, so the methods work from anywhere in the process (HTTP
     routes, background tasks), reaching the user's connections on every process.

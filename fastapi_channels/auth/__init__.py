@@ -2,23 +2,25 @@
 
 One concept per module:
 
-- :mod:`~fastapi_channels.auth.keys`: keys bound to their algorithms, key sets with ``kid``.
-- :mod:`~fastapi_channels.auth.verifier`: verifying and issuing tokens.
-- :mod:`~fastapi_channels.auth.tokens`: where a token travels; which subprotocol to echo.
-- :mod:`~fastapi_channels.auth.origin`: the ``Origin`` allow-list.
-- :mod:`~fastapi_channels.auth.users`: turning claims into the application's user.
-- :mod:`~fastapi_channels.auth.context`: the record of who a connection is.
-- :mod:`~fastapi_channels.auth.lifetime`: expiry and in-band renewal on live connections.
-- :mod:`~fastapi_channels.auth.dependency`: :class:`JWTAuth`, the FastAPI dependency.
+- `keys`: keys bound to their algorithms, key sets with ``kid``.
+- `verifier`: verifying and issuing tokens.
+- `tokens`: where a token travels; which subprotocol to echo.
+- `origin`: the ``Origin`` allow-list.
+- `users`: turning claims into the application's user.
+- `context`: the record of who a connection is.
+- `lifetime`: expiry and in-band renewal on live connections.
+- `dependency`: `JWTAuth`, the FastAPI dependency.
 
-A typical set-up::
+A typical set-up:
 
-    verifier = TokenVerifier(Key.hmac(secret), issuer="my-app", audience="my-app")
-    auth = JWTAuth(verifier, user_loader=load_user)
-    channels = Channels(user=auth)
+```python
+verifier = TokenVerifier(Key.hmac(secret), issuer="my-app", audience="my-app")
+auth = JWTAuth(verifier, user_loader=load_user)
+channels = Channels(user=auth)
 
-    @app.get("/me")
-    async def me(user: User = Depends(auth.required)) -> User: ...
+@app.get("/me")
+async def me(user: User = Depends(auth.required)) -> User: ...
+```
 """
 
 from fastapi_channels.auth.context import Authentication, get_authentication

@@ -1,7 +1,7 @@
-"""Who a connection is: the :class:`Authentication` record kept in the connection's scope.
+"""Who a connection is: the `Authentication` record kept in the connection's scope.
 
 ``JWTAuth`` records it at the handshake (or on an HTTP request) and replaces it on an in-band
-renewal; :func:`get_authentication` reads it back from an ``HTTPConnection`` or a
+renewal; `get_authentication` reads it back from an ``HTTPConnection`` or a
 ``SocketConnection`` (both share the handshake's ASGI scope).
 """
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["SCOPE_KEY", "Authentication", "get_authentication"]
 
 SCOPE_KEY: Final = "fastapi_channels.authentication"
-"""The ASGI scope key under which the connection's :class:`Authentication` is kept."""
+"""The ASGI scope key under which the connection's `Authentication` is kept."""
 
 UserT = TypeVar("UserT")
 
@@ -51,6 +51,6 @@ class Authentication(Generic[UserT]):
 def get_authentication(
     connection: HTTPConnection | SocketConnection,
 ) -> Authentication[Any] | None:
-    """The authentication :class:`JWTAuth` recorded (or renewed) for this connection, if any."""
+    """The authentication `JWTAuth` recorded (or renewed) for this connection, if any."""
     found = connection.scope.get(SCOPE_KEY)
     return found if isinstance(found, Authentication) else None

@@ -40,7 +40,7 @@ UserT = TypeVar("UserT")
 
 
 class AuthOptions(TypedDict, total=False):
-    """The keyword options of :class:`JWTAuth` besides ``user_loader``."""
+    """The keyword options of `JWTAuth` besides ``user_loader``."""
 
     sources: Sequence[TokenSource | str]
     allow_anonymous: bool
@@ -58,7 +58,7 @@ class JWTAuth(SecurityBase, Generic[UserT]):
     ``await auth(connection)`` returns the user, ``None`` for an anonymous client when
     anonymous clients are allowed, and otherwise refuses: on HTTP routes with a 401 (403 for a
     forbidden origin) carrying a generic ``detail``; on websockets by raising
-    :class:`~fastapi_channels.errors.AuthenticationError`, which the channels endpoint turns
+    `AuthenticationError`, which the channels endpoint turns
     into a ``disconnect`` packet with the generic reason and a clean close. The specific reason
     is logged on the ``fastapi_channels.auth`` logger (INFO, or WARNING for a bad signature, a
     refused algorithm or a forbidden origin), never with the token.
@@ -66,14 +66,14 @@ class JWTAuth(SecurityBase, Generic[UserT]):
     Args:
         verifier: keys, algorithms and claim checks.
         user_loader: turns claims into the application's user (see
-            :mod:`fastapi_channels.auth.users`); by default a :class:`TokenUser`.
-        sources: where to look for the token, in order (see :mod:`fastapi_channels.auth.tokens`);
+            `fastapi_channels.auth.users`); by default a `TokenUser`.
+        sources: where to look for the token, in order (see `fastapi_channels.auth.tokens`);
             ``query`` must be listed to be used.
         allow_anonymous: whether a client without a token is let in as ``None``. See also
-            :attr:`required`.
+            `required`.
         cookie_name: the cookie read by the ``cookie`` source.
         query_param: the query parameter read by the ``query`` source.
-        origins: the websocket ``Origin`` allow-list: an :class:`OriginPolicy`, a list of
+        origins: the websocket ``Origin`` allow-list: an `OriginPolicy`, a list of
             origins (same-origin pages stay allowed), or ``"*"`` for no check. By default the
             check is on, allowing same-origin pages only, whenever the ``cookie`` source is
             enabled, and off otherwise.
@@ -161,7 +161,7 @@ class JWTAuth(SecurityBase, Generic[UserT]):
     async def authenticate(self, connection: HTTPConnection) -> Authentication[UserT] | None:
         """Check the origin, find and verify the token, and load the user.
 
-        The result is also recorded in the connection's scope (see :func:`get_authentication`).
+        The result is also recorded in the connection's scope (see `get_authentication`).
 
         Returns:
             The authentication, or ``None`` for an anonymous client that is allowed in.
@@ -198,7 +198,7 @@ class JWTAuth(SecurityBase, Generic[UserT]):
 
         Raises:
             AuthenticationError: the token does not verify, or names another subject
-                (:attr:`~fastapi_channels.errors.AuthFailure.SUBJECT_CHANGED`); logged.
+                (`SUBJECT_CHANGED`); logged.
         """
         try:
             found = await self._authenticate_token(token, None, connection)
@@ -219,7 +219,7 @@ class JWTAuth(SecurityBase, Generic[UserT]):
         lifetime: timedelta | float = timedelta(minutes=15),
         claims: Mapping[str, Any] | None = None,
     ) -> str:
-        """Sign a token this authentication accepts (see :meth:`TokenVerifier.issue`)."""
+        """Sign a token this authentication accepts (see `TokenVerifier.issue`)."""
         return self.verifier.issue(subject, lifetime=lifetime, claims=claims)
 
     def log_refusal(

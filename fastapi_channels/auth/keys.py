@@ -1,12 +1,12 @@
 """Verification keys, and key sets that select one by the token's ``kid`` for rotation.
 
-A :class:`Key` binds key material to the algorithms it may verify, so a token can never choose
+A `Key` binds key material to the algorithms it may verify, so a token can never choose
 how it is checked: an HMAC secret only ever verifies ``HS*`` signatures and an RSA public key
 only ``RS*``/``PS*`` ones, which rules out the classic confusion where an attacker signs an
 ``HS256`` token with the server's RSA public key as the secret.
 
-A :class:`KeySet` holds several keys, each named by a ``kid``. Rotating keys means adding the new
-key as ``current`` (the one :meth:`~fastapi_channels.auth.TokenVerifier.issue` signs with) and
+A `KeySet` holds several keys, each named by a ``kid``. Rotating keys means adding the new
+key as ``current`` (the one `issue` signs with) and
 keeping the old one until the last token it signed has expired.
 
 RSA, EC and EdDSA keys need the ``cryptography`` package (``pip install
@@ -50,9 +50,9 @@ _MAX_KID_IN_LOG: Final = 64
 class Key:
     """One verification key, the algorithms it verifies, and optionally what signs with it.
 
-    Build keys with :meth:`hmac`, :meth:`from_pem` or :meth:`from_crypto`; they check the key
+    Build keys with `hmac`, `from_pem` or `from_crypto`; they check the key
     material and the algorithms when the application starts, and raise
-    :class:`~fastapi_channels.errors.ConfigurationError` on anything unsafe.
+    `ConfigurationError` on anything unsafe.
 
     Attributes:
         kid: the key id tokens name in their header, or ``None`` for a key that verifies only
@@ -118,14 +118,14 @@ class Key:
         Args:
             pem: the PEM text of a public key, an X.509 certificate (its public key is used;
                 the certificate itself is not validated), or an unencrypted private key (load
-                an encrypted one with ``cryptography`` and use :meth:`from_crypto`).
+                an encrypted one with ``cryptography`` and use `from_crypto`).
             kid: the key id, if tokens name it.
             algorithms: the algorithms it verifies; by default ``RS256`` for RSA, the curve's
                 algorithm for EC (``ES256`` for P-256) and ``EdDSA`` for Ed25519/Ed448.
 
         Raises:
             ConfigurationError: the PEM text cannot be read, ``cryptography`` is missing, or
-                the key does not suit the algorithms (see :meth:`from_crypto`).
+                the key does not suit the algorithms (see `from_crypto`).
         """
         _require_cryptography()
         from cryptography import x509
@@ -222,12 +222,12 @@ class KeySet:
 
     A token naming a ``kid`` is verified only with the key of that id. A token without one is
     verified with the key that has no ``kid`` or, when the set holds a single key, with that key.
-    Anything else is refused with :attr:`~fastapi_channels.errors.AuthFailure.UNKNOWN_KEY`; the
+    Anything else is refused with `UNKNOWN_KEY`; the
     verifier never tries keys one after another.
 
     Args:
         keys: the keys; ids must be unique and at most one key may lack an id.
-        current: the id of the key :meth:`~fastapi_channels.auth.TokenVerifier.issue` signs
+        current: the id of the key `issue` signs
             with; by default the first key.
 
     Raises:
@@ -284,7 +284,7 @@ class KeySet:
     def restricted_to(self, allowed: Iterable[str]) -> KeySet:
         """This set with every key limited to the ``allowed`` algorithms.
 
-        See :meth:`Key.restricted_to`.
+        See `Key.restricted_to`.
         """
         allowed = frozenset(allowed)
         return KeySet([key.restricted_to(allowed) for key in self._keys], current=self._current.kid)

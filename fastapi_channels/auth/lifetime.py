@@ -2,10 +2,12 @@
 
 A websocket outlives the token it was opened with. When the token's ``exp`` (plus the
 verifier's leeway) passes, the connection receives ``disconnect`` with the reason
-``token expired`` and is closed with :attr:`~fastapi_channels.errors.CloseCode.TOKEN_EXPIRED`
-(4001), unless the client renewed first by sending::
+``token expired`` and is closed with `CloseCode.TOKEN_EXPIRED` (4001), unless the client
+renewed first by sending:
 
-    {"event": "channels:authenticate", "data": {"token": "<fresh jwt>"}}
+```json
+{"event": "channels:authenticate", "data": {"token": "<fresh jwt>"}}
+```
 
 which is answered by ``channels:authenticate-response`` with ``{"successful": true,
 "expires_at": <exp>}`` or ``{"successful": false, "reason": <generic reason>}``. A renewal must

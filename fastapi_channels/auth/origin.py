@@ -145,7 +145,7 @@ class OriginPolicy:
         HTTP requests are left alone: for them, CORS and CSRF protection are the tools.
 
         Raises:
-            AuthenticationError: with :attr:`~fastapi_channels.errors.AuthFailure.ORIGIN`.
+            AuthenticationError: with `ORIGIN`.
         """
         if connection.scope["type"] != "websocket":
             return

@@ -5,7 +5,7 @@ load_user(self, claims)`` method that the application's ``injector.Injector`` bu
 can receive the services it needs (a database session factory, a cache) by injection: the
 ``Channels`` container builds it, or the injector given to ``JWTAuth``. Either
 returns the user, or ``None`` when the token's subject no longer exists (the connection is then
-refused). Without a loader the user is a :class:`TokenUser`.
+refused). Without a loader the user is a `TokenUser`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ UserLoaderArg: TypeAlias = (
     | UserLoader[UserT]
 )
 """What ``JWTAuth(user_loader=...)`` accepts: an async function of the claims, a
-:class:`UserLoader` class the injector builds, or a ready :class:`UserLoader` instance."""
+`UserLoader` class the injector builds, or a ready `UserLoader` instance."""
 
 
 def find_injector(connection: HTTPConnection, configured: Injector | None) -> Injector:

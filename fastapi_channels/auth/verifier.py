@@ -2,7 +2,7 @@
 
 The token's own header is read only to pick the key by ``kid`` and to refuse an algorithm early
 with a precise log reason; which algorithms are acceptable is always decided by the selected
-:class:`~fastapi_channels.auth.Key`, and ``none`` is never acceptable.
+`Key`, and ``none`` is never acceptable.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class TokenVerifier:
     verifier serves any number of concurrent handshakes.
 
     Args:
-        keys: a :class:`~fastapi_channels.auth.KeySet`, one key, or several keys.
+        keys: a `KeySet`, one key, or several keys.
         algorithms: the algorithms accepted at all; each key is restricted to these. By default
             every key keeps its own algorithms. ``none`` is refused.
         leeway: the clock skew tolerated on ``exp``, ``nbf`` and ``iat``, in seconds or as a

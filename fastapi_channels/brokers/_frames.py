@@ -1,23 +1,27 @@
 """The framing the Redis broker puts around messages: several messages in one Redis payload.
 
-A payload is a fixed header followed by one or more length-prefixed messages::
+A payload is a fixed header followed by one or more length-prefixed messages:
 
-    +---------+-------------+------------+-----------+------------+-----------+-----
-    | version | origin      | length (1) | message 1 | length (2) | message 2 | ...
-    | 1 byte  | 8 bytes     | u32, BE    | bytes     | u32, BE    | bytes     |
-    +---------+-------------+------------+-----------+------------+-----------+-----
+```text
++---------+-------------+------------+-----------+------------+-----------+-----
+| version | origin      | length (1) | message 1 | length (2) | message 2 | ...
+| 1 byte  | 8 bytes     | u32, BE    | bytes     | u32, BE    | bytes     |
++---------+-------------+------------+-----------+------------+-----------+-----
+```
 
 ``origin`` identifies the publishing broker, so a process can skip its own messages (it has
 already delivered them locally). Decoding costs one ``struct`` unpack and one slice per message;
 the messages themselves are never inspected.
 
 A second, *scripted* framing carries one message published by a Redis Lua script (a stored
-message, a presence announcement), which every process delivers, the publishing one too::
+message, a presence announcement), which every process delivers, the publishing one too:
 
-    +---------+--------------------+---------+---------+
-    | version | header             | newline | message |
-    | 1 byte  | ASCII, may be empty| 1 byte  | bytes   |
-    +---------+--------------------+---------+---------+
+```text
++---------+--------------------+---------+---------+
+| version | header             | newline | message |
+| 1 byte  | ASCII, may be empty| 1 byte  | bytes   |
++---------+--------------------+---------+---------+
+```
 
 The header of a stored message is its position, ``<offset>:<epoch>``; an announcement has none.
 """

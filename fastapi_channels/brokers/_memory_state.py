@@ -1,7 +1,7 @@
-"""The state a :class:`~fastapi_channels.brokers.memory.MemoryHub` shares between its brokers.
+"""The state a `MemoryHub` shares between its brokers.
 
 Plain data structures with the semantics the Redis broker gets from its Lua scripts, so the two
-brokers behave alike: stored topics (:class:`Streams`) and presence (:class:`PresenceTable`).
+brokers behave alike: stored topics (`Streams`) and presence (`PresenceTable`).
 Every operation is synchronous, hence atomic on the event loop. Time comes from the hub's clock
 (seconds, monotonic).
 """

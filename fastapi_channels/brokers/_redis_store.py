@@ -3,7 +3,7 @@
 Every change is one Lua script, so it is atomic, and a script that changes what subscribers
 must hear publishes it itself, in the same step: processes receive stored messages in offset
 order and presence announcements in the order the changes happened. Such a message is a Redis
-payload of the ``scripted`` framing (see :mod:`fastapi_channels.brokers._frames`), which every
+payload of the ``scripted`` framing (see `fastapi_channels.brokers._frames`), which every
 process delivers, the publishing one included.
 
 Keys, under the broker's prefix ``P`` (topics are ``c:<channel>`` and ``p:<channel>``):

@@ -7,13 +7,13 @@ connections. Interest in a topic is reference-counted here, so a concrete broker
 one leaves.
 
 Two optional capabilities keep state shared by every process (a broker lists what it supports
-in :attr:`Broker.capabilities`; the others raise :class:`~fastapi_channels.errors.BrokerError`):
+in `Broker.capabilities`; the others raise `BrokerError`):
 
-* ``history``: stored topics. :meth:`Broker.publish_stored` appends a message to the topic's
-  history and publishes it, atomically, with its :class:`Position` (an integer offset within an
-  epoch); :meth:`Broker.read_stored` reads what is retained.
+* ``history``: stored topics. `Broker.publish_stored` appends a message to the topic's
+  history and publishes it, atomically, with its `Position` (an integer offset within an
+  epoch); `Broker.read_stored` reads what is retained.
 * ``presence``: who is in a topic, by member key, across processes. Each process registers its
-  own members and keeps itself alive with :meth:`Broker.presence_renew`; the members of a
+  own members and keeps itself alive with `Broker.presence_renew`; the members of a
   process that stops renewing are swept by the others. Joins and leaves are announced on the
   topic itself, atomically with the change, so every process sees them in one order.
 """
@@ -97,7 +97,7 @@ class StoredEntry:
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """What :meth:`Broker.read_stored` found.
+    """What `Broker.read_stored` found.
 
     Attributes:
         epoch: the topic's current epoch.
@@ -175,13 +175,13 @@ class BrokerHealth:
 class Broker(ABC):
     """Base class of every broker.
 
-    Subclasses implement :meth:`publish`, :meth:`_subscribe` and :meth:`_unsubscribe`, and may
-    override :meth:`start` and :meth:`stop`; a broker with a transport reports its state
-    through :meth:`_set_state`.
+    Subclasses implement `publish`, `_subscribe` and `_unsubscribe`, and may
+    override `start` and `stop`; a broker with a transport reports its state
+    through `_set_state`.
     """
 
     name: ClassVar[str] = "broker"
-    """The kind of broker, as shown by :meth:`health`."""
+    """The kind of broker, as shown by `health`."""
 
     capabilities: ClassVar[frozenset[str]] = frozenset()
     """The optional capabilities the broker implements: ``"history"``, ``"presence"``."""
@@ -236,7 +236,7 @@ class Broker(ABC):
         return self._state
 
     def _set_state(self, state: BrokerState, error: BaseException | str | None = None) -> None:
-        """Record a state change (and the error behind it) and wake :meth:`wait_for_state`."""
+        """Record a state change (and the error behind it) and wake `wait_for_state`."""
         if error is not None:
             self._last_error = (
                 error if isinstance(error, str) else f"{type(error).__name__}: {error}"
@@ -261,7 +261,7 @@ class Broker(ABC):
     async def start(self, handler: MessageHandler, stored: StoredHandler | None = None) -> None:
         """Start delivering messages on subscribed topics to ``handler``.
 
-        Stored messages (see :meth:`publish_stored`) go to ``stored``, with their position;
+        Stored messages (see `publish_stored`) go to ``stored``, with their position;
         without it they are not delivered.
         """
         self._handler = handler
@@ -344,7 +344,7 @@ class Broker(ABC):
 
         The append and the publish are one atomic step, so every process receives a topic's
         stored messages in offset order, each once; they arrive through the ``stored`` handler
-        given to :meth:`start`, with their position. Unlike :meth:`publish`, nothing is
+        given to `start`, with their position. Unlike `publish`, nothing is
         delivered when the message cannot be stored.
 
         Raises:
@@ -411,7 +411,7 @@ class Broker(ABC):
 
         Returns whether it was still alive before this call. False means its registrations may
         have been swept (the first call, a renewal too late, a store that lost its data): the
-        caller should register its members again with :meth:`presence_sync`.
+        caller should register its members again with `presence_sync`.
 
         Raises:
             BrokerError: the broker keeps no presence, or the store could not be reached.
@@ -423,7 +423,7 @@ class Broker(ABC):
     ) -> None:
         """Make this process's members of ``topic`` exactly ``members`` (key to info).
 
-        Members added or removed are announced as by :meth:`presence_update`.
+        Members added or removed are announced as by `presence_update`.
 
         Raises:
             BrokerError: the broker keeps no presence, or the store could not be reached.
@@ -436,7 +436,7 @@ class Broker(ABC):
         """Sweep the members of dead processes out of ``topics``, announcing their leaves.
 
         ``topics`` maps each topic to how many members this process believes it holds there;
-        the topics where the store disagrees are returned (they need :meth:`presence_sync`).
+        the topics where the store disagrees are returned (they need `presence_sync`).
         It also keeps the topics' records from expiring while this process uses them.
 
         Raises:

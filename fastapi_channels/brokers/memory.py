@@ -1,6 +1,6 @@
 """The in-memory broker: one process, no I/O, the default.
 
-Several in-memory brokers may share one :class:`MemoryHub`, which then plays the part Redis
+Several in-memory brokers may share one `MemoryHub`, which then plays the part Redis
 plays for the Redis broker: each broker is a "process", messages published by one reach the
 others, and history and presence are shared. That runs a multi-process deployment inside one
 test, with the same behaviour as on Redis.
@@ -67,7 +67,7 @@ class MemoryBroker(Broker):
 
     ``publish`` hands the bytes to the server's fan-out before it returns, so it never waits on
     a slow consumer: the fan-out only appends to bounded per-connection queues. It is
-    ``connected`` from :meth:`start` to :meth:`stop`.
+    ``connected`` from `start` to `stop`.
 
     Args:
         hub: the hub shared with other in-memory brokers; a private one by default.

@@ -12,7 +12,7 @@ Redis echoes them back. So local delivery never depends on Redis.
 
 Under load, publishes are batched: while one round trip to Redis is in flight, new publishes
 wait in a buffer; the next round trip packs every buffered message for one topic into a single
-Redis message (see :mod:`fastapi_channels.brokers._frames`) and pipelines all topics in one
+Redis message (see `fastapi_channels.brokers._frames`) and pipelines all topics in one
 write. A process publishing faster than the round-trip time therefore sends far fewer Redis
 messages than it publishes, and the receiving processes decode them without touching the
 message bytes.
@@ -22,7 +22,7 @@ Faults: when Redis drops or restarts, the broker logs it (logger
 exponential backoff and jitter, and re-subscribes every topic with local interest. Messages
 published anywhere while a process is disconnected do not reach it and are not replayed.
 
-History and presence (see :mod:`fastapi_channels.brokers._redis_store`) run Lua scripts on a
+History and presence (see `fastapi_channels.brokers._redis_store`) run Lua scripts on a
 pool of further connections, opened only when a channel uses them. A stored message is not
 delivered locally first: the script stores and publishes it in one step, and every process,
 this one included, receives it from Redis, so all see one order.
@@ -78,7 +78,7 @@ class RedisStats:
     """Counters since the broker was created, for monitoring and benchmarks.
 
     Attributes:
-        published: messages sent to Redis by :meth:`RedisBroker.publish`.
+        published: messages sent to Redis by `RedisBroker.publish`.
         payloads_sent: Redis ``PUBLISH`` commands those messages were packed into.
         round_trips: pipelined writes to Redis (each waits for all of its replies).
         received: messages received from other processes.
@@ -116,7 +116,7 @@ class RedisBroker(Broker):
             sharing one server need distinct prefixes. Defaults to the URL's ``prefix`` query
             parameter, else ``"fastapi_channels"``.
         timeout: seconds a Redis command (a publish round trip, a subscription) may take before
-            the broker gives up on it: a publish then raises :class:`BrokerError`.
+            the broker gives up on it: a publish then raises `BrokerError`.
         connect_timeout: seconds one connection attempt may take.
         ping_interval: when nothing arrived from Redis for this many seconds, the broker pings
             it; no answer within another interval counts as a lost connection. This detects a
@@ -196,7 +196,7 @@ class RedisBroker(Broker):
         self._redis_store: RedisStore | None = None
 
     def counters(self) -> dict[str, int]:
-        """Return :attr:`stats` as a dict, for metrics."""
+        """Return `stats` as a dict, for metrics."""
         return dataclasses.asdict(self.stats)
 
     @property
@@ -228,7 +228,7 @@ class RedisBroker(Broker):
         """Stop the broker and close both connections.
 
         An in-flight round trip gets up to ``timeout`` to finish; publishes still waiting then
-        raise :class:`BrokerError`.
+        raise `BrokerError`.
         """
         self._set_state(BrokerState.STOPPED)  # new publishes fail from here on
         runner, self._runner = self._runner, None

@@ -1,15 +1,17 @@
 """An asyncio client of fastapi_channels servers, on the ``websockets`` library.
 
-Install it with the ``client`` extra (``pip install "fastapi-channels[client]"``)::
+Install it with the ``client`` extra (``pip install "fastapi-channels[client]"``):
 
-    from fastapi_channels.client import ChannelsClient
+```python
+from fastapi_channels.client import ChannelsClient
 
-    async with ChannelsClient("ws://127.0.0.1:8000/ws", token=get_token) as client:
-        chat = await client.subscribe("chat:1")
-        chat.on("message", lambda packet: print(packet.data))
-        await chat.emit("message", {"text": "hi"})
-        async for packet in chat:
-            ...
+async with ChannelsClient("ws://127.0.0.1:8000/ws", token=get_token) as client:
+    chat = await client.subscribe("chat:1")
+    chat.on("message", lambda packet: print(packet.data))
+    await chat.emit("message", {"text": "hi"})
+    async for packet in chat:
+        ...
+```
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ purpose (1000, or a close frame without a code) or for a policy violation (1008)
 
 
 def should_reconnect(code: int) -> bool:
-    """The default rule: reconnect after any close but those in :data:`STOP_CODES`.
+    """The default rule: reconnect after any close but those in `STOP_CODES`.
 
     An abnormal drop (1006), a server restart (1012), ``try again later`` (1013) and going away
     (1001) all reconnect.

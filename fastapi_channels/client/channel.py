@@ -20,19 +20,19 @@ _MISSING: Any = object()
 
 
 class Channel(Listeners):
-    """One subscription of a :class:`ChannelsClient`; get it from ``await client.subscribe()``.
+    """One subscription of a `ChannelsClient`; get it from ``await client.subscribe()``.
 
-    After a reconnect the client subscribes again by itself; :attr:`state` is ``pending`` until
+    After a reconnect the client subscribes again by itself; `state` is ``pending`` until
     the server answers, then ``subscribed`` (or ``denied``: the channel is then dropped and a
     ``channels:subscription`` event tells the client's listeners).
 
     On a history channel the client keeps the position of the last event it received and
     subscribes again from it, so the server replays what was missed before live events. When
-    it cannot (the gap is no longer kept, or the history was lost), :attr:`recovered` is False
+    it cannot (the gap is no longer kept, or the history was lost), `recovered` is False
     and the ``channels:subscription`` event says ``recovered: False``: reload the state the
     channel's events build.
 
-    On a presence channel, :attr:`members` follows the member list and its joins and leaves;
+    On a presence channel, `members` follows the member list and its joins and leaves;
     the channel's callbacks also get ``channels:presence``, ``channels:join`` and
     ``channels:leave``.
 

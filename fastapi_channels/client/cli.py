@@ -1,13 +1,15 @@
-"""``fastapi-channels connect``: a terminal client for debugging a live app.
+r"""``fastapi-channels connect``: a terminal client for debugging a live app.
 
 Connects with a token, subscribes to channels, prints every packet as it arrives (with colour
 when standard output is a terminal, never with ``NO_COLOR`` set), and can send an event or a
-request and show the reply::
+request and show the reply:
 
-    fastapi-channels connect ws://127.0.0.1:8000/ws --token "$TOKEN" -s chat:1 -s news
-    fastapi-channels connect ws://127.0.0.1:8000/ws --emit message --data '{"text": "hi"}'
-        --channel chat:1 -s chat:1 --count 1
-    fastapi-channels connect ws://127.0.0.1:8000/ws --request time --timeout 5
+```bash
+fastapi-channels connect ws://127.0.0.1:8000/ws --token "$TOKEN" -s chat:1 -s news
+fastapi-channels connect ws://127.0.0.1:8000/ws --emit message --data '{"text": "hi"}' \
+    --channel chat:1 -s chat:1 --count 1
+fastapi-channels connect ws://127.0.0.1:8000/ws --request time --timeout 5
+```
 
 Exit status: 0 when done, 1 when the connection, a subscription or the request failed, 2 for
 bad arguments, 130 when interrupted.

@@ -2,7 +2,7 @@
 
 One reader task per client reads every frame, answers subscriptions and replies, runs
 callbacks and feeds packet streams. When the connection is lost it reconnects with the
-:class:`~fastapi_channels.client.backoff.Backoff` policy, asks the token provider again before
+`Backoff` policy, asks the token provider again before
 each attempt, and subscribes again to every channel.
 """
 
@@ -84,8 +84,8 @@ class ChannelsClient(Listeners):
     """A client of a fastapi_channels server.
 
     ``async with ChannelsClient(url, token=...) as client:`` connects and closes. Callbacks
-    registered with :meth:`on` get plain events and the client's own ``channels:state`` and
-    ``channels:subscription`` events; :meth:`packets` (or ``async for packet in client``)
+    registered with `on` get plain events and the client's own ``channels:state`` and
+    ``channels:subscription`` events; `packets` (or ``async for packet in client``)
     streams them.
 
     Args:
@@ -97,11 +97,11 @@ class ChannelsClient(Listeners):
             client sends it; the default), ``bearer`` (``bearer, <token>`` is offered and the
             server echoes only ``bearer``), ``header`` (``Authorization: Bearer``) or ``query``
             (``?token=``, which ends up in access logs).
-        reconnect: the reconnect policy, ``True`` for the default :class:`Backoff`, ``False``
+        reconnect: the reconnect policy, ``True`` for the default `Backoff`, ``False``
             to never reconnect.
         open_timeout: seconds allowed for each attempt, handshake and ``ready`` together.
         request_timeout: the default wait for a reply or a subscription answer, in seconds.
-        renew_before: with a token provider, renew the token in-band (:meth:`renew`) this many
+        renew_before: with a token provider, renew the token in-band (`renew`) this many
             seconds before its ``exp`` (or at half its remaining life, if later); off by
             default.
         headers: extra handshake headers.
@@ -148,7 +148,7 @@ class ChannelsClient(Listeners):
         self.close_reason = ""
         """The server's reason for the last close (its ``disconnect`` packet or close frame)."""
         self.error: BaseException | None = None
-        """Why the client stopped for good, when it was not :meth:`close`."""
+        """Why the client stopped for good, when it was not `close`."""
         self._ws: ClientConnection | None = None
         self._channels: dict[str, Channel] = {}
         self._leaving: set[str] = set()
@@ -216,7 +216,7 @@ class ChannelsClient(Listeners):
         """Close for good (no reconnect) and wait until the reader has stopped.
 
         Pending requests and subscriptions fail with ``ConnectionClosed``; streams end.
-        Channels and callbacks are kept, so a later :meth:`connect` subscribes again.
+        Channels and callbacks are kept, so a later `connect` subscribes again.
         """
         self._stopping.set()
         self._cancel_renewal()
@@ -232,7 +232,7 @@ class ChannelsClient(Listeners):
             self._finish(ConnectionClosed("the client is closed"))
 
     async def wait_closed(self) -> None:
-        """Wait until the client stops for good (a refusal, a clean close, :meth:`close`)."""
+        """Wait until the client stops for good (a refusal, a clean close, `close`)."""
         if self._reader is not None:
             await asyncio.shield(self._reader)
 
@@ -345,7 +345,7 @@ class ChannelsClient(Listeners):
                 one until it expires (the server then closes with 4001 and the client
                 reconnects, asking the provider).
             ValueError: there is no token to renew with.
-            ConnectionClosed, TimeoutError: as :meth:`request`.
+            ConnectionClosed, TimeoutError: as `request`.
         """
         fresh = token if token is not None else await self._token()
         if fresh is None:
@@ -492,7 +492,7 @@ class ChannelsClient(Listeners):
         Raises:
             Refused: an attempt was refused.
             ConnectFailed: the policy gave up (or there is none).
-            ConnectionClosed: :meth:`close` was called meanwhile.
+            ConnectionClosed: `close` was called meanwhile.
         """
         backoff = self.backoff
         step = failures = 0
@@ -652,7 +652,7 @@ class ChannelsClient(Listeners):
         )
 
     def _on_presence(self, packet: Packet) -> None:
-        """Keep the channel's :attr:`~Channel.members` and pass the event to its callbacks."""
+        """Keep the channel's `members` and pass the event to its callbacks."""
         data = packet.data if isinstance(packet.data, dict) else {}
         name = data.get("channel")
         channel = self._channels.get(name) if isinstance(name, str) else None

@@ -1,16 +1,18 @@
 """Exceptions of the Python client.
 
-All derive from :class:`~fastapi_channels.errors.ChannelsError`::
+All derive from `ChannelsError`:
 
-    ChannelsError
-    ├── ConnectionClosed            not connected, or the connection ended while waiting
-    │   └── ConnectFailed           a connection attempt failed (network, handshake, no ready)
-    ├── Refused                     the server refused the connection for good: not retried
-    ├── SubscriptionDenied          the server refused a subscription
-    ├── RenewalError                the server refused an in-band token renewal
-    └── ReplyError                  the server answered a request with an error
+```text
+ChannelsError
+├── ConnectionClosed            not connected, or the connection ended while waiting
+│   └── ConnectFailed           a connection attempt failed (network, handshake, no ready)
+├── Refused                     the server refused the connection for good: not retried
+├── SubscriptionDenied          the server refused a subscription
+├── RenewalError                the server refused an in-band token renewal
+└── ReplyError                  the server answered a request with an error
+```
 
-Waits that run out raise the built-in :class:`TimeoutError`.
+Waits that run out raise the built-in `TimeoutError`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class ConnectFailed(ConnectionClosed):
     """A connection attempt failed before the server's ``ready``; worth retrying.
 
     The cause (``OSError``, a websockets handshake error, ``TimeoutError``) is chained as
-    ``__cause__``; :attr:`code` is the close code when the server closed the socket.
+    ``__cause__``; `code` is the close code when the server closed the socket.
     """
 
 
@@ -42,7 +44,7 @@ class Refused(ChannelsError):
 
     That is a ``disconnect`` packet before ``ready``, then a close the reconnect rule does not
     retry (1000, 1008). A refusal closed with a code it retries (``server busy``, 1013) is a
-    :class:`ConnectFailed` instead, and is retried.
+    `ConnectFailed` instead, and is retried.
 
     Attributes:
         reason: the reason the server gave. Retrying with the same credentials would be refused

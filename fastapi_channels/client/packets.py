@@ -40,7 +40,7 @@ class Packet:
 
 
 def parse_position(value: Any) -> Position | None:
-    """A wire position ``{"offset": int, "epoch": str}`` as a :class:`Position`, else None."""
+    """A wire position ``{"offset": int, "epoch": str}`` as a `Position`, else None."""
     if not isinstance(value, dict):
         return None
     offset, epoch = value.get("offset"), value.get("epoch")
@@ -76,10 +76,10 @@ def parse_packet(text: str | bytes) -> Packet | None:
 class PacketStream:
     """Packets matching a filter, buffered from the moment the stream is created.
 
-    Iterate with ``async for``, or call :meth:`get`. The buffer is bounded: when ``maxsize``
-    packets wait unread, the oldest is dropped (and counted in :attr:`dropped`), so a reader
+    Iterate with ``async for``, or call `get`. The buffer is bounded: when ``maxsize``
+    packets wait unread, the oldest is dropped (and counted in `dropped`), so a reader
     that falls behind loses old packets instead of growing memory. Iteration ends when the
-    stream is closed: by :meth:`close`, by leaving ``async with``, or when the client stops for
+    stream is closed: by `close`, by leaving ``async with``, or when the client stops for
     good. A reconnect does not end it.
     """
 

@@ -635,7 +635,7 @@ export class SocketClient extends Listeners {
         const delay = backoffDelay(step, this.reconnect);
         step += 1;
         this._setState(ConnectionStatus.RE_CONNECTING, { attempt: step, delay, error });
-        await this._wait(delay);
+        await this._backoff(delay);
       }
     }
   }
@@ -783,13 +783,18 @@ export class SocketClient extends Listeners {
   async _reconnectAfterDrop(code, reason) {
     const delay = backoffDelay(0, this.reconnect);
     this._setState(ConnectionStatus.RE_CONNECTING, { code, reason, attempt: 1, delay });
+    await this._backoff(delay);
+    return this._connectLoop(true, true, 1);
+  }
+
+  /** Wait `delay` ms before the next attempt; `disconnect()` ends the wait, and the client. */
+  async _backoff(delay) {
     try {
       await this._wait(delay);
     } catch (error) {
       this._setState(ConnectionStatus.DISCONNECTED, { reason: error.message, error });
       throw error;
     }
-    return this._connectLoop(true, true, 1);
   }
 
   _scheduleRenewal(expiresAt) {

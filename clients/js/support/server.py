@@ -1,12 +1,13 @@
-"""Serve ``tests/client_app.py`` for the Node tests on a free loopback port.
+"""Serve ``tests/client_app.py`` (or ``--app module:attribute``) for the Node tests.
 
-Prints ``{"port": N}`` on one line once the server accepts connections, and stops when its
-standard input closes (the Node test process went away) or on SIGTERM/SIGINT.
+Prints ``{"port": N}`` on one line once the server accepts connections on a free loopback port,
+and stops when its standard input closes (the Node test process went away) or on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import socket
 import sys
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--max-connections", type=int, default=None)
     parser.add_argument("--max-connections-per-user", type=int, default=None)
     parser.add_argument("--jwt", action="store_true", help="serve create_jwt_app() instead")
+    parser.add_argument("--app", help="serve this app instead, e.g. docs.examples.private_chat:app")
     args = parser.parse_args()
     limits = Limits(
         max_connections=args.max_connections,
@@ -42,8 +44,13 @@ def main() -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
+    if args.app:
+        module, _, attribute = args.app.partition(":")
+        app = getattr(importlib.import_module(module), attribute or "app")
+    else:
+        app = create_jwt_app() if args.jwt else create_app(limits)
     config = uvicorn.Config(
-        create_jwt_app() if args.jwt else create_app(limits),
+        app,
         port=port,
         log_level="warning",
         lifespan="on",

@@ -12,7 +12,7 @@ import {
   backoffDelay,
   defaultShouldReconnect,
 } from "../../../fastapi_channels/static/channels.js";
-import { next, startProxy, startServer } from "../support/harness.mjs";
+import { next, startProxy, startServer, within } from "../support/harness.mjs";
 
 let server;
 let proxy;
@@ -132,6 +132,18 @@ describe("reconnect", { timeout: 20000 }, () => {
     proxy.drop();
     assert.equal((await waiting).delay, 60000);
     await c.disconnect();
+    assert.equal(c.state, ConnectionStatus.DISCONNECTED);
+  });
+
+  test("disconnect() during a later backoff, after failed attempts, also ends it", async () => {
+    const c = client("user-xia", { initialDelay: 20, maxDelay: 60000, factor: 1000, jitter: 0 });
+    await c.connect();
+    const second = next(c, "channels:state", { accept: (s) => s.attempt === 2 });
+    proxy.down = true;
+    proxy.drop();
+    assert.equal((await second).delay, 20000);
+    proxy.down = false;
+    await within(c.disconnect(), 2000, "disconnect during the second backoff");
     assert.equal(c.state, ConnectionStatus.DISCONNECTED);
   });
 

@@ -1,0 +1,95 @@
+"""The samples of docs/deployment.md: choosing the broker, partial delivery and the health check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Response
+from pydantic import BaseModel
+
+from fastapi_channels import BrokerError, ChannelListener, Channels, Inject, SocketServer, channel
+
+
+@channel("global-chat")
+class GlobalChat(ChannelListener):
+    """Anyone may subscribe."""
+
+
+def configured() -> list[Channels]:
+    """The ways to name the broker in code (not started: nothing connects here)."""
+    # --8<-- [start:broker]
+    from fastapi_channels import Channels
+    from fastapi_channels.brokers.redis import RedisBroker
+
+    channels = Channels(broker="redis://redis.internal:6379/0")
+    # or, with options:
+    channels = Channels(broker=RedisBroker("redis://redis.internal:6379/0", prefix="shop"))
+    # --8<-- [end:broker]
+    return [Channels(broker="redis://redis.internal:6379/0"), channels]
+
+
+channels = Channels(listeners=[GlobalChat])  # the broker: $FASTAPI_CHANNELS_BROKER_URL, else memory
+app = FastAPI()
+app.include_router(channels.router)
+
+
+class Announcement(BaseModel):
+    text: str
+
+
+# --8<-- [start:partial]
+@app.post("/announce")
+async def announce(
+    body: Announcement, response: Response, server: SocketServer = Inject(SocketServer)
+) -> dict[str, str]:
+    try:
+        await server.broadcast(GlobalChat, "global-chat", "message", body)
+    except BrokerError:  # delivered on this process; not known to be delivered elsewhere
+        response.status_code = 503
+        return {"delivered": "this process only"}
+    return {"delivered": "everywhere"}
+
+
+# --8<-- [end:partial]
+
+
+# --8<-- [start:health]
+@app.get("/health")
+async def health(server: SocketServer = Inject(SocketServer)) -> dict[str, Any]:
+    """This process's state, and whether its broker reaches the other processes."""
+    return server.health()
+
+
+# --8<-- [end:health]
+
+
+async def check() -> None:
+    """The brokers named in code; a failing broker's 503 reaching local subscribers first."""
+    from docs.examples._support import started
+    from fastapi_channels.brokers.redis import RedisBroker
+    from fastapi_channels.testing import SocketTestClient
+
+    assert all(isinstance(c.server.broker, RedisBroker) for c in configured())
+
+    async with started(app) as http, SocketTestClient(app) as client:
+        assert (await client.subscribe("global-chat"))["successful"]
+        health = (await http.get("/health")).json()
+        assert health["healthy"] and health["broker"]["state"] == "connected"
+        assert (await http.post("/announce", json={"text": "one"})).status_code == 200
+        assert (await client.receive()).data == {"text": "one"}
+
+        broker = channels.server.broker
+        publish = broker.publish
+
+        async def publish_locally(topic: str, data: bytes) -> None:
+            await publish(topic, data)  # local subscribers get it, then the network fails
+            raise BrokerError("Redis is unreachable")
+
+        broker.publish = publish_locally  # type: ignore[method-assign]
+        try:
+            response = await http.post("/announce", json={"text": "two"})
+        finally:
+            broker.publish = publish  # type: ignore[method-assign]
+        assert response.status_code == 503
+        assert response.json() == {"delivered": "this process only"}
+        assert (await client.receive()).data == {"text": "two"}
