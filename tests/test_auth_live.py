@@ -14,8 +14,8 @@ import websockets
 from fastapi import FastAPI
 from websockets.typing import Origin, Subprotocol
 
-from demo.auth_app import app as demo_app
-from demo.auth_app import auth as demo_auth
+from docs.examples.private_chat import app as chat_app
+from docs.examples.private_chat import auth as chat_auth
 from fastapi_channels import ChannelListener, Channels, channel
 from fastapi_channels.auth import JWTAuth, Key, TokenVerifier
 from tests.live import live_server
@@ -136,7 +136,8 @@ async def test_renewal_over_the_wire_outlives_the_first_token(address: str) -> N
 
 
 async def test_worked_example_login_then_channels() -> None:
-    async with live_server(demo_app) as address:
+    """The documentation's tutorial app: log in over HTTP, then use the token on channels."""
+    async with live_server(chat_app) as address:
         async with httpx.AsyncClient(base_url=f"http://{address}") as http:
             refused = await http.post("/login", json={"username": "ann", "password": "nope"})
             assert refused.status_code == 401
@@ -148,16 +149,17 @@ async def test_worked_example_login_then_channels() -> None:
             assert (await http.get("/me")).status_code == 401
         async with connect(address, "bearer", token) as ws:
             assert (await receive(ws))["event"] == "ready"
-            for name, allowed in (("notes.ann", True), ("notes.bob", False)):
+            for name, allowed in (("dm:ann.bob", True), ("dm:bob.eve", False)):
                 request = {"event": "subscribe-channel-request", "data": {"channel": name}}
                 await ws.send(json.dumps(request))
                 assert (await receive(ws))["data"]["successful"] is allowed
-            await ws.send(json.dumps({"event": "note", "channel": "notes.ann", "data": "milk"}))
+            packet = {"event": "message", "channel": "dm:ann.bob", "data": {"text": "milk"}}
+            await ws.send(json.dumps(packet))
             assert await receive(ws) == {
-                "event": "note",
-                "channel": "notes.ann",
-                "data": {"by": "Ann", "text": "milk"},
+                "event": "message",
+                "channel": "dm:ann.bob",
+                "data": {"author": "ann", "text": "milk"},
             }
-            fresh = demo_auth.issue("ann")
+            fresh = chat_auth.issue("ann")
             await ws.send(json.dumps({"event": "channels:authenticate", "data": {"token": fresh}}))
             assert (await receive(ws))["data"]["successful"] is True
