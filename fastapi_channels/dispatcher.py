@@ -414,7 +414,8 @@ class Dispatcher:
             self._error(connection, ErrorCode.HANDLER_TIMEOUT, "handler timed out", packet)
         except BrokerError as exc:  # an outage, not a bug: no traceback for every message
             logger.warning("connection %s: handler for %r: %s", connection.id, packet.event, exc)
-            self._error(connection, ErrorCode.HANDLER_ERROR, "handler failed", packet)
+            message = "message broker unavailable; try again later"
+            self._error(connection, ErrorCode.BROKER_UNAVAILABLE, message, packet)
         except Exception:
             logger.exception("connection %s: handler for %r failed", connection.id, packet.event)
             self._error(connection, ErrorCode.HANDLER_ERROR, "handler failed", packet)

@@ -97,6 +97,9 @@ class ErrorCode(StrEnum):
     """The handler raised; the details are in the server log only."""
     HANDLER_TIMEOUT = "handler-timeout"
     """The handler ran longer than ``Limits.handler_timeout``."""
+    BROKER_UNAVAILABLE = "broker-unavailable"
+    """The handler's send could not reach the other processes (Redis is unreachable): worth
+    retrying later. Plain channels still delivered to this process's subscribers."""
     RATE_LIMITED = "rate-limited"
     """The connection sent faster than ``Limits.rate``; the packet was dropped."""
     SHUTTING_DOWN = "shutting-down"

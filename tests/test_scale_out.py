@@ -154,7 +154,7 @@ async def test_local_chat_goes_on_while_redis_is_down(
         for client in (ann, bob):
             assert (await client.receive()).data == {"text": "still here"}
         error = await ann.receive()  # the handler's broadcast did not reach other processes
-        assert (error.event, error.data["code"]) == ("channels:error", "handler-error")
+        assert (error.event, error.data["code"]) == ("channels:error", "broker-unavailable")
         (record,) = [r for r in caplog.records if "handler for 'message'" in r.getMessage()]
         assert record.levelname == "WARNING" and record.exc_info is None
 
