@@ -196,6 +196,7 @@ async def test_storm_drops_and_vanishing_clients_leave_nothing_behind() -> None:
 
 handled: list[str] = []
 handler_started = asyncio.Event()
+release_handler = asyncio.Event()
 
 
 @channel("work")
@@ -203,33 +204,37 @@ class Work(ChannelListener):
     @channel.on("job")
     async def job(self, connection: SocketConnection, user: Any, packet: Any) -> None:
         handler_started.set()
-        await asyncio.sleep(0.3)  # the handler's own work, in flight during the shutdown
+        await release_handler.wait()  # in flight until the test has seen the shutdown begin
         handled.append(packet.data)
 
 
 async def test_uvicorn_shutdown_lets_handlers_finish_and_closes_with_1012() -> None:
     handled.clear()
     handler_started.clear()
+    release_handler.clear()
     channels = Channels(listeners=[Work])
     app = FastAPI()
     app.include_router(channels.router)
-    async with live_server(app) as address:
-        ws = await websockets.connect(f"ws://{address}/ws")
-        await ws.recv()
-        await ws.send(
-            json.dumps({"event": "subscribe-channel-request", "data": {"channel": "work"}})
-        )
-        await ws.recv()
-        await ws.send(json.dumps({"event": "job", "channel": "work", "data": "payroll"}))
-        async with asyncio.timeout(2):
-            await handler_started.wait()
-    # leaving live_server stopped uvicorn: the handler in flight finished first
-    assert handled == ["payroll"]
+    server = live_server(app)
+    address = await server.__aenter__()
+    ws = await websockets.connect(f"ws://{address}/ws")
+    await ws.recv()
+    await ws.send(SUBSCRIBE.replace('"room"', '"work"'))
+    await ws.recv()
+    await ws.send(json.dumps({"event": "job", "channel": "work", "data": "payroll"}))
     async with asyncio.timeout(2):
+        await handler_started.wait()
+    stopping = asyncio.ensure_future(server.__aexit__(None, None, None))
+    async with asyncio.timeout(5):
         with pytest.raises(websockets.ConnectionClosed):
             while True:
                 await ws.recv()
-    assert ws.close_code == 1012
+    assert ws.close_code == 1012  # the client is told while the handler is still running
+    assert handled == [] and not stopping.done()
+    release_handler.set()
+    async with asyncio.timeout(5):
+        await stopping  # uvicorn waited for the handler before it finished stopping
+    assert handled == ["payroll"]
     assert channels.server.connections == []
 
 
