@@ -7,7 +7,8 @@ transport (``write`` only appends) and times one text frame of the benchmark's s
 - ``+ starlette``: ``WebSocket.send_text`` through the route's and the app's wrappers, as the
   hand-written endpoint sends;
 - ``fastapi_channels push``: ``SocketConnection.push`` to an idle connection, as a broadcast
-  hands a frame to each subscriber.
+  hands a frame to each subscriber, through ASGI ``send`` (``Limits(direct_writes=False)``, or
+  behind a middleware that wraps ``send``) and written directly (the default under uvicorn).
 
 Each figure is the median of several timed loops, in microseconds per frame. The kernel's share
 (the ``write`` system call on a loopback socket and the wake-up of the reader) is what the null
@@ -29,6 +30,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 
 from bench.common import EVENT, payload
+from fastapi_channels._direct import find_direct_writer
 from fastapi_channels.connection import SocketConnection
 from fastapi_channels.router import _ASGITransport
 
@@ -122,13 +124,21 @@ async def main(n: int = 20000) -> dict[str, float]:
     message = {"type": "websocket.send", "text": FRAME}
     connection = SocketConnection(_ASGITransport(websocket, app_send), id="bench")
     connection.start()
+    direct = SocketConnection(
+        _ASGITransport(websocket, app_send), id="direct", direct=find_direct_writer(raw_send)
+    )
+    assert direct.writes_directly
+    direct.start()
     out = {
         "uvicorn_send": await timed("uvicorn send", lambda: protocol.send(message), n),
         "starlette_send_text": await timed(
             "+ starlette (hand-written endpoint)", lambda: websocket.send_text(FRAME), n
         ),
         "channels_push": await timed(
-            "fastapi_channels push (idle connection)", lambda: connection.push(FRAME), n
+            "fastapi_channels push through send", lambda: connection.push(FRAME), n
+        ),
+        "channels_push_direct": await timed(
+            "fastapi_channels push, direct", lambda: direct.push(FRAME), n
         ),
     }
     protocol.connection_lost(None)

@@ -86,6 +86,7 @@ class SocketConnection:
         "_closed",
         "_closing",
         "_deadline",
+        "_direct",
         "_flush_scheduled",
         "_max_queue",
         "_on_abandon",
@@ -114,6 +115,7 @@ class SocketConnection:
         overflow: OverflowPolicy = OverflowPolicy.DISCONNECT,
         stats: Stats | None = None,
         close_timeout: float = 5.0,
+        direct: Callable[[str], bool] | None = None,
     ) -> None:
         self.id = id
         self.user = user
@@ -121,6 +123,7 @@ class SocketConnection:
         self.scope: MutableMapping[str, Any] = scope if scope is not None else {}
         self.subscriptions: dict[str, Subscription] = {}
         self._transport = transport
+        self._direct = direct
         self._queue: deque[str] | None = None  # created when a frame first has to wait
         self._max_queue = max_queue
         self._policy = overflow
@@ -147,6 +150,16 @@ class SocketConnection:
     def queued(self) -> int:
         """How many frames wait in the outgoing queue."""
         return len(self._queue) if self._queue else 0
+
+    @property
+    def writes_directly(self) -> bool:
+        """Whether frames go straight to the server's socket when it can take them.
+
+        True under uvicorn's default websocket implementation when no ASGI middleware wraps
+        ``send`` (see ``Limits.direct_writes``); frames are then framed once per broadcast.
+        False means every frame goes through ASGI ``send``.
+        """
+        return self._direct is not None
 
     @property
     def batching(self) -> bool:
@@ -329,8 +342,13 @@ class SocketConnection:
 
         Sending to a peer that keeps up completes without suspending, so a broadcast costs no
         task switch, future or queue entry per recipient. Frames pushed while the writer task
-        runs are queued behind the pending send, so order is kept.
+        runs are queued behind the pending send, so order is kept. A direct writer, when the
+        server offers one, writes the frame without a coroutine; when it cannot (the peer is
+        behind, the socket is closing) the transport's send handles the frame as usual.
         """
+        direct = self._direct
+        if direct is not None and direct(frame):
+            return
         coro = self._transport.send_text(frame)
         # The send runs in a context of its own, as it would in a task: context variables an
         # ASGI middleware sets around ``send`` neither leak into the caller nor break when a

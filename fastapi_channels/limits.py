@@ -39,6 +39,11 @@ class Limits:
             before every connection is closed with 1012.
         reconnect_spread: the upper bound, in seconds, of the random ``reconnect_after`` hint
             sent with the shutdown ``disconnect``, so clients do not all reconnect at once.
+        direct_writes: under uvicorn's default websocket implementation, write each frame
+            straight to the socket (a broadcast framed once for all its recipients) where no
+            ASGI middleware wraps ``send``; frames that cannot be written at once, and frames
+            over 1 KiB to a client that negotiated ``permessage-deflate`` (they are compressed),
+            still go through ASGI ``send``. False sends every frame through ``send``.
     """
 
     max_message_size: int = 64 * 1024
@@ -56,3 +61,4 @@ class Limits:
     max_connections_per_user: int | None = 32
     shutdown_timeout: float = 10.0
     reconnect_spread: float = 10.0
+    direct_writes: bool = True

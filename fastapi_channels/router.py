@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
 from fastapi_channels import di
+from fastapi_channels._direct import find_direct_writer
 from fastapi_channels.auth.tokens import select_subprotocol
 from fastapi_channels.connection import SocketConnection
 from fastapi_channels.dispatcher import Dispatcher
@@ -215,8 +216,10 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
     handshake = _handshake.get(None)
     if handshake is not None and handshake.scope is websocket.scope:
         receive, send = handshake.raw_receive, handshake.raw_send
+        direct = find_direct_writer(send) if limits.direct_writes else None
     else:  # mounted without the guard: Starlette's own callables
         receive, send = websocket.receive, websocket.send
+        direct = None
     connection = SocketConnection(
         _ASGITransport(websocket, send),
         id=uuid.uuid4().hex,
@@ -227,6 +230,7 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
         overflow=limits.overflow,
         stats=server.stats,
         close_timeout=limits.close_timeout,
+        direct=direct,
     )
     try:
         await dispatcher.connect(connection)

@@ -53,12 +53,13 @@ async def subscriber(url: str) -> websockets.ClientConnection:
     return ws
 
 
-def stalled_peer(address: str, subscribe: bool = True) -> socket.socket:
+def stalled_peer(address: str, subscribe: bool = True, small_buffer: bool = True) -> socket.socket:
     """A websocket client that completes the handshake, subscribes, reads the answer, and
     never reads again. Blocking: run it in a thread."""
     host, port = address.split(":")
     sock = socket.create_connection((host, int(port)))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    if small_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         (

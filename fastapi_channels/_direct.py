@@ -1,0 +1,155 @@
+"""Writing pre-built websocket frames straight to uvicorn's transport.
+
+A server-to-client text frame is the same bytes for every recipient (servers do not mask), so
+a broadcast can frame its text once and hand those bytes to each socket. Through ASGI every
+recipient's ``send`` instead encodes the text and frames it again, and goes through Starlette's
+wrapper coroutines, which together cost more than the rest of a delivery in Python.
+
+`find_direct_writer` finds, for one connection, the uvicorn protocol underneath the ASGI
+callables, but only where skipping ASGI changes nothing an application can see:
+
+- the server is uvicorn's ``websockets-sansio`` implementation (its default);
+- every callable wrapped around its ``send`` is one known to pass ``websocket.send`` messages
+  through unchanged (Starlette's exception-handling wrapper); any other ASGI middleware that
+  wraps ``send`` (to log, count or trace messages) keeps seeing every message;
+- the only extension negotiated, if any, is ``permessage-deflate``: frames of up to 1 KiB are
+  then written uncompressed (a message with RSV1 unset is an uncompressed one, RFC 7692 6.1;
+  the compression contexts of both sides only ever see compressed messages, so they stay in
+  step), larger ones go through ``send`` and are compressed as before. Node's ``ws`` library,
+  which Socket.IO uses, does not compress under 1 KiB by default either: deflating a small
+  JSON packet saves a few bytes and costs a compressor run per recipient.
+
+Otherwise there is no direct writer and frames go through ASGI ``send``. The writer itself
+refuses (returns ``False``) whenever the ASGI ``send`` would not complete at once: the peer is
+behind (uvicorn paused writing), the close was sent, the socket is closing or gone. The caller
+then uses ``send``, which waits or raises exactly as it always did, so ordering, backpressure
+and failure handling are uvicorn's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from starlette._exception_handler import wrap_app_handling_exceptions
+from starlette.types import Send
+
+__all__ = ["COMPRESS_THRESHOLD", "DirectWriter", "find_direct_writer", "text_frame"]
+
+logger = logging.getLogger("fastapi_channels.router")
+
+_SANSIO_MODULE = "uvicorn.protocols.websockets.websockets_sansio_impl"
+
+
+def _code_named(function: Callable[..., Any], name: str) -> Any:
+    for const in function.__code__.co_consts:
+        if getattr(const, "co_name", None) == name:
+            return const
+    return None
+
+
+class _Probe:
+    scope: dict[str, Any] = {}
+
+
+async def _app(scope: Any, receive: Any, send: Any) -> None:
+    """A do-nothing ASGI app, only wrapped to find the code of Starlette's ``sender``."""
+
+
+# The code of the ``sender`` closure Starlette's exception wrapper passes on as ``send``: it
+# records ``http.response.start`` and forwards every message unchanged. Found once, from the
+# installed Starlette; when its shape changes, nothing matches and ASGI ``send`` is used.
+_TRANSPARENT_SENDERS = frozenset(
+    code
+    for code in (_code_named(wrap_app_handling_exceptions(_app, _Probe()), "sender"),)  # type: ignore[arg-type]
+    if code is not None and "send" in code.co_freevars
+)
+
+
+def _unwrap(send: Any) -> Any:
+    """The callable under Starlette's transparent wrappers (at most 8 deep), or ``send``."""
+    for _ in range(8):
+        code: Any = getattr(send, "__code__", None)
+        if code not in _TRANSPARENT_SENDERS:
+            return send
+        send = send.__closure__[code.co_freevars.index("send")].cell_contents
+    return send
+
+
+_last_text: str | None = None
+_last_frame = b""
+
+
+def text_frame(text: str) -> bytes:
+    """One unmasked, final websocket text frame holding ``text``.
+
+    The last frame built is kept, keyed by the identity of its text, so a broadcast (one
+    ``str`` object handed to every recipient) is encoded and framed once, not per recipient.
+    """
+    global _last_text, _last_frame
+    if text is _last_text:
+        return _last_frame
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 65536:
+        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    frame = header + payload
+    _last_text, _last_frame = text, frame
+    return frame
+
+
+COMPRESS_THRESHOLD = 1024
+"""With ``permessage-deflate``, texts longer than this go through ``send`` to be compressed."""
+
+
+class DirectWriter:
+    """Writes text frames for one connection straight to uvicorn's transport.
+
+    Holds the uvicorn protocol object (which the server keeps anyway) and a size limit, so it
+    adds one small object per connection.
+    """
+
+    __slots__ = ("_limit", "_protocol")
+
+    def __init__(self, protocol: Any, limit: float) -> None:
+        self._protocol = protocol
+        self._limit = limit
+
+    def __call__(self, text: str) -> bool:
+        """Write one text frame if ASGI ``send`` would complete at once; else return False.
+
+        Never raises for a closed peer: it returns False and the caller's ``send`` reports it.
+        """
+        if len(text) > self._limit:
+            return False
+        protocol = self._protocol
+        if protocol.close_sent or protocol.disconnected or not protocol.writable.is_set():
+            return False
+        transport = protocol.transport
+        if transport.is_closing():
+            return False
+        transport.write(text_frame(text))
+        return True
+
+
+def find_direct_writer(send: Send) -> DirectWriter | None:
+    """A direct writer for the connection behind this ASGI ``send``, or None (see module)."""
+    module = sys.modules.get(_SANSIO_MODULE)
+    if module is None:  # not served by uvicorn's websockets-sansio
+        return None
+    inner = _unwrap(send)
+    if getattr(inner, "__func__", None) is not module.WebSocketsSansIOProtocol.send:
+        return None
+    protocol: Any = inner.__self__
+    extensions = protocol.conn.extensions
+    if not extensions:
+        return DirectWriter(protocol, float("inf"))
+    if len(extensions) == 1 and extensions[0].name == "permessage-deflate":
+        return DirectWriter(protocol, COMPRESS_THRESHOLD)
+    return None

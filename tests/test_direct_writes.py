@@ -1,0 +1,217 @@
+"""Frames written straight to uvicorn's socket: the same bytes, nothing hidden from middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from typing import Any
+
+import pytest
+import websockets
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from websockets.frames import Frame, Opcode
+
+from fastapi_channels import ChannelListener, Channels, Limits, SocketServer, channel
+from fastapi_channels._direct import COMPRESS_THRESHOLD, text_frame
+from tests.live import live_server
+from tests.test_faults import stalled_peer
+
+
+@channel("room")
+class Room(ChannelListener):
+    pass
+
+
+class CountingMiddleware:
+    """An ASGI middleware that sees every message the app sends."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.sent: list[str] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def counted(message: Message) -> None:
+            if message["type"] == "websocket.send":
+                self.sent.append(message["text"])
+            await send(message)
+
+        await self.app(scope, receive, counted)
+
+
+def build(**options: Any) -> tuple[FastAPI, Channels]:
+    channels = Channels(listeners=[Room], **options)
+    app = FastAPI()
+    app.include_router(channels.router)
+    return app, channels
+
+
+async def receive(ws: websockets.ClientConnection) -> dict[str, Any]:
+    async with asyncio.timeout(5):
+        frame = await ws.recv(decode=True)
+    assert isinstance(frame, str)
+    packet = json.loads(frame)
+    assert isinstance(packet, dict)
+    return packet
+
+
+async def subscribe(ws: websockets.ClientConnection) -> None:
+    assert (await receive(ws))["event"] == "ready"
+    await ws.send(json.dumps({"event": "subscribe-channel-request", "data": {"channel": "room"}}))
+    response = await receive(ws)
+    assert response["event"] == "subscribe-channel-response" and response["data"]["successful"]
+
+
+def only_connection(channels: Channels) -> Any:
+    (connection,) = channels.server.connections
+    return connection
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 200_000])
+def test_a_text_frame_is_what_websockets_would_send(size: int) -> None:
+    text = ("é" * (size // 2)) + ("x" * (size % 2))
+    expected = Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
+    assert text_frame(text) == expected
+
+
+def test_a_text_frame_is_built_once_for_the_same_text() -> None:
+    text = json.dumps({"event": "message", "data": "x" * 50})
+    assert text_frame(text) is text_frame(text)
+    other = text[:-1] + "}"  # equal but a different object
+    assert text_frame(other) == text_frame(text)
+
+
+async def test_broadcasts_of_every_size_arrive_intact_and_in_order() -> None:
+    app, channels = build()
+    sizes = [0, 10, 125, 126, 1000, 65535, 65536, 300_000]
+    async with (
+        live_server(app) as address,
+        websockets.connect(f"ws://{address}/ws", max_size=None, compression=None) as first,
+        websockets.connect(f"ws://{address}/ws", max_size=None) as second,
+    ):
+        await subscribe(first)
+        await subscribe(second)
+        assert all(c.writes_directly for c in channels.server.connections)
+        server = channels.container.get(SocketServer)
+        for size in sizes:
+            await server.broadcast(Room, "room", "message", {"text": "é" * size})
+        for ws in (first, second):
+            for size in sizes:
+                packet = await receive(ws)
+                assert packet["event"] == "message" and packet["channel"] == "room"
+                assert packet["data"] == {"text": "é" * size}
+
+
+async def test_a_middleware_wrapping_send_still_sees_every_frame() -> None:
+    app, channels = build()
+    counting = CountingMiddleware(app)
+    async with live_server(counting) as address, websockets.connect(f"ws://{address}/ws") as ws:
+        await subscribe(ws)
+        assert not only_connection(channels).writes_directly
+        server = channels.container.get(SocketServer)
+        for n in range(5):
+            await server.broadcast(Room, "room", "message", {"n": n})
+        for n in range(5):
+            assert (await receive(ws))["data"] == {"n": n}
+    events = [json.loads(text)["event"] for text in counting.sent]
+    assert events[:2] == ["ready", "subscribe-channel-response"]
+    assert events[2:7] == ["message"] * 5
+
+
+async def test_with_deflate_small_frames_go_plain_and_large_ones_compressed() -> None:
+    app, channels = build()
+    async with (
+        live_server(app, ws_per_message_deflate=True) as address,
+        websockets.connect(f"ws://{address}/ws", compression="deflate") as ws,
+    ):
+        (deflate,) = ws.protocol.extensions
+        compressed: list[bool] = []
+        decode = deflate.decode
+
+        def recording(frame: Frame, *, max_size: int | None = None) -> Frame:
+            compressed.append(frame.rsv1)
+            return decode(frame, max_size=max_size)
+
+        deflate.decode = recording  # type: ignore[method-assign]
+        await subscribe(ws)
+        assert only_connection(channels).writes_directly
+        compressed.clear()
+        server = channels.container.get(SocketServer)
+        texts = ["small", "a" * (COMPRESS_THRESHOLD - 100), "b" * COMPRESS_THRESHOLD, "tail"]
+        for text in texts:
+            await server.broadcast(Room, "room", "message", {"text": text})
+        for text in texts:
+            assert (await receive(ws))["data"] == {"text": text}
+        assert compressed == [False, False, True, False]
+
+
+async def test_direct_writes_can_be_turned_off() -> None:
+    app, channels = build(limits=Limits(direct_writes=False))
+    async with live_server(app) as address, websockets.connect(f"ws://{address}/ws") as ws:
+        await subscribe(ws)
+        assert not only_connection(channels).writes_directly
+
+
+async def test_other_websocket_implementations_send_through_asgi() -> None:
+    app, channels = build()
+    async with (
+        live_server(app, ws="wsproto") as address,
+        websockets.connect(f"ws://{address}/ws") as ws,
+    ):
+        await subscribe(ws)
+        assert not only_connection(channels).writes_directly
+        server = channels.container.get(SocketServer)
+        await server.broadcast(Room, "room", "message", {"n": 1})
+        assert (await receive(ws))["data"] == {"n": 1}
+
+
+def read_frames(sock: socket.socket, count: int) -> list[str]:
+    """Read ``count`` unmasked text frames from a raw socket (blocking: run in a thread)."""
+    buffer = bytearray()
+
+    def take(size: int) -> bytes:
+        while len(buffer) < size:
+            chunk = sock.recv(1 << 20)
+            assert chunk, "the server closed the connection"
+            buffer.extend(chunk)
+        data = bytes(buffer[:size])
+        del buffer[:size]
+        return data
+
+    texts: list[str] = []
+    while len(texts) < count:
+        first, length = take(2)
+        assert not length & 0x80  # a server does not mask
+        if length == 126:
+            length = int.from_bytes(take(2), "big")
+        elif length == 127:
+            length = int.from_bytes(take(8), "big")
+        data = take(length)
+        if first != 0x89:  # a keepalive ping
+            assert first == 0x81  # a final text frame
+            texts.append(data.decode())
+    return texts
+
+
+async def test_a_peer_that_stops_reading_gets_everything_in_order_once_it_reads() -> None:
+    app, channels = build(limits=Limits(queue_size=100_000))
+    async with live_server(app) as address:
+        # Subscribed, then not reading; a default buffer, so that reading it back later is fast.
+        sock = await asyncio.to_thread(stalled_peer, address, small_buffer=False)
+        try:
+            connection = only_connection(channels)
+            assert connection.writes_directly
+            server = channels.container.get(SocketServer)
+            count = 0
+            while connection.queued == 0 and count < 2_000:  # the kernels take some MiB
+                await server.broadcast(Room, "room", "message", {"n": count, "pad": "x" * 65_536})
+                await asyncio.sleep(0)  # lets the broadcast reach the connection
+                count += 1
+            assert connection.queued > 0, "the peer's buffers never filled"
+            for n in range(count, count + 50):  # these wait behind the pending send
+                await server.broadcast(Room, "room", "message", {"n": n, "pad": ""})
+            texts = await asyncio.to_thread(read_frames, sock, count + 50)
+            assert [json.loads(text)["data"]["n"] for text in texts] == list(range(count + 50))
+        finally:
+            sock.close()
