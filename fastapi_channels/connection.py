@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine, MutableMapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from fastapi_channels._stepping import resume
 from fastapi_channels.errors import CloseCode, ConnectionClosed
 from fastapi_channels.protocol import DISCONNECT, encode
 from fastapi_channels.stats import Stats
@@ -377,7 +378,7 @@ class SocketConnection:
         """Finish a suspended send, drain the queue, close if closing, then exit (idle)."""
         try:
             if pending is not None:
-                await _resume(pending, waiting)
+                await resume(pending, waiting)
             send = self._transport.send_text
             while not self._closed:
                 if self._queue:
@@ -399,31 +400,3 @@ class SocketConnection:
             if self._closed and self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
-
-
-async def _resume(coro: Coroutine[Any, Any, None], waiting: asyncio.Future[Any] | None) -> None:
-    """Run to completion a coroutine that was started outside a task and then suspended.
-
-    It suspended on ``waiting`` (or on a bare yield, ``None``), as an ``await`` does inside a
-    task; wait for that, then step the coroutine again, as a task would. Cancellation is passed
-    into the coroutine.
-    """
-    while True:
-        try:
-            if waiting is None:
-                await asyncio.sleep(0)
-            else:
-                waiting._asyncio_future_blocking = False
-                await asyncio.wait((waiting,))
-        except asyncio.CancelledError as exc:
-            if waiting is not None:
-                waiting.cancel()
-            try:
-                waiting = coro.throw(exc)
-            except StopIteration:
-                return
-            continue
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return

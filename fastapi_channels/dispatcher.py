@@ -22,8 +22,10 @@ import logging
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from types import CoroutineType
 from typing import Any
 
+from fastapi_channels._stepping import resume
 from fastapi_channels.catchup import CaughtUp
 from fastapi_channels.connection import SocketConnection
 from fastapi_channels.errors import (
@@ -425,12 +427,24 @@ class Dispatcher:
             self.server.stats.observe_handler(time.perf_counter() - started)
 
     async def _guard(self, step: Awaitable[Any]) -> Any:
-        """Await ``step`` under the handler time limit."""
+        """Await ``step`` under the handler time limit.
+
+        The step's first part runs in place: a step that completes without suspending (most
+        do) needs no timer. One that suspends finishes under a deadline counted from its start.
+        """
         timeout = self.limits.handler_timeout
         if timeout is None:
             return await step
-        async with asyncio.timeout(timeout):
-            return await step
+        if not isinstance(step, CoroutineType):
+            async with asyncio.timeout(timeout):
+                return await step
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            waiting = step.send(None)
+        except StopIteration as done:
+            return done.value
+        async with asyncio.timeout_at(deadline):
+            return await resume(step, waiting)
 
     def _error(
         self,
