@@ -117,7 +117,7 @@ class DirectWriter:
 
     __slots__ = ("_limit", "_protocol")
 
-    def __init__(self, protocol: Any, limit: float) -> None:
+    def __init__(self, protocol: Any, limit: int) -> None:
         self._protocol = protocol
         self._limit = limit
 
@@ -149,7 +149,7 @@ def find_direct_writer(send: Send) -> DirectWriter | None:
     protocol: Any = inner.__self__
     extensions = protocol.conn.extensions
     if not extensions:
-        return DirectWriter(protocol, float("inf"))
+        return DirectWriter(protocol, sys.maxsize)
     if len(extensions) == 1 and extensions[0].name == "permessage-deflate":
         return DirectWriter(protocol, COMPRESS_THRESHOLD)
     return None

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
+from inspect import Parameter, Signature
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, WebSocket
@@ -22,10 +23,8 @@ from fastapi_channels import di
 from fastapi_channels._direct import find_direct_writer
 from fastapi_channels.auth.tokens import select_subprotocol
 from fastapi_channels.connection import SocketConnection
-from fastapi_channels.dispatcher import Dispatcher
 from fastapi_channels.errors import CloseCode, Reject
 from fastapi_channels.jsclient import CLIENT_SCRIPT, serve_client_script
-from fastapi_channels.limits import Limits
 from fastapi_channels.protocol import DISCONNECT, READY, encode
 from fastapi_channels.stats import Stats
 
@@ -112,53 +111,81 @@ class _RefuseOnError:
         self.stats = stats
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handshake = _Handshake(scope, receive, send, self.stats, self.handshake_timeout)
-        _handshake.set(handshake)
+        handshake = _Handshake(scope, receive, send, self.stats)
+        _pending[id(scope)] = handshake
+        handshake.arm(self.handshake_timeout)
         try:
-            async with handshake.deadline:
-                await self.app(scope, handshake.receive, handshake.send)
+            await self.app(scope, handshake.receive, handshake.send)
+        except asyncio.CancelledError:
+            if not handshake.expired or handshake.accepted or handshake.refused:
+                raise
+            task = asyncio.current_task()
+            if task is not None and task.uncancel() > 0:
+                raise  # cancelled from outside as well
+            logger.warning("websocket refused: handshake took over %ss", self.handshake_timeout)
+            await handshake.refuse("handshake timed out", "handshake timed out")
         except Exception as exc:
             if handshake.accepted or handshake.refused:
                 raise
-            if isinstance(exc, TimeoutError):
-                logger.warning("websocket refused: handshake took over %ss", self.handshake_timeout)
-                await handshake.refuse("handshake timed out", "handshake timed out")
-                return
             if isinstance(exc, Reject | HTTPException):
                 logger.info("websocket refused at the handshake: %r", exc)
             else:
                 logger.exception("websocket refused: the handshake failed")
             await handshake.refuse(_public_reason(exc), type(exc).__name__)
+        finally:
+            handshake.disarm()
+            _pending.pop(id(scope), None)
 
 
 class _Handshake:
     """One connection's refusal guard: what it saw, and the server's own ``receive``/``send``.
 
     One small object per connection (rather than closures and their cells, which would live as
-    long as the connection); the endpoint finds it through a context variable and, once
+    long as the connection); the endpoint finds it in ``_pending`` and, once
     accepted, reads and writes through the server's callables directly.
     """
 
     __slots__ = (
         "accepted",
         "connected",
-        "deadline",
+        "expired",
         "raw_receive",
         "raw_send",
         "refused",
         "scope",
         "stats",
+        "timer",
     )
 
-    def __init__(
-        self, scope: Scope, receive: Receive, send: Send, stats: Stats, timeout: float
-    ) -> None:
+    def __init__(self, scope: Scope, receive: Receive, send: Send, stats: Stats) -> None:
         self.scope = scope
         self.raw_receive = receive
         self.raw_send = send
         self.stats = stats
         self.accepted = self.refused = self.connected = False
-        self.deadline = asyncio.timeout(timeout)
+        self.expired = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def arm(self, timeout: float) -> None:
+        """Cancel the current task (the handshake) if it is not accepted within ``timeout``.
+
+        A plain loop timer, dropped at ``accept``: an ``asyncio.timeout`` block would stay
+        open, holding its state, for the connection's whole life.
+        """
+        self.timer = asyncio.get_running_loop().call_later(
+            timeout, self._expire, asyncio.current_task()
+        )
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expire(self, task: asyncio.Task[Any] | None) -> None:
+        self.timer = None
+        if task is not None and not self.accepted and not self.refused:
+            self.expired = True
+            task.cancel()
 
     async def receive(self) -> Message:
         message = await self.raw_receive()
@@ -185,7 +212,7 @@ class _Handshake:
             return  # the rest of a replaced HTTP response
         elif kind == "websocket.accept":
             self.accepted = True
-            self.deadline.reschedule(None)
+            self.disarm()
             await self.raw_send(message)
         elif kind == "websocket.close":
             logger.info("websocket refused at the handshake with close %s", message.get("code"))
@@ -197,10 +224,13 @@ class _Handshake:
             await self.raw_send(message)
 
 
-_handshake: ContextVar[_Handshake] = ContextVar("fastapi_channels_handshake")
+_pending: dict[int, _Handshake] = {}
+"""Handshakes by ``id(scope)``, from the guard to the endpoint, which takes its own out: once
+taken, nothing of it is left per connection (a context variable would leave a copied context;
+a scope key would grow every connection's scope dict)."""
 
 
-async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
+async def _serve(channels: Channels, websocket: WebSocket, user: Any = None) -> None:
     server = channels.server
     dispatcher = channels.dispatcher
     if dispatcher is None:
@@ -213,7 +243,7 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
     # After the handshake, frames go straight through the route's ASGI callables: Starlette's
     # state checks and wrapper coroutines cost time per frame and a suspended frame per idle
     # connection, and cannot fail once accepted (the server's own calls raise instead).
-    handshake = _handshake.get(None)
+    handshake = _pending.pop(id(websocket.scope), None)
     if handshake is not None and handshake.scope is websocket.scope:
         receive, send = handshake.raw_receive, handshake.raw_send
         direct = find_direct_writer(send) if limits.direct_writes else None
@@ -255,76 +285,73 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any) -> None:
         await server.add_connection(connection)
         connection.start()
         dispatcher.opened(connection)
-        await _read(receive, connection, dispatcher, limits)
+        # The reader, inline: every coroutine awaited here is a frame kept for the
+        # connection's whole life. Size and rate checks, then one dispatch per frame, in order.
+        # The rate limit is a token bucket in these locals (nothing per connection object):
+        # ``limits.rate`` tokens per second up to ``limits.burst``; a frame finding no token is
+        # dropped and answered ``rate-limited``; ``limits.rate_strikes`` drops in a row close the
+        # connection with 1008.
+        max_size = limits.max_message_size
+        stats = server.stats
+        rate, burst = limits.rate, float(limits.burst)
+        tokens, last, strikes = burst, time.monotonic(), 0
+        message: Message | None
+        text: str | None
+        while True:
+            message = text = None  # nothing of the last frame stays referenced while idle
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if not connection.is_open:
+                continue  # closing: drain until the peer answers the close
+            text = message.get("text")
+            size = len(text) if text is not None else len(message.get("bytes") or b"")
+            stats.messages_in += 1
+            stats.bytes_in += size
+            if size > max_size or (
+                text is not None and size * 4 > max_size and len(text.encode()) > max_size
+            ):
+                connection.close_soon(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                continue
+            if rate is not None:
+                now = time.monotonic()
+                tokens = min(burst, tokens + (now - last) * rate)
+                last = now
+                if tokens < 1.0:
+                    strikes += 1
+                    if strikes >= limits.rate_strikes:
+                        logger.warning("connection %s: rate limit exceeded, closing", connection.id)
+                        connection.close_soon(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+                    else:
+                        dispatcher.reject_rate(connection, text)
+                    continue
+                tokens -= 1.0
+                strikes = 0
+            if text is not None:
+                await dispatcher.receive_text(connection, text)
+            else:
+                dispatcher.receive_bytes(connection)
     finally:
         await dispatcher.disconnect(connection)
         await connection.wait_closed(limits.close_timeout)
 
 
-async def _read(
-    receive: Receive, connection: SocketConnection, dispatcher: Dispatcher, limits: Limits
-) -> None:
-    """The connection's reader: size and rate checks, then one dispatch per frame, in order.
-
-    The rate limit is a token bucket held in this coroutine's locals (nothing per connection
-    object): ``limits.rate`` tokens per second up to ``limits.burst``; a frame finding no token
-    is dropped and answered ``rate-limited``; ``limits.rate_strikes`` drops in a row close the
-    connection with 1008.
-    """
-    max_size = limits.max_message_size
-    stats = dispatcher.server.stats
-    rate, burst = limits.rate, float(limits.burst)
-    tokens, last, strikes = burst, time.monotonic(), 0
-    message: Message | None
-    text: str | None
-    while True:
-        message = text = None  # nothing of the last frame stays referenced while idle
-        message = await receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        if not connection.is_open:
-            continue  # closing: drain until the peer answers the close
-        text = message.get("text")
-        size = len(text) if text is not None else len(message.get("bytes") or b"")
-        stats.messages_in += 1
-        stats.bytes_in += size
-        if size > max_size or (
-            text is not None and size * 4 > max_size and len(text.encode()) > max_size
-        ):
-            connection.close_soon(CloseCode.MESSAGE_TOO_BIG, "message too big")
-            continue
-        if rate is not None:
-            now = time.monotonic()
-            tokens = min(burst, tokens + (now - last) * rate)
-            last = now
-            if tokens < 1.0:
-                strikes += 1
-                if strikes >= limits.rate_strikes:
-                    logger.warning("connection %s: rate limit exceeded, closing", connection.id)
-                    connection.close_soon(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
-                else:
-                    dispatcher.reject_rate(connection, text)
-                continue
-            tokens -= 1.0
-            strikes = 0
-        if text is not None:
-            await dispatcher.receive_text(connection, text)
-        else:
-            dispatcher.receive_bytes(connection)
-
-
 def _endpoint(channels: Channels) -> Callable[..., Any]:
+    """The FastAPI endpoint: ``_serve`` bound to ``channels``, with the user dependency.
+
+    A ``partial`` with a signature rather than a wrapper function: a wrapper's frame would be
+    kept, suspended, for each connection's whole life.
+    """
+    parameters = [Parameter("websocket", Parameter.POSITIONAL_OR_KEYWORD, annotation=WebSocket)]
     dependency = channels.user_dependency
-    if dependency is None:
-
-        async def anonymous(websocket: WebSocket) -> None:
-            await _serve(channels, websocket, None)
-
-        return anonymous
-
-    async def endpoint(websocket: WebSocket, user: Any = Depends(dependency)) -> None:
-        await _serve(channels, websocket, user)
-
+    if dependency is not None:
+        parameters.append(
+            Parameter(
+                "user", Parameter.POSITIONAL_OR_KEYWORD, default=Depends(dependency), annotation=Any
+            )
+        )
+    endpoint = functools.partial(_serve, channels)
+    endpoint.__signature__ = Signature(parameters)  # type: ignore[attr-defined]
     return endpoint
 
 

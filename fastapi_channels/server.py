@@ -24,7 +24,7 @@ import logging
 import os
 import random
 from collections import deque
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 from pydantic_core import from_json
@@ -116,6 +116,8 @@ class SocketServer:
         self.reconnects = Reconnects(broker, self._channels, _CHANNEL)
         """Catches history channels up after a broker outage (see `.catchup`)."""
         self._removals: set[asyncio.Future[None]] = set()
+        # One bound method for every connection's abandon callback, not one each.
+        self._on_abandon: Callable[[SocketConnection], None] = self._remove_soon
         self._empty = asyncio.Event()
         self._empty.set()
         self._backlog: deque[_FanOut] = deque()
@@ -237,7 +239,7 @@ class SocketServer:
     async def add_connection(self, connection: SocketConnection) -> None:
         """Make ``connection`` reachable by id and by user."""
         self._connections[connection.id] = connection
-        connection._on_abandon = self._remove_soon
+        connection._on_abandon = self._on_abandon
         self._empty.clear()
         self.stats.connections_opened += 1
         key = connection.user_key
