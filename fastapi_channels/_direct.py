@@ -111,14 +111,16 @@ COMPRESS_THRESHOLD = 1024
 class DirectWriter:
     """Writes text frames for one connection straight to uvicorn's transport.
 
-    Holds the uvicorn protocol object (which the server keeps anyway) and a size limit, so it
-    adds one small object per connection.
+    Holds the uvicorn protocol, its transport and its "writable" event (objects the server
+    keeps anyway) and a size limit: one small object per connection.
     """
 
-    __slots__ = ("_limit", "_protocol")
+    __slots__ = ("_limit", "_protocol", "_transport", "_writable")
 
     def __init__(self, protocol: Any, limit: int) -> None:
         self._protocol = protocol
+        self._transport = protocol.transport
+        self._writable = protocol.writable
         self._limit = limit
 
     def __call__(self, text: str) -> bool:
@@ -126,15 +128,16 @@ class DirectWriter:
 
         Never raises for a closed peer: it returns False and the caller's ``send`` reports it.
         """
-        if len(text) > self._limit:
+        if (
+            len(text) > self._limit
+            or not self._writable.is_set()  # the peer is behind: uvicorn paused writing
+            or self._transport.is_closing()
+        ):
             return False
         protocol = self._protocol
-        if protocol.close_sent or protocol.disconnected or not protocol.writable.is_set():
+        if protocol.close_sent or protocol.disconnected:
             return False
-        transport = protocol.transport
-        if transport.is_closing():
-            return False
-        transport.write(text_frame(text))
+        self._transport.write(text_frame(text))
         return True
 
 

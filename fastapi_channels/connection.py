@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import operator
 from collections import deque
 from collections.abc import Callable, Coroutine, MutableMapping
 from enum import StrEnum
@@ -63,6 +64,12 @@ class OverflowPolicy(StrEnum):
 
 _BATCH_MAX = 100
 """The most packets one batched frame holds."""
+
+# The last batch built and its text. A burst of broadcasts leaves the same frames (the same
+# objects) waiting for every subscriber, so their batches are equal: built once, and, being
+# one object, framed once by a direct writer.
+_last_batch: list[str] = []
+_last_batch_text = ""
 
 
 class SocketConnection:
@@ -205,7 +212,9 @@ class SocketConnection:
         if self._writer is None and self._started and not self._batch:
             stats.messages_out += 1
             stats.bytes_out += len(frame)
-            self._send_now(frame)  # idle, so nothing is queued: order is kept
+            direct = self._direct  # idle, so nothing is queued: order is kept
+            if direct is None or not direct(frame):
+                self._send_through(frame)
             return True
         queue = self._queue
         if queue is None:
@@ -224,7 +233,7 @@ class SocketConnection:
         queue.append(frame)
         stats.messages_out += 1
         stats.bytes_out += len(frame)
-        if self._batch and self._writer is None and self._started and not self._flush_scheduled:
+        if not self._flush_scheduled and self._batch and self._writer is None and self._started:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
         return True
@@ -326,8 +335,15 @@ class SocketConnection:
         assert queue
         if not self._batch or len(queue) == 1:
             return queue.popleft()
+        if len(queue) <= _BATCH_MAX:
+            global _last_batch, _last_batch_text
+            if len(queue) != len(_last_batch) or not all(map(operator.is_, queue, _last_batch)):
+                _last_batch = list(queue)
+                _last_batch_text = f"[{','.join(_last_batch)}]"
+            queue.clear()
+            return _last_batch_text
         popleft = queue.popleft
-        return "[" + ",".join([popleft() for _ in range(min(len(queue), _BATCH_MAX))]) + "]"
+        return f"[{','.join([popleft() for _ in range(_BATCH_MAX)])}]"
 
     def _flush(self) -> None:
         """Send what waits, in place, until it is sent or a send has to wait for the peer."""
@@ -350,6 +366,10 @@ class SocketConnection:
         direct = self._direct
         if direct is not None and direct(frame):
             return
+        self._send_through(frame)
+
+    def _send_through(self, frame: str) -> None:
+        """Send one frame through the transport's ``send``, in place (see `_send_now`)."""
         coro = self._transport.send_text(frame)
         # The send runs in a context of its own, as it would in a task: context variables an
         # ASGI middleware sets around ``send`` neither leak into the caller nor break when a

@@ -81,6 +81,26 @@ async def test_frames_of_one_loop_turn_go_out_as_one_batch() -> None:
     assert transport.frames[1] == '{"event":"e","data":3}'  # alone: not wrapped
 
 
+async def test_batches_of_the_same_frames_are_shared_and_others_are_not() -> None:
+    shared = [json.dumps({"event": "e", "data": n}) for n in range(3)]
+    own = [json.dumps({"event": "mine", "data": n}) for n in range(3)]
+    transports = [GatedTransport() for _ in range(4)]
+    connections = [SocketConnection(t, id=str(n)) for n, t in enumerate(transports)]
+    for connection in connections:
+        connection.start()
+        connection.enable_batching()
+    for n, connection in enumerate(connections):
+        middle = shared[1] if n < 2 else own[n - 2]  # the last two differ from the first two
+        for frame in (shared[0], middle, shared[2]):
+            connection.push(frame)
+    batches = [json.loads((await t.wait_for(1))[0]) for t in transports]
+    expected = [json.loads(f) for f in shared]
+    assert batches[0] == batches[1] == expected
+    assert batches[2] == [expected[0], json.loads(own[0]), expected[2]]
+    assert batches[3] == [expected[0], json.loads(own[1]), expected[2]]
+    assert transports[0].frames[0] is transports[1].frames[0]  # built once
+
+
 async def test_batching_is_negotiated_and_others_are_unaffected(start: Start) -> None:
     harness = await start(listeners=[Room])
     async with harness.client() as plain, harness.client() as batching:
