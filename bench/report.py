@@ -220,10 +220,12 @@ def render(report: dict[str, Any]) -> str:
     summary = report["summary"]
     sizes = [str(s) for s in report["settings"]["sizes"]]
     names = list(summary["servers"])
-    lines = [
-        f"| figure | {' | '.join(names)} | load client ceiling |",
-        "|---|" + "---|" * (len(names) + 1),
-    ]
+    lines: list[str] = []
+    if sizes:  # the ``big`` plan has only the 10,000-connection table
+        lines += [
+            f"| figure | {' | '.join(names)} | load client ceiling |",
+            "|---|" + "---|" * (len(names) + 1),
+        ]
     for key, label, _ in metrics(sizes):
         cells = [_cell(summary["servers"][n].get(key)) for n in names]
         if all(c == "-" for c in cells):
@@ -248,4 +250,4 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"| {t['target']} | {value} | {t['op']} {t['bound']} | {holds} |")
     for name, why in report["pending"].items():
         lines.append(f"\n{name}: pending ({why})")
-    return "\n".join(lines)
+    return "\n".join(lines).lstrip("\n")

@@ -66,7 +66,8 @@ class Plan:
         "socketio",
         "channels-redis",
     )
-    big_servers: tuple[str, ...] = ("channels", "handwritten")
+    # The null server shows the load client's own latency with 10,000 sockets to read.
+    big_servers: tuple[str, ...] = ("channels", "handwritten", "null")
     extra: dict[str, Any] = field(default_factory=dict)
 
 
