@@ -142,17 +142,37 @@ class DirectWriter:
 
 
 def find_direct_writer(send: Send) -> DirectWriter | None:
-    """A direct writer for the connection behind this ASGI ``send``, or None (see module)."""
+    """A direct writer for the connection behind this ASGI ``send``, or None (see module).
+
+    Never raises: a uvicorn whose protocol no longer has what the writer reads gets None (and
+    one warning in the log), so its connections send through ASGI as before.
+    """
+    global _warned
     module = sys.modules.get(_SANSIO_MODULE)
     if module is None:  # not served by uvicorn's websockets-sansio
         return None
     inner = _unwrap(send)
-    if getattr(inner, "__func__", None) is not module.WebSocketsSansIOProtocol.send:
+    if getattr(inner, "__func__", None) is not getattr(module.WebSocketsSansIOProtocol, "send", 0):
         return None
     protocol: Any = inner.__self__
-    extensions = protocol.conn.extensions
-    if not extensions:
-        return DirectWriter(protocol, sys.maxsize)
-    if len(extensions) == 1 and extensions[0].name == "permessage-deflate":
-        return DirectWriter(protocol, COMPRESS_THRESHOLD)
-    return None
+    try:
+        extensions = protocol.conn.extensions
+        if not extensions:
+            limit = sys.maxsize
+        elif len(extensions) == 1 and extensions[0].name == "permessage-deflate":
+            limit = COMPRESS_THRESHOLD
+        else:
+            return None
+        writer = DirectWriter(protocol, limit)
+        # What the writer reads on every frame: present, or no direct writes at all.
+        _ = protocol.close_sent, protocol.disconnected, writer._writable.is_set
+        _ = writer._transport.write, writer._transport.is_closing
+    except AttributeError as exc:
+        if not _warned:
+            _warned = True
+            logger.warning("direct writes are off: this uvicorn's protocol differs (%s)", exc)
+        return None
+    return writer
+
+
+_warned = False

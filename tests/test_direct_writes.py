@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
 import socket
+import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.frames import Frame, Opcode
 
-from fastapi_channels import ChannelListener, Channels, Limits, SocketServer, channel
-from fastapi_channels._direct import COMPRESS_THRESHOLD, text_frame
+from bench.layers import connected_protocol
+from fastapi_channels import ChannelListener, Channels, Limits, SocketServer, _direct, channel
+from fastapi_channels._direct import COMPRESS_THRESHOLD, find_direct_writer, text_frame
 from tests.live import live_server
 from tests.test_faults import stalled_peer
 
@@ -215,3 +224,70 @@ async def test_a_peer_that_stops_reading_gets_everything_in_order_once_it_reads(
             assert [json.loads(text)["data"]["n"] for text in texts] == list(range(count + 50))
         finally:
             sock.close()
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A key and a certificate for 127.0.0.1, valid for a day."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_file, cert_file = directory / "key.pem", directory / "cert.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return key_file, cert_file
+
+
+async def test_frames_are_written_directly_over_tls_too(tmp_path: Path) -> None:
+    key_file, cert_file = self_signed(tmp_path)
+    context = ssl.create_default_context(cafile=str(cert_file))
+    app, channels = build()
+    sizes = [10, 126, 70_000]
+    async with (
+        live_server(app, ssl_keyfile=str(key_file), ssl_certfile=str(cert_file)) as address,
+        websockets.connect(f"wss://{address}/ws", ssl=context, max_size=None) as ws,
+    ):
+        await subscribe(ws)
+        assert only_connection(channels).writes_directly
+        server = channels.container.get(SocketServer)
+        for size in sizes:
+            await server.broadcast(Room, "room", "message", {"text": "é" * size})
+        for size in sizes:
+            assert (await receive(ws))["data"] == {"text": "é" * size}
+
+
+@pytest.mark.parametrize("missing", ["close_sent", "disconnected", "writable", "transport"])
+async def test_a_uvicorn_without_what_the_writer_reads_gets_no_direct_writer(
+    missing: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    protocol, _ = await connected_protocol()  # uvicorn's own, past its handshake
+    try:
+        assert find_direct_writer(protocol.send) is not None
+        monkeypatch.setattr(_direct, "_warned", False)
+        monkeypatch.delattr(protocol, missing)  # as if a release had renamed it
+        assert find_direct_writer(protocol.send) is None
+        assert "direct writes are off" in caplog.text
+    finally:
+        monkeypatch.undo()
+        protocol.connection_lost(None)
+        async with asyncio.timeout(5):  # the app sees its disconnect and returns
+            await asyncio.gather(*protocol.tasks)
