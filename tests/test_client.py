@@ -567,3 +567,26 @@ async def test_an_expired_token_closes_with_4001_and_a_fresh_one_reconnects(
         assert (state["code"], state["reason"]) == (4001, "token expired")
         await back
         assert c.id != first_id
+
+
+async def test_events_read_with_the_subscription_answer_reach_callbacks_added_after_it() -> None:
+    async def eager_server(ws: ServerConnection) -> None:
+        await ws.send('{"event": "ready", "data": {"id": "x"}}')
+        request = json.loads(await ws.recv())
+        channel = request["data"]["channel"]
+        answer = {"event": "subscribe-channel-response", "data": {"channel": channel}}
+        answer["data"]["successful"] = True
+        events = [{"event": "message", "channel": channel, "data": n} for n in (1, 2)]
+        for packet in (answer, *events):  # one write, read by the client in one go
+            ws.protocol.send_text(json.dumps(packet).encode())
+        ws.transport.write(b"".join(ws.protocol.data_to_send()))
+        await ws.wait_closed()
+
+    async with serve(eager_server, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with client(f"127.0.0.1:{port}", reconnect=False) as c:
+            room = await c.subscribe("room")
+            got: asyncio.Queue[Any] = asyncio.Queue()
+            room.on("message", lambda packet: got.put_nowait(packet.data))
+            async with asyncio.timeout(5):
+                assert [await got.get(), await got.get()] == [1, 2]

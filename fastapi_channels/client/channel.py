@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi_channels.client.errors import SubscriptionDenied
 from fastapi_channels.client.listeners import Listeners
-from fastapi_channels.client.packets import PacketStream
+from fastapi_channels.client.packets import Packet, PacketStream
 from fastapi_channels.history import Position
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ class Channel(Listeners):
         self._client = client
         self._waiter: asyncio.Future[Channel] | None = None
         self._requested = False
+        # Packets read with the subscription's answer, held until the awaiting code has run.
+        self._held: list[Packet] | None = None
 
     def __repr__(self) -> str:
         return f"<Channel {self.name} {self.state}>"
@@ -99,6 +101,7 @@ class Channel(Listeners):
             return False
         if successful:
             waiter.set_result(self)
+            self._held = []  # released by the client after the awaiting task has run
         else:
             waiter.set_exception(SubscriptionDenied(self.name, reason))
         return True

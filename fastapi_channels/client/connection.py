@@ -267,7 +267,10 @@ class ChannelsClient(Listeners):
         if self.connected and not channel._requested:
             await self._send_subscribe(channel)
         async with asyncio.timeout(timeout if timeout is not None else self.request_timeout):
-            return await asyncio.shield(waiter)
+            granted = await asyncio.shield(waiter)
+        # What came with the answer is delivered after the caller has added its callbacks.
+        asyncio.get_running_loop().call_soon(self._release, granted)
+        return granted
 
     async def unsubscribe(self, name: str) -> None:
         """Unsubscribe from ``name``; a no-op when not subscribed. Its callbacks are removed."""
@@ -600,6 +603,11 @@ class ChannelsClient(Listeners):
         self._deliver(packet)
 
     def _deliver(self, packet: Packet) -> None:
+        if packet.channel is not None:
+            channel = self._channels.get(packet.channel)
+            if channel is not None and channel._held is not None:
+                channel._held.append(packet)
+                return
         for stream in list(self._streams):
             if stream.matches(packet):
                 stream.put(packet)
@@ -636,6 +644,15 @@ class ChannelsClient(Listeners):
             if not channel.recovered:
                 logger.info("%s: missed events could not be replayed", channel.name)
         awaited = channel._settle(successful, reason or "refused")
+        if channel._held is not None:
+            # The events read with this answer (a replay, live events) are held for the
+            # callbacks and streams the code awaiting ``subscribe()`` adds when it resumes:
+            # ``subscribe()`` releases them just before returning to it. This later release is
+            # for an answer nobody awaits any more (a timed-out ``subscribe()``): the waiter's
+            # result reaches the awaiting task through the shield one loop turn later, so the
+            # task has run by the time this runs.
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, self._release, channel)
         if not successful:
             del self._channels[channel.name]
             if not awaited:
@@ -650,6 +667,12 @@ class ChannelsClient(Listeners):
                 **history,
             },
         )
+
+    def _release(self, channel: Channel) -> None:
+        held, channel._held = channel._held, None
+        if held and self._channels.get(channel.name) is channel:
+            for packet in held:
+                self._deliver(packet)
 
     def _on_presence(self, packet: Packet) -> None:
         """Keep the channel's `members` and pass the event to its callbacks."""

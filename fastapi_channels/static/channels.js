@@ -265,6 +265,7 @@ export class SocketChannel extends Listeners {
     this.members = new Map();
     this._client = client;
     this._deferred = null;
+    this._held = null;
   }
 
   /** Envuso's accessor for the name. */
@@ -321,11 +322,28 @@ export class SocketChannel extends Listeners {
     const deferred = this._deferred;
     this._deferred = null;
     if (deferred === null) return;
-    if (successful) deferred.resolve(this);
-    else deferred.reject(new SubscriptionError(this.name, reason || "refused"));
+    if (successful) {
+      // The events that come with the answer (a replay, the member list, live events) may be
+      // read in the same turn as the answer itself: hold them until the code awaiting
+      // `subscribe()` has run and added its listeners, then deliver them in order.
+      this._held = [];
+      setTimeout(() => this._release(), 0);
+      deferred.resolve(this);
+    } else deferred.reject(new SubscriptionError(this.name, reason || "refused"));
+  }
+
+  _release() {
+    const held = this._held;
+    this._held = null;
+    if (held === null || this.state !== "subscribed") return;
+    for (const [packet, quiet] of held) this._dispatch(packet, quiet);
   }
 
   _dispatch(packet, quiet = false) {
+    if (this._held !== null) {
+      this._held.push([packet, quiet]);
+      return;
+    }
     const position = parsePosition(packet.position);
     if (position !== null) this.position = position;
     const listeners = this._listeners.get(packet.event);

@@ -35,6 +35,11 @@ class FakeSocket {
 }
 
 /** The client's socket, once its connection attempt created one (a few microtasks). */
+/** One turn of the event loop: timers set before it (0 ms) have run. */
+function turn() {
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}
+
 async function socketOf(client) {
   for (let i = 0; i < 100 && client.getWs() === null; i++) await Promise.resolve();
   assert.ok(client.getWs() instanceof FakeSocket, "no socket was created");
@@ -89,7 +94,29 @@ describe("unexpected packets", { timeout: 10000 }, () => {
     socket.receive('{"event": "subscribe-channel-response", "data": {"channel": "room", "successful": true}}');
     await subscribed;
     socket.receive('{"event": "unheard", "channel": "room", "data": null}');
+    await turn(); // events are held for one turn after the subscription (see below)
     assert.deepEqual(warnings, ['no listener for "unheard" on channel room']);
+  });
+
+  test("events read with the subscription answer reach listeners added after await", async () => {
+    const { client, warnings, connecting } = connectedClient();
+    const socket = await socketOf(client);
+    socket.open();
+    socket.receive('{"event": "ready", "data": {"id": "y"}}');
+    await connecting;
+    const subscribed = client.subscribe("room");
+    // the answer and two events in one read, before the awaiting code runs
+    socket.receive('{"event": "subscribe-channel-response", "data": {"channel": "room", "successful": true}}');
+    socket.receive('{"event": "message", "channel": "room", "data": 1}');
+    socket.receive('{"event": "message", "channel": "room", "data": 2}');
+    const room = await subscribed;
+    const got = [];
+    room.listen("message", (data) => got.push(data));
+    await turn();
+    assert.deepEqual(got, [1, 2]);
+    socket.receive('{"event": "message", "channel": "room", "data": 3}');
+    assert.deepEqual(got, [1, 2, 3]); // then delivered at once again
+    assert.deepEqual(warnings, []);
   });
 
   test("disconnect() while the handshake is pending resolves and stops", async () => {
