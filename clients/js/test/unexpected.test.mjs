@@ -46,6 +46,18 @@ async function socketOf(client) {
   return client.getWs();
 }
 
+/** A client past `ready` on a fake socket, and its warnings. */
+async function readyClient() {
+  const { client, warnings, connecting } = connectedClient();
+  const socket = await socketOf(client);
+  socket.open();
+  socket.receive('{"event": "ready", "data": {"id": "y"}}');
+  await connecting;
+  return { client, warnings, socket };
+}
+
+const GRANTED = '{"event": "subscribe-channel-response", "data": {"channel": "room", "successful": true}}';
+
 function connectedClient() {
   const client = new SocketClient("ws://fake/ws", { WebSocket: FakeSocket, reconnect: false });
   const warnings = [];
@@ -81,17 +93,13 @@ describe("unexpected packets", { timeout: 10000 }, () => {
   });
 
   test("a channel event without a listener is a warning, unlike Envuso's throw", async () => {
-    const { client, warnings, connecting } = connectedClient();
-    const socket = await socketOf(client);
-    socket.open();
-    socket.receive('{"event": "ready", "data": {"id": "y"}}');
-    await connecting;
+    const { client, warnings, socket } = await readyClient();
     const subscribed = client.subscribe("room");
     assert.deepEqual(socket.sent.at(-1), {
       event: "subscribe-channel-request",
       data: { channel: "room" },
     });
-    socket.receive('{"event": "subscribe-channel-response", "data": {"channel": "room", "successful": true}}');
+    socket.receive(GRANTED);
     await subscribed;
     socket.receive('{"event": "unheard", "channel": "room", "data": null}');
     await turn(); // events are held for one turn after the subscription (see below)
@@ -99,14 +107,10 @@ describe("unexpected packets", { timeout: 10000 }, () => {
   });
 
   test("events read with the subscription answer reach listeners added after await", async () => {
-    const { client, warnings, connecting } = connectedClient();
-    const socket = await socketOf(client);
-    socket.open();
-    socket.receive('{"event": "ready", "data": {"id": "y"}}');
-    await connecting;
+    const { client, warnings, socket } = await readyClient();
     const subscribed = client.subscribe("room");
     // the answer and two events in one read, before the awaiting code runs
-    socket.receive('{"event": "subscribe-channel-response", "data": {"channel": "room", "successful": true}}');
+    socket.receive(GRANTED);
     socket.receive('{"event": "message", "channel": "room", "data": 1}');
     socket.receive('{"event": "message", "channel": "room", "data": 2}');
     const room = await subscribed;
