@@ -78,8 +78,9 @@ def _unwrap(send: Any) -> Any:
     return send
 
 
-_last_text: str | None = None
-_last_frame = b""
+_last: tuple[str, bytes] = ("", b"\x81\x00")
+"""The last text framed and its frame, as one tuple: replaced in one store, so event loops in
+other threads never see a text paired with another text's frame."""
 
 
 def text_frame(text: str) -> bytes:
@@ -88,9 +89,10 @@ def text_frame(text: str) -> bytes:
     The last frame built is kept, keyed by the identity of its text, so a broadcast (one
     ``str`` object handed to every recipient) is encoded and framed once, not per recipient.
     """
-    global _last_text, _last_frame
-    if text is _last_text:
-        return _last_frame
+    global _last
+    last = _last
+    if last[0] is text:
+        return last[1]
     payload = text.encode()
     size = len(payload)
     if size < 126:
@@ -100,7 +102,7 @@ def text_frame(text: str) -> bytes:
     else:
         header = bytes((0x81, 127)) + size.to_bytes(8, "big")
     frame = header + payload
-    _last_text, _last_frame = text, frame
+    _last = (text, frame)
     return frame
 
 

@@ -68,8 +68,8 @@ _BATCH_MAX = 100
 # The last batch built and its text. A burst of broadcasts leaves the same frames (the same
 # objects) waiting for every subscriber, so their batches are equal: built once, and, being
 # one object, framed once by a direct writer.
-_last_batch: list[str] = []
-_last_batch_text = ""
+_last_batch: tuple[list[str], str] = ([], "[]")
+"""The frames of the last batch and its text, as one tuple (one store: safe across threads)."""
 
 
 class SocketConnection:
@@ -336,12 +336,14 @@ class SocketConnection:
         if not self._batch or len(queue) == 1:
             return queue.popleft()
         if len(queue) <= _BATCH_MAX:
-            global _last_batch, _last_batch_text
-            if len(queue) != len(_last_batch) or not all(map(operator.is_, queue, _last_batch)):
-                _last_batch = list(queue)
-                _last_batch_text = f"[{','.join(_last_batch)}]"
+            global _last_batch
+            frames, text = _last_batch
+            if len(queue) != len(frames) or not all(map(operator.is_, queue, frames)):
+                frames = list(queue)
+                text = f"[{','.join(frames)}]"
+                _last_batch = (frames, text)
             queue.clear()
-            return _last_batch_text
+            return text
         popleft = queue.popleft
         return f"[{','.join([popleft() for _ in range(_BATCH_MAX)])}]"
 
