@@ -33,7 +33,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from starlette._exception_handler import wrap_app_handling_exceptions
 from starlette.types import Send
 
 __all__ = ["COMPRESS_THRESHOLD", "DirectWriter", "find_direct_writer", "text_frame"]
@@ -58,14 +57,27 @@ async def _app(scope: Any, receive: Any, send: Any) -> None:
     """A do-nothing ASGI app, only wrapped to find the code of Starlette's ``sender``."""
 
 
-# The code of the ``sender`` closure Starlette's exception wrapper passes on as ``send``: it
-# records ``http.response.start`` and forwards every message unchanged. Found once, from the
-# installed Starlette; when its shape changes, nothing matches and ASGI ``send`` is used.
-_TRANSPARENT_SENDERS = frozenset(
-    code
-    for code in (_code_named(wrap_app_handling_exceptions(_app, _Probe()), "sender"),)  # type: ignore[arg-type]
-    if code is not None and "send" in code.co_freevars
-)
+def _transparent_senders() -> frozenset[Any]:
+    """The code of the ``sender`` closure Starlette's exception wrapper passes on as ``send``.
+
+    It records ``http.response.start`` and forwards every message unchanged. Found once, from
+    the installed Starlette (a private module, which FastAPI uses too); when it moves or its
+    shape changes, nothing matches and every connection uses ASGI ``send``.
+    """
+    try:
+        from starlette._exception_handler import wrap_app_handling_exceptions
+
+        code = _code_named(wrap_app_handling_exceptions(_app, _Probe()), "sender")  # type: ignore[arg-type]
+    except Exception:
+        logger.warning("direct writes are off: Starlette's exception wrapper is not recognised")
+        return frozenset()
+    if code is None or "send" not in code.co_freevars:
+        logger.warning("direct writes are off: Starlette's exception wrapper has changed")
+        return frozenset()
+    return frozenset((code,))
+
+
+_TRANSPARENT_SENDERS = _transparent_senders()
 
 
 def _unwrap(send: Any) -> Any:
