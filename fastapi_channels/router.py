@@ -243,8 +243,8 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any = None) -> 
     # After the handshake, frames go straight through the route's ASGI callables: Starlette's
     # state checks and wrapper coroutines cost time per frame and a suspended frame per idle
     # connection, and cannot fail once accepted (the server's own calls raise instead).
-    handshake = _pending.pop(id(websocket.scope), None)
-    if handshake is not None and handshake.scope is websocket.scope:
+    handshake = _pending.pop(id(websocket.scope), None)  # the scope is alive: ids are unique
+    if handshake is not None:
         receive, send = handshake.raw_receive, handshake.raw_send
         direct = find_direct_writer(send) if limits.direct_writes else None
     else:  # mounted without the guard: Starlette's own callables

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
-import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
@@ -22,15 +23,20 @@ TIMEOUT = 10.0
 class Process:
     """One uvicorn process serving ``app`` (``module:attribute``), on a free loopback port.
 
-    ``env`` is added to this process's environment for the child.
+    ``env`` is added to this process's environment for the child. Its output is read line by
+    line as it comes, so a test waits for what the process says (``wait_for``) instead of polling.
     """
 
     def __init__(self, app: str, env: Mapping[str, str]) -> None:
         self.app = app
         self.env = dict(env)
         self.port = 0
-        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
+        self._lines: list[str] = []
+        self._ended = False
+        self._changed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
 
     @property
     def http(self) -> str:
@@ -38,20 +44,60 @@ class Process:
 
     def spawn(self) -> None:
         self.port = free_port()
+        self._loop = asyncio.get_running_loop()
         env = {**os.environ, **self.env, "PYTHONPATH": "."}
         args = [sys.executable, "-m", "uvicorn", self.app]
         args += ["--host", "127.0.0.1", "--port", str(self.port), "--ws", "websockets-sansio"]
-        args += ["--log-level", "warning"]
+        args += ["--log-level", "info", "--no-access-log"]
         self._process = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log
+            args,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        """In a thread: collect the child's output until it exits, waking waiters each line."""
+        assert self._process is not None and self._process.stdout is not None
+        for raw in self._process.stdout:
+            self._lines.append(raw.decode(errors="replace"))
+            self._wake()
+        self._ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the test's loop is already closed
+            self._loop.call_soon_threadsafe(self._notify)
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     def exited(self) -> bool:
         return self._process is None or self._process.poll() is not None
 
     def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
+        return "".join(self._lines)
+
+    def mark(self) -> int:
+        """Where the output is now: ``wait_for(text, since=mark)`` looks only after it."""
+        return len(self._lines)
+
+    async def wait_for(self, text: str, since: int = 0) -> None:
+        """Wait (bounded) until the process writes a line holding ``text`` after ``since``."""
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                changed = self._changed
+                if any(text in line for line in self._lines[since:]):
+                    return
+                if self._ended:
+                    raise RuntimeError(f"uvicorn exited:\n{self.output()}")
+                await changed.wait()
 
     def kill(self) -> None:
         """End the process at once (SIGKILL): nothing of its shutdown runs."""
@@ -67,46 +113,47 @@ class Process:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait(timeout=TIMEOUT)
-        self.log.close()
+        if self._reader is not None:
+            self._reader.join(timeout=TIMEOUT)
+        if self._process is not None and self._process.stdout is not None:
+            self._process.stdout.close()
 
-    async def health(self) -> dict[str, Any] | None:
-        """The process's health report, or ``None`` while it does not answer."""
-        try:
-            async with httpx.AsyncClient(timeout=1.0) as http:
-                response = await http.get(f"{self.http}/health")
-        except httpx.TransportError:
-            return None
+    async def health(self) -> dict[str, Any]:
+        """The process's health report."""
+        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+            response = await http.get(f"{self.http}/health")
         report: dict[str, Any] = response.json()
         return report
 
-    async def wait_health(self, healthy: bool) -> None:
-        """Poll the health route (bounded) until the process reports ``healthy``."""
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                if self.exited():
-                    raise RuntimeError(f"uvicorn exited:\n{self.output()}")
-                report = await self.health()
-                if report is not None and report["healthy"] is healthy:
-                    return
-                await asyncio.sleep(0.05)
+    async def wait_health(self, healthy: bool, since: int) -> None:
+        """Wait until the broker says, after ``since``, that it lost or regained Redis; then check
+        that the health route reports it."""
+        await self.wait_for(REGAINED if healthy else LOST, since)
+        assert (await self.health())["healthy"] is healthy
 
     async def post(self, path: str, json: Any = None) -> httpx.Response:
         async with httpx.AsyncClient(timeout=TIMEOUT) as http:
             return await http.post(f"{self.http}{path}", json=json)
 
 
+LOST = "lost the connection to Redis"
+REGAINED = "connected to Redis at"
+STARTED = "Application startup complete"
+
+
 async def start_process(app: str, env: Mapping[str, str]) -> Process:
-    """Start a process and wait until its ``/health`` route reports a connected broker; retry if
-    its port was taken between choosing and binding it."""
+    """Start a process, wait until it has started (its broker connected, in the lifespan) and
+    check its ``/health``; retry if its port was taken between choosing and binding it."""
     for _ in range(3):
         process = Process(app, env)
         process.spawn()
         try:
-            await process.wait_health(True)
+            await process.wait_for(STARTED)
         except RuntimeError:
             if "address already in use" not in process.output().lower():
                 raise
             process.stop()
             continue
+        assert (await process.health())["healthy"], process.output()
         return process
     raise RuntimeError("no free port for uvicorn after 3 attempts")

@@ -136,8 +136,11 @@ async def test_processes_survive_a_redis_restart(cluster: Cluster, connect: Any)
     await ann.subscribe("room:r")
     await bob.subscribe("room:r")
 
+    marks = cluster.a.mark(), cluster.b.mark()
     cluster.redis.stop()
-    await asyncio.gather(cluster.a.wait_health(False), cluster.b.wait_health(False))
+    await asyncio.gather(
+        cluster.a.wait_health(False, marks[0]), cluster.b.wait_health(False, marks[1])
+    )
 
     # Redis is down: process A still serves its own subscribers, and says the rest was lost.
     response = await cluster.a.post("/rooms/r", {"n": "during"})
@@ -145,8 +148,11 @@ async def test_processes_survive_a_redis_restart(cluster: Cluster, connect: Any)
     assert "this process's subscribers only" in response.json()["detail"]
     assert (await ann.receive())["data"] == {"n": "during"}
 
+    marks = cluster.a.mark(), cluster.b.mark()
     cluster.redis.start()
-    await asyncio.gather(cluster.a.wait_health(True), cluster.b.wait_health(True))
+    await asyncio.gather(
+        cluster.a.wait_health(True, marks[0]), cluster.b.wait_health(True, marks[1])
+    )
 
     # Back: cross-process delivery resumes by itself, on the same websocket connections.
     assert (await cluster.a.post("/rooms/r", {"n": "after"})).status_code == 200
