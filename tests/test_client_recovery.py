@@ -75,8 +75,8 @@ async def test_missed_events_are_replayed_after_a_drop(address: str, proxy: TcpP
 async def test_a_gap_too_old_to_replay_is_reported(address: str, proxy: TcpProxy) -> None:
     async with client(proxy.port, "user-bo") as bo:
         feed = await bo.subscribe("feed:g")
-        await publish(address, "feed:g", "seen")
         async with feed.packets("said") as said:
+            await publish(address, "feed:g", "seen")
             await said.get(TIMEOUT)
         proxy.down = True
         resubscribed = asyncio.ensure_future(next_subscription(bo))
