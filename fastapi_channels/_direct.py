@@ -8,7 +8,8 @@ wrapper coroutines, which together cost more than the rest of a delivery in Pyth
 `find_direct_writer` finds, for one connection, the uvicorn protocol underneath the ASGI
 callables, but only where skipping ASGI changes nothing an application can see:
 
-- the server is uvicorn's ``websockets-sansio`` implementation (its default);
+- the server is uvicorn's ``websockets-sansio`` implementation (its default; the writer relies
+  on its write flow control, there from 0.52.1 on, the oldest release the project allows);
 - every callable wrapped around its ``send`` is one known to pass ``websocket.send`` messages
   through unchanged (Starlette's exception-handling wrapper); any other ASGI middleware that
   wraps ``send`` (to log, count or trace messages) keeps seeing every message;
@@ -145,11 +146,9 @@ class DirectWriter:
         if (
             len(text) > self._limit
             or not self._writable.is_set()  # the peer is behind: uvicorn paused writing
-            or self._transport.is_closing()
+            or self._transport.is_closing()  # closing, or gone: true from connection_lost on
+            or self._protocol.close_sent
         ):
-            return False
-        protocol = self._protocol
-        if protocol.close_sent or protocol.disconnected:
             return False
         self._transport.write(text_frame(text))
         return True
@@ -179,7 +178,7 @@ def find_direct_writer(send: Send) -> DirectWriter | None:
             return None
         writer = DirectWriter(protocol, limit)
         # What the writer reads on every frame: present, or no direct writes at all.
-        _ = protocol.close_sent, protocol.disconnected, writer._writable.is_set
+        _ = protocol.close_sent, writer._writable.is_set
         _ = writer._transport.write, writer._transport.is_closing
     except AttributeError as exc:
         if not _warned:

@@ -226,6 +226,28 @@ async def test_a_peer_that_stops_reading_gets_everything_in_order_once_it_reads(
             sock.close()
 
 
+async def test_once_the_peer_is_gone_frames_take_the_asgi_path() -> None:
+    """Between the transport's loss and the app hearing of it, nothing is written directly."""
+    app, channels = build()
+    async with live_server(app) as address, websockets.connect(f"ws://{address}/ws") as ws:
+        await subscribe(ws)
+        connection = only_connection(channels)
+        writer = connection._direct
+        protocol = writer._protocol
+        written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        lost = protocol.connection_lost
+
+        def connection_lost(exc: Exception | None) -> None:
+            lost(exc)
+            written.set_result(writer("too late"))
+
+        protocol.connection_lost = connection_lost
+        ws.transport.abort()  # a reset, as when the peer's machine goes away
+        async with asyncio.timeout(5):
+            assert await written is False
+            await channels.server.wait_empty()  # and the connection still ends the usual way
+
+
 def self_signed(directory: Path) -> tuple[Path, Path]:
     """A key and a certificate for 127.0.0.1, valid for a day."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -275,7 +297,7 @@ async def test_frames_are_written_directly_over_tls_too(tmp_path: Path) -> None:
             assert (await receive(ws))["data"] == {"text": "é" * size}
 
 
-@pytest.mark.parametrize("missing", ["close_sent", "disconnected", "writable", "transport"])
+@pytest.mark.parametrize("missing", ["close_sent", "writable", "transport"])
 async def test_a_uvicorn_without_what_the_writer_reads_gets_no_direct_writer(
     missing: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
