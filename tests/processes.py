@@ -138,22 +138,28 @@ class Process:
 
 LOST = "lost the connection to Redis"
 REGAINED = "connected to Redis at"
-STARTED = "Application startup complete"
+LISTENING = "Uvicorn running on"
+"""What uvicorn logs once its socket listens; its "startup complete" comes before the bind."""
 
 
 async def start_process(app: str, env: Mapping[str, str]) -> Process:
-    """Start a process, wait until it has started (its broker connected, in the lifespan) and
-    check its ``/health``; retry if its port was taken between choosing and binding it."""
+    """Start a process, wait until it listens (after its lifespan, so its broker is connected)
+    and check its ``/health``; retry if its port was taken between choosing and binding it.
+    A process that fails to start is stopped before the error is raised."""
     for _ in range(3):
         process = Process(app, env)
         process.spawn()
         try:
-            await process.wait_for(STARTED)
-        except RuntimeError:
-            if "address already in use" not in process.output().lower():
+            try:
+                await process.wait_for(LISTENING)
+            except RuntimeError:
+                if "address already in use" in process.output().lower():
+                    process.stop()
+                    continue
                 raise
+            assert (await process.health())["healthy"], process.output()
+        except BaseException:
             process.stop()
-            continue
-        assert (await process.health())["healthy"], process.output()
+            raise
         return process
     raise RuntimeError("no free port for uvicorn after 3 attempts")
