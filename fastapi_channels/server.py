@@ -7,8 +7,10 @@ filter is the one exception: its frames are decoded once per process and re-enco
 recipients whose data the filter changed (see `fastapi_channels.outgoing`).
 
 A fan-out to more than ``FAN_OUT_CHUNK`` connections is cut into chunks with a turn of the event
-loop between them, so a broadcast to a huge channel never blocks the loop for long; fan-outs
-then run strictly in arrival order, so every connection still gets its frames in publish order.
+loop between them, so a broadcast to a huge channel never blocks the loop for long: a chunk ends
+after ``FAN_OUT_CHUNK`` connections or ``FAN_OUT_TURN`` seconds, whichever comes first, so a slow
+or busy machine is held no longer than a fast one. Fan-outs then run strictly in arrival order,
+so every connection still gets its frames in publish order.
 
 Presence and history channels (see `fastapi_channels.presence` and
 `fastapi_channels.history`) add state in the broker: a broadcast on a history channel is
@@ -23,6 +25,7 @@ import asyncio
 import logging
 import os
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
@@ -67,6 +70,9 @@ _DISCONNECT = b"x"
 
 FAN_OUT_CHUNK = 1000
 """Connections served in one go (a few milliseconds); a larger fan-out yields between chunks."""
+FAN_OUT_TURN = 0.010
+"""Seconds after which a chunk ends early (checked every ``_FAN_OUT_SLICE`` connections)."""
+_FAN_OUT_SLICE = 100
 _BACKLOG_LIMIT = 32
 """Fan-outs waiting for their turn above which `SocketServer.broadcast` waits."""
 
@@ -601,17 +607,19 @@ class SocketServer:
             self._drain()
 
     def _drain(self) -> None:
-        """Serve up to ``FAN_OUT_CHUNK`` recipients of waiting fan-outs, oldest first.
+        """Serve one chunk of waiting fan-outs, oldest first.
 
+        A chunk is up to ``FAN_OUT_CHUNK`` recipients, fewer if ``FAN_OUT_TURN`` runs out first.
         A recipient that unsubscribed from the channel since the message arrived is skipped:
         no connection is sent an event for a channel it is not subscribed to.
         """
         backlog = self._backlog
         budget = FAN_OUT_CHUNK
+        deadline = time.perf_counter() + FAN_OUT_TURN
         while backlog and budget > 0:
             job = backlog[0]
             start = job.index
-            end = min(start + budget, len(job.connections))
+            end = min(start + min(budget, _FAN_OUT_SLICE), len(job.connections))
             chunk = job.connections[start:end]
             channel = job.channel
             if channel is not None:
@@ -621,6 +629,8 @@ class SocketServer:
             job.index = end
             if end == len(job.connections):
                 backlog.popleft()
+            if time.perf_counter() >= deadline:
+                break
         if backlog:
             asyncio.get_running_loop().call_soon(self._drain)
         else:

@@ -130,9 +130,16 @@ async def test_the_batch_option_must_be_asked_for_explicitly(start: Start) -> No
         assert (await client.receive()).data == {"enabled": False}
 
 
-@pytest.fixture
-def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_module, "FAN_OUT_CHUNK", 2)
+@pytest.fixture(params=["by-count", "by-time"])
+def small_chunks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of two connections: ended by the count, or by the time (in slices of two, with no
+    time to spare), while the count would allow four."""
+    if request.param == "by-count":
+        monkeypatch.setattr(server_module, "FAN_OUT_CHUNK", 2)
+    else:
+        monkeypatch.setattr(server_module, "FAN_OUT_CHUNK", 4)
+        monkeypatch.setattr(server_module, "_FAN_OUT_SLICE", 2)
+        monkeypatch.setattr(server_module, "FAN_OUT_TURN", 0.0)
 
 
 async def fan_out_setup(count: int) -> tuple[SocketServer, list[SocketConnection], list[Any]]:
