@@ -45,7 +45,9 @@ class Process:
     def spawn(self) -> None:
         self.port = free_port()
         self._loop = asyncio.get_running_loop()
-        env = {**os.environ, **self.env, "PYTHONPATH": "."}
+        # The project first; a PYTHONPATH already set (scripts/test-uvicorn-floor) stays after it.
+        path = os.pathsep.join(filter(None, [".", os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, **self.env, "PYTHONPATH": path}
         args = [sys.executable, "-m", "uvicorn", self.app]
         args += ["--host", "127.0.0.1", "--port", str(self.port), "--ws", "websockets-sansio"]
         args += ["--log-level", "info", "--no-access-log"]
