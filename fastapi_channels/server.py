@@ -7,10 +7,11 @@ filter is the one exception: its frames are decoded once per process and re-enco
 recipients whose data the filter changed (see `fastapi_channels.outgoing`).
 
 A fan-out to more than ``FAN_OUT_CHUNK`` connections is cut into chunks with a turn of the event
-loop between them, so a broadcast to a huge channel never blocks the loop for long: a chunk ends
-after ``FAN_OUT_CHUNK`` connections or ``FAN_OUT_TURN`` seconds, whichever comes first, so a slow
-or busy machine is held no longer than a fast one. Fan-outs then run strictly in arrival order,
-so every connection still gets its frames in publish order.
+loop between them, so a broadcast to a huge channel never blocks the loop for long: a chunk is at
+most ``FAN_OUT_CHUNK`` connections, and fewer when the last chunk showed that many would take
+longer than ``FAN_OUT_TURN`` seconds, so a slow or busy machine is held no longer than a fast one.
+Fan-outs then run strictly in arrival order, so every connection still gets its frames in
+publish order.
 
 Presence and history channels (see `fastapi_channels.presence` and
 `fastapi_channels.history`) add state in the broker: a broadcast on a history channel is
@@ -71,8 +72,9 @@ _DISCONNECT = b"x"
 FAN_OUT_CHUNK = 1000
 """Connections served in one go (a few milliseconds); a larger fan-out yields between chunks."""
 FAN_OUT_TURN = 0.010
-"""Seconds after which a chunk ends early (checked every ``_FAN_OUT_SLICE`` connections)."""
-_FAN_OUT_SLICE = 100
+"""Seconds one chunk should take at most; the chunk size follows the measured speed."""
+_FAN_OUT_MIN = 100
+"""The smallest chunk, whatever the speed."""
 _BACKLOG_LIMIT = 32
 """Fan-outs waiting for their turn above which `SocketServer.broadcast` waits."""
 
@@ -128,6 +130,7 @@ class SocketServer:
         self._empty.set()
         self._backlog: deque[_FanOut] = deque()
         self._drained: asyncio.Future[None] | None = None
+        self._chunk = FAN_OUT_CHUNK  # connections per chunk, learned from the last one's time
         self.stats = Stats()
         """Counters since this server was created (see ``fastapi_channels.stats``)."""
 
@@ -607,19 +610,18 @@ class SocketServer:
             self._drain()
 
     def _drain(self) -> None:
-        """Serve one chunk of waiting fan-outs, oldest first.
+        """Serve one chunk of waiting fan-outs, oldest first, and size the next from its time.
 
-        A chunk is up to ``FAN_OUT_CHUNK`` recipients, fewer if ``FAN_OUT_TURN`` runs out first.
         A recipient that unsubscribed from the channel since the message arrived is skipped:
         no connection is sent an event for a channel it is not subscribed to.
         """
         backlog = self._backlog
-        budget = FAN_OUT_CHUNK
-        deadline = time.perf_counter() + FAN_OUT_TURN
+        budget = size = self._chunk
+        started = time.perf_counter()
         while backlog and budget > 0:
             job = backlog[0]
             start = job.index
-            end = min(start + min(budget, _FAN_OUT_SLICE), len(job.connections))
+            end = min(start + budget, len(job.connections))
             chunk = job.connections[start:end]
             channel = job.channel
             if channel is not None:
@@ -629,8 +631,10 @@ class SocketServer:
             job.index = end
             if end == len(job.connections):
                 backlog.popleft()
-            if time.perf_counter() >= deadline:
-                break
+        served, took = size - budget, time.perf_counter() - started
+        if took > 0:
+            fitting = int(served * FAN_OUT_TURN / took)
+            self._chunk = max(_FAN_OUT_MIN, min(FAN_OUT_CHUNK, fitting))
         if backlog:
             asyncio.get_running_loop().call_soon(self._drain)
         else:

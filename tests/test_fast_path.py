@@ -130,16 +130,10 @@ async def test_the_batch_option_must_be_asked_for_explicitly(start: Start) -> No
         assert (await client.receive()).data == {"enabled": False}
 
 
-@pytest.fixture(params=["by-count", "by-time"])
-def small_chunks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Chunks of two connections: ended by the count, or by the time (in slices of two, with no
-    time to spare), while the count would allow four."""
-    if request.param == "by-count":
-        monkeypatch.setattr(server_module, "FAN_OUT_CHUNK", 2)
-    else:
-        monkeypatch.setattr(server_module, "FAN_OUT_CHUNK", 4)
-        monkeypatch.setattr(server_module, "_FAN_OUT_SLICE", 2)
-        monkeypatch.setattr(server_module, "FAN_OUT_TURN", 0.0)
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_module, "FAN_OUT_CHUNK", 2)
+    monkeypatch.setattr(server_module, "_FAN_OUT_MIN", 2)
 
 
 async def fan_out_setup(count: int) -> tuple[SocketServer, list[SocketConnection], list[Any]]:
@@ -163,6 +157,25 @@ async def test_a_large_fan_out_yields_between_chunks_and_keeps_order() -> None:
     await server.broadcast(Room, "room", "tick", "b")
     served = sum(1 for t in transports if t.frames)
     assert served == 2  # the first chunk only, so far
+    for transport in transports:
+        frames = await transport.wait_for(2)
+        assert [json.loads(f)["data"] for f in frames] == ["a", "b"]
+    await server.stop(timeout=1)
+
+
+async def test_chunks_shrink_when_one_takes_longer_than_a_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(server_module, "FAN_OUT_CHUNK", 4)
+    monkeypatch.setattr(server_module, "_FAN_OUT_MIN", 2)
+    monkeypatch.setattr(server_module, "FAN_OUT_TURN", 0.0)  # every chunk takes too long
+    server, _, transports = await fan_out_setup(9)
+    await server.broadcast(Room, "room", "tick", "a")
+    assert sum(1 for t in transports if t.frames) == 4  # the first chunk: as many as allowed
+    for transport in transports:
+        await transport.wait_for(1)
+    await server.broadcast(Room, "room", "tick", "b")
+    assert sum(1 for t in transports if len(t.frames) == 2) == 2  # now: as few as allowed
     for transport in transports:
         frames = await transport.wait_for(2)
         assert [json.loads(f)["data"] for f in frames] == ["a", "b"]
