@@ -30,9 +30,9 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 
 from bench.common import EVENT, payload
-from fastapi_channels._direct import find_direct_writer
-from fastapi_channels.connection import SocketConnection
-from fastapi_channels.router import _ASGITransport
+from fastapi_channels.core.connection import SocketConnection
+from fastapi_channels.edge._direct import find_direct_writer
+from fastapi_channels.edge.router import _ASGITransport
 
 FRAME = json.dumps({"event": EVENT, "channel": "bench", "data": payload(0)}, separators=(",", ":"))
 HANDSHAKE = (

@@ -20,10 +20,10 @@ import uuid
 from typing import Any
 
 from fastapi_channels import ChannelListener, Channels, History, SocketConnection, channel
+from fastapi_channels.app.listeners import Subscription
 from fastapi_channels.brokers import Broker, MemoryBroker
 from fastapi_channels.brokers.redis import RedisBroker
-from fastapi_channels.history import parse_since
-from fastapi_channels.listeners import Subscription
+from fastapi_channels.wire.history import parse_since
 
 _ids = itertools.count()
 

@@ -14,12 +14,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from fastapi_channels import DROP, ChannelListener, SocketConnection, SocketPacket, channel
-from fastapi_channels.connection import OverflowPolicy
-from fastapi_channels.invocation import plan_for
-from fastapi_channels.listeners import Subscription
-from fastapi_channels.outgoing import OutgoingFilter
-from fastapi_channels.protocol import encode
-from fastapi_channels.server import _deliver
+from fastapi_channels.app.invocation import plan_for
+from fastapi_channels.app.listeners import Subscription
+from fastapi_channels.core.connection import OverflowPolicy
+from fastapi_channels.core.outgoing import OutgoingFilter
+from fastapi_channels.core.server import _deliver
+from fastapi_channels.wire.protocol import encode
 
 RECIPIENTS = 10_000
 

@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from demo import auth, chat
 from fastapi_channels import Channels, Inject, SocketServer
 from fastapi_channels.auth import TokenUser
-from fastapi_channels.history import position_data
+from fastapi_channels.wire.history import position_data
 
 STATIC = Path(__file__).with_name("static")
 

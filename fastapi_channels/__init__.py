@@ -1,10 +1,15 @@
 """fastapi_channels: websocket channels for FastAPI, speaking the Envuso packet protocol."""
 
+from fastapi_channels.app.listeners import ChannelListener, SocketListener, channel, listener
+from fastapi_channels.app.middleware import Middleware, MiddlewareContext
 from fastapi_channels.brokers import Broker, MemoryBroker
-from fastapi_channels.channels import Channels
-from fastapi_channels.connection import OverflowPolicy, SocketConnection
-from fastapi_channels.di import Inject
-from fastapi_channels.errors import (
+from fastapi_channels.core.connection import OverflowPolicy, SocketConnection
+from fastapi_channels.core.outgoing import DROP
+from fastapi_channels.core.server import SocketServer
+from fastapi_channels.edge.channels import Channels
+from fastapi_channels.edge.di import Inject
+from fastapi_channels.edge.users import SocketUserMixin
+from fastapi_channels.wire.errors import (
     BrokerError,
     ChannelsError,
     CloseCode,
@@ -17,14 +22,9 @@ from fastapi_channels.errors import (
     Reject,
     ReplyError,
 )
-from fastapi_channels.history import History, Position
-from fastapi_channels.limits import Limits
-from fastapi_channels.listeners import ChannelListener, SocketListener, channel, listener
-from fastapi_channels.middleware import Middleware, MiddlewareContext
-from fastapi_channels.outgoing import DROP
-from fastapi_channels.protocol import SocketPacket
-from fastapi_channels.server import SocketServer
-from fastapi_channels.users import SocketUserMixin
+from fastapi_channels.wire.history import History, Position
+from fastapi_channels.wire.limits import Limits
+from fastapi_channels.wire.protocol import SocketPacket
 
 __all__ = [
     "DROP",

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from fastapi_channels.errors import ConfigurationError
-from fastapi_channels.stats import HANDLER_BUCKETS
+from fastapi_channels.core.stats import HANDLER_BUCKETS
+from fastapi_channels.wire.errors import ConfigurationError
 
 try:
     from prometheus_client import CollectorRegistry, make_asgi_app
@@ -34,7 +34,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
-    from fastapi_channels.channels import Channels
+    from fastapi_channels.edge.channels import Channels
 
 __all__ = ["ChannelsCollector", "metrics_app"]
 

@@ -25,8 +25,8 @@ from typing import Any, NoReturn
 from pydantic_core import from_json, to_json
 from starlette.types import ASGIApp, Message
 
-from fastapi_channels.errors import ConnectionClosed, ReplyError
-from fastapi_channels.protocol import (
+from fastapi_channels.wire.errors import ConnectionClosed, ReplyError
+from fastapi_channels.wire.protocol import (
     REPLY,
     SUBSCRIBE_REQUEST,
     SUBSCRIBE_RESPONSE,

@@ -41,7 +41,7 @@ from fastapi_channels import (
     listener,
 )
 from fastapi_channels.auth import JWTAuth, Key, TokenVerifier, get_authentication
-from fastapi_channels.di import Inject
+from fastapi_channels.edge.di import Inject
 
 
 def _offered_token(websocket: WebSocket) -> str | None:

@@ -21,8 +21,8 @@ from fastapi_channels import (
     listener,
 )
 from fastapi_channels.auth import JWTAuth, Key, KeySet, TokenUser, TokenVerifier
-from fastapi_channels.errors import ConfigurationError
 from fastapi_channels.testing import SocketTestClient, lifespan
+from fastapi_channels.wire.errors import ConfigurationError
 
 from .auth_support import OTHER_SECRET, SECRET, claims, forge, hmac_auth, hs256, short_lived
 

@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 
 from fastapi_channels.auth import JWTAuth, Key, TokenSource, TokenUser, TokenVerifier
 from fastapi_channels.auth.users import UserLoader
-from fastapi_channels.errors import ConfigurationError
+from fastapi_channels.wire.errors import ConfigurationError
 
 from .auth_support import OTHER_SECRET, SECRET, claims, hmac_auth, hs256
 

@@ -4,7 +4,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from fastapi_channels.auth import AuthenticationError, AuthFailure, Key, KeySet
-from fastapi_channels.errors import ConfigurationError
+from fastapi_channels.wire.errors import ConfigurationError
 
 from .auth_support import SECRET, ec_private_key, rsa_private_pem, rsa_public_pem
 

@@ -4,7 +4,7 @@ import pytest
 from starlette.requests import HTTPConnection
 
 from fastapi_channels.auth import AuthenticationError, AuthFailure, OriginPolicy
-from fastapi_channels.errors import ConfigurationError
+from fastapi_channels.wire.errors import ConfigurationError
 
 
 def handshake(

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastapi_channels.auth import AuthenticationError, AuthFailure, Key, KeySet, TokenVerifier
-from fastapi_channels.errors import ConfigurationError
+from fastapi_channels.wire.errors import ConfigurationError
 
 from .auth_support import (
     AUDIENCE,

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from fastapi_channels.brokers import Broker, MemoryBroker, _frames, create_broker
 from fastapi_channels.brokers.base import BrokerState
 from fastapi_channels.brokers.redis import RedisBroker
-from fastapi_channels.errors import BrokerError, ConfigurationError
+from fastapi_channels.wire.errors import BrokerError, ConfigurationError
 from tests.redis_support import RedisServer, free_port
 
 TIMEOUT = 5.0

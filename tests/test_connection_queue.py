@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from fastapi_channels import MemoryBroker, OverflowPolicy, SocketConnection, SocketServer
-from fastapi_channels.listeners import ChannelListener, Subscription, channel
+from fastapi_channels.app.listeners import ChannelListener, Subscription, channel
 
 
 class GatedTransport:

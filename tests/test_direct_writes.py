@@ -22,8 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.frames import Frame, Opcode
 
 from bench.layers import connected_protocol
-from fastapi_channels import ChannelListener, Channels, Limits, SocketServer, _direct, channel
-from fastapi_channels._direct import COMPRESS_THRESHOLD, find_direct_writer, text_frame
+from fastapi_channels import ChannelListener, Channels, Limits, SocketServer, channel
+from fastapi_channels.edge import _direct
+from fastapi_channels.edge._direct import COMPRESS_THRESHOLD, find_direct_writer, text_frame
 from tests.live import live_server
 from tests.test_faults import stalled_peer
 

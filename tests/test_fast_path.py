@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from fastapi_channels import ChannelListener, MemoryBroker, SocketConnection, SocketServer, channel
-from fastapi_channels import server as server_module
-from fastapi_channels.listeners import Subscription
+from fastapi_channels.app.listeners import Subscription
+from fastapi_channels.core import server as server_module
 from tests.conftest import Start
 from tests.test_connection_queue import GatedTransport
 

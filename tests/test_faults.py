@@ -25,7 +25,7 @@ from fastapi_channels import (
     SocketConnection,
     channel,
 )
-from fastapi_channels.connection import SocketConnection as ConnectionClass
+from fastapi_channels.core.connection import SocketConnection as ConnectionClass
 from tests.conftest import user_from_query
 from tests.live import live_server
 

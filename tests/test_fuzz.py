@@ -24,9 +24,9 @@ from fastapi_channels import (
     SocketPacket,
     channel,
 )
-from fastapi_channels.errors import ErrorCode
-from fastapi_channels.patterns import ChannelPattern
-from fastapi_channels.protocol import decode_packet, encode_error
+from fastapi_channels.wire.errors import ErrorCode
+from fastapi_channels.wire.patterns import ChannelPattern
+from fastapi_channels.wire.protocol import decode_packet, encode_error
 from tests.live import live_server
 
 json_values = st.recursive(

@@ -17,7 +17,7 @@ from fastapi_channels import (
     channel,
     listener,
 )
-from fastapi_channels.middleware import CallNext
+from fastapi_channels.app.middleware import CallNext
 from tests.conftest import Start
 
 calls: list[str] = []

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic_core import to_json
 
-import fastapi_channels.protocol
+import fastapi_channels.wire.protocol
 from fastapi_channels import DROP, ChannelListener, ConfigurationError, SocketConnection, channel
 from tests.conftest import Start
 
@@ -54,7 +54,7 @@ def encodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
         seen.append(value)
         return to_json(value, *args, **kwargs)
 
-    monkeypatch.setattr(fastapi_channels.protocol, "to_json", counting)
+    monkeypatch.setattr(fastapi_channels.wire.protocol, "to_json", counting)
     yield seen
 
 

@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastapi_channels import ConfigurationError
-from fastapi_channels.patterns import ChannelPattern, PatternTable
+from fastapi_channels.wire.patterns import ChannelPattern, PatternTable
 
 
 @pytest.mark.parametrize(

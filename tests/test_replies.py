@@ -20,7 +20,7 @@ from fastapi_channels import (
     channel,
     listener,
 )
-from fastapi_channels.middleware import CallNext
+from fastapi_channels.app.middleware import CallNext
 from tests.conftest import Start
 
 

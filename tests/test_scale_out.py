@@ -20,7 +20,7 @@ from fastapi_channels import (
 )
 from fastapi_channels.brokers.base import BrokerState
 from fastapi_channels.brokers.redis import RedisBroker
-from fastapi_channels.channels import BROKER_URL_ENV
+from fastapi_channels.edge.channels import BROKER_URL_ENV
 from fastapi_channels.testing import lifespan
 from tests.conftest import Harness, Start
 from tests.redis_support import RedisServer

@@ -21,11 +21,11 @@ from fastapi_channels import (
     channel,
     listener,
 )
-from fastapi_channels.invocation import MAX_ERRORS, plan_for
+from fastapi_channels.app.invocation import MAX_ERRORS, plan_for
 from tests.conftest import Start
 
 if TYPE_CHECKING:
-    import fastapi_channels.connection
+    import fastapi_channels.core.connection
 
 
 class ChatMessage(BaseModel):
@@ -102,7 +102,7 @@ class Room(ChannelListener):
 class Typing(SocketListener):
     # An annotation imported under TYPE_CHECKING only: recognised by its name.
     async def handle(
-        self, connection: fastapi_channels.connection.SocketConnection, data: list[int]
+        self, connection: fastapi_channels.core.connection.SocketConnection, data: list[int]
     ) -> None:
         await connection.send("typing-ack", sum(data))
 

@@ -21,7 +21,7 @@ from fastapi_channels import (
     channel,
     listener,
 )
-from fastapi_channels.middleware import CallNext
+from fastapi_channels.app.middleware import CallNext
 
 
 @dataclass

@@ -102,8 +102,8 @@ def two_processes() -> tuple[Channels, Channels]:
 
 async def check() -> None:
     """Presence and history as the page says, in-process, on two 'processes' and a real server."""
-    from fastapi_channels.history import StoredMessage
     from fastapi_channels.testing import SocketTestClient, lifespan
+    from fastapi_channels.wire.history import StoredMessage
     from tests.live import live_server
 
     async with (

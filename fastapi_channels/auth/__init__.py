@@ -31,7 +31,7 @@ from fastapi_channels.auth.origin import OriginPolicy
 from fastapi_channels.auth.tokens import TokenSource, select_subprotocol
 from fastapi_channels.auth.users import TokenUser, UserLoader
 from fastapi_channels.auth.verifier import TokenVerifier, VerifiedToken
-from fastapi_channels.errors import AuthenticationError, AuthFailure
+from fastapi_channels.wire.errors import AuthenticationError, AuthFailure
 
 __all__ = [
     "AuthFailure",

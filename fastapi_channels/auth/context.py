@@ -16,7 +16,7 @@ from fastapi_channels.auth.verifier import VerifiedToken
 if TYPE_CHECKING:
     from starlette.requests import HTTPConnection
 
-    from fastapi_channels.connection import SocketConnection
+    from fastapi_channels.core.connection import SocketConnection
 
 __all__ = ["SCOPE_KEY", "Authentication", "get_authentication"]
 

@@ -25,7 +25,7 @@ from fastapi_channels.auth.origin import OriginPolicy
 from fastapi_channels.auth.tokens import TokenSource, find_token
 from fastapi_channels.auth.users import TokenUser, UserLoaderArg, load_user
 from fastapi_channels.auth.verifier import TokenVerifier
-from fastapi_channels.errors import AuthenticationError, AuthFailure, ConfigurationError
+from fastapi_channels.wire.errors import AuthenticationError, AuthFailure, ConfigurationError
 
 __all__ = ["DEFAULT_SOURCES", "AuthOptions", "JWTAuth"]
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 from jwt.algorithms import HMACAlgorithm
 from jwt.exceptions import InvalidKeyError
 
-from fastapi_channels.errors import AuthenticationError, AuthFailure, ConfigurationError
+from fastapi_channels.wire.errors import AuthenticationError, AuthFailure, ConfigurationError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import (

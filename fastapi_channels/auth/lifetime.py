@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from starlette.requests import HTTPConnection
 
+from fastapi_channels.app.extensions import ConnectionExtension
 from fastapi_channels.auth.context import Authentication, get_authentication
-from fastapi_channels.errors import AuthenticationError, CloseCode
-from fastapi_channels.extensions import ConnectionExtension
-from fastapi_channels.protocol import AUTHENTICATE, AUTHENTICATE_RESPONSE, SocketPacket, encode
+from fastapi_channels.wire.errors import AuthenticationError, CloseCode
+from fastapi_channels.wire.protocol import AUTHENTICATE, AUTHENTICATE_RESPONSE, SocketPacket, encode
 
 if TYPE_CHECKING:
     from fastapi_channels.auth.dependency import JWTAuth
-    from fastapi_channels.connection import SocketConnection
+    from fastapi_channels.core.connection import SocketConnection
 
 __all__ = ["EXPIRED_REASON", "TokenLifetime"]
 

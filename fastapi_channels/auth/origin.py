@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection
 
-from fastapi_channels.errors import AuthenticationError, AuthFailure, ConfigurationError
+from fastapi_channels.wire.errors import AuthenticationError, AuthFailure, ConfigurationError
 
 __all__ = ["OriginPolicy"]
 

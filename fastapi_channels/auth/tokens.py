@@ -31,7 +31,7 @@ from typing import Final
 from starlette.requests import HTTPConnection
 
 from fastapi_channels.auth.verifier import looks_like_jwt
-from fastapi_channels.errors import AuthenticationError, AuthFailure
+from fastapi_channels.wire.errors import AuthenticationError, AuthFailure
 
 __all__ = [
     "BEARER",

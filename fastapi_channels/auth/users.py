@@ -18,8 +18,8 @@ from typing import Any, Protocol, TypeAlias, TypeVar, cast
 from injector import Injector
 from starlette.requests import HTTPConnection
 
-from fastapi_channels import di
-from fastapi_channels.errors import ChannelsError, ConfigurationError
+from fastapi_channels.edge import di
+from fastapi_channels.wire.errors import ChannelsError, ConfigurationError
 
 __all__ = ["TokenUser", "UserLoader", "UserLoaderArg", "find_injector", "load_user"]
 

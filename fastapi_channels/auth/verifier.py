@@ -19,7 +19,7 @@ import jwt
 from jwt import exceptions as jwt_errors
 
 from fastapi_channels.auth.keys import Key, KeySet
-from fastapi_channels.errors import AuthenticationError, AuthFailure, ConfigurationError
+from fastapi_channels.wire.errors import AuthenticationError, AuthFailure, ConfigurationError
 
 __all__ = ["DEFAULT_MAX_TOKEN_SIZE", "TokenVerifier", "VerifiedToken", "looks_like_jwt"]
 

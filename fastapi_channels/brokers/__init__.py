@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi_channels.brokers.base import Broker, MessageHandler
 from fastapi_channels.brokers.memory import MemoryBroker, MemoryHub
-from fastapi_channels.errors import ConfigurationError
+from fastapi_channels.wire.errors import ConfigurationError
 
 __all__ = ["Broker", "MemoryBroker", "MemoryHub", "MessageHandler", "create_broker"]
 

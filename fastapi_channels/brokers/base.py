@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from fastapi_channels.errors import BrokerError
+from fastapi_channels.wire.errors import BrokerError
+from fastapi_channels.wire.stored import Position, Retention, Stored, StoredEntry
 
 __all__ = [
     "Announcements",
@@ -48,67 +49,9 @@ MessageHandler = Callable[[str, bytes], None]
 publisher. It runs on the event loop and must not block."""
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where a message stands in a stored topic's history.
-
-    Attributes:
-        offset: the message's number in the topic, from 1, without gaps: each stored message
-            gets the previous offset plus one.
-        epoch: names the history the offsets belong to. It changes when the history is lost
-            (a Redis restart without persistence, a topic idle past its retention), so an
-            offset is only meaningful together with its epoch.
-    """
-
-    offset: int
-    epoch: str
-
-
 StoredHandler = Callable[[str, bytes, Position], None]
 """Called with ``(topic, data, position)`` for every stored message on a subscribed topic, in
 offset order. It runs on the event loop and must not block."""
-
-
-@dataclass(frozen=True, slots=True)
-class Retention:
-    """How much of a stored topic's history is kept.
-
-    Attributes:
-        size: the most messages kept (the newest ones).
-        ttl: seconds a message is kept after it was published; ``None`` keeps it until
-            ``size`` pushes it out.
-        keep: seconds the topic's position (its epoch and last offset) is kept after its last
-            publish; its history goes too, and a topic published again after that starts a
-            new epoch.
-    """
-
-    size: int
-    ttl: float | None
-    keep: float
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEntry:
-    """One retained message of a stored topic: its offset and its bytes."""
-
-    offset: int
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """What `Broker.read_stored` found.
-
-    Attributes:
-        epoch: the topic's current epoch.
-        top: the offset of the topic's last message (0 when none was ever published).
-        entries: the retained messages after the requested offset, oldest first. Offsets are
-            consecutive and end at ``top`` (when any message is retained at all).
-    """
-
-    epoch: str
-    top: int
-    entries: list[StoredEntry]
 
 
 @dataclass(frozen=True, slots=True)

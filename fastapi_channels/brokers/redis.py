@@ -61,7 +61,7 @@ from fastapi_channels.brokers.base import (
     Stored,
     StoredHandler,
 )
-from fastapi_channels.errors import BrokerError, ConfigurationError
+from fastapi_channels.wire.errors import BrokerError, ConfigurationError
 
 __all__ = ["RedisBroker", "RedisStats"]
 

@@ -36,7 +36,7 @@ from fastapi_channels.client.errors import (
     SubscriptionDenied,
 )
 from fastapi_channels.client.packets import Packet, PacketStream
-from fastapi_channels.history import Position
+from fastapi_channels.wire.history import Position
 
 __all__ = [
     "STOP_CODES",

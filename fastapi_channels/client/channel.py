@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi_channels.client.errors import SubscriptionDenied
 from fastapi_channels.client.listeners import Listeners
 from fastapi_channels.client.packets import Packet, PacketStream
-from fastapi_channels.history import Position
+from fastapi_channels.wire.history import Position
 
 if TYPE_CHECKING:
     from fastapi_channels.client.connection import ChannelsClient

@@ -37,7 +37,7 @@ from fastapi_channels.client.errors import (
 )
 from fastapi_channels.client.listeners import Listeners
 from fastapi_channels.client.packets import Packet, PacketStream, parse_packet, parse_position
-from fastapi_channels.history import Position, position_data
+from fastapi_channels.wire.history import Position, position_data
 
 __all__ = ["ChannelsClient", "ClientState", "TokenProvider", "TokenTransport"]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi_channels.errors import ChannelsError, ConnectionClosed
+from fastapi_channels.wire.errors import ChannelsError, ConnectionClosed
 
 __all__ = [
     "ConnectFailed",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from fastapi_channels.history import Position
+from fastapi_channels.wire.history import Position
 
 __all__ = ["Packet", "PacketStream", "parse_packet", "parse_position"]
 

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from pydantic_core import from_json, to_json
 
-from fastapi_channels.errors import ErrorCode, ProtocolError
+from fastapi_channels.wire.errors import ErrorCode, ProtocolError
 
 __all__ = [
     "AUTHENTICATE",

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from fastapi_channels.errors import ConfigurationError
-from fastapi_channels.protocol import CHANNEL_NAME_RE
+from fastapi_channels.wire.errors import ConfigurationError
+from fastapi_channels.wire.protocol import CHANNEL_NAME_RE
 
 __all__ = ["ChannelPattern", "PatternTable"]
 

@@ -1,7 +1,7 @@
 """The listener registry: what is declared, validated at registration, built at start-up.
 
 Registering a class reads every handler's signature once into an invocation plan (see
-`fastapi_channels.invocation`); starting binds those plans to the listener instances the
+`fastapi_channels.app.invocation`); starting binds those plans to the listener instances the
 container builds. Nothing about a handler is inspected per message.
 """
 
@@ -14,19 +14,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fastapi_channels.catchup import CatchUp
-from fastapi_channels.errors import ConfigurationError
-from fastapi_channels.history import History
-from fastapi_channels.invocation import HANDLER, IS_AUTHORISED, BoundHandler, plan_for
-from fastapi_channels.listeners import ChannelListener, SocketListener, handlers, outgoing_hook
-from fastapi_channels.middleware import Middleware, hooks_for
-from fastapi_channels.outgoing import OutgoingFilter
-from fastapi_channels.patterns import ChannelPattern, PatternTable
+from fastapi_channels.app.invocation import HANDLER, IS_AUTHORISED, BoundHandler, plan_for
+from fastapi_channels.app.listeners import ChannelListener, SocketListener, handlers, outgoing_hook
+from fastapi_channels.app.middleware import Middleware, hooks_for
+from fastapi_channels.core.catchup import CatchUp
+from fastapi_channels.core.outgoing import OutgoingFilter
+from fastapi_channels.wire.errors import ConfigurationError
+from fastapi_channels.wire.history import History
+from fastapi_channels.wire.patterns import ChannelPattern, PatternTable
 
 if TYPE_CHECKING:
     import injector
 
-    from fastapi_channels.server import SocketServer
+    from fastapi_channels.core.server import SocketServer
 
 __all__ = ["ChannelRoute", "EventRoute", "ListenerRegistry"]
 

@@ -23,13 +23,13 @@ from collections.abc import Callable, Coroutine, MutableMapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from fastapi_channels._stepping import resume
-from fastapi_channels.errors import CloseCode, ConnectionClosed
-from fastapi_channels.protocol import DISCONNECT, encode
-from fastapi_channels.stats import Stats
+from fastapi_channels.core._stepping import resume
+from fastapi_channels.core.stats import Stats
+from fastapi_channels.wire.errors import CloseCode, ConnectionClosed
+from fastapi_channels.wire.protocol import DISCONNECT, encode
 
 if TYPE_CHECKING:
-    from fastapi_channels.listeners import Subscription
+    from fastapi_channels.app.listeners import Subscription
 
 __all__ = ["OverflowPolicy", "SocketConnection", "Transport"]
 

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 from pydantic_core import from_json
 
-from fastapi_channels.history import Position, with_position
-from fastapi_channels.listeners import _current_subscription
-from fastapi_channels.protocol import encode
+from fastapi_channels.app.listeners import _current_subscription
+from fastapi_channels.wire.history import Position, with_position
+from fastapi_channels.wire.protocol import encode
 
 if TYPE_CHECKING:
-    from fastapi_channels.connection import SocketConnection
-    from fastapi_channels.listeners import Subscription
+    from fastapi_channels.app.listeners import Subscription
+    from fastapi_channels.core.connection import SocketConnection
 
 __all__ = ["DROP", "OutgoingFilter"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastapi_channels.connection import OverflowPolicy
+from fastapi_channels.core.connection import OverflowPolicy
 
 __all__ = ["Limits"]
 

@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Union, get_args, get_or
 import typing_extensions
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from fastapi_channels.connection import SocketConnection
-from fastapi_channels.errors import ConfigurationError, InvalidData
-from fastapi_channels.protocol import SocketPacket
+from fastapi_channels.core.connection import SocketConnection
+from fastapi_channels.wire.errors import ConfigurationError, InvalidData
+from fastapi_channels.wire.protocol import SocketPacket
 
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails

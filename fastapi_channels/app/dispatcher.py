@@ -25,10 +25,16 @@ from dataclasses import dataclass
 from types import CoroutineType
 from typing import Any
 
-from fastapi_channels._stepping import resume
-from fastapi_channels.catchup import CaughtUp
-from fastapi_channels.connection import SocketConnection
-from fastapi_channels.errors import (
+from fastapi_channels.app.extensions import ConnectionExtension
+from fastapi_channels.app.invocation import BoundHandler
+from fastapi_channels.app.listeners import Subscription, _current_subscription
+from fastapi_channels.app.middleware import Middleware, MiddlewareContext, hooks_for, run_chain
+from fastapi_channels.app.registry import ListenerRegistry
+from fastapi_channels.core._stepping import resume
+from fastapi_channels.core.catchup import CaughtUp
+from fastapi_channels.core.connection import SocketConnection
+from fastapi_channels.core.server import SocketServer
+from fastapi_channels.wire.errors import (
     BrokerError,
     ConfigurationError,
     ErrorCode,
@@ -36,13 +42,9 @@ from fastapi_channels.errors import (
     ProtocolError,
     Reject,
 )
-from fastapi_channels.extensions import ConnectionExtension
-from fastapi_channels.history import Position, parse_since
-from fastapi_channels.invocation import BoundHandler
-from fastapi_channels.limits import Limits
-from fastapi_channels.listeners import Subscription, _current_subscription
-from fastapi_channels.middleware import Middleware, MiddlewareContext, hooks_for, run_chain
-from fastapi_channels.protocol import (
+from fastapi_channels.wire.history import Position, parse_since
+from fastapi_channels.wire.limits import Limits
+from fastapi_channels.wire.protocol import (
     BATCH,
     PONG,
     SUBSCRIBE_REQUEST,
@@ -58,8 +60,6 @@ from fastapi_channels.protocol import (
     peek_id,
     validate_channel_name,
 )
-from fastapi_channels.registry import ListenerRegistry
-from fastapi_channels.server import SocketServer
 
 __all__ = ["Dispatcher"]
 

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import TypeAdapter
 
-from fastapi_channels.errors import ErrorCode
-from fastapi_channels.invocation import HANDLER, IS_AUTHORISED, plan_for
-from fastapi_channels.listeners import ChannelListener, SocketListener, handlers
-from fastapi_channels.protocol import (
+from fastapi_channels.app.invocation import HANDLER, IS_AUTHORISED, plan_for
+from fastapi_channels.app.listeners import ChannelListener, SocketListener, handlers
+from fastapi_channels.wire.errors import ErrorCode
+from fastapi_channels.wire.protocol import (
     ERROR,
     JOIN,
     LEAVE,
@@ -39,7 +39,7 @@ from fastapi_channels.protocol import (
 )
 
 if TYPE_CHECKING:
-    from fastapi_channels.registry import ListenerRegistry
+    from fastapi_channels.app.registry import ListenerRegistry
 
 __all__ = ["asyncapi_document"]
 

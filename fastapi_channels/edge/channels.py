@@ -11,17 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 import injector
 
-from fastapi_channels import di
+from fastapi_channels.app.dispatcher import Dispatcher
+from fastapi_channels.app.extensions import ConnectionExtension
+from fastapi_channels.app.listeners import ChannelListener, SocketListener
+from fastapi_channels.app.middleware import Middleware
+from fastapi_channels.app.registry import ListenerRegistry
 from fastapi_channels.brokers import Broker, create_broker
-from fastapi_channels.dispatcher import Dispatcher
-from fastapi_channels.errors import ConfigurationError
-from fastapi_channels.extensions import ConnectionExtension
-from fastapi_channels.limits import Limits
-from fastapi_channels.listeners import ChannelListener, SocketListener
-from fastapi_channels.middleware import Middleware
-from fastapi_channels.registry import ListenerRegistry
-from fastapi_channels.server import SocketServer
-from fastapi_channels.users import SocketUserMixin
+from fastapi_channels.core.server import SocketServer
+from fastapi_channels.edge import di
+from fastapi_channels.edge.users import SocketUserMixin
+from fastapi_channels.wire.errors import ConfigurationError
+from fastapi_channels.wire.limits import Limits
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -55,7 +55,7 @@ class Channels:
         allow_anonymous: when False a connection whose user is ``None`` is refused.
         user_id: how to get the id a user is reached by (default: ``socket_user_id()``, then
             ``.id``, then ``["id"]``/``["sub"]``, then the value itself for ``str``/``int``).
-        extensions: per-connection extensions (see `fastapi_channels.extensions`). A
+        extensions: per-connection extensions (see `fastapi_channels.app.extensions`). A
             ``user`` dependency with a ``connection_extension`` attribute (``JWTAuth``: token
             expiry and in-band renewal) adds it on its own.
         asyncapi: serve the AsyncAPI 3.0 document of the channels at ``{path}/asyncapi.json``
@@ -164,7 +164,7 @@ class Channels:
         Raises:
             ConfigurationError: a handler's signature cannot be satisfied.
         """
-        from fastapi_channels.asyncapi import asyncapi_document
+        from fastapi_channels.app.asyncapi import asyncapi_document
 
         key = (title, version, description)
         document = self._asyncapi.get(key)
@@ -183,7 +183,7 @@ class Channels:
     def router(self) -> APIRouter:
         """The router to include: the websocket endpoint and the lifespan that runs the server."""
         if self._router is None:
-            from fastapi_channels.router import build_router
+            from fastapi_channels.edge.router import build_router
 
             self._router = build_router(self)
         return self._router

@@ -4,7 +4,7 @@ Each message is encoded once, published through the broker as bytes, and fanned 
 process to its local subscribers: handing one shared frame to each connection, without awaiting
 any socket (see `SocketConnection.push`). A channel whose listener declares an outgoing
 filter is the one exception: its frames are decoded once per process and re-encoded only for the
-recipients whose data the filter changed (see `fastapi_channels.outgoing`).
+recipients whose data the filter changed (see `fastapi_channels.core.outgoing`).
 
 A fan-out to more than ``FAN_OUT_CHUNK`` connections is cut into chunks with a turn of the event
 loop between them, so a broadcast to a huge channel never blocks the loop for long: a chunk is at
@@ -13,10 +13,10 @@ longer than ``FAN_OUT_TURN`` seconds, so a slow or busy machine is held no longe
 Fan-outs then run strictly in arrival order, so every connection still gets its frames in
 publish order.
 
-Presence and history channels (see `fastapi_channels.presence` and
-`fastapi_channels.history`) add state in the broker: a broadcast on a history channel is
+Presence and history channels (see `fastapi_channels.core.presence` and
+`fastapi_channels.wire.history`) add state in the broker: a broadcast on a history channel is
 stored and delivered with its position, and a new subscriber of either kind is caught up (see
-`fastapi_channels.catchup`) before it gets live frames. Other channels take none of these
+`fastapi_channels.core.catchup`) before it gets live frames. Other channels take none of these
 paths.
 """
 
@@ -33,10 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import from_json
 
+from fastapi_channels.app.listeners import ChannelListener
 from fastapi_channels.brokers.base import Broker, Position
-from fastapi_channels.catchup import CaughtUp, Held, Reconnects
-from fastapi_channels.errors import BrokerError, CloseCode, InvalidChannel, ProtocolError
-from fastapi_channels.history import (
+from fastapi_channels.core.catchup import CaughtUp, Held, Reconnects
+from fastapi_channels.core.presence import PRESENCE_TOPIC, Presence, members_frame
+from fastapi_channels.core.stats import Stats
+from fastapi_channels.wire.errors import BrokerError, CloseCode, InvalidChannel, ProtocolError
+from fastapi_channels.wire.history import (
     NO_ENTRIES,
     History,
     HistoryPage,
@@ -45,16 +48,13 @@ from fastapi_channels.history import (
     recover,
     with_position,
 )
-from fastapi_channels.listeners import ChannelListener
-from fastapi_channels.patterns import ChannelPattern, PatternTable
-from fastapi_channels.presence import PRESENCE_TOPIC, Presence, members_frame
-from fastapi_channels.protocol import encode, validate_channel_name
-from fastapi_channels.stats import Stats
+from fastapi_channels.wire.patterns import ChannelPattern, PatternTable
+from fastapi_channels.wire.protocol import encode, validate_channel_name
 
 if TYPE_CHECKING:
-    from fastapi_channels.connection import SocketConnection
-    from fastapi_channels.listeners import Subscription
-    from fastapi_channels.registry import ChannelRoute
+    from fastapi_channels.app.listeners import Subscription
+    from fastapi_channels.app.registry import ChannelRoute
+    from fastapi_channels.core.connection import SocketConnection
 
 __all__ = ["FAN_OUT_CHUNK", "SocketServer"]
 
@@ -115,7 +115,7 @@ class SocketServer:
         self._max_name_length = max_name_length
         self._routes: PatternTable[ChannelRoute] = PatternTable()
         self.presence_tracker = Presence(broker, presence_timeout)
-        """This process's presence bookkeeping (see `fastapi_channels.presence`)."""
+        """This process's presence bookkeeping (see `fastapi_channels.core.presence`)."""
         self._connections: dict[str, SocketConnection] = {}
         self._channels: dict[str, set[SocketConnection]] = {}
         # A user's connections as a tuple: most users have one or two, and a 1-tuple is a
@@ -132,7 +132,7 @@ class SocketServer:
         self._drained: asyncio.Future[None] | None = None
         self._chunk = FAN_OUT_CHUNK  # connections per chunk, learned from the last one's time
         self.stats = Stats()
-        """Counters since this server was created (see ``fastapi_channels.stats``)."""
+        """Counters since this server was created (see ``fastapi_channels.core.stats``)."""
 
     # ------------------------------------------------------------------ lifecycle
 

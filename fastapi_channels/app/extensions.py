@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from fastapi_channels.connection import SocketConnection
-    from fastapi_channels.protocol import SocketPacket
+    from fastapi_channels.core.connection import SocketConnection
+    from fastapi_channels.wire.protocol import SocketPacket
 
 __all__ = ["ConnectionExtension"]
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
-from fastapi_channels.errors import ChannelsError
+from fastapi_channels.wire.errors import ChannelsError
 
 if TYPE_CHECKING:
     import injector

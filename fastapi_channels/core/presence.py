@@ -33,14 +33,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydantic_core import from_json, to_json
 
+from fastapi_channels.app.listeners import _current_subscription
 from fastapi_channels.brokers.base import Announcements, Broker
-from fastapi_channels.errors import BrokerError
-from fastapi_channels.listeners import _current_subscription
-from fastapi_channels.protocol import JOIN, LEAVE, PRESENCE
+from fastapi_channels.wire.errors import BrokerError
+from fastapi_channels.wire.protocol import JOIN, LEAVE, PRESENCE
 
 if TYPE_CHECKING:
-    from fastapi_channels.connection import SocketConnection
-    from fastapi_channels.listeners import Subscription
+    from fastapi_channels.app.listeners import Subscription
+    from fastapi_channels.core.connection import SocketConnection
 
 __all__ = ["PRESENCE_TOPIC", "Presence", "announcements"]
 
@@ -110,7 +110,7 @@ class Presence:
     def start(self) -> None:
         """Start renewing and sweeping, every ``timeout / 3`` seconds."""
         if self._runner is None:
-            self._runner = asyncio.create_task(self._run(), name="fastapi_channels.presence")
+            self._runner = asyncio.create_task(self._run(), name="fastapi_channels.core.presence")
 
     async def stop(self) -> None:
         """Stop renewing and declare this process dead, so what it still holds is swept."""
@@ -228,7 +228,7 @@ class Presence:
         state.waiters.append(done)
         if state.writer is None:
             state.writer = asyncio.create_task(
-                self._writes(channel, state), name=f"fastapi_channels.presence {channel}"
+                self._writes(channel, state), name=f"fastapi_channels.core.presence {channel}"
             )
         await asyncio.shield(done)
 

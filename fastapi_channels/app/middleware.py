@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from fastapi_channels.connection import SocketConnection
-    from fastapi_channels.protocol import SocketPacket
+    from fastapi_channels.core.connection import SocketConnection
+    from fastapi_channels.wire.protocol import SocketPacket
 
 __all__ = ["CallNext", "Middleware", "MiddlewareContext", "Stage", "hooks_for", "run_chain"]
 

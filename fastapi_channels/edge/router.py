@@ -19,17 +19,17 @@ from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
-from fastapi_channels import di
-from fastapi_channels._direct import find_direct_writer
 from fastapi_channels.auth.tokens import select_subprotocol
-from fastapi_channels.connection import SocketConnection
-from fastapi_channels.errors import CloseCode, Reject
-from fastapi_channels.jsclient import CLIENT_SCRIPT, serve_client_script
-from fastapi_channels.protocol import DISCONNECT, READY, encode
-from fastapi_channels.stats import Stats
+from fastapi_channels.core.connection import SocketConnection
+from fastapi_channels.core.stats import Stats
+from fastapi_channels.edge import di
+from fastapi_channels.edge._direct import find_direct_writer
+from fastapi_channels.edge.jsclient import CLIENT_SCRIPT, serve_client_script
+from fastapi_channels.wire.errors import CloseCode, Reject
+from fastapi_channels.wire.protocol import DISCONNECT, READY, encode
 
 if TYPE_CHECKING:
-    from fastapi_channels.channels import Channels
+    from fastapi_channels.edge.channels import Channels
 
 __all__ = ["build_router", "select_subprotocol"]
 

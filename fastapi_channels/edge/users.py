@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi_channels.di import active_container
-from fastapi_channels.server import ListenerRef, SocketServer
+from fastapi_channels.core.server import ListenerRef, SocketServer
+from fastapi_channels.edge.di import active_container
 
 __all__ = ["SocketUserMixin"]
 

@@ -25,16 +25,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi_channels.brokers.base import Broker, BrokerState, Position
-from fastapi_channels.errors import BrokerError
-from fastapi_channels.history import History, recover, with_position
-from fastapi_channels.presence import PRESENCE_TOPIC, announcements, members_frame
+from fastapi_channels.core.presence import PRESENCE_TOPIC, announcements, members_frame
+from fastapi_channels.wire.errors import BrokerError
+from fastapi_channels.wire.history import History, recover, with_position
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
 
-    from fastapi_channels.connection import SocketConnection
-    from fastapi_channels.listeners import Subscription
-    from fastapi_channels.registry import ChannelRoute
+    from fastapi_channels.app.listeners import Subscription
+    from fastapi_channels.app.registry import ChannelRoute
+    from fastapi_channels.core.connection import SocketConnection
 
 __all__ = ["CatchUp", "CaughtUp", "Held", "Reconnects", "push"]
 

@@ -17,8 +17,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Final
 
-from fastapi_channels.brokers.base import Position, Retention, Stored, StoredEntry
-from fastapi_channels.errors import ConfigurationError, ErrorCode, ProtocolError
+from fastapi_channels.wire.errors import ConfigurationError, ErrorCode, ProtocolError
+from fastapi_channels.wire.stored import Position, Retention, Stored, StoredEntry
 
 __all__ = [
     "History",

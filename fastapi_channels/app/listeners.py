@@ -9,7 +9,7 @@ instance of each when the server starts, so constructors can take ``SocketServer
 service.
 
 Handlers take Envuso's ``(self, connection, user, packet)`` or typed parameters (see
-`fastapi_channels.invocation`); their signatures are checked when the class is decorated
+`fastapi_channels.app.invocation`); their signatures are checked when the class is decorated
 (as far as its type hints can be resolved then) and again, fully, when it is registered.
 """
 
@@ -23,17 +23,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import injector
 
-from fastapi_channels.errors import ConfigurationError
-from fastapi_channels.history import History, Position
-from fastapi_channels.invocation import HANDLER, IS_AUTHORISED, plan_for
-from fastapi_channels.middleware import Middleware
-from fastapi_channels.patterns import ChannelPattern
-from fastapi_channels.protocol import RESERVED_EVENTS
+from fastapi_channels.app.invocation import HANDLER, IS_AUTHORISED, plan_for
+from fastapi_channels.app.middleware import Middleware
+from fastapi_channels.wire.errors import ConfigurationError
+from fastapi_channels.wire.history import History, Position
+from fastapi_channels.wire.patterns import ChannelPattern
+from fastapi_channels.wire.protocol import RESERVED_EVENTS
 
 if TYPE_CHECKING:
-    from fastapi_channels.connection import SocketConnection
-    from fastapi_channels.registry import ChannelRoute
-    from fastapi_channels.server import SocketServer
+    from fastapi_channels.app.registry import ChannelRoute
+    from fastapi_channels.core.connection import SocketConnection
+    from fastapi_channels.core.server import SocketServer
 
 __all__ = [
     "ChannelListener",
