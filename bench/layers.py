@@ -31,7 +31,7 @@ from uvicorn.server import ServerState
 
 from bench.common import EVENT, payload
 from fastapi_channels.core.connection import SocketConnection
-from fastapi_channels.edge._direct import find_direct_writer
+from fastapi_channels.edge._direct import DirectWrites
 from fastapi_channels.edge.router import _ASGITransport
 
 FRAME = json.dumps({"event": EVENT, "channel": "bench", "data": payload(0)}, separators=(",", ":"))
@@ -124,9 +124,8 @@ async def main(n: int = 20000) -> dict[str, float]:
     message = {"type": "websocket.send", "text": FRAME}
     connection = SocketConnection(_ASGITransport(websocket, app_send), id="bench")
     connection.start()
-    direct = SocketConnection(
-        _ASGITransport(websocket, app_send), id="direct", direct=find_direct_writer(raw_send)
-    )
+    writer = DirectWrites().writer_for(raw_send)
+    direct = SocketConnection(_ASGITransport(websocket, app_send), id="direct", direct=writer)
     assert direct.writes_directly
     direct.start()
     out = {

@@ -20,9 +20,9 @@ import uuid
 from typing import Any
 
 from fastapi_channels import ChannelListener, Channels, History, SocketConnection, channel
-from fastapi_channels.app.listeners import Subscription
 from fastapi_channels.brokers import Broker, MemoryBroker
 from fastapi_channels.brokers.redis import RedisBroker
+from fastapi_channels.core.channel import Subscription
 from fastapi_channels.wire.history import parse_since
 
 _ids = itertools.count()
@@ -63,10 +63,10 @@ class Discard:
 async def subscribe(
     channels: Channels, connection: SocketConnection, name: str, since: Any = None
 ) -> None:
-    resolved = channels.registry.channels.resolve(name)
+    resolved = channels.registry.specs.resolve(name)
     assert resolved is not None
-    route, wildcard = resolved
-    sub = Subscription(name, wildcard, route)
+    spec, wildcard = resolved
+    sub = Subscription(name, wildcard, spec)
     await channels.server.add_subscription(connection, sub)
     caught = await channels.server.catch_up(connection, sub, parse_since(since))
     if caught is not None:

@@ -15,10 +15,11 @@ from pydantic import BaseModel
 
 from fastapi_channels import DROP, ChannelListener, SocketConnection, SocketPacket, channel
 from fastapi_channels.app.invocation import plan_for
-from fastapi_channels.app.listeners import Subscription
-from fastapi_channels.core.connection import OverflowPolicy
+from fastapi_channels.core.channel import ChannelSpec, LiveChannel, Subscription
+from fastapi_channels.core.fanout import deliver
 from fastapi_channels.core.outgoing import OutgoingFilter
-from fastapi_channels.core.server import _deliver
+from fastapi_channels.wire.limits import OverflowPolicy
+from fastapi_channels.wire.patterns import ChannelPattern
 from fastapi_channels.wire.protocol import encode
 
 RECIPIENTS = 10_000
@@ -50,11 +51,6 @@ class NullTransport:
         pass
 
 
-class Route:
-    def __init__(self, outgoing: OutgoingFilter | None) -> None:
-        self.outgoing = outgoing
-
-
 def keep(connection: SocketConnection, event: str, data: Any) -> Any:
     return data
 
@@ -81,7 +77,11 @@ def main() -> None:
 
     frame = encode("profile", {"id": "u1", "email": "e", "text": "x" * 100}, "bench.1").decode()
     for label, hook in (("none", None), ("keeps", keep), ("changes", hide), ("drops", drop)):
-        route = Route(None if hook is None else OutgoingFilter(hook, None))
+        spec = ChannelSpec(
+            ChannelPattern.parse("bench.*"),
+            outgoing=None if hook is None else OutgoingFilter(hook, None),
+        )
+        live = LiveChannel(Subscription("bench.1", "1", spec))
         recipients = []
         for i in range(RECIPIENTS):
             recipient = SocketConnection(
@@ -91,10 +91,10 @@ def main() -> None:
                 max_queue=1,
                 overflow=OverflowPolicy.DROP_OLDEST,
             )
-            recipient.subscriptions["bench.1"] = Subscription("bench.1", "1", route)  # type: ignore[arg-type]
+            recipient.subscriptions["bench.1"] = live.subscription
             recipients.append(recipient)
         rounds = 20
-        seconds = timeit.timeit(lambda r=recipients: _deliver(r, "bench.1", frame), number=rounds)
+        seconds = timeit.timeit(lambda r=recipients, lv=live: deliver(r, frame, lv), number=rounds)
         per = seconds / rounds
         print(
             f"fan-out to {RECIPIENTS:,}, filter {label}: {per * 1e3:.2f} ms per broadcast "

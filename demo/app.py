@@ -73,8 +73,11 @@ async def history(
 # --8<-- [start:health]
 @app.get("/health")
 async def health(server: SocketServer = Inject(SocketServer)) -> dict[str, Any]:
-    """This process's state, and whether its broker reaches the other processes."""
-    return server.health()
+    """This process's state, and whether its broker reaches the other processes.
+
+    Public, so without the broker's last error (it can name the Redis host).
+    """
+    return server.health(errors=False)
 
 
 # --8<-- [end:health]

@@ -212,3 +212,22 @@ async def test_openapi_documents_a_bearer_scheme() -> None:
         "JWT": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     }
     assert schema["paths"]["/required"]["get"]["security"] == [{"JWT": []}]
+
+
+async def test_a_forged_log_line_in_the_path_is_escaped(caplog: pytest.LogCaptureFixture) -> None:
+    auth = hmac_auth()
+    app = FastAPI()
+
+    @app.get("/items/{name}")
+    async def item(name: str, user: Any = Depends(auth)) -> dict[str, Any]:
+        return {"name": name}
+
+    path = "/items/x%0d%0a2026-01-01 INFO forged: admin logged in%1b[31m%e2%80%ae"
+    with caplog.at_level(logging.INFO, logger="fastapi_channels.auth"):
+        response = await get(app, path, headers=bearer(hs256(claims(), OTHER_SECRET)))
+    assert response.status_code == 401
+    [record] = [r for r in caplog.records if r.name == "fastapi_channels.auth"]
+    message = record.getMessage()
+    assert "\r" not in message and "\n" not in message
+    assert "\x1b" not in message and "\u202e" not in message
+    assert "x\\r\\n2026-01-01 INFO forged: admin logged in\\x1b[31m\\u202e" in message

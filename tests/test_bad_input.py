@@ -63,14 +63,33 @@ def error(code: str, message: str, **extra: str) -> dict[str, Any]:
         ("{}", "invalid-packet", "event must be a non-empty string"),
         ('{"event": 5}', "invalid-packet", "event must be a non-empty string"),
         ('{"event": ""}', "invalid-packet", "event must be a non-empty string"),
-        ('{"event": "a\\u0000b"}', "invalid-packet", "event may not contain control characters"),
+        (
+            '{"event": "a\\u0000b"}',
+            "invalid-packet",
+            "event may not contain control or invisible characters",
+        ),
         ('{"event": "x", "channel": 3}', "invalid-packet", "channel must be a non-empty string"),
         (
             '{"event": "x", "channel": "room.*"}',
             "invalid-packet",
-            "channel may not contain whitespace, control characters or '*'",
+            "channel may not contain whitespace, control or invisible characters, or '*'",
         ),
         ('{"event": "' + "e" * 201 + '"}', "invalid-packet", "event is longer than 200"),
+        (
+            '{"event": "x", "channel": "room.\\u200badmin"}',
+            "invalid-packet",
+            "channel may not contain whitespace, control or invisible characters, or '*'",
+        ),
+        (
+            '{"event": "x", "channel": "room.\\u202enimda"}',
+            "invalid-packet",
+            "channel may not contain whitespace, control or invisible characters, or '*'",
+        ),
+        (
+            '{"event": "a\\u2066b"}',
+            "invalid-packet",
+            "event may not contain control or invisible characters",
+        ),
     ],
 )
 async def test_malformed_frames_get_an_error_packet(

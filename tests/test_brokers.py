@@ -1,4 +1,9 @@
-"""The brokers, on their own: the same behaviour in memory and on Redis, and Redis's faults."""
+"""What is specific to the Redis broker, and choosing a broker by URL.
+
+What every broker must do (delivery, order, interest counting, state, bytes) is the contract
+suite's, ``tests/contract``, run on every broker. Here: Redis between processes (its
+subscriptions, batching, foreign messages), its faults, and ``create_broker``.
+"""
 
 from __future__ import annotations
 
@@ -77,24 +82,12 @@ def make_redis_broker(redis_url: str, redis_prefix: str) -> Callable[..., RedisB
 
 
 @pytest.fixture
-async def start_broker(make_broker: Callable[..., Broker]) -> AsyncIterator[Starter[Broker]]:
-    starter = Starter(make_broker)
-    yield starter
-    await starter.stop()
-
-
-@pytest.fixture
 async def start_redis_broker(
     make_redis_broker: Callable[..., RedisBroker],
 ) -> AsyncIterator[Starter[RedisBroker]]:
     starter = Starter(make_redis_broker)
     yield starter
     await starter.stop()
-
-
-@pytest.fixture
-async def broker(start_broker: Starter[Broker]) -> tuple[Broker, Inbox]:
-    return await start_broker()
 
 
 async def fence(publisher: Broker, receivers: list[tuple[Broker, Inbox]]) -> None:
@@ -108,98 +101,7 @@ async def fence(publisher: Broker, receivers: list[tuple[Broker, Inbox]]) -> Non
         await receiver.unsubscribe("fence")
 
 
-# -- behaviour shared by every broker -------------------------------------------------------
-
-
-async def test_delivers_to_a_subscribed_topic(broker: tuple[Broker, Inbox]) -> None:
-    b, inbox = broker
-    await b.subscribe("chat")
-    await b.publish("chat", b"hello")
-    assert await inbox.get() == ("chat", b"hello")
-    await fence(b, [broker])
-    inbox.assert_empty()
-
-
-async def test_delivers_only_topics_with_interest(broker: tuple[Broker, Inbox]) -> None:
-    b, inbox = broker
-    await b.subscribe("wanted")
-    await b.publish("unwanted", b"no")
-    await b.publish("wanted", b"yes")
-    assert await inbox.get() == ("wanted", b"yes")
-    await fence(b, [broker])
-    inbox.assert_empty()
-
-
-async def test_interest_is_reference_counted(broker: tuple[Broker, Inbox]) -> None:
-    b, inbox = broker
-    await b.subscribe("room")
-    await b.subscribe("room")
-    await b.unsubscribe("room")
-    assert b.topics == {"room"}
-    await b.publish("room", b"still wanted")
-    assert await inbox.get() == ("room", b"still wanted")
-
-    await b.unsubscribe("room")
-    assert b.topics == frozenset()
-    await b.publish("room", b"nobody")
-    await fence(b, [broker])
-    inbox.assert_empty()
-
-
-async def test_concurrent_first_subscribers_share_one_subscription(
-    broker: tuple[Broker, Inbox],
-) -> None:
-    b, inbox = broker
-    await asyncio.gather(*(b.subscribe("busy") for _ in range(10)))
-    await b.publish("busy", b"once")
-    assert await inbox.get() == ("busy", b"once")
-    await fence(b, [broker])
-    inbox.assert_empty()
-
-
-async def test_a_burst_arrives_in_publish_order(broker: tuple[Broker, Inbox]) -> None:
-    b, inbox = broker
-    await b.subscribe("burst")
-    sent = [str(i).encode() for i in range(5000)]
-    await asyncio.gather(*(b.publish("burst", data) for data in sent))
-    assert [data for _, data in await inbox.take(len(sent))] == sent
-
-
-async def test_health_follows_the_broker_life(start_broker: Starter[Broker]) -> None:
-    b, _ = await start_broker()
-    await b.subscribe("a")
-    health = b.health()
-    assert health.healthy and b.healthy
-    assert health.as_dict() == {
-        "broker": b.name,
-        "state": "connected",
-        "healthy": True,
-        "topics": 1,
-        "last_error": None,
-        "changed_at": health.changed_at,
-    }
-    await b.stop()
-    assert b.health().state is BrokerState.STOPPED
-    assert not b.healthy
-
-
 # -- Redis between processes ----------------------------------------------------------------
-
-
-async def test_two_processes_exchange_messages(start_redis_broker: Starter[RedisBroker]) -> None:
-    a, inbox_a = await start_redis_broker()
-    b, inbox_b = await start_redis_broker()
-    await a.subscribe("news")
-    await b.subscribe("news")
-
-    await a.publish("news", b"from a")
-    await b.publish("news", b"from b")
-
-    assert sorted(await inbox_a.take(2)) == [("news", b"from a"), ("news", b"from b")]
-    assert sorted(await inbox_b.take(2)) == [("news", b"from a"), ("news", b"from b")]
-    await fence(a, [(a, inbox_a), (b, inbox_b)])
-    inbox_a.assert_empty()  # its own message came once, locally, not again through Redis
-    inbox_b.assert_empty()
 
 
 async def test_redis_options_in_the_url_do_not_change_the_bytes(
@@ -235,21 +137,6 @@ async def test_a_process_receives_only_topics_it_has_interest_in(
         for _ in range(3):
             await b.unsubscribe("shared")
         assert dict(await client.pubsub_numsub(b.channel("shared"))) == {b.channel("shared"): 0}
-
-
-async def test_order_holds_across_processes_under_load(
-    start_redis_broker: Starter[RedisBroker],
-) -> None:
-    a, _ = await start_redis_broker()
-    b, inbox_b = await start_redis_broker()
-    await b.subscribe("one")
-    await b.subscribe("two")
-    sent = [(topic, f"{topic}{i}".encode()) for i in range(3000) for topic in ("one", "two")]
-    await asyncio.gather(*(a.publish(topic, data) for topic, data in sent))
-
-    received = await inbox_b.take(len(sent))
-    for topic in ("one", "two"):
-        assert [d for t, d in received if t == topic] == [d for t, d in sent if t == topic]
 
 
 async def test_publishes_are_batched_under_load(

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from fastapi_channels import MemoryBroker, OverflowPolicy, SocketConnection, SocketServer
-from fastapi_channels.app.listeners import ChannelListener, Subscription, channel
+from fastapi_channels.app.listeners import ChannelListener, channel
+from tests import specs
 
 
 class GatedTransport:
@@ -99,16 +100,16 @@ class Room(ChannelListener):
 async def test_a_stalled_peer_does_not_delay_the_others(policy: OverflowPolicy) -> None:
     server = SocketServer(MemoryBroker())
     await server.start()
+    room = specs.spec("room")
     stalled = GatedTransport(open_gate=False)
     healthy = [GatedTransport() for _ in range(5)]
-    route = None  # fan-out does not look at the route
     connections = []
     for n, transport in enumerate([stalled, *healthy]):
         size = 3 if transport is stalled else 100
         connection = SocketConnection(transport, id=str(n), max_queue=size, overflow=policy)
         connection.start()
         await server.add_connection(connection)
-        await server.add_subscription(connection, Subscription("room", "", route))  # type: ignore[arg-type]
+        await server.add_subscription(connection, specs.subscription("room", room))
         connections.append(connection)
     for n in range(20):
         await server.broadcast(Room, "room", "tick", n)

@@ -24,7 +24,7 @@ from websockets.frames import Frame, Opcode
 from bench.layers import connected_protocol
 from fastapi_channels import ChannelListener, Channels, Limits, SocketServer, channel
 from fastapi_channels.edge import _direct
-from fastapi_channels.edge._direct import COMPRESS_THRESHOLD, find_direct_writer, text_frame
+from fastapi_channels.edge._direct import COMPRESS_THRESHOLD, DirectWrites, text_frame
 from tests.live import live_server
 from tests.test_faults import stalled_peer
 
@@ -86,10 +86,42 @@ def test_a_text_frame_is_what_websockets_would_send(size: int) -> None:
 
 
 def test_a_text_frame_is_built_once_for_the_same_text() -> None:
+    writes = DirectWrites()
     text = json.dumps({"event": "message", "data": "x" * 50})
-    assert text_frame(text) is text_frame(text)
+    assert writes.frame(text) is writes.frame(text)
     other = text[:-1] + "}"  # equal but a different object
-    assert text_frame(other) == text_frame(text)
+    assert writes.frame(other) == writes.frame(text) == text_frame(text)
+    assert writes.frame(other) is not writes.frame(text)  # the last text only
+    assert DirectWrites().frame(text) is not writes.frame(text)  # each router has its own
+
+
+async def test_a_broadcast_is_framed_once_for_all_its_recipients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    framed: list[str] = []
+
+    def counting(text: str) -> bytes:
+        framed.append(text)
+        return text_frame(text)
+
+    monkeypatch.setattr(_direct, "text_frame", counting)
+    app, channels = build()
+    async with (
+        live_server(app) as address,
+        websockets.connect(f"ws://{address}/ws") as first,
+        websockets.connect(f"ws://{address}/ws") as second,
+    ):
+        await subscribe(first)
+        await subscribe(second)
+        assert all(c.writes_directly for c in channels.server.connections)
+        framed.clear()
+        server = channels.container.get(SocketServer)
+        await server.broadcast(Room, "room", "message", {"n": 1})
+        for ws in (first, second):
+            assert (await receive(ws))["data"] == {"n": 1}
+        assert len(framed) == 1
+        for connection in channels.server.connections:
+            assert "fastapi_channels.handshake" not in connection.scope  # handed over, taken
 
 
 async def test_broadcasts_of_every_size_arrive_intact_and_in_order() -> None:
@@ -303,12 +335,14 @@ async def test_a_uvicorn_without_what_the_writer_reads_gets_no_direct_writer(
     missing: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     protocol, _ = await connected_protocol()  # uvicorn's own, past its handshake
+    writes = DirectWrites()
     try:
-        assert find_direct_writer(protocol.send) is not None
-        monkeypatch.setattr(_direct, "_warned", False)
+        assert writes.writer_for(protocol.send) is not None
         monkeypatch.delattr(protocol, missing)  # as if a release had renamed it
-        assert find_direct_writer(protocol.send) is None
-        assert "direct writes are off" in caplog.text
+        assert writes.writer_for(protocol.send) is None
+        assert writes.writer_for(protocol.send) is None
+        warnings = [r for r in caplog.records if "direct writes are off" in r.getMessage()]
+        assert len(warnings) == 1  # once per router
     finally:
         monkeypatch.undo()
         protocol.connection_lost(None)

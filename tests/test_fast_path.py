@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from fastapi_channels import ChannelListener, MemoryBroker, SocketConnection, SocketServer, channel
-from fastapi_channels.app.listeners import Subscription
-from fastapi_channels.core import server as server_module
+from fastapi_channels.core import fanout as fanout_module
+from fastapi_channels.core.channel import Subscription
+from fastapi_channels.core.connection import BatchCache
+from tests import specs
 from tests.conftest import Start
 from tests.test_connection_queue import GatedTransport
 
@@ -21,7 +23,7 @@ class Room(ChannelListener):
 
 
 def subscription(name: str = "room") -> Subscription:
-    return Subscription(name, "", None)  # type: ignore[arg-type]
+    return specs.subscription(name)
 
 
 async def test_an_idle_connection_writes_before_push_returns() -> None:
@@ -85,7 +87,8 @@ async def test_batches_of_the_same_frames_are_shared_and_others_are_not() -> Non
     shared = [json.dumps({"event": "e", "data": n}) for n in range(3)]
     own = [json.dumps({"event": "mine", "data": n}) for n in range(3)]
     transports = [GatedTransport() for _ in range(4)]
-    connections = [SocketConnection(t, id=str(n)) for n, t in enumerate(transports)]
+    cache = BatchCache()  # as the endpoint gives all the connections of one router
+    connections = [SocketConnection(t, id=str(n), batches=cache) for n, t in enumerate(transports)]
     for connection in connections:
         connection.start()
         connection.enable_batching()
@@ -99,6 +102,20 @@ async def test_batches_of_the_same_frames_are_shared_and_others_are_not() -> Non
     assert batches[2] == [expected[0], json.loads(own[0]), expected[2]]
     assert batches[3] == [expected[0], json.loads(own[1]), expected[2]]
     assert transports[0].frames[0] is transports[1].frames[0]  # built once
+
+
+async def test_connections_that_share_no_cache_build_their_own_batches() -> None:
+    frames = [json.dumps({"event": "e", "data": n}) for n in range(3)]
+    transports = [GatedTransport() for _ in range(2)]
+    for n, transport in enumerate(transports):
+        connection = SocketConnection(transport, id=str(n))
+        connection.start()
+        connection.enable_batching()
+        for frame in frames:
+            connection.push(frame)
+    first, second = [(await t.wait_for(1))[0] for t in transports]
+    assert first == second == f"[{','.join(frames)}]"
+    assert first is not second  # nothing kept between them outside the connections
 
 
 async def test_batching_is_negotiated_and_others_are_unaffected(start: Start) -> None:
@@ -132,8 +149,8 @@ async def test_the_batch_option_must_be_asked_for_explicitly(start: Start) -> No
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_module, "FAN_OUT_CHUNK", 2)
-    monkeypatch.setattr(server_module, "_FAN_OUT_MIN", 2)
+    monkeypatch.setattr(fanout_module, "FAN_OUT_CHUNK", 2)
+    monkeypatch.setattr(fanout_module, "_FAN_OUT_MIN", 2)
 
 
 async def fan_out_setup(count: int) -> tuple[SocketServer, list[SocketConnection], list[Any]]:
@@ -166,9 +183,9 @@ async def test_a_large_fan_out_yields_between_chunks_and_keeps_order() -> None:
 async def test_chunks_shrink_when_one_takes_longer_than_a_turn(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(server_module, "FAN_OUT_CHUNK", 4)
-    monkeypatch.setattr(server_module, "_FAN_OUT_MIN", 2)
-    monkeypatch.setattr(server_module, "FAN_OUT_TURN", 0.0)  # every chunk takes too long
+    monkeypatch.setattr(fanout_module, "FAN_OUT_CHUNK", 4)
+    monkeypatch.setattr(fanout_module, "_FAN_OUT_MIN", 2)
+    monkeypatch.setattr(fanout_module, "FAN_OUT_TURN", 0.0)  # every chunk takes too long
     server, _, transports = await fan_out_setup(9)
     await server.broadcast(Room, "room", "tick", "a")
     assert sum(1 for t in transports if t.frames) == 4  # the first chunk: as many as allowed

@@ -400,6 +400,9 @@ async def test_positions_survive_a_process_restart(make_broker: Callable[[], Bro
         assert response["recovered"] is True
         assert await offsets(ann, 2) == [3, 4]
         assert await channels.server.broadcast(Feed, "feed:p", "post", 4) == Position(5, epoch)
+        # Without naming the listener, the channel's own history applies just the same.
+        assert await channels.server.broadcast("feed:p", "post", 5) == Position(6, epoch)
+        assert await offsets(ann, 2) == [5, 6]
 
 
 def test_history_declarations_are_checked() -> None:

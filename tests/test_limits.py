@@ -1,15 +1,19 @@
-"""Limits: rate, connections per user and process, handshake deadline, graceful drain."""
+"""Limits: values checked, rate, connections per user and process, handshake deadline, drain."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
 
 from fastapi_channels import (
     Channels,
+    ConfigurationError,
     Limits,
+    OverflowPolicy,
     SocketConnection,
     SocketListener,
     SocketPacket,
@@ -116,3 +120,87 @@ async def test_shutdown_lets_in_flight_handlers_finish_then_closes_with_1012() -
     assert (await idle.receive()).event == "disconnect"
     async with asyncio.timeout(5):
         await stopping
+
+
+COUNT = "an integer of at least 1"
+SECONDS = "a finite number of seconds above 0"
+SPAN = "a finite number of seconds, 0 or more"
+
+BAD_LIMITS = [
+    ("max_message_size", 0, COUNT),
+    ("max_message_size", 1.5, COUNT),
+    ("max_message_size", True, COUNT),
+    ("max_name_length", -1, COUNT),
+    ("max_subscriptions", "10", COUNT),
+    ("queue_size", 0, COUNT),
+    ("queue_size", None, COUNT),
+    ("burst", 0, COUNT),
+    ("rate_strikes", False, COUNT),
+    ("max_connections", 0, f"{COUNT}, or None"),
+    ("max_connections_per_user", 2.0, f"{COUNT}, or None"),
+    ("max_connections_per_user", True, f"{COUNT}, or None"),
+    ("handler_timeout", 0, f"{SECONDS}, or None"),
+    ("handler_timeout", float("nan"), f"{SECONDS}, or None"),
+    ("handler_timeout", "30", f"{SECONDS}, or None"),
+    ("close_timeout", 0.0, SECONDS),
+    ("close_timeout", None, SECONDS),
+    ("handshake_timeout", -1, SECONDS),
+    ("handshake_timeout", float("inf"), SECONDS),
+    ("handshake_timeout", True, SECONDS),
+    ("shutdown_timeout", -0.5, SPAN),
+    ("reconnect_spread", None, SPAN),
+    ("rate", 0, "a finite number of packets per second above 0, or None"),
+    ("rate", True, "a finite number of packets per second above 0, or None"),
+    ("direct_writes", 1, "True or False"),
+    ("direct_writes", None, "True or False"),
+    ("overflow", "drop_oldest", "an OverflowPolicy or one of 'drop-oldest', 'drop-newest'"),
+    ("overflow", None, "an OverflowPolicy or one of"),
+    ("overflow", ["disconnect"], "an OverflowPolicy or one of"),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "accepted"),
+    BAD_LIMITS,
+    ids=[f"{field}={value!r}" for field, value, _ in BAD_LIMITS],
+)
+def test_bad_limits_are_refused_naming_the_field(field: str, value: Any, accepted: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        Limits(**{field: value})
+    assert str(refused.value).startswith(f"Limits.{field} must be {accepted}")
+    assert str(refused.value).endswith(f", not {value!r}")
+
+
+def test_limits_at_the_edge_of_their_ranges_are_accepted() -> None:
+    Limits(
+        max_message_size=1,
+        max_name_length=1,
+        max_subscriptions=1,
+        queue_size=1,
+        burst=1,
+        rate_strikes=1,
+        max_connections=1,
+        max_connections_per_user=1,
+        handler_timeout=0.001,
+        close_timeout=0.001,
+        handshake_timeout=1,  # an int is a number of seconds too
+        rate=0.1,
+        shutdown_timeout=0,
+        reconnect_spread=0,
+        direct_writes=False,
+    )
+    Limits(handler_timeout=None, rate=None, max_connections=None, max_connections_per_user=None)
+
+
+@pytest.mark.parametrize("policy", list(OverflowPolicy), ids=lambda p: p.value)
+def test_an_overflow_policy_may_be_given_by_its_value(policy: OverflowPolicy) -> None:
+    limits = Limits(overflow=policy.value)  # type: ignore[arg-type]
+    assert limits.overflow is policy  # the connection compares policies by identity
+    assert Limits(overflow=policy).overflow is policy
+
+
+def test_the_overflow_message_lists_every_policy() -> None:
+    values = ", ".join(repr(policy.value) for policy in OverflowPolicy)
+    message = f"Limits.overflow must be an OverflowPolicy or one of {values}, not 'slow'"
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        Limits(overflow="slow")  # type: ignore[arg-type]

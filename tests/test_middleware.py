@@ -8,6 +8,8 @@ import pytest
 
 from fastapi_channels import (
     ChannelListener,
+    Channels,
+    ConfigurationError,
     Middleware,
     MiddlewareContext,
     Reject,
@@ -174,3 +176,66 @@ async def test_a_crashing_middleware_refuses_with_a_generic_reason(harness: Any)
             "successful": False,
             "reason": "subscription refused",
         }
+
+
+class Blocklist:
+    """An application service a middleware class asks for in its constructor."""
+
+    def __init__(self) -> None:
+        self.blocked = {"mallory"}
+
+
+class BlocklistMiddleware(Middleware):
+    """Takes a service without ``@inject``, as a listener class may."""
+
+    def __init__(self, blocklist: Blocklist) -> None:
+        self.blocklist = blocklist
+
+    async def subscribe(self, context: MiddlewareContext, call_next: CallNext) -> None:
+        if context.user and context.user["id"] in self.blocklist.blocked:
+            raise Reject("blocked")
+        await call_next()
+
+
+class Unconfigured:
+    """A service the application forgot to bind: building it fails."""
+
+    def __init__(self) -> None:
+        raise RuntimeError("Unconfigured must be bound to an instance")
+
+
+class NeedsAnUnboundThing(Middleware):
+    def __init__(self, service: Unconfigured) -> None:
+        self.service = service
+
+
+@pytest.mark.parametrize("where", ["global", "channel"])
+async def test_a_middleware_class_gets_its_services_from_the_container(
+    start: Start, where: str
+) -> None:
+    @channel("guarded")
+    class Guarded(ChannelListener):
+        middleware = [BlocklistMiddleware] if where == "channel" else []
+
+    options: dict[str, Any] = {"listeners": [Guarded]}
+    if where == "global":
+        options["middleware"] = [BlocklistMiddleware]
+    harness = await start(**options)
+    async with harness.client("alice") as alice, harness.client("mallory") as mallory:
+        assert (await alice.subscribe("guarded"))["successful"]
+        refused = await mallory.subscribe("guarded")
+        assert (refused["successful"], refused["reason"]) == (False, "blocked")
+
+
+@pytest.mark.parametrize("where", ["global", "channel"])
+async def test_a_middleware_class_the_container_cannot_build_names_itself(where: str) -> None:
+    @channel("guarded")
+    class Guarded(ChannelListener):
+        middleware = [NeedsAnUnboundThing] if where == "channel" else []
+
+    channels = Channels(
+        listeners=[Guarded], middleware=[NeedsAnUnboundThing] if where == "global" else []
+    )
+    with pytest.raises(ConfigurationError, match="cannot build NeedsAnUnboundThing"):
+        async with channels:
+            pass

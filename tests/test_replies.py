@@ -212,7 +212,11 @@ async def test_subscribe_with_an_id_gets_the_envuso_response_and_a_reply(harness
     [
         ("math.secret", "not-authorised", "not authorised"),
         ("nowhere", "unknown-channel", "no channel matches this name"),
-        ("a b", "invalid-packet", "channel may not contain whitespace, control characters or '*'"),
+        (
+            "a b",
+            "invalid-packet",
+            "channel may not contain whitespace, control or invisible characters, or '*'",
+        ),
         ("math.3", "too-many-subscriptions", "too many subscriptions"),
     ],
 )

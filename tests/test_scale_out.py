@@ -196,6 +196,7 @@ async def test_the_demo_health_route() -> None:
             response = await http.get("/health")
     assert response.status_code == 200
     assert response.json()["broker"]["state"] == "connected"
+    assert "last_error" not in response.json()["broker"]  # it can name the Redis host
 
 
 def test_the_broker_url_can_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -156,3 +156,65 @@ async def test_send_to_channel_refuses_unsubscribed_channels(harness: Any) -> No
         (connection,) = harness.server.connections
         assert await connection.send_to_channel("global-chat", "x") is False
         await client.assert_no_message()
+
+
+async def test_broadcast_without_a_listener_finds_the_one_serving_the_channel(
+    harness: Any,
+) -> None:
+    async with harness.client("u1") as client:
+        await client.subscribe("user:chat.9")
+        await client.subscribe("global-chat")
+        assert await harness.server.broadcast("user:chat.9", "note", {"n": 1}) is None
+        await harness.server.broadcast("global-chat", "ping")
+        assert await client.receive() == {
+            "event": "note",
+            "channel": "user:chat.9",
+            "data": {"n": 1},
+        }
+        assert await client.receive() == {"event": "ping", "channel": "global-chat", "data": None}
+
+
+@pytest.mark.parametrize("channel_name", ["nobody-serves-this", "user:chat.1:2", "bad name"])
+async def test_broadcast_without_a_listener_to_an_unserved_channel_fails(
+    harness: Any, channel_name: str
+) -> None:
+    with pytest.raises(InvalidChannel):
+        await harness.server.broadcast(channel_name, "message", {})
+
+
+async def test_broadcast_by_exact_pattern_string_needs_the_four_argument_form(
+    harness: Any,
+) -> None:
+    async with harness.client("u1") as client:
+        await client.subscribe("global-chat")
+        await harness.server.broadcast("global-chat", "global-chat", "message", "hi")
+        assert await client.receive() == {
+            "event": "message",
+            "channel": "global-chat",
+            "data": "hi",
+        }
+
+
+@pytest.mark.parametrize("arguments", [(), ("global-chat",), ("a", "b", "c", "d", "e")])
+async def test_broadcast_with_arguments_of_neither_form_is_a_type_error(
+    harness: Any, arguments: tuple[Any, ...]
+) -> None:
+    with pytest.raises(TypeError, match="broadcast takes"):
+        await harness.server.broadcast(*arguments)
+
+
+async def test_an_injected_server_broadcasts_without_naming_the_listener(start: Start) -> None:
+    @channel("room.*")
+    class Room(ChannelListener):
+        def __init__(self, server: SocketServer) -> None:
+            self.server = server
+
+        @channel.on("say")
+        async def say(self, data: str) -> None:
+            await self.server.broadcast(self.channel_name, "said", data)
+
+    harness = await start(listeners=[Room])
+    async with harness.client("u1") as client:
+        await client.subscribe("room.1")
+        await client.emit("say", "hello", channel="room.1")
+        assert await client.receive() == {"event": "said", "channel": "room.1", "data": "hello"}

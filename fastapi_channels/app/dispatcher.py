@@ -27,11 +27,11 @@ from typing import Any
 
 from fastapi_channels.app.extensions import ConnectionExtension
 from fastapi_channels.app.invocation import BoundHandler
-from fastapi_channels.app.listeners import Subscription, _current_subscription
 from fastapi_channels.app.middleware import Middleware, MiddlewareContext, hooks_for, run_chain
 from fastapi_channels.app.registry import ListenerRegistry
 from fastapi_channels.core._stepping import resume
 from fastapi_channels.core.catchup import CaughtUp
+from fastapi_channels.core.channel import Subscription, current_subscription
 from fastapi_channels.core.connection import SocketConnection
 from fastapi_channels.core.server import SocketServer
 from fastapi_channels.wire.errors import (
@@ -60,6 +60,7 @@ from fastapi_channels.wire.protocol import (
     peek_id,
     validate_channel_name,
 )
+from fastapi_channels.wire.text import printable
 
 __all__ = ["Dispatcher"]
 
@@ -133,7 +134,7 @@ class Dispatcher:
         try:
             packet = decode_packet(text, self.limits.max_name_length)
         except ProtocolError as exc:
-            logger.info("connection %s: %s", connection.id, exc.message)
+            logger.info("connection %s: %s", connection.id, printable(exc.message))
             self._error(connection, exc.code, exc.message, None, packet_id=exc.packet_id)
             return
         if self._draining is not None:
@@ -228,7 +229,10 @@ class Dispatcher:
         if refusal is not None:
             response["reason"] = refusal.reason
             logger.info(
-                "connection %s: subscribe %r refused: %s", connection.id, requested, refusal.reason
+                "connection %s: subscribe %r refused: %s",
+                connection.id,
+                requested,
+                printable(refusal.reason),
             )
         extra = caught.fields if caught is not None else {}
         connection.push(encode(SUBSCRIBE_RESPONSE, {**response, **extra}).decode())
@@ -255,7 +259,7 @@ class Dispatcher:
         if not isinstance(requested, str):
             return None
         subscription = connection.subscriptions.get(requested)
-        if subscription is None or subscription.route.catch_up is None:
+        if subscription is None or subscription.spec.catch_up is None:
             return None
         if refusal is not None:  # refused after subscribing (middleware raised late)
             self.server.release(connection, requested)
@@ -292,7 +296,7 @@ class Dispatcher:
             is_authorised = route.authorise.prepare(connection, packet)
         except InvalidData as exc:
             return _Refusal(exc.code, "invalid data", exc.errors)
-        subscription = Subscription(channel=name, wildcard=wildcard, route=route)
+        subscription = Subscription(channel=name, wildcard=wildcard, spec=route.spec)
         context = MiddlewareContext(
             connection=connection, stage="subscribe", channel=name, wildcard=wildcard
         )
@@ -305,7 +309,7 @@ class Dispatcher:
                 raise Reject("not authorised")
             await self.server.add_subscription(connection, subscription)
 
-        token = _current_subscription.set(subscription)
+        token = current_subscription.set(subscription)
         try:
             await self._guard(run_chain(route.subscribe_middleware, context, authorise))
         except Reject as exc:
@@ -317,7 +321,7 @@ class Dispatcher:
             logger.exception("connection %s: subscribing to %r failed", connection.id, name)
             return _Refusal(ErrorCode.HANDLER_ERROR, _UNAVAILABLE)
         finally:
-            _current_subscription.reset(token)
+            current_subscription.reset(token)
         return None
 
     async def _unsubscribe(self, connection: SocketConnection, packet: SocketPacket) -> None:
@@ -338,12 +342,12 @@ class Dispatcher:
         if subscription is None:
             self._error(connection, ErrorCode.NOT_SUBSCRIBED, "not subscribed to channel", packet)
             return
-        route = subscription.route
+        route = self.registry.route_of(subscription.spec)
         handler = route.handlers.get(packet.event)
         if handler is None:
             self._error(connection, ErrorCode.UNKNOWN_EVENT, "no handler for event", packet)
             return
-        token = _current_subscription.set(subscription)
+        token = current_subscription.set(subscription)
         try:
             await self._run(
                 connection,
@@ -354,7 +358,7 @@ class Dispatcher:
                 subscription,
             )
         finally:
-            _current_subscription.reset(token)
+            current_subscription.reset(token)
 
     async def _plain_event(self, connection: SocketConnection, packet: SocketPacket) -> None:
         route = self.registry.events.get(packet.event)

@@ -17,28 +17,24 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import injector
-
+from fastapi_channels.app.building import make_injectable
 from fastapi_channels.app.invocation import HANDLER, IS_AUTHORISED, plan_for
 from fastapi_channels.app.middleware import Middleware
+from fastapi_channels.core.channel import current_subscription
 from fastapi_channels.wire.errors import ConfigurationError
 from fastapi_channels.wire.history import History, Position
 from fastapi_channels.wire.patterns import ChannelPattern
 from fastapi_channels.wire.protocol import RESERVED_EVENTS
 
 if TYPE_CHECKING:
-    from fastapi_channels.app.registry import ChannelRoute
     from fastapi_channels.core.connection import SocketConnection
     from fastapi_channels.core.server import SocketServer
 
 __all__ = [
     "ChannelListener",
     "SocketListener",
-    "Subscription",
     "channel",
     "handlers",
     "listener",
@@ -50,24 +46,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _EVENTS_ATTR = "__fastapi_channels_events__"
 _OUTGOING_ATTR = "__fastapi_channels_outgoing__"
-
-
-@dataclass(slots=True, frozen=True)
-class Subscription:
-    """One connection's subscription to one concrete channel: three references, no copies.
-
-    Attributes:
-        channel: the concrete channel name, exactly as the client requested it.
-        wildcard: what the pattern's ``*`` matched (``""`` for an exact pattern).
-        route: the registered listener that serves the channel (shared by all subscriptions).
-    """
-
-    channel: str
-    wildcard: str
-    route: ChannelRoute
-
-
-_current_subscription: ContextVar[Subscription] = ContextVar("fastapi_channels_subscription")
 
 
 class ChannelListener:
@@ -135,12 +113,12 @@ class ChannelListener:
         Raises:
             LookupError: read outside ``is_authorised``, a handler or this channel's middleware.
         """
-        return _current_subscription.get().channel
+        return current_subscription.get().channel
 
     @property
     def wildcard(self) -> str:
         """What the pattern's ``*`` matched in `channel_name` (``""`` without a ``*``)."""
-        return _current_subscription.get().wildcard
+        return current_subscription.get().wildcard
 
     def get_channel_name(self) -> str:
         """Alias of `channel_name`, Envuso's spelling."""
@@ -192,12 +170,6 @@ def _check_event_name(owner: type, event: str) -> None:
         raise ConfigurationError(f"{owner.__qualname__}: event name {event!r} is reserved")
 
 
-def _make_injectable(cls: type) -> None:
-    init = cls.__dict__.get("__init__")
-    if init is not None and not hasattr(init, "__bindings__"):
-        cls.__init__ = injector.inject(init)  # type: ignore[misc]
-
-
 class _ChannelDecorator:
     """``@channel("pattern")`` declares a channel listener; ``@channel.on("event")`` a handler."""
 
@@ -212,7 +184,7 @@ class _ChannelDecorator:
             outgoing_hook(cls)
             if cls.is_authorised is not ChannelListener.is_authorised:
                 plan_for(cls, "is_authorised", IS_AUTHORISED, strict=False)
-            _make_injectable(cls)
+            make_injectable(cls)
             return cls
 
         return decorate
@@ -282,7 +254,7 @@ def listener(event: str) -> Callable[[L], L]:
             raise ConfigurationError(f"{cls.__qualname__} must define handle()")
         plan_for(cls, "handle", HANDLER, strict=False)
         cls.event = event
-        _make_injectable(cls)
+        make_injectable(cls)
         return cls
 
     return decorate

@@ -12,12 +12,13 @@ import inspect
 import pkgutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
+from fastapi_channels.app.building import build
 from fastapi_channels.app.invocation import HANDLER, IS_AUTHORISED, BoundHandler, plan_for
 from fastapi_channels.app.listeners import ChannelListener, SocketListener, handlers, outgoing_hook
 from fastapi_channels.app.middleware import Middleware, hooks_for
-from fastapi_channels.core.catchup import CatchUp
+from fastapi_channels.core.channel import ChannelSpec
 from fastapi_channels.core.outgoing import OutgoingFilter
 from fastapi_channels.wire.errors import ConfigurationError
 from fastapi_channels.wire.history import History
@@ -30,33 +31,29 @@ if TYPE_CHECKING:
 
 __all__ = ["ChannelRoute", "EventRoute", "ListenerRegistry"]
 
-_T = TypeVar("_T")
-
 
 @dataclass(slots=True, eq=False)
 class ChannelRoute:
     """A started channel listener: its instance, bound handlers and prepared middleware.
 
     Attributes:
+        spec: what the core needs to know of the listener's channels (its pattern, outgoing
+            filter, history and presence); subscriptions carry it.
         authorise: the listener's ``is_authorised``, with its plan.
-        outgoing: the listener's outgoing filter; None keeps broadcasts encode-once.
-        history: the listener's history declaration, if any.
-        presence: whether the listener's channels are presence channels.
-        catch_up: holds live frames for new subscribers of a presence or history channel
-            while they are caught up; None for other channels (their fan-out is untouched).
     """
 
-    pattern: ChannelPattern
+    spec: ChannelSpec
     listener: ChannelListener
     handlers: dict[str, BoundHandler]
     subscribe_middleware: tuple[Middleware, ...]
     event_middleware: tuple[Middleware, ...]
     require_user: bool
     authorise: BoundHandler
-    outgoing: OutgoingFilter | None = None
-    history: History | None = None
-    presence: bool = False
-    catch_up: CatchUp | None = None
+
+    @property
+    def pattern(self) -> ChannelPattern:
+        """The pattern the listener serves."""
+        return self.spec.pattern
 
 
 @dataclass(slots=True, eq=False)
@@ -76,7 +73,11 @@ class ListenerRegistry:
         self._patterns: PatternTable[type[ChannelListener]] = PatternTable()
         self._events: dict[str, type[SocketListener]] = {}
         self.channels: PatternTable[ChannelRoute] = PatternTable()
+        """The started channel routes, by pattern."""
+        self.specs: PatternTable[ChannelSpec] = PatternTable()
+        """The started routes' specs, by pattern (what the server resolves channels with)."""
         self.events: dict[str, EventRoute] = {}
+        self._by_spec: dict[ChannelSpec, ChannelRoute] = {}
 
     def add(self, cls: type[ChannelListener] | type[SocketListener]) -> None:
         """Register a decorated listener class, reading its handlers' signatures.
@@ -136,36 +137,39 @@ class ListenerRegistry:
             ConfigurationError: the container cannot build a listener.
         """
         channels: PatternTable[ChannelRoute] = PatternTable()
+        specs: PatternTable[ChannelSpec] = PatternTable()
+        by_spec: dict[ChannelSpec, ChannelRoute] = {}
         for cls in self._patterns:
-            instance = _build(container, cls)
+            instance = build(container, cls)
             instance._server = server
             own = [_middleware(container, m) for m in cls.middleware]
             chain = [*global_middleware, *own]
             hook = outgoing_hook(cls)
-            channels.add(
-                cls.pattern,
-                ChannelRoute(
-                    pattern=cls.pattern,
-                    listener=instance,
-                    handlers={
-                        event: _bind(cls, instance, name) for event, name in handlers(cls).items()
-                    },
-                    subscribe_middleware=hooks_for(chain, "subscribe"),
-                    event_middleware=hooks_for(chain, "event"),
-                    require_user=cls.require_user,
-                    authorise=_bind(cls, instance, "is_authorised", IS_AUTHORISED),
-                    outgoing=None
-                    if hook is None
-                    else OutgoingFilter(getattr(instance, hook[0]), hook[1]),
-                    history=cls.history,
-                    presence=cls.presence,
-                    catch_up=CatchUp() if cls.presence or cls.history is not None else None,
-                ),
+            spec = ChannelSpec(
+                pattern=cls.pattern,
+                outgoing=None
+                if hook is None
+                else OutgoingFilter(getattr(instance, hook[0]), hook[1]),
+                history=cls.history,
+                member_info=instance.member_info if cls.presence else None,
             )
+            specs.add(cls.pattern, spec)
+            by_spec[spec] = route = ChannelRoute(
+                spec=spec,
+                listener=instance,
+                handlers={
+                    event: _bind(cls, instance, name) for event, name in handlers(cls).items()
+                },
+                subscribe_middleware=hooks_for(chain, "subscribe"),
+                event_middleware=hooks_for(chain, "event"),
+                require_user=cls.require_user,
+                authorise=_bind(cls, instance, "is_authorised", IS_AUTHORISED),
+            )
+            channels.add(cls.pattern, route)
         events: dict[str, EventRoute] = {}
         global_events = hooks_for(global_middleware, "event")
         for event, plain in self._events.items():
-            listener = _build(container, plain)
+            listener = build(container, plain)
             listener._server = server
             events[event] = EventRoute(
                 listener=listener,
@@ -173,14 +177,25 @@ class ListenerRegistry:
                 event_middleware=global_events,
                 require_user=plain.require_user,
             )
-        self.channels, self.events = channels, events
+        self.channels, self.specs, self.events, self._by_spec = channels, specs, events, by_spec
 
-    def uses(self, feature: str) -> bool:
-        """Whether a registered channel listener declares ``"history"`` or ``"presence"``."""
-        return any(
-            cls.presence if feature == "presence" else cls.history is not None
-            for cls in self._patterns
-        )
+    def route_of(self, spec: ChannelSpec) -> ChannelRoute:
+        """The started route whose listener a subscription's ``spec`` came from.
+
+        Raises:
+            KeyError: ``spec`` is not one of this registry's (it was started again since).
+        """
+        return self._by_spec[spec]
+
+    @property
+    def declares_history(self) -> bool:
+        """Whether a registered channel listener keeps a history."""
+        return any(cls.history is not None for cls in self._patterns)
+
+    @property
+    def declares_presence(self) -> bool:
+        """Whether a registered channel listener declares presence."""
+        return any(cls.presence for cls in self._patterns)
 
     def classes(self) -> Iterable[type[ChannelListener] | type[SocketListener]]:
         """Every registered class."""
@@ -195,13 +210,6 @@ def _check_features(cls: type[ChannelListener]) -> None:
         raise ConfigurationError(f"{cls.__qualname__}.presence must be True or False")
 
 
-def _build(container: injector.Injector, cls: type[_T]) -> _T:
-    try:
-        return container.get(cls)
-    except Exception as exc:
-        raise ConfigurationError(f"cannot build {cls.__qualname__}: {exc}") from exc
-
-
 def _bind(
     cls: type, instance: object, name: str, legacy: tuple[Any, ...] = HANDLER
 ) -> BoundHandler:
@@ -212,5 +220,5 @@ def _bind(
 
 def _middleware(container: injector.Injector, item: Middleware | type[Middleware]) -> Middleware:
     if isinstance(item, type):
-        return _build(container, item)
+        return build(container, item)
     return item

@@ -26,6 +26,7 @@ from fastapi_channels.auth.tokens import TokenSource, find_token
 from fastapi_channels.auth.users import TokenUser, UserLoaderArg, load_user
 from fastapi_channels.auth.verifier import TokenVerifier
 from fastapi_channels.wire.errors import AuthenticationError, AuthFailure, ConfigurationError
+from fastapi_channels.wire.text import printable
 
 __all__ = ["DEFAULT_SOURCES", "AuthOptions", "JWTAuth"]
 
@@ -231,9 +232,9 @@ class JWTAuth(SecurityBase, Generic[UserT]):
             logging.WARNING if exc.failure in _SUSPICIOUS else logging.INFO,
             "authentication refused: %s (%s); %s %s from %s, token source: %s",
             exc.failure.value,
-            exc.detail,
+            printable(exc.detail),
             connection.scope["type"],
-            connection.scope.get("path", "?"),
+            printable(connection.scope.get("path", "?")),
             f"{client.host}:{client.port}" if client else "unknown",
             source.value if source is not None else "none",
         )

@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeAlias, TypeVar, cast
 from injector import Injector
 from starlette.requests import HTTPConnection
 
+from fastapi_channels.app.building import build
 from fastapi_channels.edge import di
 from fastapi_channels.wire.errors import ChannelsError, ConfigurationError
 
@@ -89,7 +90,7 @@ async def load_user(
     instance.
     """
     if isinstance(loader, type):
-        instance: UserLoader[UserT] = find_injector(connection, injector).get(loader)
+        instance: UserLoader[UserT] = build(find_injector(connection, injector), loader)
         result: object = instance.load_user(claims)
     elif callable(getattr(loader, "load_user", None)):
         result = cast(UserLoader[UserT], loader).load_user(claims)

@@ -9,9 +9,18 @@ from __future__ import annotations
 
 from fastapi_channels.brokers.base import Broker, MessageHandler
 from fastapi_channels.brokers.memory import MemoryBroker, MemoryHub
+from fastapi_channels.brokers.stores import HistoryStore, PresenceStore
 from fastapi_channels.wire.errors import ConfigurationError
 
-__all__ = ["Broker", "MemoryBroker", "MemoryHub", "MessageHandler", "create_broker"]
+__all__ = [
+    "Broker",
+    "HistoryStore",
+    "MemoryBroker",
+    "MemoryHub",
+    "MessageHandler",
+    "PresenceStore",
+    "create_broker",
+]
 
 
 def create_broker(url: str | None) -> Broker:

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
-from fastapi_channels.brokers.base import Announcements, Retention, Stored, StoredEntry
+from fastapi_channels.brokers.stores import Announcements, Retention, Stored, StoredEntry
 
 __all__ = ["PresenceTable", "Streams", "new_epoch"]
 

@@ -36,7 +36,7 @@ from typing import Any, Final
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from fastapi_channels.brokers.base import Announcements, Position, Retention, Stored, StoredEntry
+from fastapi_channels.brokers.stores import Announcements, Position, Retention, Stored, StoredEntry
 from fastapi_channels.wire.errors import BrokerError
 
 __all__ = ["RedisStore", "parse_position"]

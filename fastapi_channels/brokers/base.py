@@ -1,21 +1,20 @@
-"""The broker interface: bytes between processes, by topic.
+"""The broker contract: bytes between processes, by topic.
 
 A broker knows topics and bytes, never connections, packets or users. The server encodes each
 message once, publishes the bytes, and fans out whatever the broker delivers to its local
-connections. Interest in a topic is reference-counted here, so a concrete broker sees one
-``_subscribe`` when the first local subscriber arrives and one ``_unsubscribe`` when the last
-one leaves.
+connections.
 
-Two optional capabilities keep state shared by every process (a broker lists what it supports
-in `Broker.capabilities`; the others raise `BrokerError`):
+What the server uses of a broker is six members: `Broker.start`, `Broker.stop`,
+`Broker.publish`, `Broker.subscribe`, `Broker.unsubscribe` and `Broker.state`. A new engine
+implements three of them, ``publish``, ``_subscribe`` and ``_unsubscribe``: this base class
+counts the interest in each topic, so an engine sees one ``_subscribe`` when the first local
+subscriber arrives and one ``_unsubscribe`` when the last one leaves, and it keeps the state
+(an engine with a transport reports changes through ``_set_state``).
 
-* ``history``: stored topics. `Broker.publish_stored` appends a message to the topic's
-  history and publishes it, atomically, with its `Position` (an integer offset within an
-  epoch); `Broker.read_stored` reads what is retained.
-* ``presence``: who is in a topic, by member key, across processes. Each process registers its
-  own members and keeps itself alive with `Broker.presence_renew`; the members of a
-  process that stops renewing are swept by the others. Joins and leaves are announced on the
-  topic itself, atomically with the change, so every process sees them in one order.
+State shared by every process is optional, and found by type: a broker that keeps history also
+implements `fastapi_channels.brokers.stores.HistoryStore`, one that keeps presence
+`fastapi_channels.brokers.stores.PresenceStore`. ``Channels`` refuses to start a listener that
+needs one of them on a broker that does not implement it.
 """
 
 from __future__ import annotations
@@ -23,48 +22,21 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from fastapi_channels.wire.errors import BrokerError
-from fastapi_channels.wire.stored import Position, Retention, Stored, StoredEntry
-
 __all__ = [
-    "Announcements",
     "Broker",
     "BrokerHealth",
     "BrokerState",
     "MessageHandler",
-    "Position",
-    "Retention",
-    "Stored",
-    "StoredEntry",
-    "StoredHandler",
 ]
 
 MessageHandler = Callable[[str, bytes], None]
 """Called with ``(topic, data)`` for every message on a subscribed topic, in publish order per
 publisher. It runs on the event loop and must not block."""
-
-
-StoredHandler = Callable[[str, bytes, Position], None]
-"""Called with ``(topic, data, position)`` for every stored message on a subscribed topic, in
-offset order. It runs on the event loop and must not block."""
-
-
-@dataclass(frozen=True, slots=True)
-class Announcements:
-    """How a presence topic announces its changes: a packet is ``prefix + info + suffix``.
-
-    ``info`` is the member's stored info (bytes given when it joined). The broker publishes
-    the result on the presence topic when a member joins (``join``) or leaves (``leave``),
-    atomically with the change.
-    """
-
-    join: tuple[bytes, bytes]
-    leave: tuple[bytes, bytes]
 
 
 class BrokerState(StrEnum):
@@ -116,24 +88,22 @@ class BrokerHealth:
 
 
 class Broker(ABC):
-    """Base class of every broker.
+    """Base class of every broker: the six members the server uses, and interest counting.
 
-    Subclasses implement `publish`, `_subscribe` and `_unsubscribe`, and may
-    override `start` and `stop`; a broker with a transport reports its state
-    through `_set_state`.
+    Subclasses implement `publish`, `_subscribe` and `_unsubscribe`, and may override `start`
+    and `stop` (calling these); a broker with a transport reports its state through
+    `_set_state`. `health`, `counters`, `topics` and `wait_for_state` are read-only helpers
+    for operators and the server's reconnection watch, derived from the same state.
     """
 
     name: ClassVar[str] = "broker"
     """The kind of broker, as shown by `health`."""
 
-    capabilities: ClassVar[frozenset[str]] = frozenset()
-    """The optional capabilities the broker implements: ``"history"``, ``"presence"``."""
-
     def __init__(self) -> None:
         self._handler: MessageHandler | None = None
-        self._stored_handler: StoredHandler | None = None
         self._interest: dict[str, int] = {}
         self._pending: dict[str, asyncio.Future[None]] = {}
+        self._made: set[str] = set()  # topics whose underlying subscription is made
         self._state = BrokerState.STOPPED
         self._last_error: str | None = None
         self._changed_at = time.time()
@@ -196,26 +166,16 @@ class Broker(ABC):
         if self._handler is not None and topic in self._interest:
             self._handler(topic, data)
 
-    def _deliver_stored(self, topic: str, data: bytes, position: Position) -> None:
-        """Hand one received stored message to the server, if this process wants the topic."""
-        if self._stored_handler is not None and topic in self._interest:
-            self._stored_handler(topic, data, position)
-
-    async def start(self, handler: MessageHandler, stored: StoredHandler | None = None) -> None:
-        """Start delivering messages on subscribed topics to ``handler``.
-
-        Stored messages (see `publish_stored`) go to ``stored``, with their position;
-        without it they are not delivered.
-        """
+    async def start(self, handler: MessageHandler) -> None:
+        """Start delivering messages on subscribed topics to ``handler``."""
         self._handler = handler
-        self._stored_handler = stored
         self._set_state(BrokerState.CONNECTED)
 
     async def stop(self) -> None:
         """Stop delivering and release every resource; interest is forgotten."""
         self._handler = None
-        self._stored_handler = None
         self._interest.clear()
+        self._made.clear()
         self._set_state(BrokerState.STOPPED)
 
     async def subscribe(self, topic: str) -> None:
@@ -223,38 +183,59 @@ class Broker(ABC):
 
         Returns once messages published to ``topic`` from now on will be delivered, so a caller
         may tell a client it is subscribed. Concurrent callers for a new topic share one
-        underlying subscription and all wait for it.
+        underlying subscription and all wait for it. A caller that fails or is cancelled keeps
+        no interest; when the caller making the subscription is cancelled, the others (not
+        cancelled themselves) make it again.
 
         Raises:
             BrokerError: the subscription could not be made; the interest is not kept.
         """
-        count = self._interest.get(topic, 0) + 1
-        self._interest[topic] = count
-        if count > 1:
-            pending = self._pending.get(topic)
-            if pending is not None:
-                await asyncio.shield(pending)
-            return
+        self._interest[topic] = self._interest.get(topic, 0) + 1
+        try:
+            while topic not in self._made:
+                pending = self._pending.get(topic)
+                if pending is None:
+                    await self._make(topic)
+                    return
+                try:
+                    await asyncio.shield(pending)
+                except asyncio.CancelledError:
+                    if pending.cancelled() and not _being_cancelled():
+                        continue  # the caller making it was cancelled, not this one: retry
+                    raise
+        except BaseException:
+            if self._release(topic) and topic in self._made:
+                self._made.discard(topic)  # the others left meanwhile: nobody wants it
+                await self._unsubscribe(topic)
+            raise
+
+    async def _make(self, topic: str) -> None:
+        """Make the underlying subscription, sharing the wait with concurrent callers."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending[topic] = future
         try:
             await self._subscribe(topic)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
         except BaseException as exc:
-            self._release(topic)
             future.set_exception(exc)
             future.exception()  # mark retrieved: the raise below reports it
             raise
         else:
+            self._made.add(topic)
             future.set_result(None)
         finally:
             self._pending.pop(topic, None)
 
     async def unsubscribe(self, topic: str) -> None:
         """Remove one unit of interest in ``topic``; the last one unsubscribes for real."""
-        if self._release(topic):
+        if self._release(topic) and topic in self._made:
+            self._made.discard(topic)
             await self._unsubscribe(topic)
 
     def _release(self, topic: str) -> bool:
+        """Give back one unit of interest; return whether it was the last one."""
         count = self._interest.get(topic, 0) - 1
         if count > 0:
             self._interest[topic] = count
@@ -280,120 +261,8 @@ class Broker(ABC):
     async def _unsubscribe(self, topic: str) -> None:
         """Stop receiving ``topic`` (called once, when interest drops to zero)."""
 
-    # ------------------------------------------------------------------ history (optional)
 
-    async def publish_stored(self, topic: str, data: bytes, retention: Retention) -> Position:
-        """Append ``data`` to ``topic``'s history and deliver it to every process, this one too.
-
-        The append and the publish are one atomic step, so every process receives a topic's
-        stored messages in offset order, each once; they arrive through the ``stored`` handler
-        given to `start`, with their position. Unlike `publish`, nothing is
-        delivered when the message cannot be stored.
-
-        Raises:
-            BrokerError: the broker keeps no history, or the message could not be stored (then
-                it was delivered nowhere).
-        """
-        raise self._unsupported("history")
-
-    async def read_stored(self, topic: str, retention: Retention, after: int = 0) -> Stored:
-        """Read ``topic``'s retained messages with an offset above ``after``, oldest first.
-
-        Reading a topic that has no epoch yet gives it one, so a position read now stays valid
-        for the messages published next.
-
-        Raises:
-            BrokerError: the broker keeps no history, or the store could not be read.
-        """
-        raise self._unsupported("history")
-
-    # ------------------------------------------------------------------ presence (optional)
-
-    async def presence_update(
-        self,
-        topic: str,
-        join: Mapping[str, bytes],
-        leave: Collection[str],
-        announce: Announcements,
-    ) -> tuple[list[str], list[str]]:
-        """Register and unregister members of ``topic`` for this process, in one atomic step.
-
-        ``join`` maps member keys to their info; ``leave`` lists member keys. Both are
-        idempotent. A member no process held before joins the topic: its info is kept while
-        any process holds it, and the join is announced. A member no process holds any more
-        leaves it: the leave is announced. Returns the members whose join, and whose leave, was
-        announced.
-
-        Raises:
-            BrokerError: the broker keeps no presence, or the store could not be reached (the
-                update may or may not have been applied).
-        """
-        raise self._unsupported("presence")
-
-    async def presence_members(self, topic: str, announce: Announcements) -> dict[str, bytes]:
-        """Return ``topic``'s members and their info, from every live process.
-
-        Members of processes that stopped renewing are swept first (and their leaves
-        announced).
-
-        Raises:
-            BrokerError: the broker keeps no presence, or the store could not be reached.
-        """
-        raise self._unsupported("presence")
-
-    async def presence_count(self, topic: str, announce: Announcements) -> int:
-        """Return how many members ``topic`` has on every live process (sweeping as above).
-
-        Raises:
-            BrokerError: the broker keeps no presence, or the store could not be reached.
-        """
-        raise self._unsupported("presence")
-
-    async def presence_renew(self, timeout: float) -> bool:
-        """Declare this process alive for ``timeout`` more seconds.
-
-        Returns whether it was still alive before this call. False means its registrations may
-        have been swept (the first call, a renewal too late, a store that lost its data): the
-        caller should register its members again with `presence_sync`.
-
-        Raises:
-            BrokerError: the broker keeps no presence, or the store could not be reached.
-        """
-        raise self._unsupported("presence")
-
-    async def presence_sync(
-        self, topic: str, members: dict[str, bytes], announce: Announcements
-    ) -> None:
-        """Make this process's members of ``topic`` exactly ``members`` (key to info).
-
-        Members added or removed are announced as by `presence_update`.
-
-        Raises:
-            BrokerError: the broker keeps no presence, or the store could not be reached.
-        """
-        raise self._unsupported("presence")
-
-    async def presence_sweep(
-        self, topics: dict[str, int], announce: dict[str, Announcements]
-    ) -> list[str]:
-        """Sweep the members of dead processes out of ``topics``, announcing their leaves.
-
-        ``topics`` maps each topic to how many members this process believes it holds there;
-        the topics where the store disagrees are returned (they need `presence_sync`).
-        It also keeps the topics' records from expiring while this process uses them.
-
-        Raises:
-            BrokerError: the broker keeps no presence, or the store could not be reached.
-        """
-        raise self._unsupported("presence")
-
-    async def presence_retire(self) -> None:
-        """Declare this process dead at once, so its remaining members are swept.
-
-        Raises:
-            BrokerError: the broker keeps no presence, or the store could not be reached.
-        """
-        raise self._unsupported("presence")
-
-    def _unsupported(self, capability: str) -> BrokerError:
-        return BrokerError(f"the {self.name} broker does not support {capability}")
+def _being_cancelled() -> bool:
+    """Whether the running task has been asked to stop (a cancellation of its own)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

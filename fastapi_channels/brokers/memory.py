@@ -13,14 +13,14 @@ import time
 from collections.abc import Callable, Collection, Mapping
 
 from fastapi_channels.brokers._memory_state import PresenceTable, Streams
-from fastapi_channels.brokers.base import (
+from fastapi_channels.brokers.base import Broker, MessageHandler
+from fastapi_channels.brokers.stores import (
     Announcements,
-    Broker,
-    MessageHandler,
+    HistoryStore,
     Position,
+    PresenceStore,
     Retention,
     Stored,
-    StoredHandler,
 )
 
 __all__ = ["MemoryBroker", "MemoryHub"]
@@ -62,7 +62,7 @@ class MemoryHub:
             broker._deliver_stored(topic, data, position)
 
 
-class MemoryBroker(Broker):
+class MemoryBroker(Broker, HistoryStore, PresenceStore):
     """Delivers within this process, synchronously, in publish order.
 
     ``publish`` hands the bytes to the server's fan-out before it returns, so it never waits on
@@ -74,7 +74,6 @@ class MemoryBroker(Broker):
     """
 
     name = "memory"
-    capabilities = frozenset({"history", "presence"})
 
     def __init__(self, hub: MemoryHub | None = None) -> None:
         super().__init__()
@@ -83,9 +82,9 @@ class MemoryBroker(Broker):
         self.process = os.urandom(8).hex()
         """This broker's name among the hub's processes (for presence)."""
 
-    async def start(self, handler: MessageHandler, stored: StoredHandler | None = None) -> None:
+    async def start(self, handler: MessageHandler) -> None:
         """Start delivering, and join the hub."""
-        await super().start(handler, stored)
+        await super().start(handler)
         self.hub.attach(self)
 
     async def stop(self) -> None:

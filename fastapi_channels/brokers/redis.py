@@ -51,15 +51,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fastapi_channels.brokers import _frames
 from fastapi_channels.brokers._redis_store import RedisStore, parse_position
-from fastapi_channels.brokers.base import (
+from fastapi_channels.brokers.base import Broker, BrokerState, MessageHandler
+from fastapi_channels.brokers.stores import (
     Announcements,
-    Broker,
-    BrokerState,
-    MessageHandler,
+    HistoryStore,
     Position,
+    PresenceStore,
     Retention,
     Stored,
-    StoredHandler,
 )
 from fastapi_channels.wire.errors import BrokerError, ConfigurationError
 
@@ -105,7 +104,7 @@ class _Batch:
     count: int = 0
 
 
-class RedisBroker(Broker):
+class RedisBroker(Broker, HistoryStore, PresenceStore):
     """Carries messages between processes through Redis pub/sub (``redis.asyncio``).
 
     Args:
@@ -136,7 +135,6 @@ class RedisBroker(Broker):
     """
 
     name = "redis"
-    capabilities = frozenset({"history", "presence"})
 
     def __init__(
         self,
@@ -208,8 +206,8 @@ class RedisBroker(Broker):
         """Return the Redis channel that carries ``topic``."""
         return self._channel_prefix + topic.encode("utf-8", "surrogatepass")
 
-    async def start(self, handler: MessageHandler, stored: StoredHandler | None = None) -> None:
-        """Connect to Redis and start delivering to ``handler`` (stored messages to ``stored``).
+    async def start(self, handler: MessageHandler) -> None:
+        """Connect to Redis and start delivering to ``handler``.
 
         Returns after the first connection attempt. If Redis is unreachable then, the broker
         does not fail: it logs a warning, stays ``connecting`` (unhealthy), delivers locally
@@ -218,7 +216,6 @@ class RedisBroker(Broker):
         if self._runner is not None:
             raise BrokerError("the broker is already started")
         self._handler = handler
-        self._stored_handler = stored
         self._set_state(BrokerState.CONNECTING)
         self._attempted.clear()
         self._runner = asyncio.create_task(self._run(), name="fastapi_channels.redis")

@@ -7,8 +7,8 @@ the member list and the missed messages, skipping stored messages the connection
 (same epoch, offset not above the last one sent). So a client sees, in order and once: the
 response, ``channels:presence``, the missed messages, then live ones.
 
-Only routes with presence or history have a `CatchUp`; other channels keep the plain
-fan-out.
+Only specs with presence or history have a `fastapi_channels.core.channel.CatchUp` (the
+table of held frames); other channels keep the plain fan-out.
 
 A whole process catches up too (`Reconnects`): while its broker is disconnected from
 Redis, the stored messages and presence announcements other processes publish do not reach it.
@@ -24,99 +24,34 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastapi_channels.brokers.base import Broker, BrokerState, Position
-from fastapi_channels.core.presence import PRESENCE_TOPIC, announcements, members_frame
+from pydantic_core import from_json
+
+from fastapi_channels.brokers.base import Broker, BrokerState
+from fastapi_channels.brokers.stores import HistoryStore, PresenceStore
+from fastapi_channels.core.channel import Held, LiveChannel, Subscription
+from fastapi_channels.core.outgoing import send
+from fastapi_channels.core.presence import PRESENCE_TOPIC, Presence, announcements, members_frame
+from fastapi_channels.core.topics import CHANNEL
 from fastapi_channels.wire.errors import BrokerError
-from fastapi_channels.wire.history import History, recover, with_position
+from fastapi_channels.wire.history import (
+    NO_ENTRIES,
+    History,
+    HistoryPage,
+    StoredMessage,
+    position_data,
+    recover,
+    with_position,
+)
+from fastapi_channels.wire.stored import Position
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping
+    from collections.abc import Mapping
 
-    from fastapi_channels.app.listeners import Subscription
-    from fastapi_channels.app.registry import ChannelRoute
     from fastapi_channels.core.connection import SocketConnection
 
-__all__ = ["CatchUp", "CaughtUp", "Held", "Reconnects", "push"]
+__all__ = ["CaughtUp", "Reconnects", "catch_up_subscriber", "history_page"]
 
 logger = logging.getLogger("fastapi_channels.catchup")
-
-
-@dataclass(frozen=True, slots=True)
-class Held:
-    """A frame held for a connection being caught up.
-
-    Attributes:
-        frame: the encoded packet.
-        position: its position, for a stored message.
-        filtered: whether it goes through the listener's outgoing filter (the listener's own
-            events do; presence announcements do not).
-    """
-
-    frame: str
-    position: Position | None = None
-    filtered: bool = True
-
-
-def push(connection: SocketConnection, subscription: Subscription, held: Held) -> None:
-    """Send one frame of ``subscription``'s channel to one connection (through its filter)."""
-    outgoing = subscription.route.outgoing
-    if outgoing is None or not held.filtered:
-        connection.push(held.frame)
-    else:
-        outgoing.fan_out((connection,), subscription, held.frame)
-
-
-class CatchUp:
-    """One presence or history route's live frames, held per connection being caught up."""
-
-    __slots__ = ("_held",)
-
-    def __init__(self) -> None:
-        self._held: dict[str, dict[SocketConnection, list[Held]]] = {}
-
-    def hold(self, channel: str, connection: SocketConnection) -> None:
-        """Hold ``channel``'s live frames for ``connection`` until `release`."""
-        self._held.setdefault(channel, {})[connection] = []
-
-    def holding(self, channel: str, connection: SocketConnection) -> bool:
-        """Whether frames are held for ``connection`` on ``channel``."""
-        return connection in self._held.get(channel, ())
-
-    def release(self, channel: str, connection: SocketConnection) -> list[Held] | None:
-        """Stop holding; return what was held (None if nothing was being held)."""
-        waiting = self._held.get(channel)
-        if waiting is None:
-            return None
-        held = waiting.pop(connection, None)
-        if not waiting:
-            del self._held[channel]
-        return held
-
-    def deliver(
-        self,
-        connections: Collection[SocketConnection],
-        subscription: Subscription,
-        held: Held,
-    ) -> None:
-        """Send a live frame to ``connections``, holding it for those being caught up."""
-        waiting = self._held.get(subscription.channel)
-        if waiting:
-            live = []
-            for connection in connections:
-                kept = waiting.get(connection)
-                if kept is None:
-                    live.append(connection)
-                else:
-                    kept.append(held)
-            connections = live
-        if not connections:
-            return
-        outgoing = subscription.route.outgoing
-        if outgoing is None or not held.filtered:
-            for connection in connections:
-                connection.push(held.frame)
-        else:
-            outgoing.fan_out(connections, subscription, held.frame)
 
 
 @dataclass(slots=True)
@@ -142,13 +77,13 @@ class CaughtUp:
     def finish(self, connection: SocketConnection) -> None:
         """Send the frames, then the held live ones not already sent, and stop holding."""
         sub = self.subscription
-        catch_up = sub.route.catch_up
+        catch_up = sub.spec.catch_up
         held = catch_up.release(sub.channel, connection) if catch_up is not None else None
         if held is None or connection.subscriptions.get(sub.channel) is not sub:
             return  # unsubscribed meanwhile
         last = self.last
         for item in self.frames:
-            push(connection, sub, item)
+            send((connection,), sub, item.frame, item.filtered)
         skip = self.skip
         for item in held:
             if skip is not None and item.frame == skip:
@@ -159,11 +94,108 @@ class CaughtUp:
                 if _already_sent(position, last):
                     continue  # among the missed messages
                 last = position
-            push(connection, sub, item)
+            send((connection,), sub, item.frame, item.filtered)
 
 
 def _already_sent(position: Position, last: Position | None) -> bool:
     return last is not None and position.epoch == last.epoch and position.offset <= last.offset
+
+
+async def catch_up_subscriber(
+    connection: SocketConnection,
+    sub: Subscription,
+    since: Position | None,
+    presence: Presence,
+    broker: Broker,
+    reconnects: Reconnects,
+) -> CaughtUp | None:
+    """Prepare what a new subscriber of a presence or history channel gets first.
+
+    Registers the connection's user as a member (presence), reads the member list and, for a
+    history channel, the messages after ``since``. Returns None when nothing is held for this
+    subscription (another kind of channel, or it was subscribed already). The caller sends the
+    subscribe response with `CaughtUp.fields`, then calls `CaughtUp.finish`, which also stops
+    holding live frames. Broker failures are logged, not raised: the member list is then left
+    out, and a history channel answers without a position (``recovered: false`` when
+    ``since`` was given).
+    """
+    spec = sub.spec
+    held = spec.catch_up
+    if held is None or not held.holding(sub.channel, connection):
+        return None
+    caught = CaughtUp(sub)
+    if spec.presence:
+        await presence.add(connection, sub)
+        caught.skip = presence.join_frame(sub.channel, connection.user_key)
+        try:
+            members = await presence.members(sub.channel)
+        except BrokerError as exc:
+            logger.warning("no member list for %r: %s", sub.channel, exc)
+        else:
+            caught.frames.append(Held(members_frame(sub.channel, members), filtered=False))
+    if spec.history is not None:
+        await _recover(caught, spec.history, sub.channel, since, broker, reconnects)
+    return caught
+
+
+async def _recover(
+    caught: CaughtUp,
+    history: History,
+    channel: str,
+    since: Position | None,
+    broker: Broker,
+    reconnects: Reconnects,
+) -> None:
+    after = NO_ENTRIES if since is None else since.offset
+    try:
+        if not isinstance(broker, HistoryStore):
+            raise BrokerError(f"the {broker.name} broker keeps no history")
+        stored = await broker.read_stored(CHANNEL + channel, history.retention, after)
+    except BrokerError as exc:
+        logger.warning("no history for %r: %s", channel, exc)
+        if since is not None:
+            caught.fields["recovered"] = False
+        return
+    position, missed, recovered = recover(stored, since)
+    reconnects.note(channel, Position(stored.top, stored.epoch))
+    caught.fields["position"] = position_data(position)
+    if since is not None:
+        caught.fields["recovered"] = recovered
+    caught.last = position
+    for entry in missed:
+        at = Position(entry.offset, stored.epoch)
+        caught.frames.append(Held(with_position(entry.data.decode(), at), at))
+        caught.last = at
+
+
+async def history_page(
+    store: HistoryStore,
+    topic: str,
+    history: History,
+    limit: int | None,
+    since: Position | None,
+) -> HistoryPage:
+    """Read a page of a history channel's retained messages (see `SocketServer.history`).
+
+    Raises:
+        BrokerError: the store could not be read.
+    """
+    stored = await store.read_stored(topic, history.retention, 0 if since is None else since.offset)
+    recovered: bool | None = None
+    entries = stored.entries
+    if since is not None:
+        recovered = recover(stored, since)[2]
+        if not recovered and since.epoch != stored.epoch:
+            entries = (await store.read_stored(topic, history.retention)).entries
+        entries = entries[:limit] if limit is not None else entries
+    elif limit is not None:
+        entries = entries[-limit:] if limit > 0 else []
+    messages = []
+    for entry in entries:
+        packet = from_json(entry.data)
+        position = Position(entry.offset, stored.epoch)
+        messages.append(StoredMessage(position, packet["event"], packet.get("data")))
+    return HistoryPage(messages, Position(stored.top, stored.epoch), recovered)
 
 
 class Reconnects:
@@ -171,14 +203,14 @@ class Reconnects:
 
     Args:
         broker: the process's broker.
-        channels: the server's local subscribers by channel (read, never changed).
+        channels: the server's live channels by name (read, never changed).
         topic: the broker topic of a channel name.
     """
 
     def __init__(
         self,
         broker: Broker,
-        channels: Mapping[str, set[SocketConnection]],
+        channels: Mapping[str, LiveChannel],
         topic: str,
     ) -> None:
         self._broker = broker
@@ -239,22 +271,21 @@ class Reconnects:
 
     async def _catch_up(self, channel: str) -> None:
         """Hold the channel's subscribers, read what they need, send it, then the held frames."""
-        subscribers = self._channels.get(channel)
-        first = next(iter(subscribers)).subscriptions.get(channel) if subscribers else None
-        route: ChannelRoute | None = first.route if first is not None else None
-        catch_up = route.catch_up if route is not None else None
-        if subscribers is None or route is None or catch_up is None:
+        live = self._channels.get(channel)
+        spec = live.spec if live is not None else None
+        catch_up = spec.catch_up if spec is not None else None
+        if live is None or spec is None or catch_up is None:
             return
-        waiting = [c for c in subscribers if not catch_up.holding(channel, c)]
+        waiting = [c for c in live.subscribers if not catch_up.holding(channel, c)]
         for connection in waiting:
             catch_up.hold(channel, connection)
         frames: list[Held] = []
         last = self._last.get(channel)
         try:
-            if route.presence:
+            if spec.presence:
                 frames += await self._members(channel)
-            if route.history is not None and last is not None:
-                frames += await self._missed(channel, route.history, last)
+            if spec.history is not None and last is not None:
+                frames += await self._missed(channel, spec.history, last)
         finally:
             for connection in waiting:
                 sub = connection.subscriptions.get(channel)
@@ -262,6 +293,8 @@ class Reconnects:
                     CaughtUp(sub, frames=list(frames), last=last).finish(connection)
 
     async def _members(self, channel: str) -> list[Held]:
+        if not isinstance(self._broker, PresenceStore):
+            return []
         try:
             members = await self._broker.presence_members(
                 PRESENCE_TOPIC + channel, announcements(channel)
@@ -272,6 +305,8 @@ class Reconnects:
         return [Held(members_frame(channel, members), filtered=False)]
 
     async def _missed(self, channel: str, history: History, last: Position) -> list[Held]:
+        if not isinstance(self._broker, HistoryStore):
+            return []
         try:
             stored = await self._broker.read_stored(
                 self._topic + channel, history.retention, last.offset

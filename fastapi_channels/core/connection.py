@@ -20,18 +20,18 @@ import logging
 import operator
 from collections import deque
 from collections.abc import Callable, Coroutine, MutableMapping
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi_channels.core._stepping import resume
 from fastapi_channels.core.stats import Stats
 from fastapi_channels.wire.errors import CloseCode, ConnectionClosed
+from fastapi_channels.wire.limits import OverflowPolicy
 from fastapi_channels.wire.protocol import DISCONNECT, encode
 
 if TYPE_CHECKING:
-    from fastapi_channels.app.listeners import Subscription
+    from fastapi_channels.core.channel import Subscription
 
-__all__ = ["OverflowPolicy", "SocketConnection", "Transport"]
+__all__ = ["BatchCache", "SocketConnection", "Transport"]
 
 logger = logging.getLogger("fastapi_channels.connection")
 
@@ -51,25 +51,33 @@ class Transport(Protocol):
         """Send a close frame."""
 
 
-class OverflowPolicy(StrEnum):
-    """What happens when a frame arrives for a connection whose outgoing queue is full."""
-
-    DROP_OLDEST = "drop-oldest"
-    """Discard the oldest queued frame to make room: the client misses old messages."""
-    DROP_NEWEST = "drop-newest"
-    """Discard the new frame: the client misses new messages."""
-    DISCONNECT = "disconnect"
-    """Discard the queue, send ``disconnect`` (reason ``too slow``) and close with 1013."""
-
-
 _BATCH_MAX = 100
 """The most packets one batched frame holds."""
 
-# The last batch built and its text. A burst of broadcasts leaves the same frames (the same
-# objects) waiting for every subscriber, so their batches are equal: built once, and, being
-# one object, framed once by a direct writer.
-_last_batch: tuple[list[str], str] = ([], "[]")
-"""The frames of the last batch and its text, as one tuple (one store: safe across threads)."""
+
+class BatchCache:
+    """The last batch built for the batching connections that share this cache, and its text.
+
+    A burst of broadcasts leaves the same frames (the same objects) waiting for every batching
+    subscriber, so their batches are equal: built once, and, being one object, framed once by
+    a direct writer. The endpoint gives every connection of one router the same cache; a
+    connection given none has its own, and builds its batches for itself.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        # The frames of the last batch and its text, as one tuple: replaced in one store.
+        self._last: tuple[list[str], str] = ([], "[]")
+
+    def text(self, queue: deque[str]) -> str:
+        """The batch of the frames in ``queue`` (at most `_BATCH_MAX`), as one JSON array."""
+        frames, text = self._last
+        if len(queue) != len(frames) or not all(map(operator.is_, queue, frames)):
+            frames = list(queue)
+            text = f"[{','.join(frames)}]"
+            self._last = (frames, text)
+        return text
 
 
 class SocketConnection:
@@ -90,6 +98,7 @@ class SocketConnection:
     __slots__ = (
         "__weakref__",
         "_batch",
+        "_batches",
         "_close_timeout",
         "_closed",
         "_closing",
@@ -124,6 +133,7 @@ class SocketConnection:
         stats: Stats | None = None,
         close_timeout: float = 5.0,
         direct: Callable[[str], bool] | None = None,
+        batches: BatchCache | None = None,
     ) -> None:
         self.id = id
         self.user = user
@@ -143,6 +153,7 @@ class SocketConnection:
         self._started = False
         self._batch = False
         self._flush_scheduled = False
+        self._batches = batches if batches is not None else BatchCache()
         self._writer: asyncio.Task[None] | None = None  # only while a send is pending
         self._stats = stats if stats is not None else Stats()
 
@@ -336,12 +347,7 @@ class SocketConnection:
         if not self._batch or len(queue) == 1:
             return queue.popleft()
         if len(queue) <= _BATCH_MAX:
-            global _last_batch
-            frames, text = _last_batch
-            if len(queue) != len(frames) or not all(map(operator.is_, queue, frames)):
-                frames = list(queue)
-                text = f"[{','.join(frames)}]"
-                _last_batch = (frames, text)
+            text = self._batches.text(queue)
             queue.clear()
             return text
         popleft = queue.popleft

@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 from pydantic_core import from_json
 
-from fastapi_channels.app.listeners import _current_subscription
+from fastapi_channels.core.channel import current_subscription
 from fastapi_channels.wire.history import Position, with_position
 from fastapi_channels.wire.protocol import encode
 
 if TYPE_CHECKING:
-    from fastapi_channels.app.listeners import Subscription
+    from fastapi_channels.core.channel import Subscription
     from fastapi_channels.core.connection import SocketConnection
 
-__all__ = ["DROP", "OutgoingFilter"]
+__all__ = ["DROP", "OutgoingFilter", "send"]
 
 logger = logging.getLogger("fastapi_channels.outgoing")
 
@@ -82,7 +82,7 @@ class OutgoingFilter:
             return
         hook, channel = self.hook, subscription.channel
         failures = 0
-        token = _current_subscription.set(subscription)
+        token = current_subscription.set(subscription)
         try:
             for connection in connections:
                 try:
@@ -104,6 +104,26 @@ class OutgoingFilter:
                             channel,
                         )
         finally:
-            _current_subscription.reset(token)
+            current_subscription.reset(token)
         if failures > 1:
             logger.error("outgoing filter failed for %d recipients of %r", failures, event)
+
+
+def send(
+    connections: Iterable[SocketConnection],
+    subscription: Subscription,
+    frame: str,
+    filtered: bool = True,
+) -> None:
+    """Hand a frame of ``subscription``'s channel to ``connections``: the one last step.
+
+    Through the channel's outgoing filter when it has one and ``filtered`` is true (the
+    listener's own events; presence announcements are not filtered), else the shared frame is
+    pushed to each connection unchanged. Never raises, never awaits.
+    """
+    outgoing = subscription.spec.outgoing
+    if outgoing is None or not filtered:
+        for connection in connections:
+            connection.push(frame)
+    else:
+        outgoing.fan_out(connections, subscription, frame)

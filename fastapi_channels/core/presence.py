@@ -33,13 +33,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydantic_core import from_json, to_json
 
-from fastapi_channels.app.listeners import _current_subscription
-from fastapi_channels.brokers.base import Announcements, Broker
+from fastapi_channels.brokers.base import Broker
+from fastapi_channels.brokers.stores import Announcements, PresenceStore
+from fastapi_channels.core.channel import current_subscription
 from fastapi_channels.wire.errors import BrokerError
 from fastapi_channels.wire.protocol import JOIN, LEAVE, PRESENCE
 
 if TYPE_CHECKING:
-    from fastapi_channels.app.listeners import Subscription
+    from fastapi_channels.core.channel import Subscription
     from fastapi_channels.core.connection import SocketConnection
 
 __all__ = ["PRESENCE_TOPIC", "Presence", "announcements"]
@@ -93,24 +94,37 @@ class Presence:
     """This process's presence: its members per channel, their writes, renewal and sweeps.
 
     Args:
-        broker: the broker that keeps presence (capability ``presence``).
+        broker: the process's broker; presence needs one that is a `PresenceStore`
+            (with another, every presence operation raises `BrokerError`).
         timeout: seconds after its last renewal before a process counts as dead.
     """
 
     def __init__(self, broker: Broker, timeout: float) -> None:
-        self.broker = broker
+        self._broker = broker
         self.timeout = timeout
         self._channels: dict[str, _Channel] = {}
         self._watched: set[str] = set()
         self._runner: asyncio.Task[None] | None = None
         self._failing = False
 
+    @property
+    def store(self) -> PresenceStore:
+        """The broker, as the store that keeps presence.
+
+        Raises:
+            BrokerError: the broker keeps no presence.
+        """
+        broker = self._broker
+        if not isinstance(broker, PresenceStore):
+            raise BrokerError(f"the {broker.name} broker keeps no presence")
+        return broker
+
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         """Start renewing and sweeping, every ``timeout / 3`` seconds."""
         if self._runner is None:
-            self._runner = asyncio.create_task(self._run(), name="fastapi_channels.core.presence")
+            self._runner = asyncio.create_task(self._run(), name="fastapi_channels.presence")
 
     async def stop(self) -> None:
         """Stop renewing and declare this process dead, so what it still holds is swept."""
@@ -123,7 +137,7 @@ class Presence:
         if writers:
             await asyncio.wait(writers, timeout=self.timeout)
         try:
-            await self.broker.presence_retire()
+            await self.store.presence_retire()
         except BrokerError as exc:
             logger.warning("could not retire this process's presence: %s", exc)
 
@@ -188,7 +202,7 @@ class Presence:
         Raises:
             BrokerError: the broker could not be read.
         """
-        return await self.broker.presence_members(PRESENCE_TOPIC + channel, announcements(channel))
+        return await self.store.presence_members(PRESENCE_TOPIC + channel, announcements(channel))
 
     async def count(self, channel: str) -> int:
         """How many members the channel has on every live process.
@@ -196,7 +210,7 @@ class Presence:
         Raises:
             BrokerError: the broker could not be read.
         """
-        return await self.broker.presence_count(PRESENCE_TOPIC + channel, announcements(channel))
+        return await self.store.presence_count(PRESENCE_TOPIC + channel, announcements(channel))
 
     def join_frame(self, channel: str, key: str | None) -> str | None:
         """The ``channels:join`` packet this process's member ``key`` of ``channel`` makes."""
@@ -228,7 +242,7 @@ class Presence:
         state.waiters.append(done)
         if state.writer is None:
             state.writer = asyncio.create_task(
-                self._writes(channel, state), name=f"fastapi_channels.core.presence {channel}"
+                self._writes(channel, state), name=f"fastapi_channels.presence {channel}"
             )
         await asyncio.shield(done)
 
@@ -262,7 +276,7 @@ class Presence:
         if state.dirty:
             state.dirty = False
             try:
-                await self.broker.presence_sync(topic, wanted, state.announce)
+                await self.store.presence_sync(topic, wanted, state.announce)
             except BaseException:
                 state.dirty = True
                 raise
@@ -273,7 +287,7 @@ class Presence:
         if not (join or leave):
             return
         try:
-            await self.broker.presence_update(topic, join, leave, state.announce)
+            await self.store.presence_update(topic, join, leave, state.announce)
         except BaseException:
             state.dirty = True
             raise
@@ -296,14 +310,14 @@ class Presence:
         next one.
         """
         try:
-            if not await self.broker.presence_renew(self.timeout):
+            if not await self.store.presence_renew(self.timeout):
                 for known in self._channels.values():
                     known.dirty = True
             watched = sorted(self._watched | set(self._channels))
             topics = {PRESENCE_TOPIC + c: self._held(c) for c in watched}
             announce = {PRESENCE_TOPIC + c: announcements(c) for c in watched}
             writes = {c: self._channels[c].writes for c in watched if c in self._channels}
-            differ = await self.broker.presence_sweep(topics, announce)
+            differ = await self.store.presence_sweep(topics, announce)
             for topic in differ:
                 channel = topic[len(PRESENCE_TOPIC) :]
                 state = self._channels.get(channel)
@@ -339,9 +353,12 @@ class Presence:
 async def _info(connection: SocketConnection, subscription: Subscription) -> bytes:
     """The member info of ``connection``'s user, as JSON bytes with an ``id``."""
     key = connection.user_key
-    token = _current_subscription.set(subscription)
+    token = current_subscription.set(subscription)
     try:
-        result = subscription.route.listener.member_info(connection, connection.user)
+        member_info = subscription.spec.member_info
+        if member_info is None:
+            return to_json({"id": key})
+        result = member_info(connection, connection.user)
         if inspect.isawaitable(result):
             result = await result
         info = dict(result)
@@ -351,4 +368,4 @@ async def _info(connection: SocketConnection, subscription: Subscription) -> byt
         logger.exception("member_info failed for %r in %r", key, subscription.channel)
         return to_json({"id": key})
     finally:
-        _current_subscription.reset(token)
+        current_subscription.reset(token)

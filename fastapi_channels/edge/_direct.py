@@ -5,7 +5,7 @@ a broadcast can frame its text once and hand those bytes to each socket. Through
 recipient's ``send`` instead encodes the text and frames it again, and goes through Starlette's
 wrapper coroutines, which together cost more than the rest of a delivery in Python.
 
-`find_direct_writer` finds, for one connection, the uvicorn protocol underneath the ASGI
+`DirectWrites.writer_for` finds, for one connection, the uvicorn protocol underneath the ASGI
 callables, but only where skipping ASGI changes nothing an application can see:
 
 - the server is uvicorn's ``websockets-sansio`` implementation (its default; the writer relies
@@ -25,6 +25,9 @@ refuses (returns ``False``) whenever the ASGI ``send`` would not complete at onc
 behind (uvicorn paused writing), the close was sent, the socket is closing or gone. The caller
 then uses ``send``, which waits or raises exactly as it always did, so ordering, backpressure
 and failure handling are uvicorn's own.
+
+The writers of one router share a `DirectWrites`, which finds them and holds the last frame
+built, so that a broadcast is framed once for all its recipients.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any
 
 from starlette.types import Send
 
-__all__ = ["COMPRESS_THRESHOLD", "DirectWriter", "find_direct_writer", "text_frame"]
+__all__ = ["COMPRESS_THRESHOLD", "DirectWriter", "DirectWrites", "text_frame"]
 
 logger = logging.getLogger("fastapi_channels.router")
 
@@ -91,21 +94,8 @@ def _unwrap(send: Any) -> Any:
     return send
 
 
-_last: tuple[str, bytes] = ("", b"\x81\x00")
-"""The last text framed and its frame, as one tuple: replaced in one store, so event loops in
-other threads never see a text paired with another text's frame."""
-
-
 def text_frame(text: str) -> bytes:
-    """One unmasked, final websocket text frame holding ``text``.
-
-    The last frame built is kept, keyed by the identity of its text, so a broadcast (one
-    ``str`` object handed to every recipient) is encoded and framed once, not per recipient.
-    """
-    global _last
-    last = _last
-    if last[0] is text:
-        return last[1]
+    """One unmasked, final websocket text frame holding ``text``."""
     payload = text.encode()
     size = len(payload)
     if size < 126:
@@ -114,9 +104,7 @@ def text_frame(text: str) -> bytes:
         header = bytes((0x81, 126)) + size.to_bytes(2, "big")
     else:
         header = bytes((0x81, 127)) + size.to_bytes(8, "big")
-    frame = header + payload
-    _last = (text, frame)
-    return frame
+    return header + payload
 
 
 COMPRESS_THRESHOLD = 1024
@@ -127,16 +115,18 @@ class DirectWriter:
     """Writes text frames for one connection straight to uvicorn's transport.
 
     Holds the uvicorn protocol, its transport and its "writable" event (objects the server
-    keeps anyway) and a size limit: one small object per connection.
+    keeps anyway), a size limit and the router's `DirectWrites`: one small object per
+    connection.
     """
 
-    __slots__ = ("_limit", "_protocol", "_transport", "_writable")
+    __slots__ = ("_limit", "_owner", "_protocol", "_transport", "_writable")
 
-    def __init__(self, protocol: Any, limit: int) -> None:
+    def __init__(self, protocol: Any, limit: int, owner: DirectWrites) -> None:
         self._protocol = protocol
         self._transport = protocol.transport
         self._writable = protocol.writable
         self._limit = limit
+        self._owner = owner
 
     def __call__(self, text: str) -> bool:
         """Write one text frame if ASGI ``send`` would complete at once; else return False.
@@ -150,42 +140,69 @@ class DirectWriter:
             or self._protocol.close_sent
         ):
             return False
-        self._transport.write(text_frame(text))
+        # The owner's last frame, checked here rather than through a call: this runs once per
+        # recipient, and a broadcast's recipients after the first all find their frame there.
+        last = self._owner._last
+        self._transport.write(last[1] if last[0] is text else self._owner.frame(text))
         return True
 
 
-def find_direct_writer(send: Send) -> DirectWriter | None:
-    """A direct writer for the connection behind this ASGI ``send``, or None (see module).
+class DirectWrites:
+    """Direct writes for the connections of one router: their writers and their last frame.
 
-    Never raises: a uvicorn whose protocol no longer has what the writer reads gets None (and
-    one warning in the log), so its connections send through ASGI as before.
+    `writer_for` finds a connection's writer (see the module); the writers it returns share
+    `frame`, which keeps the last text framed, so a broadcast (one ``str`` object handed to
+    every recipient) is encoded and framed once for all of them, not once per recipient. A
+    uvicorn whose protocol lacks what the writers read is reported once per router.
     """
-    global _warned
-    module = sys.modules.get(_SANSIO_MODULE)
-    if module is None:  # not served by uvicorn's websockets-sansio
-        return None
-    inner = _unwrap(send)
-    if getattr(inner, "__func__", None) is not getattr(module.WebSocketsSansIOProtocol, "send", 0):
-        return None
-    protocol: Any = inner.__self__
-    try:
-        extensions = protocol.conn.extensions
-        if not extensions:
-            limit = sys.maxsize
-        elif len(extensions) == 1 and extensions[0].name == "permessage-deflate":
-            limit = COMPRESS_THRESHOLD
-        else:
+
+    __slots__ = ("_last", "_warned")
+
+    def __init__(self) -> None:
+        # The last text framed and its frame, as one tuple: replaced in one store, so a reader
+        # never sees a text paired with another text's frame.
+        self._last: tuple[str, bytes] = ("", b"\x81\x00")
+        self._warned = False  # whether this router reported a uvicorn it cannot write to
+
+    def frame(self, text: str) -> bytes:
+        """`text_frame` of ``text``, built once for as long as ``text`` is the latest text."""
+        last = self._last
+        if last[0] is text:
+            return last[1]
+        frame = text_frame(text)
+        self._last = (text, frame)
+        return frame
+
+    def writer_for(self, send: Send) -> DirectWriter | None:
+        """A direct writer for the connection behind this ASGI ``send``, or None (see module).
+
+        Never raises: a uvicorn whose protocol no longer has what the writer reads gets None
+        (and one warning in the log), so its connections send through ASGI as before.
+        """
+        module = sys.modules.get(_SANSIO_MODULE)
+        if module is None:  # not served by uvicorn's websockets-sansio
             return None
-        writer = DirectWriter(protocol, limit)
-        # What the writer reads on every frame: present, or no direct writes at all.
-        _ = protocol.close_sent, writer._writable.is_set
-        _ = writer._transport.write, writer._transport.is_closing
-    except AttributeError as exc:
-        if not _warned:
-            _warned = True
-            logger.warning("direct writes are off: this uvicorn's protocol differs (%s)", exc)
-        return None
-    return writer
-
-
-_warned = False
+        inner = _unwrap(send)
+        if getattr(inner, "__func__", None) is not getattr(
+            module.WebSocketsSansIOProtocol, "send", 0
+        ):
+            return None
+        protocol: Any = inner.__self__
+        try:
+            extensions = protocol.conn.extensions
+            if not extensions:
+                limit = sys.maxsize
+            elif len(extensions) == 1 and extensions[0].name == "permessage-deflate":
+                limit = COMPRESS_THRESHOLD
+            else:
+                return None
+            writer = DirectWriter(protocol, limit, self)
+            # What the writer reads on every frame: present, or no direct writes at all.
+            _ = protocol.close_sent, writer._writable.is_set
+            _ = writer._transport.write, writer._transport.is_closing
+        except AttributeError as exc:
+            if not self._warned:
+                self._warned = True
+                logger.warning("direct writes are off: this uvicorn's protocol differs (%s)", exc)
+            return None
+        return writer

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import injector
 
+from fastapi_channels.app.building import build
 from fastapi_channels.app.dispatcher import Dispatcher
 from fastapi_channels.app.extensions import ConnectionExtension
 from fastapi_channels.app.listeners import ChannelListener, SocketListener
 from fastapi_channels.app.middleware import Middleware
 from fastapi_channels.app.registry import ListenerRegistry
-from fastapi_channels.brokers import Broker, create_broker
+from fastapi_channels.brokers import Broker, HistoryStore, PresenceStore, create_broker
 from fastapi_channels.core.server import SocketServer
 from fastapi_channels.edge import di
 from fastapi_channels.edge.users import SocketUserMixin
@@ -226,17 +227,21 @@ class Channels:
         if self.dispatcher is not None:
             raise ConfigurationError("this Channels is already running")
         broker = self.server.broker
-        for feature in ("history", "presence"):
-            if self.registry.uses(feature) and feature not in broker.capabilities:
+        needs = [
+            (self.registry.declares_history, HistoryStore, "history"),
+            (self.registry.declares_presence, PresenceStore, "presence"),
+        ]
+        for declared, store, feature in needs:
+            if declared and not isinstance(broker, store):
                 raise ConfigurationError(
                     f"a channel listener declares {feature}, which the {broker.name} broker "
-                    "does not support"
+                    f"does not keep (it is not a {store.__name__})"
                 )
         middleware = [
-            self.container.get(m) if isinstance(m, type) else m for m in self._middleware_spec
+            build(self.container, m) if isinstance(m, type) else m for m in self._middleware_spec
         ]
         self.registry.start(self.container, self.server, middleware)
-        self.server.bind(self.registry.channels)
+        self.server.bind(self.registry.specs)
         await self.server.start()
         self.dispatcher = Dispatcher(
             self.server, self.registry, self.limits, middleware, self.extensions

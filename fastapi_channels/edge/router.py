@@ -20,13 +20,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
 from fastapi_channels.auth.tokens import select_subprotocol
-from fastapi_channels.core.connection import SocketConnection
+from fastapi_channels.core.connection import BatchCache, SocketConnection
 from fastapi_channels.core.stats import Stats
 from fastapi_channels.edge import di
-from fastapi_channels.edge._direct import find_direct_writer
+from fastapi_channels.edge._direct import DirectWrites
 from fastapi_channels.edge.jsclient import CLIENT_SCRIPT, serve_client_script
 from fastapi_channels.wire.errors import CloseCode, Reject
 from fastapi_channels.wire.protocol import DISCONNECT, READY, encode
+from fastapi_channels.wire.text import printable
 
 if TYPE_CHECKING:
     from fastapi_channels.edge.channels import Channels
@@ -112,7 +113,7 @@ class _RefuseOnError:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handshake = _Handshake(scope, receive, send, self.stats)
-        _pending[id(scope)] = handshake
+        scope[_HANDSHAKE_KEY] = handshake
         handshake.arm(self.handshake_timeout)
         try:
             await self.app(scope, handshake.receive, handshake.send)
@@ -134,14 +135,14 @@ class _RefuseOnError:
             await handshake.refuse(_public_reason(exc), type(exc).__name__)
         finally:
             handshake.disarm()
-            _pending.pop(id(scope), None)
+            scope.pop(_HANDSHAKE_KEY, None)  # refused before the endpoint took it
 
 
 class _Handshake:
     """One connection's refusal guard: what it saw, and the server's own ``receive``/``send``.
 
     One small object per connection (rather than closures and their cells, which would live as
-    long as the connection); the endpoint finds it in ``_pending`` and, once
+    long as the connection); the endpoint takes it out of the scope (`_HANDSHAKE_KEY`) and, once
     accepted, reads and writes through the server's callables directly.
     """
 
@@ -224,13 +225,37 @@ class _Handshake:
             await self.raw_send(message)
 
 
-_pending: dict[int, _Handshake] = {}
-"""Handshakes by ``id(scope)``, from the guard to the endpoint, which takes its own out: once
-taken, nothing of it is left per connection (a context variable would leave a copied context;
-a scope key would grow every connection's scope dict)."""
+_HANDSHAKE_KEY = "fastapi_channels.handshake"
+"""The scope key under which the guard hands its `_Handshake` to the endpoint.
+
+FastAPI solves the user dependency between the two, so the handshake cannot be an argument.
+In the scope it travels with the connection itself: a layer that copies the scope copies it
+too (a table keyed by ``id(scope)`` would miss the copy), and nothing outside the connection
+holds it. The endpoint takes it out, and the guard does once the route returns, so the scope a
+connection keeps (`SocketConnection.scope`) holds none. It costs no memory: the scope's table
+grows to the same size with or without it (832 bytes under uvicorn 0.55 and FastAPI 0.165,
+whose scope has 21 keys when the guard runs and 23 at the endpoint), where a context variable
+would leave each connection's context a copy of its own.
+"""
 
 
-async def _serve(channels: Channels, websocket: WebSocket, user: Any = None) -> None:
+class _Shared:
+    """What the connections of one router share: one frame, and one batch, per broadcast.
+
+    Created by `build_router` and handed to each connection its endpoint creates: the direct
+    writers' frame cache (`DirectWrites`) and the batching connections' `BatchCache`.
+    """
+
+    __slots__ = ("batches", "direct")
+
+    def __init__(self) -> None:
+        self.direct = DirectWrites()
+        self.batches = BatchCache()
+
+
+async def _serve(
+    channels: Channels, shared: _Shared, websocket: WebSocket, user: Any = None
+) -> None:
     server = channels.server
     dispatcher = channels.dispatcher
     if dispatcher is None:
@@ -243,10 +268,10 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any = None) -> 
     # After the handshake, frames go straight through the route's ASGI callables: Starlette's
     # state checks and wrapper coroutines cost time per frame and a suspended frame per idle
     # connection, and cannot fail once accepted (the server's own calls raise instead).
-    handshake = _pending.pop(id(websocket.scope), None)  # the scope is alive: ids are unique
-    if handshake is not None:
+    handshake = websocket.scope.pop(_HANDSHAKE_KEY, None)
+    if isinstance(handshake, _Handshake):
         receive, send = handshake.raw_receive, handshake.raw_send
-        direct = find_direct_writer(send) if limits.direct_writes else None
+        direct = shared.direct.writer_for(send) if limits.direct_writes else None
     else:  # mounted without the guard: Starlette's own callables
         receive, send = websocket.receive, websocket.send
         direct = None
@@ -261,6 +286,7 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any = None) -> 
         stats=server.stats,
         close_timeout=limits.close_timeout,
         direct=direct,
+        batches=shared.batches,
     )
     try:
         await dispatcher.connect(connection)
@@ -274,7 +300,7 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any = None) -> 
     per_user = limits.max_connections_per_user
     key = connection.user_key
     if per_user is not None and key is not None and server.count_of(key) >= per_user:
-        logger.info("refusing user %s: too many connections", key)
+        logger.info("refusing user %s: too many connections", printable(key))
         await _refuse(websocket, server.stats, "too many connections", CloseCode.POLICY_VIOLATION)
         return
     await websocket.accept(subprotocol=select_subprotocol(websocket.scope.get("subprotocols", [])))
@@ -336,8 +362,8 @@ async def _serve(channels: Channels, websocket: WebSocket, user: Any = None) -> 
         await connection.wait_closed(limits.close_timeout)
 
 
-def _endpoint(channels: Channels) -> Callable[..., Any]:
-    """The FastAPI endpoint: ``_serve`` bound to ``channels``, with the user dependency.
+def _endpoint(channels: Channels, shared: _Shared) -> Callable[..., Any]:
+    """The FastAPI endpoint: ``_serve`` bound to the router's objects, with the user dependency.
 
     A ``partial`` with a signature rather than a wrapper function: a wrapper's frame would be
     kept, suspended, for each connection's whole life.
@@ -350,7 +376,7 @@ def _endpoint(channels: Channels) -> Callable[..., Any]:
                 "user", Parameter.POSITIONAL_OR_KEYWORD, default=Depends(dependency), annotation=Any
             )
         )
-    endpoint = functools.partial(_serve, channels)
+    endpoint = functools.partial(_serve, channels, shared)
     endpoint.__signature__ = Signature(parameters)  # type: ignore[attr-defined]
     return endpoint
 
@@ -394,7 +420,8 @@ def build_router(channels: Channels) -> APIRouter:
     The endpoint is a FastAPI websocket route (so the user dependency is solved by FastAPI,
     ``app.dependency_overrides`` included) wrapped in the refusal guard, and registered as a
     plain ASGI route so the guard survives ``include_router``. The JavaScript client is served
-    at ``<path>/client.js``.
+    at ``<path>/client.js``. The connections the endpoint serves share one `_Shared`, so that a
+    broadcast is framed, and batched, once for all of them.
     """
     overrides = _AppOverrides()
 
@@ -421,7 +448,7 @@ def build_router(channels: Channels) -> APIRouter:
     if channels.enabled:
         endpoint = APIWebSocketRoute(
             channels.path,
-            _endpoint(channels),
+            _endpoint(channels, _Shared()),
             name="fastapi_channels",
             dependency_overrides_provider=overrides,
         )

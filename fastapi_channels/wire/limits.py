@@ -2,11 +2,53 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
 
-from fastapi_channels.core.connection import OverflowPolicy
+from fastapi_channels.wire.errors import ConfigurationError
 
-__all__ = ["Limits"]
+__all__ = ["Limits", "OverflowPolicy"]
+
+
+class OverflowPolicy(StrEnum):
+    """What happens when a frame arrives for a connection whose outgoing queue is full."""
+
+    DROP_OLDEST = "drop-oldest"
+    """Discard the oldest queued frame to make room: the client misses old messages."""
+    DROP_NEWEST = "drop-newest"
+    """Discard the new frame: the client misses new messages."""
+    DISCONNECT = "disconnect"
+    """Discard the queue, send ``disconnect`` (reason ``too slow``) and close with 1013."""
+
+
+_COUNTS: Final = (
+    "max_message_size",
+    "max_name_length",
+    "max_subscriptions",
+    "queue_size",
+    "burst",
+    "rate_strikes",
+)
+"""Integers of at least 1."""
+_OPTIONAL_COUNTS: Final = ("max_connections", "max_connections_per_user")
+"""Integers of at least 1, or None for no limit."""
+_TIMEOUTS: Final = ("close_timeout", "handshake_timeout")
+"""Seconds above 0."""
+_SPANS: Final = ("shutdown_timeout", "reconnect_spread")
+"""Seconds, 0 or more: 0 gives in-flight handlers no time, or sends no reconnection hint."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """An int or a finite float, not a bool."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return _is_int(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +62,8 @@ class Limits:
         max_subscriptions: how many channels one connection may subscribe to; more are
             answered ``successful: false``.
         queue_size: how many frames may wait in one connection's outgoing queue.
-        overflow: what happens when that queue is full.
+        overflow: what happens when that queue is full: an `OverflowPolicy`, or its value
+            (``"drop-oldest"``, as read from a configuration file), which is converted.
         handler_timeout: seconds a handler, ``is_authorised`` or middleware hook may run for
             one packet before it is cancelled and answered with an error; None for no limit.
         close_timeout: seconds to wait for a peer to take the close frame before dropping it.
@@ -38,12 +81,20 @@ class Limits:
         shutdown_timeout: seconds in-flight handlers get to finish when the server stops,
             before every connection is closed with 1012.
         reconnect_spread: the upper bound, in seconds, of the random ``reconnect_after`` hint
-            sent with the shutdown ``disconnect``, so clients do not all reconnect at once.
+            sent with the shutdown ``disconnect``, so clients do not all reconnect at once;
+            0 sends no hint.
         direct_writes: under uvicorn's default websocket implementation, write each frame
             straight to the socket (a broadcast framed once for all its recipients) where no
             ASGI middleware wraps ``send``; frames that cannot be written at once, and frames
             over 1 KiB to a client that negotiated ``permessage-deflate`` (they are compressed),
             still go through ASGI ``send``. False sends every frame through ``send``.
+
+    Raises:
+        ConfigurationError: a value has the wrong type or is out of range; the message names
+            the field and what it accepts. Counts are integers of at least 1 (a bool is not
+            one); durations and ``rate`` are finite numbers, above 0 except for
+            ``shutdown_timeout`` and ``reconnect_spread`` (0 or more); ``direct_writes`` is a
+            bool.
     """
 
     max_message_size: int = 64 * 1024
@@ -62,3 +113,41 @@ class Limits:
     shutdown_timeout: float = 10.0
     reconnect_spread: float = 10.0
     direct_writes: bool = True
+
+    def __post_init__(self) -> None:
+        for name in _COUNTS:
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise _refuse(name, value, "an integer of at least 1")
+        for name in _OPTIONAL_COUNTS:
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise _refuse(name, value, "an integer of at least 1, or None")
+        for name in _TIMEOUTS:
+            value = getattr(self, name)
+            if not _is_number(value) or not value > 0:
+                raise _refuse(name, value, "a finite number of seconds above 0")
+        for name in _SPANS:
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                raise _refuse(name, value, "a finite number of seconds, 0 or more")
+        timeout = self.handler_timeout
+        if timeout is not None and (not _is_number(timeout) or not timeout > 0):
+            raise _refuse("handler_timeout", timeout, "a finite number of seconds above 0, or None")
+        rate = self.rate
+        if rate is not None and (not _is_number(rate) or not rate > 0):
+            raise _refuse("rate", rate, "a finite number of packets per second above 0, or None")
+        if not isinstance(self.direct_writes, bool):
+            raise _refuse("direct_writes", self.direct_writes, "True or False")
+        if not isinstance(self.overflow, OverflowPolicy):
+            try:
+                policy = OverflowPolicy(self.overflow)
+            except (ValueError, TypeError):
+                values = ", ".join(repr(p.value) for p in OverflowPolicy)
+                accepted = f"an OverflowPolicy or one of {values}"
+                raise _refuse("overflow", self.overflow, accepted) from None
+            object.__setattr__(self, "overflow", policy)
+
+
+def _refuse(name: str, value: object, accepted: str) -> ConfigurationError:
+    return ConfigurationError(f"Limits.{name} must be {accepted}, not {value!r}")

@@ -91,9 +91,11 @@ RESERVED_EVENTS: Final = frozenset(
 )
 """Event names no listener may handle."""
 
-CHANNEL_NAME_RE: Final = re.compile(r"[^\s\x00-\x1f\x7f*]+")
-"""A concrete channel name: no whitespace, control characters or ``*``."""
-_EVENT_NAME_RE: Final = re.compile(r"[^\x00-\x1f\x7f]+")
+_INVISIBLE: Final = "\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
+"""Invisible format characters: zero-width ones, bidi marks, embeddings, overrides, isolates."""
+CHANNEL_NAME_RE: Final = re.compile(f"[^\\s\\x00-\\x1f\\x7f-\\x9f*{_INVISIBLE}]+")
+"""A concrete channel name: no whitespace, control or invisible format characters, no ``*``."""
+_EVENT_NAME_RE: Final = re.compile(f"[^\\x00-\\x1f\\x7f-\\x9f{_INVISIBLE}]+")
 MAX_ID_LENGTH: Final = 64
 """The longest string ``id`` a client may put on a packet (it is echoed in the reply)."""
 _MAX_INT_ID: Final = 2**53 - 1
@@ -129,7 +131,7 @@ def validate_channel_name(name: object, max_length: int) -> str:
     if CHANNEL_NAME_RE.fullmatch(name) is None:
         raise ProtocolError(
             ErrorCode.INVALID_PACKET,
-            "channel may not contain whitespace, control characters or '*'",
+            "channel may not contain whitespace, control or invisible characters, or '*'",
         )
     return name
 
@@ -163,7 +165,7 @@ def decode_packet(text: str, max_name_length: int = 200) -> SocketPacket:
             raise ProtocolError(ErrorCode.INVALID_PACKET, f"event is longer than {max_name_length}")
         if _EVENT_NAME_RE.fullmatch(event) is None:
             raise ProtocolError(
-                ErrorCode.INVALID_PACKET, "event may not contain control characters"
+                ErrorCode.INVALID_PACKET, "event may not contain control or invisible characters"
             )
         channel = raw.get("channel")
         if channel is not None:

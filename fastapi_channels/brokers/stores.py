@@ -1,0 +1,188 @@
+"""What a broker may keep besides pub/sub: history and presence, shared by every process.
+
+Each is an interface a broker implements beside `fastapi_channels.brokers.base.Broker`; the
+server finds them by type (``isinstance(broker, HistoryStore)``). A broker without them is a
+pub/sub broker: every channel works on it except those declaring ``history`` or ``presence``,
+which ``Channels`` refuses at start-up.
+
+* `HistoryStore`: stored topics. `HistoryStore.publish_stored` appends a message to the
+  topic's history and publishes it, atomically, with its `Position` (an integer offset within
+  an epoch); `HistoryStore.read_stored` reads what is retained. Stored messages reach every
+  process through the handler given to `HistoryStore.deliver_stored_to`.
+* `PresenceStore`: who is in a topic, by member key, across processes. Each process registers
+  its own members and keeps itself alive with `PresenceStore.presence_renew`; the members of a
+  process that stops renewing are swept by the others. Joins and leaves are announced on the
+  topic itself (through the plain message handler), atomically with the change, so every
+  process sees them in one order.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+
+from fastapi_channels.wire.stored import Position, Retention, Stored, StoredEntry
+
+__all__ = [
+    "Announcements",
+    "HistoryStore",
+    "Position",
+    "PresenceStore",
+    "Retention",
+    "Stored",
+    "StoredEntry",
+    "StoredHandler",
+]
+
+StoredHandler = Callable[[str, bytes, Position], None]
+"""Called with ``(topic, data, position)`` for every stored message on a subscribed topic, in
+offset order. It runs on the event loop and must not block."""
+
+
+@dataclass(frozen=True, slots=True)
+class Announcements:
+    """How a presence topic announces its changes: a packet is ``prefix + info + suffix``.
+
+    ``info`` is the member's stored info (bytes given when it joined). The broker publishes
+    the result on the presence topic when a member joins (``join``) or leaves (``leave``),
+    atomically with the change.
+    """
+
+    join: tuple[bytes, bytes]
+    leave: tuple[bytes, bytes]
+
+
+class HistoryStore(ABC):
+    """A broker that keeps the last messages of stored topics, for every process.
+
+    Implementations call `_deliver_stored` for each stored message they receive; it reaches
+    the handler given to `deliver_stored_to` when this process is interested in the topic.
+    """
+
+    _stored_handler: StoredHandler | None = None
+    _interest: dict[str, int]  # the broker's interest counts (see `Broker`)
+
+    def deliver_stored_to(self, handler: StoredHandler | None) -> None:
+        """Send stored messages of subscribed topics to ``handler`` (None: send them nowhere)."""
+        self._stored_handler = handler
+
+    def _deliver_stored(self, topic: str, data: bytes, position: Position) -> None:
+        """Hand one received stored message to the server, if this process wants the topic."""
+        handler = self._stored_handler
+        if handler is not None and topic in self._interest:
+            handler(topic, data, position)
+
+    @abstractmethod
+    async def publish_stored(self, topic: str, data: bytes, retention: Retention) -> Position:
+        """Append ``data`` to ``topic``'s history and deliver it to every process, this one too.
+
+        The append and the publish are one atomic step, so every process receives a topic's
+        stored messages in offset order, each once; they arrive through the handler given to
+        `deliver_stored_to`, with their position. Unlike ``Broker.publish``, nothing is
+        delivered when the message cannot be stored.
+
+        Raises:
+            BrokerError: the message could not be stored (then it was delivered nowhere).
+        """
+
+    @abstractmethod
+    async def read_stored(self, topic: str, retention: Retention, after: int = 0) -> Stored:
+        """Read ``topic``'s retained messages with an offset above ``after``, oldest first.
+
+        Reading a topic that has no epoch yet gives it one, so a position read now stays valid
+        for the messages published next.
+
+        Raises:
+            BrokerError: the store could not be read.
+        """
+
+
+class PresenceStore(ABC):
+    """A broker that keeps who is in each presence topic, across processes."""
+
+    @abstractmethod
+    async def presence_update(
+        self,
+        topic: str,
+        join: Mapping[str, bytes],
+        leave: Collection[str],
+        announce: Announcements,
+    ) -> tuple[list[str], list[str]]:
+        """Register and unregister members of ``topic`` for this process, in one atomic step.
+
+        ``join`` maps member keys to their info; ``leave`` lists member keys. Both are
+        idempotent. A member no process held before joins the topic: its info is kept while
+        any process holds it, and the join is announced. A member no process holds any more
+        leaves it: the leave is announced. Returns the members whose join, and whose leave, was
+        announced.
+
+        Raises:
+            BrokerError: the store could not be reached (the
+                update may or may not have been applied).
+        """
+
+    @abstractmethod
+    async def presence_members(self, topic: str, announce: Announcements) -> dict[str, bytes]:
+        """Return ``topic``'s members and their info, from every live process.
+
+        Members of processes that stopped renewing are swept first (and their leaves
+        announced).
+
+        Raises:
+            BrokerError: the store could not be reached.
+        """
+
+    @abstractmethod
+    async def presence_count(self, topic: str, announce: Announcements) -> int:
+        """Return how many members ``topic`` has on every live process (sweeping as above).
+
+        Raises:
+            BrokerError: the store could not be reached.
+        """
+
+    @abstractmethod
+    async def presence_renew(self, timeout: float) -> bool:
+        """Declare this process alive for ``timeout`` more seconds.
+
+        Returns whether it was still alive before this call. False means its registrations may
+        have been swept (the first call, a renewal too late, a store that lost its data): the
+        caller should register its members again with `presence_sync`.
+
+        Raises:
+            BrokerError: the store could not be reached.
+        """
+
+    @abstractmethod
+    async def presence_sync(
+        self, topic: str, members: dict[str, bytes], announce: Announcements
+    ) -> None:
+        """Make this process's members of ``topic`` exactly ``members`` (key to info).
+
+        Members added or removed are announced as by `presence_update`.
+
+        Raises:
+            BrokerError: the store could not be reached.
+        """
+
+    @abstractmethod
+    async def presence_sweep(
+        self, topics: dict[str, int], announce: dict[str, Announcements]
+    ) -> list[str]:
+        """Sweep the members of dead processes out of ``topics``, announcing their leaves.
+
+        ``topics`` maps each topic to how many members this process believes it holds there;
+        the topics where the store disagrees are returned (they need `presence_sync`).
+        It also keeps the topics' records from expiring while this process uses them.
+
+        Raises:
+            BrokerError: the store could not be reached.
+        """
+
+    @abstractmethod
+    async def presence_retire(self) -> None:
+        """Declare this process dead at once, so its remaining members are swept.
+
+        Raises:
+            BrokerError: the store could not be reached.
+        """

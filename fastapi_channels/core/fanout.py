@@ -1,0 +1,243 @@
+"""The fan-out: what the broker delivers, handed to this process's subscribers in order.
+
+Every process receives each message once from its broker, decodes the bytes once and hands the
+same ``str`` to each local recipient, synchronously, without awaiting any socket (see
+`SocketConnection.push`). A channel frame takes one last step,
+`fastapi_channels.core.outgoing.send`: through the channel's outgoing filter when it has one,
+else unchanged; on a presence or history channel it is first held for subscribers being caught
+up (`fastapi_channels.core.channel.CatchUp`).
+
+A fan-out to more than ``FAN_OUT_CHUNK`` connections is cut into chunks with a turn of the event
+loop between them, so a broadcast to a huge channel never blocks the loop for long: a chunk is at
+most ``FAN_OUT_CHUNK`` connections, and fewer when the last chunk showed that many would take
+longer than ``FAN_OUT_TURN`` seconds, so a slow or busy machine is held no longer than a fast one.
+Fan-outs then run strictly in arrival order, so every connection still gets its frames in
+publish order. While more than ``BACKLOG_LIMIT`` fan-outs wait, publishers of this process wait
+for the backlog to drain (`FanOut.wait_drained`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Final
+
+from fastapi_channels.core import topics
+from fastapi_channels.core.channel import Held, LiveChannel
+from fastapi_channels.core.outgoing import send
+from fastapi_channels.core.presence import PRESENCE_TOPIC
+from fastapi_channels.wire.errors import CloseCode
+from fastapi_channels.wire.history import with_position
+
+if TYPE_CHECKING:
+    from fastapi_channels.core.catchup import Reconnects
+    from fastapi_channels.core.connection import SocketConnection
+    from fastapi_channels.wire.stored import Position
+
+__all__ = ["BACKLOG_LIMIT", "FAN_OUT_CHUNK", "FAN_OUT_TURN", "FanOut", "deliver"]
+
+logger = logging.getLogger("fastapi_channels.server")
+
+FAN_OUT_CHUNK: Final = 1000
+"""Connections served in one go (a few milliseconds); a larger fan-out yields between chunks."""
+FAN_OUT_TURN: Final = 0.010
+"""Seconds one chunk should take at most; the chunk size follows the measured speed."""
+_FAN_OUT_MIN: Final = 100
+"""The smallest chunk, whatever the speed."""
+BACKLOG_LIMIT: Final = 32
+"""Fan-outs waiting for their turn above which publishers wait (`FanOut.wait_drained`)."""
+
+
+class _Job:
+    """A fan-out in progress: the recipients fixed at arrival, and how far it got."""
+
+    __slots__ = ("connections", "filtered", "frame", "index", "live", "position")
+
+    def __init__(
+        self,
+        connections: list[SocketConnection],
+        frame: str,
+        live: LiveChannel | None,
+        position: Position | None,
+        filtered: bool,
+    ):
+        self.connections = connections
+        self.frame = frame
+        self.live = live
+        self.position = position
+        self.filtered = filtered
+        self.index = 0
+
+
+def deliver(
+    connections: Collection[SocketConnection],
+    frame: str,
+    live: LiveChannel | None,
+    position: Position | None = None,
+    filtered: bool = True,
+) -> None:
+    """Hand ``frame`` to ``connections`` now, a channel's through its holding and filter.
+
+    A plain event (``live`` None) goes to each connection as it is; a channel event is held for
+    subscribers being caught up, then goes through the channel's outgoing filter, if any.
+
+    ``position`` is a stored message's; ``filtered=False`` (presence announcements) skips the
+    outgoing filter.
+    """
+    if not connections:
+        return
+    if live is None:
+        for connection in connections:
+            connection.push(frame)
+        return
+    subscription = live.subscription
+    catch_up = subscription.spec.catch_up
+    if catch_up is not None:
+        connections = catch_up.keep(live.name, connections, Held(frame, position, filtered))
+    send(connections, subscription, frame, filtered)
+
+
+class FanOut:
+    """This process's side of every broker message: routing by topic, then delivery in turn.
+
+    Args:
+        channels: the server's live channels by name (read, never changed here).
+        users: the server's connections by user key (read, never changed here).
+        reconnects: told of each stored message delivered (its position).
+    """
+
+    def __init__(
+        self,
+        channels: Mapping[str, LiveChannel],
+        users: Mapping[str, tuple[SocketConnection, ...]],
+        reconnects: Reconnects,
+    ) -> None:
+        self._channels = channels
+        self._users = users
+        self._reconnects = reconnects
+        self._backlog: deque[_Job] = deque()
+        self._drained: asyncio.Future[None] | None = None
+        self._chunk = FAN_OUT_CHUNK  # connections per chunk, learned from the last one's time
+
+    @property
+    def behind(self) -> bool:
+        """Whether more than ``BACKLOG_LIMIT`` fan-outs wait for their turn."""
+        return len(self._backlog) > BACKLOG_LIMIT
+
+    # ------------------------------------------------------------------ from the broker
+
+    def on_message(self, topic: str, data: bytes) -> None:
+        """Route one message the broker delivered: a channel's, a user's or an announcement."""
+        if topic.startswith(topics.CHANNEL):
+            live = self._channels.get(topic[2:])
+            if live is not None:
+                self.send(live.subscribers, data.decode(), live)
+            return
+        if topic.startswith(PRESENCE_TOPIC):
+            live = self._channels.get(topic[2:])
+            if live is not None:  # a presence announcement: a plain event, never filtered
+                self.send(live.subscribers, data.decode(), live, filtered=False)
+            return
+        targets = self._users.get(topic[2:])
+        if targets:
+            self._on_user_message(topic, targets, data)
+
+    def _on_user_message(
+        self, topic: str, targets: tuple[SocketConnection, ...], data: bytes
+    ) -> None:
+        kind, body = data[:1], data[1:]
+        if kind == topics.USER_EVENT:
+            self.send(targets, body.decode(), None)
+        elif kind == topics.USER_CHANNEL_EVENT:
+            channel, _, frame = body.partition(b"\n")
+            live = self._channels.get(channel.decode())
+            if live is not None:
+                subscribed = [c for c in targets if c in live.subscribers]
+                self.send(subscribed, frame.decode(), live)
+        elif kind == topics.USER_DISCONNECT:
+            reason = body.decode()
+            for connection in targets:
+                connection.close_soon(CloseCode.NORMAL, reason)
+        else:
+            logger.error("dropping a message of unknown kind %r on %s", kind, topic)
+
+    def on_stored(self, topic: str, data: bytes, position: Position) -> None:
+        """Route a stored message of a history channel: delivered with its position."""
+        name = topic[2:]
+        live = self._channels.get(name)
+        if live is not None and live.subscribers:
+            self._reconnects.saw(name, position)
+            self.send(live.subscribers, with_position(data.decode(), position), live, position)
+
+    # ------------------------------------------------------------------ in turn
+
+    def send(
+        self,
+        connections: Collection[SocketConnection],
+        frame: str,
+        live: LiveChannel | None,
+        position: Position | None = None,
+        filtered: bool = True,
+    ) -> None:
+        """Hand ``frame`` to ``connections``: now if few and nothing waits, else in turn."""
+        if not connections:
+            return
+        if not self._backlog and len(connections) <= FAN_OUT_CHUNK:
+            deliver(connections, frame, live, position, filtered)
+            return
+        self._backlog.append(_Job(list(connections), frame, live, position, filtered))
+        if len(self._backlog) == 1:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Serve one chunk of waiting fan-outs, oldest first, and size the next from its time.
+
+        A recipient that unsubscribed from the channel since the message arrived is skipped:
+        no connection is sent an event for a channel it is not subscribed to.
+        """
+        backlog = self._backlog
+        budget = size = self._chunk
+        started = time.perf_counter()
+        while backlog and budget > 0:
+            job = backlog[0]
+            start = job.index
+            end = min(start + budget, len(job.connections))
+            chunk = job.connections[start:end]
+            live = job.live
+            if live is not None:
+                name = live.name
+                chunk = [c for c in chunk if name in c.subscriptions]
+            deliver(chunk, job.frame, live, job.position, job.filtered)
+            budget -= end - start
+            job.index = end
+            if end == len(job.connections):
+                backlog.popleft()
+        served, took = size - budget, time.perf_counter() - started
+        if took > 0:
+            fitting = int(served * FAN_OUT_TURN / took)
+            self._chunk = max(_FAN_OUT_MIN, min(FAN_OUT_CHUNK, fitting))
+        if backlog:
+            asyncio.get_running_loop().call_soon(self._drain)
+        else:
+            self._release_waiters()
+
+    async def wait_drained(self) -> None:
+        """Return once no fan-out waits for its turn (shielded: cancelling one waiter is fine)."""
+        if not self._backlog:
+            return
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._drained)
+
+    def clear(self) -> None:
+        """Drop every waiting fan-out (the server stops) and release the waiting publishers."""
+        self._backlog.clear()
+        self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)

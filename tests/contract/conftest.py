@@ -1,0 +1,135 @@
+"""The contract suite's fixtures: one deployment of processes per broker, and their inboxes.
+
+A `Deployment` makes brokers of one kind that behave as processes of one deployment: memory
+brokers share a `MemoryHub`, Redis brokers the shared test server under a prefix of the test's
+own, pub/sub-only brokers a `PubSubNetwork`. Each started broker is a `Node` with an `Inbox`
+that records what it delivered, plain or stored, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from fastapi_channels.brokers import Broker, HistoryStore, MemoryBroker, MemoryHub, PresenceStore
+from fastapi_channels.brokers.base import BrokerState
+from fastapi_channels.brokers.stores import Position
+from tests.pubsub_broker import PubSubBroker, PubSubNetwork
+
+TIMEOUT = 5.0
+"""Seconds any wait of the suite may take before the test fails."""
+
+Delivery = tuple[str, bytes, Position | None]
+"""What a broker delivered: topic, data, and the position of a stored message (else None)."""
+
+
+class Inbox:
+    """What a broker delivered, in order, plain and stored messages alike."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Delivery] = asyncio.Queue()
+
+    def plain(self, topic: str, data: bytes) -> None:
+        self.queue.put_nowait((topic, data, None))
+
+    def stored(self, topic: str, data: bytes, position: Position) -> None:
+        self.queue.put_nowait((topic, data, position))
+
+    async def get(self) -> Delivery:
+        async with asyncio.timeout(TIMEOUT):
+            return await self.queue.get()
+
+    async def take(self, count: int) -> list[Delivery]:
+        async with asyncio.timeout(TIMEOUT):
+            return [await self.queue.get() for _ in range(count)]
+
+    def assert_empty(self) -> None:
+        assert self.queue.empty(), f"unexpected delivery {self.queue.get_nowait()!r}"
+
+
+@dataclass
+class Node:
+    """A started broker, one process of the deployment, with what it delivered."""
+
+    broker: Broker
+    inbox: Inbox
+
+    @property
+    def history(self) -> HistoryStore:
+        assert isinstance(self.broker, HistoryStore)
+        return self.broker
+
+    @property
+    def presence(self) -> PresenceStore:
+        assert isinstance(self.broker, PresenceStore)
+        return self.broker
+
+
+@dataclass
+class Deployment:
+    """Makes and starts brokers of one kind, as processes of one deployment."""
+
+    kind: type[Broker]
+    make: Callable[[], Broker]
+    nodes: list[Node] = field(default_factory=list)
+
+    def require(self, store: type) -> None:
+        """Skip the test unless this kind of broker implements ``store``: found by type."""
+        if not issubclass(self.kind, store):
+            pytest.skip(f"{self.kind.__name__} is not a {store.__name__}")
+
+    async def start(self, broker: Broker | None = None) -> Node:
+        """Start ``broker`` (a new one by default) as the server does, with a fresh inbox."""
+        broker = broker if broker is not None else self.make()
+        inbox = Inbox()
+        if isinstance(broker, HistoryStore):
+            broker.deliver_stored_to(inbox.stored)  # before start, as the server does
+        await broker.start(inbox.plain)
+        node = Node(broker, inbox)
+        self.nodes.append(node)
+        return node
+
+    async def stop(self) -> None:
+        for node in self.nodes:
+            if node.broker.state is not BrokerState.STOPPED:
+                await node.broker.stop()
+
+
+@pytest.fixture(params=["memory", "redis", "pubsub-only"])
+async def deployment(request: pytest.FixtureRequest) -> AsyncIterator[Deployment]:
+    """A deployment of one kind of broker; every test using it runs on each kind."""
+    if request.param == "memory":
+        hub = MemoryHub()
+        made = Deployment(MemoryBroker, lambda: MemoryBroker(hub))
+    elif request.param == "redis":
+        from fastapi_channels.brokers.redis import RedisBroker
+
+        url: str = request.getfixturevalue("redis_url")
+        prefix: str = request.getfixturevalue("redis_prefix")
+        made = Deployment(RedisBroker, lambda: RedisBroker(url, prefix=prefix))
+    else:
+        network = PubSubNetwork()
+        made = Deployment(PubSubBroker, lambda: PubSubBroker(network))
+    try:
+        yield made
+    finally:
+        await made.stop()
+
+
+async def fence(publisher: Node, *receivers: Node) -> None:
+    """Publish a marker from ``publisher`` and require it to be each receiver's next delivery.
+
+    A process's messages reach another in the order it published them, so whatever
+    ``publisher`` published before the marker has then arrived: what did not, will not. For a
+    process's own messages (which a broker may deliver locally at once), fence from another
+    process, so an echo of them would have come before the marker.
+    """
+    for receiver in receivers:
+        await receiver.broker.subscribe("fence")
+    await publisher.broker.publish("fence", b"")
+    for receiver in receivers:
+        assert await receiver.inbox.get() == ("fence", b"", None)
+        await receiver.broker.unsubscribe("fence")
