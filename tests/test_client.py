@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
@@ -13,7 +15,7 @@ import httpx
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from fastapi_channels import Limits
+from fastapi_channels import ChannelsError, Limits
 from fastapi_channels.client import (
     Backoff,
     Channel,
@@ -404,6 +406,44 @@ def test_the_public_names_of_the_client() -> None:
     assert all(hasattr(module, name) for name in module.__all__)
 
 
+async def test_a_reply_error_keeps_the_server_s_error_whole() -> None:
+    problems = [{"loc": ["b"], "msg": "Field required", "type": "missing"}]
+    errors: dict[str, Any] = {
+        "typed": {"code": "invalid-data", "message": "1 validation error", "errors": problems},
+        "odd": "not an object",
+    }
+
+    async def replying_server(ws: ServerConnection) -> None:
+        await ws.send('{"event": "ready", "data": {"id": "x"}}')
+        async for frame in ws:
+            packet = json.loads(frame)
+            if packet["event"] == "slow":  # answered as the server's rate limit answers
+                data = {"id": packet["id"], "code": "rate-limited", "message": "slow down"}
+                await ws.send(json.dumps({"event": "channels:error", "data": data}))
+            else:
+                error = errors[packet["event"]]
+                await ws.send(
+                    json.dumps({"event": "channels:reply", "id": packet["id"], "error": error})
+                )
+
+    async with serve(replying_server, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with client(f"127.0.0.1:{port}", reconnect=False) as c:
+            with pytest.raises(ReplyError) as typed:
+                await c.request("typed")
+            with pytest.raises(ReplyError) as odd:
+                await c.request("odd")
+            with pytest.raises(ReplyError) as slow:
+                await c.request("slow")
+    assert isinstance(typed.value, ChannelsError)
+    assert (typed.value.code, typed.value.message) == ("invalid-data", "1 validation error")
+    assert (typed.value.errors, typed.value.error) == (problems, errors["typed"])
+    assert str(typed.value) == "1 validation error"
+    assert (odd.value.code, odd.value.message, odd.value.errors) == (None, "not an object", [])
+    assert odd.value.error == {"message": "not an object"}
+    assert (slow.value.code, str(slow.value)) == ("rate-limited", "slow down")
+
+
 async def test_unexpected_frames_are_logged_never_raised(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "fastapi_channels.client")
 
@@ -484,6 +524,7 @@ async def test_requests_answered_by_the_server_s_listeners(address: str) -> None
         with pytest.raises(ReplyError) as refused:
             await c.request("add", {"a": "x"})
         assert (refused.value.code, str(refused.value)) == ("rejected", "a and b must be numbers")
+        assert refused.value.message == "a and b must be numbers"
         with pytest.raises(ReplyError) as unknown:
             await c.request("no-such-event")
         assert unknown.value.code == "unknown-event"
@@ -551,6 +592,38 @@ async def test_renew_before_renews_on_its_own(jwt_address: str) -> None:
         assert first["successful"] and second["successful"]
         assert second["expires_at"] >= first["expires_at"]
         assert c.id == first_id
+
+
+async def test_an_automatic_renewal_the_server_cannot_answer_is_logged() -> None:
+    claims = base64.urlsafe_b64encode(json.dumps({"exp": time.time() + 0.2}).encode())
+    short_lived = f"e30.{claims.decode().rstrip('=')}.sig"  # renewed after 0.1 s
+    logged = asyncio.Event()
+
+    class Notify(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("renewing the token failed"):
+                logged.set()
+
+    async def no_renewal_server(ws: ServerConnection) -> None:
+        await ws.send('{"event": "ready", "data": {"id": "x"}}')
+        async for frame in ws:
+            packet = json.loads(frame)
+            error = {"code": "unknown-event", "message": "no handler for event"}
+            await ws.send(
+                json.dumps({"event": "channels:reply", "id": packet["id"], "error": error})
+            )
+
+    handler = Notify()
+    logging.getLogger("fastapi_channels.client").addHandler(handler)
+    try:
+        async with serve(no_renewal_server, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            c = client(f"127.0.0.1:{port}", token=lambda: short_lived, renew_before=10)
+            async with c, asyncio.timeout(5):
+                await logged.wait()
+                assert c.connected
+    finally:
+        logging.getLogger("fastapi_channels.client").removeHandler(handler)
 
 
 async def test_an_expired_token_closes_with_4001_and_a_fresh_one_reconnects(

@@ -1,3 +1,5 @@
+import pytest
+
 import fastapi_channels
 
 EXPORTED = {
@@ -45,3 +47,27 @@ def test_every_exception_derives_from_the_base() -> None:
         value = getattr(fastapi_channels, name)
         if isinstance(value, type) and issubclass(value, Exception):
             assert issubclass(value, fastapi_channels.ChannelsError), name
+
+
+def test_every_public_name_imports_by_name() -> None:
+    for name in EXPORTED:
+        namespace: dict[str, object] = {}
+        exec(f"from fastapi_channels import {name}", namespace)
+        assert namespace[name] is getattr(fastapi_channels, name)
+
+
+def test_an_unknown_name_fails_as_in_any_module() -> None:
+    with pytest.raises(AttributeError, match="has no attribute 'Nothing'"):
+        fastapi_channels.Nothing  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(ImportError):
+        from fastapi_channels import Nothing  # type: ignore[attr-defined]  # noqa: F401
+
+
+def test_one_reply_error_for_the_clients_and_the_test_client() -> None:
+    from fastapi_channels.client import ReplyError as ClientReplyError
+    from fastapi_channels.client.errors import ReplyError as ClientErrorsReplyError
+    from fastapi_channels.wire.errors import ReplyError
+
+    assert fastapi_channels.ReplyError is ReplyError
+    assert ClientReplyError is ReplyError
+    assert ClientErrorsReplyError is ReplyError

@@ -53,7 +53,9 @@ async def subscriber(url: str) -> websockets.ClientConnection:
     return ws
 
 
-def stalled_peer(address: str, subscribe: bool = True, small_buffer: bool = True) -> socket.socket:
+def stalled_peer(
+    address: str, subscribe: bool = True, small_buffer: bool = True, path: str = "/ws"
+) -> socket.socket:
     """A websocket client that completes the handshake, subscribes, reads the answer, and
     never reads again. Blocking: run it in a thread."""
     host, port = address.split(":")
@@ -63,7 +65,7 @@ def stalled_peer(address: str, subscribe: bool = True, small_buffer: bool = True
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         (
-            f"GET /ws HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
@@ -279,3 +281,56 @@ async def test_a_handler_that_raises_or_hangs_fails_only_that_request_over_the_w
         await faulty.send(json.dumps({"event": "say", "channel": "risky", "data": "still here"}))
         for ws in (faulty, bystander):
             assert json.loads(await ws.recv())["data"] == "still here"
+
+
+def closed_by_server(sock: socket.socket, limit: int = 64 * 1024 * 1024) -> bool:
+    """Read ``sock`` to its end (a FIN or a reset); False if ``limit`` bytes come first.
+    Blocking, with the socket's own timeout: run it in a thread."""
+    read = 0
+    try:
+        while read < limit:
+            chunk = sock.recv(65_536)
+            if not chunk:
+                return True
+            read += len(chunk)
+    except ConnectionResetError:
+        return True
+    return False
+
+
+async def test_a_peer_that_never_reads_is_aborted_and_counted_until_its_socket_is_gone() -> None:
+    channels, app = build(queue_size=50, close_timeout=0.3, max_connections_per_user=1)
+    async with live_server(app) as address:
+        async with asyncio.timeout(5):
+            stalled_socket = await asyncio.to_thread(stalled_peer, address, path="/ws?user=ann")
+        try:
+            (stalled,) = channels.server.connections
+            gone = asyncio.Event()
+            remove = channels.server.remove_connection
+
+            async def spy(connection: SocketConnection) -> None:
+                await remove(connection)
+                if connection is stalled:
+                    gone.set()
+
+            channels.server.remove_connection = spy  # type: ignore[method-assign]
+            big = "x" * 65_536
+            for _ in range(2_000):  # fill the socket's buffers, then the queue: 1013
+                if not stalled.is_open:
+                    break
+                await channels.server.broadcast(Room, "room", "fill", big)
+                await asyncio.sleep(0)
+            assert not stalled.is_open
+            # Closing but not gone: ann's one allowed connection is still taken.
+            async with websockets.connect(f"ws://{address}/ws?user=ann") as refused:
+                assert json.loads(await refused.recv())["data"]["reason"] == "too many connections"
+            # After close_timeout the server drops the socket itself, and only then forgets it.
+            async with asyncio.timeout(10):
+                await gone.wait()
+            stalled_socket.settimeout(10)
+            assert await asyncio.to_thread(closed_by_server, stalled_socket)
+            assert channels.server.count_of("ann") == 0
+            async with websockets.connect(f"ws://{address}/ws?user=ann") as again:
+                assert json.loads(await again.recv())["event"] == "ready"
+        finally:
+            stalled_socket.close()

@@ -1,73 +1,79 @@
 """The asyncio client: one websocket to a fastapi_channels (or Envuso) server, kept alive.
 
-One reader task per client reads every frame, answers subscriptions and replies, runs
-callbacks and feeds packet streams. When the connection is lost it reconnects with the
-`Backoff` policy, asks the token provider again before
-each attempt, and subscribes again to every channel.
+`ChannelsClient` is the public face and owns the connection's life: it connects, runs one
+reader task that reads every frame and routes it by event, and decides after each loss
+whether to reconnect. Each concern it routes to is a part of its own:
+
+- `_handshake`: one connection attempt (the token, its transport, the handshake, ``ready``);
+- `_reconnect`: the attempts spaced by the `Backoff` policy;
+- `_subscriptions`: the channels, the server's answers, history positions, presence members;
+- `_delivery`: packet streams and callbacks, and the client's own ``channels:`` events;
+- `_replies`: request ids and the requests waiting for their replies;
+- `_renewal`: the timer that renews the token in-band before it expires.
+
+Under failure: a lost connection fails the requests waiting for a reply (they are never sent
+twice), puts every channel back to pending and reconnects with the backoff, asking the token
+provider again before each attempt and subscribing again once ready. A refusal, a close code
+the policy does not retry, or the policy giving up stops the client for good: subscriptions
+still awaited fail with `ConnectionClosed` and every stream ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
-import inspect
 import json
 import logging
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed as WebSocketClosed
-from websockets.exceptions import InvalidHandshake, InvalidURI
-from websockets.typing import Subprotocol
 
+from fastapi_channels.client._delivery import Delivery
+from fastapi_channels.client._handshake import (
+    TokenProvider,
+    TokenTransport,
+    close_details,
+    fetch_token,
+    open_connection,
+)
+from fastapi_channels.client._reconnect import connect_with_backoff
+from fastapi_channels.client._renewal import RenewalTimer, jwt_expiry
+from fastapi_channels.client._replies import PendingRequests
+from fastapi_channels.client._subscriptions import Subscriptions
 from fastapi_channels.client.backoff import Backoff, should_reconnect
 from fastapi_channels.client.channel import Channel
-from fastapi_channels.client.errors import (
-    ConnectFailed,
-    ConnectionClosed,
-    Refused,
-    RenewalError,
-    ReplyError,
-)
+from fastapi_channels.client.errors import ConnectionClosed, Refused, RenewalError
 from fastapi_channels.client.listeners import Listeners
-from fastapi_channels.client.packets import Packet, PacketStream, parse_packet, parse_position
-from fastapi_channels.wire.history import Position, position_data
+from fastapi_channels.client.packets import Packet, PacketStream, parse_packet
+from fastapi_channels.wire.history import Position
+from fastapi_channels.wire.protocol import (
+    AUTHENTICATE,
+    DISCONNECT,
+    ERROR,
+    JOIN,
+    LEAVE,
+    PING,
+    PONG,
+    PRESENCE,
+    REPLY,
+    SUBSCRIBE_RESPONSE,
+)
 
 __all__ = ["ChannelsClient", "ClientState", "TokenProvider", "TokenTransport"]
 
 logger = logging.getLogger("fastapi_channels.client")
 
-TokenProvider = Callable[[], str | None] | Callable[[], Awaitable[str | None]]
-TokenTransport = Literal["subprotocol", "bearer", "header", "query"]
-
-READY = "ready"
-DISCONNECT = "disconnect"
-SUBSCRIBE_REQUEST = "subscribe-channel-request"
-SUBSCRIBE_RESPONSE = "subscribe-channel-response"
-UNSUBSCRIBE_REQUEST = "unsubscribe-channel-request"
-PING = "ping"
-PONG = "pong"
-ERROR = "channels:error"
-REPLY = "channels:reply"
-"""The reply packet: ``{"event": "channels:reply", "id": <id>, "data": ..., "error"?: {...}}``."""
-AUTHENTICATE = "channels:authenticate"
-"""In-band renewal, ``data: {"token": ...}``; the reply: ``successful``, ``expires_at``."""
-PRESENCE = "channels:presence"
-"""A presence channel's member list, ``data: {"channel", "members"}``, after subscribing."""
-JOIN = "channels:join"
-LEAVE = "channels:leave"
 STATE = "channels:state"
+"""The client's own event for each change of `ChannelsClient.state`."""
 SUBSCRIPTION = "channels:subscription"
+"""The client's own event for each answer to a subscription, first or after a reconnect."""
 RENEWAL = "channels:renewal"
+"""The client's own event for each outcome of an in-band token renewal."""
 
 _MISSING: Any = object()
-_ABNORMAL = 1006
 
 
 class ClientState(StrEnum):
@@ -136,8 +142,6 @@ class ChannelsClient(Listeners):
         self.open_timeout = open_timeout
         self.request_timeout = request_timeout
         self.renew_before = renew_before
-        self._renewal: asyncio.TimerHandle | None = None
-        self._renewing: asyncio.Task[None] | None = None
         self.headers = dict(headers or {})
         self.connect_options = connect_options
         self.id: str | None = None
@@ -150,11 +154,10 @@ class ChannelsClient(Listeners):
         self.error: BaseException | None = None
         """Why the client stopped for good, when it was not `close`."""
         self._ws: ClientConnection | None = None
-        self._channels: dict[str, Channel] = {}
-        self._leaving: set[str] = set()
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._sequence = 0
-        self._streams: set[PacketStream] = set()
+        self._subscriptions = Subscriptions(self._send)
+        self._delivery = Delivery(self, self._subscriptions)
+        self._requests = PendingRequests()
+        self._renewal = RenewalTimer(self.renew, lambda: self.connected)
         self._reader: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._disconnect_reason: str | None = None
@@ -182,7 +185,7 @@ class ChannelsClient(Listeners):
     @property
     def channels(self) -> dict[str, Channel]:
         """The channels subscribed or being subscribed, by name."""
-        return dict(self._channels)
+        return self._subscriptions.all()
 
     async def connect(self, *, retry: bool = False) -> None:
         """Connect and return once the server sent ``ready``.
@@ -202,7 +205,7 @@ class ChannelsClient(Listeners):
         self._set_state(ClientState.CONNECTING)
         try:
             if retry:
-                await self._connect_with_backoff(wait_first=False)
+                await self._reconnect(wait_first=False)
             else:
                 await self._open()
         except BaseException as exc:
@@ -219,7 +222,7 @@ class ChannelsClient(Listeners):
         Channels and callbacks are kept, so a later `connect` subscribes again.
         """
         self._stopping.set()
-        self._cancel_renewal()
+        self._renewal.cancel()
         ws = self._ws
         reader, self._reader = self._reader, None
         if ws is not None:
@@ -257,34 +260,24 @@ class ChannelsClient(Listeners):
         if not name:
             raise ValueError("channel name must be a non-empty string")
         self._require_running()
-        channel = self._channels.get(name)
+        channel = self._subscriptions.get(name)
         if channel is not None and channel.state == "subscribed":
             return channel
         if channel is None:
-            channel = self._channels[name] = Channel(self, name, since)
-            self._leaving.discard(name)
+            channel = Channel(self, name, since)
+            self._subscriptions.add(channel)
         waiter = channel._wait()
         if self.connected and not channel._requested:
-            await self._send_subscribe(channel)
+            await self._subscriptions.request(channel)
         async with asyncio.timeout(timeout if timeout is not None else self.request_timeout):
             granted = await asyncio.shield(waiter)
         # What came with the answer is delivered after the caller has added its callbacks.
-        asyncio.get_running_loop().call_soon(self._release, granted)
+        asyncio.get_running_loop().call_soon(self._delivery.release, granted)
         return granted
 
     async def unsubscribe(self, name: str) -> None:
         """Unsubscribe from ``name``; a no-op when not subscribed. Its callbacks are removed."""
-        channel = self._channels.pop(name, None)
-        if channel is None:
-            return
-        channel._callbacks.clear()
-        channel._settle(False, "unsubscribed")
-        channel.state = "unsubscribed"
-        if self.connected:
-            self._leaving.add(name)
-            await self._send(
-                {"event": UNSUBSCRIBE_REQUEST, "channel": name, "data": {"channel": name}}
-            )
+        await self._subscriptions.remove(name, connected=self.connected)
 
     # ------------------------------------------------------------------ sending
 
@@ -317,24 +310,13 @@ class ChannelsClient(Listeners):
         ``error``, or a ``channels:error`` packet naming the id, fails the request.
 
         Raises:
-            ReplyError: the server answered with an error.
+            ReplyError: the server answered with an error (``code``, ``message``, ``errors``).
             TimeoutError: no reply within ``timeout`` (default ``request_timeout``).
             ConnectionClosed: not connected, or the connection was lost before the reply (the
                 request is not sent again: it may or may not have been handled).
         """
-        self._sequence += 1
-        request_id = self._sequence
-        packet: dict[str, Any] = {"event": event, "data": data, "id": request_id}
-        if channel is not None:
-            packet["channel"] = channel
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        try:
-            await self._send(packet)
-            async with asyncio.timeout(timeout if timeout is not None else self.request_timeout):
-                return await future
-        finally:
-            self._pending.pop(request_id, None)
+        wait = timeout if timeout is not None else self.request_timeout
+        return await self._requests.request(self._send, event, data, channel, wait)
 
     async def renew(self, token: str | None = None) -> dict[str, Any]:
         """Renew the connection's token in-band, keeping the connection and its subscriptions.
@@ -350,19 +332,19 @@ class ChannelsClient(Listeners):
             ValueError: there is no token to renew with.
             ConnectionClosed, TimeoutError: as `request`.
         """
-        fresh = token if token is not None else await self._token()
+        fresh = token if token is not None else await fetch_token(self.token)
         if fresh is None:
             raise ValueError("no token to renew with")
         answer = await self.request(AUTHENTICATE, {"token": fresh})
         successful = isinstance(answer, dict) and answer.get("successful") is True
         reason = None if successful else str((answer or {}).get("reason", "refused"))
         expires_at = answer.get("expires_at") if successful else None
-        self._emit_local(
+        self._delivery.announce(
             RENEWAL, {"successful": successful, "reason": reason, "expires_at": expires_at}
         )
         if not successful:
             raise RenewalError(reason or "refused")
-        self._schedule_renewal(expires_at)
+        self._renewal.schedule(expires_at, self._renew_before())
         return dict(answer)
 
     def packets(
@@ -373,152 +355,57 @@ class ChannelsClient(Listeners):
         Use it as ``async with client.packets(...) as stream`` or close it when done: an open
         stream keeps up to ``maxsize`` unread packets (dropping the oldest beyond).
         """
-        stream = PacketStream(event, channel, maxsize, on_close=self._streams.discard)
-        if self.state is ClientState.DISCONNECTED and not self._running:
-            stream.close()
-        else:
-            self._streams.add(stream)
-        return stream
+        ended = self.state is ClientState.DISCONNECTED and not self._running
+        return self._delivery.stream(event, channel, maxsize, ended=ended)
 
     def __aiter__(self) -> PacketStream:
         return self.packets()
 
     # ------------------------------------------------------------------ connecting
 
-    async def _token(self) -> str | None:
-        token = self.token
-        try:
-            value: Any = token() if callable(token) else token
-            if inspect.isawaitable(value):
-                value = await value
-        except Exception as exc:
-            raise ConnectFailed(f"the token provider failed: {exc!r}") from exc
-        return None if value in (None, "", "null", "undefined") else str(value)
-
-    def _handshake(self, token: str | None) -> tuple[str, list[Subprotocol], dict[str, str]]:
-        url, headers = self.url, dict(self.headers)
-        subprotocols: list[Subprotocol] = []
-        if token is not None:
-            if self.token_transport == "subprotocol":
-                subprotocols = [Subprotocol(token)]
-            elif self.token_transport == "bearer":
-                subprotocols = [Subprotocol("bearer"), Subprotocol(token)]
-            elif self.token_transport == "header":
-                headers["Authorization"] = f"Bearer {token}"
-            elif self.token_transport == "query":
-                parts = urlsplit(url)
-                query = [*parse_qsl(parts.query), ("token", token)]
-                url = urlunsplit(parts._replace(query=urlencode(query)))
-            else:
-                raise ValueError(f"unknown token transport {self.token_transport!r}")
-        return url, subprotocols, headers
-
     async def _open(self) -> None:
-        """One attempt: handshake, then wait for ``ready``; subscribe again once ready.
+        """One attempt; once ``ready``, subscribe again and plan the token's renewal.
 
         Raises:
             Refused: the first packet was ``disconnect``.
             ConnectFailed: anything else went wrong before ``ready``.
         """
-        token = await self._token()
-        url, subprotocols, headers = self._handshake(token)
-        try:
-            async with asyncio.timeout(self.open_timeout):
-                ws = await connect(
-                    url,
-                    subprotocols=subprotocols or None,
-                    additional_headers=headers or None,
-                    open_timeout=None,
-                    **self.connect_options,
-                )
-        except InvalidURI:
-            raise
-        except (OSError, InvalidHandshake, TimeoutError) as exc:
-            raise ConnectFailed(f"cannot connect to {self.url}: {exc}", code=_ABNORMAL) from exc
-        try:
-            ready = await self._await_ready(ws)
-        except BaseException:
-            await ws.close()
-            raise
+        token = await fetch_token(self.token)
+        ws, ready = await open_connection(
+            self.url,
+            token,
+            transport=self.token_transport,
+            headers=self.headers,
+            options=self.connect_options,
+            timeout=self.open_timeout,
+            retry=self.backoff.should_reconnect if self.backoff else should_reconnect,
+        )
         self._ws = ws
         self.id = ready.get("id") if isinstance(ready, dict) else None
         self._disconnect_reason = None
-        self._leaving.clear()
-        for channel in self._channels.values():
-            channel._requested = False
-            if channel.state == "subscribed":
-                channel.state = "pending"
+        self._subscriptions.connection_opened()
         self._set_state(ClientState.CONNECTED, id=self.id)
-        for channel in list(self._channels.values()):
-            await self._send_subscribe(channel)
-        self._schedule_renewal(_jwt_expiry(token))
+        await self._subscriptions.resubscribe()
+        self._renewal.schedule(jwt_expiry(token), self._renew_before())
 
-    async def _await_ready(self, ws: ClientConnection) -> Any:
-        """Return ``ready``'s data; a ``disconnect`` first is a refusal, final or not.
-
-        A refusal is final when the close that follows is one the reconnect rule does not
-        retry (1000, 1008); ``server busy`` closed with 1013 is worth another attempt.
-        """
-        refusal: str | None = None
-        try:
-            async with asyncio.timeout(self.open_timeout):
-                while True:
-                    packet = parse_packet(await ws.recv())
-                    if packet is None:
-                        continue
-                    if packet.event == READY and refusal is None:
-                        return packet.data
-                    if packet.event == DISCONNECT:
-                        data = packet.data if isinstance(packet.data, dict) else {}
-                        refusal = str(data.get("reason", "refused"))
-                    else:
-                        logger.warning("ignoring %r received before ready", packet.event)
-        except WebSocketClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else _ABNORMAL
-            if refusal is None:
-                raise ConnectFailed(f"closed before ready ({code})", code=code) from exc
-            retry = self.backoff.should_reconnect if self.backoff else should_reconnect
-            if retry(code):
-                raise ConnectFailed(f"refused for now: {refusal}", code, refusal) from exc
-            raise Refused(refusal, code) from None
-        except TimeoutError as exc:
-            if refusal is not None:
-                raise Refused(refusal) from None
-            raise ConnectFailed("no ready packet in time", code=_ABNORMAL) from exc
-
-    async def _connect_with_backoff(self, wait_first: bool, **lost: Any) -> None:
-        """Attempt until connected, waiting the backoff delay before each retry.
+    async def _reconnect(self, wait_first: bool, **lost: Any) -> None:
+        """Attempt until connected (see `connect_with_backoff`).
 
         ``lost`` (the close code and reason of a lost connection) goes into the first
         ``re-connecting`` state event.
-
-        Raises:
-            Refused: an attempt was refused.
-            ConnectFailed: the policy gave up (or there is none).
-            ConnectionClosed: `close` was called meanwhile.
         """
-        backoff = self.backoff
-        step = failures = 0
-        wait = wait_first
-        while True:
-            if wait and backoff is not None:
-                delay = backoff.delay(step)
-                step += 1
-                self._set_state(ClientState.RE_CONNECTING, attempt=step, delay=delay, **lost)
-                lost = {}
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-            if self._stopping.is_set():
-                raise ConnectionClosed("closed by the client")
-            try:
-                await self._open()
-                return
-            except ConnectFailed as exc:
-                failures += 1
-                if backoff is None or backoff.gives_up_after(failures):
-                    raise
-                logger.info("connection attempt %d failed: %s", failures, exc)
-            wait = True
+
+        def announce(attempt: int, delay: float) -> None:
+            details = lost if attempt == 1 else {}
+            self._set_state(ClientState.RE_CONNECTING, attempt=attempt, delay=delay, **details)
+
+        await connect_with_backoff(
+            self._open, self.backoff, self._stopping, announce, wait_first=wait_first
+        )
+
+    def _renew_before(self) -> float | None:
+        """How long before expiry to renew; ``None`` (off) without a token provider."""
+        return self.renew_before if callable(self.token) else None
 
     # ------------------------------------------------------------------ reading
 
@@ -531,15 +418,12 @@ class ChannelsClient(Listeners):
                 assert ws is not None
                 code, close_reason = await self._read(ws)
                 self._ws = None
-                self._cancel_renewal()
+                self._renewal.cancel()
                 self.close_code, self.close_reason = code, close_reason
-                self._fail_pending(
+                self._requests.fail_all(
                     ConnectionClosed(f"connection lost ({code})", code, close_reason)
                 )
-                for channel in self._channels.values():
-                    channel._requested = False
-                    if channel.state == "subscribed":
-                        channel.state = "pending"
+                self._subscriptions.connection_lost()
                 backoff = self.backoff
                 if self._stopping.is_set() or backoff is None or not backoff.should_reconnect(code):
                     reason = ConnectionClosed(f"closed ({code})", code, close_reason)
@@ -547,9 +431,7 @@ class ChannelsClient(Listeners):
                     return
                 logger.info("connection lost (%s %s), reconnecting", code, close_reason)
                 try:
-                    await self._connect_with_backoff(
-                        wait_first=True, code=code, reason=close_reason
-                    )
+                    await self._reconnect(wait_first=True, code=code, reason=close_reason)
                 except (Refused, ConnectionClosed) as exc:
                     reason = exc
                     if not self._stopping.is_set():
@@ -572,19 +454,24 @@ class ChannelsClient(Listeners):
                 if packet is not None:
                     await self._handle(packet)
         except WebSocketClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else _ABNORMAL
-            reason = exc.rcvd.reason if exc.rcvd else ""
+            code, reason = close_details(exc)
             return code, self._disconnect_reason or reason
 
     async def _handle(self, packet: Packet) -> None:
+        """Route one packet from the server by its event."""
         event = packet.event
         if event == SUBSCRIBE_RESPONSE:
-            self._on_subscribe_response(packet)
+            answered = self._subscriptions.answer(packet)
+            if answered is not None:
+                channel, subscription = answered
+                if channel._held is not None:
+                    self._delivery.release_later(channel)
+                self._delivery.announce(SUBSCRIPTION, subscription)
             return
         if event in (PRESENCE, JOIN, LEAVE):
-            self._on_presence(packet)
+            self._subscriptions.presence(packet)
         if event == REPLY:
-            if not self._settle(packet.id, packet.data, packet.error):
+            if not self._requests.settle(packet.id, packet.data, packet.error):
                 logger.warning("ignoring a reply to unknown request %r", packet.id)
             return
         if event == PING:
@@ -596,196 +483,39 @@ class ChannelsClient(Listeners):
         elif event == ERROR:
             data = packet.data if isinstance(packet.data, dict) else {}
             request_id = packet.id if packet.id is not None else data.get("id")
-            if request_id is not None and self._settle(request_id, None, data):
+            if request_id is not None and self._requests.settle(request_id, None, data):
                 return
-            if not self._has_callbacks(ERROR) and not self._streams:
+            if self._delivery.unheard(ERROR):
                 logger.warning("server error: %s", data.get("message", packet.data))
-        self._deliver(packet)
-
-    def _deliver(self, packet: Packet) -> None:
-        if packet.channel is not None:
-            channel = self._channels.get(packet.channel)
-            if channel is not None and channel._held is not None:
-                channel._held.append(packet)
-                return
-        for stream in list(self._streams):
-            if stream.matches(packet):
-                stream.put(packet)
-        if packet.channel is None:
-            self._dispatch(packet)
-            return
-        channel = self._channels.get(packet.channel)
-        if channel is not None:
-            if packet.position is not None:
-                channel.position = packet.position
-            if not channel._dispatch(packet) and not self._streams:
-                logger.warning("no callback for %r on %s", packet.event, packet.channel)
-        elif packet.channel not in self._leaving:
-            logger.warning("ignoring %r for %s, not subscribed", packet.event, packet.channel)
-
-    def _on_subscribe_response(self, packet: Packet) -> None:
-        data = packet.data if isinstance(packet.data, dict) else {}
-        name = data.get("channel")
-        channel = self._channels.get(name) if isinstance(name, str) else None
-        if channel is None:
-            if name not in self._leaving:
-                logger.warning("ignoring a subscription answer for unknown channel %r", name)
-            return
-        channel._requested = False
-        successful = bool(data.get("successful"))
-        reason = str(data.get("reason") or "")
-        history: dict[str, Any] = {}
-        if successful and "position" in data:
-            channel.position = parse_position(data["position"])
-            history["position"] = data["position"]
-        if "recovered" in data:
-            channel.recovered = data["recovered"] is True
-            history["recovered"] = channel.recovered
-            if not channel.recovered:
-                logger.info("%s: missed events could not be replayed", channel.name)
-        awaited = channel._settle(successful, reason or "refused")
-        if channel._held is not None:
-            # The events read with this answer (a replay, live events) are held for the
-            # callbacks and streams the code awaiting ``subscribe()`` adds when it resumes:
-            # ``subscribe()`` releases them just before returning to it. This later release is
-            # for an answer nobody awaits any more (a timed-out ``subscribe()``): the waiter's
-            # result reaches the awaiting task through the shield one loop turn later, so the
-            # task has run by the time this runs.
-            loop = asyncio.get_running_loop()
-            loop.call_soon(loop.call_soon, self._release, channel)
-        if not successful:
-            del self._channels[channel.name]
-            if not awaited:
-                logger.warning("subscribing again to %s was refused: %s", channel.name, reason)
-        self._emit_local(
-            SUBSCRIPTION,
-            {
-                "channel": channel.name,
-                "successful": successful,
-                "reason": reason or None,
-                "resubscribed": not awaited,
-                **history,
-            },
-        )
-
-    def _release(self, channel: Channel) -> None:
-        held, channel._held = channel._held, None
-        if held and self._channels.get(channel.name) is channel:
-            for packet in held:
-                self._deliver(packet)
-
-    def _on_presence(self, packet: Packet) -> None:
-        """Keep the channel's `members` and pass the event to its callbacks."""
-        data = packet.data if isinstance(packet.data, dict) else {}
-        name = data.get("channel")
-        channel = self._channels.get(name) if isinstance(name, str) else None
-        if channel is None:
-            return
-        if packet.event == PRESENCE:
-            listed = data.get("members")
-            if isinstance(listed, list):
-                channel.members = {
-                    m.get("id"): m for m in listed if isinstance(m, dict) and "id" in m
-                }
-        else:
-            member = data.get("member")
-            if isinstance(member, dict) and "id" in member:
-                if packet.event == JOIN:
-                    channel.members[member["id"]] = member
-                else:
-                    channel.members.pop(member["id"], None)
-        channel._dispatch(packet)
+        self._delivery.deliver(packet)
 
     # ------------------------------------------------------------------ helpers
-
-    def _schedule_renewal(self, expires_at: Any) -> None:
-        """Plan the next automatic renewal, when ``renew_before`` and a provider are set."""
-        if self._renewal is not None:
-            self._renewal.cancel()
-            self._renewal = None
-        if self.renew_before is None or not callable(self.token):
-            return
-        if not isinstance(expires_at, int | float):
-            return
-        remaining = expires_at - time.time()
-        if remaining <= 0:
-            return
-        # never sooner than half the remaining life: a short token must not renew in a loop
-        delay = max(remaining - self.renew_before, remaining / 2)
-        loop = asyncio.get_running_loop()
-        self._renewal = loop.call_later(delay, self._start_renewal)
-
-    def _start_renewal(self) -> None:
-        self._renewal = None
-        if self.connected and (self._renewing is None or self._renewing.done()):
-            self._renewing = asyncio.create_task(self._auto_renew())
-
-    async def _auto_renew(self) -> None:
-        try:
-            await self.renew()
-        except (RenewalError, ConnectFailed, ConnectionClosed, TimeoutError) as exc:
-            if self.connected:  # lost meanwhile: the reconnect asks the provider anyway
-                logger.warning("renewing the token failed: %s", exc)
-
-    def _cancel_renewal(self) -> None:
-        if self._renewal is not None:
-            self._renewal.cancel()
-            self._renewal = None
-        renewing, self._renewing = self._renewing, None
-        if renewing is not None and renewing is not asyncio.current_task():
-            renewing.cancel()
 
     def _require_running(self) -> None:
         if not self._running or self._stopping.is_set():
             raise ConnectionClosed("not connected: call connect() first")
 
     async def _send(self, packet: dict[str, Any]) -> None:
+        """Write one packet to the current connection.
+
+        Raises:
+            ConnectionClosed: not connected, or the connection closed while writing.
+        """
         ws = self._ws
         if ws is None or not self.connected:
             raise ConnectionClosed("not connected")
         try:
             await ws.send(json.dumps(packet, separators=(",", ":")))
         except WebSocketClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else _ABNORMAL
+            code, _ = close_details(exc)
             raise ConnectionClosed("the connection closed", code) from exc
 
-    async def _send_subscribe(self, channel: Channel) -> None:
-        channel._requested = True
-        data: dict[str, Any] = {"channel": channel.name}
-        if channel.position is not None:
-            data["since"] = position_data(channel.position)
-        try:
-            await self._send({"event": SUBSCRIBE_REQUEST, "data": data})
-        except ConnectionClosed:
-            channel._requested = False  # sent again after the reconnect
-
-    def _settle(self, request_id: Any, data: Any, error: Any) -> bool:
-        future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
-        if future is None or future.done():
-            return False
-        if error:
-            future.set_exception(ReplyError(error))
-        else:
-            future.set_result(data)
-        return True
-
-    def _fail_pending(self, error: ConnectionClosed) -> None:
-        pending = list(self._pending.values())
-        self._pending.clear()
-        for future in pending:
-            if not future.done():
-                future.set_exception(error)
-
     def _finish(self, reason: BaseException) -> None:
+        """Stop for good: fail what still waits, end the streams, report ``disconnected``."""
         self._ws = None
-        self._fail_pending(ConnectionClosed(str(reason)))
-        for channel in self._channels.values():
-            waiter, channel._waiter = channel._waiter, None
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(ConnectionClosed(str(reason)))
-        for stream in list(self._streams):
-            stream.close()
-        self._streams.clear()
+        self._requests.fail_all(ConnectionClosed(str(reason)))
+        self._subscriptions.fail_waiting(str(reason))
+        self._delivery.end()
         if self.state is not ClientState.DISCONNECTED:
             self._set_state(ClientState.DISCONNECTED)
 
@@ -793,24 +523,6 @@ class ChannelsClient(Listeners):
         previous, self.state = self.state, state
         if previous is state and "attempt" not in details:
             return
-        self._emit_local(STATE, {"state": state.value, "previous": previous.value, **details})
-
-    def _emit_local(self, event: str, data: dict[str, Any]) -> None:
-        packet = Packet(event=event, data=data)
-        for stream in list(self._streams):
-            if stream.matches(packet) and stream.event is not None:
-                stream.put(packet)
-        self._dispatch(packet)
-
-
-def _jwt_expiry(token: str | None) -> float | None:
-    """The ``exp`` claim of a JWT, unverified (only used to time a renewal); else ``None``."""
-    parts = token.split(".") if token else []
-    if len(parts) != 3:
-        return None
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except ValueError:
-        return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    return float(exp) if isinstance(exp, int | float) else None
+        self._delivery.announce(
+            STATE, {"state": state.value, "previous": previous.value, **details}
+        )

@@ -1,6 +1,8 @@
 """Exceptions of the Python client.
 
-All derive from `ChannelsError`:
+All derive from `ChannelsError`. `ConnectionClosed` and `ReplyError` are defined once, in
+`fastapi_channels.wire.errors`, and re-exported here: the server raises the same
+`ConnectionClosed`, the test client the same `ReplyError`.
 
 ```text
 ChannelsError
@@ -17,9 +19,7 @@ Waits that run out raise the built-in `TimeoutError`.
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi_channels.wire.errors import ChannelsError, ConnectionClosed
+from fastapi_channels.wire.errors import ChannelsError, ConnectionClosed, ReplyError
 
 __all__ = [
     "ConnectFailed",
@@ -84,18 +84,3 @@ class RenewalError(ChannelsError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"token renewal refused: {reason}")
         self.reason = reason
-
-
-class ReplyError(ChannelsError):
-    """The server answered a request with an error.
-
-    Attributes:
-        code: the error's ``code`` (e.g. ``rejected``), when given.
-        error: the whole error object the server sent.
-    """
-
-    def __init__(self, error: Any) -> None:
-        body: dict[str, Any] = error if isinstance(error, dict) else {"message": str(error)}
-        super().__init__(str(body.get("message") or body.get("code") or "request failed"))
-        self.code: str | None = body.get("code")
-        self.error = body

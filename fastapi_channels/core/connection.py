@@ -97,6 +97,7 @@ class SocketConnection:
 
     __slots__ = (
         "__weakref__",
+        "_abort",
         "_batch",
         "_batches",
         "_close_timeout",
@@ -134,6 +135,7 @@ class SocketConnection:
         close_timeout: float = 5.0,
         direct: Callable[[str], bool] | None = None,
         batches: BatchCache | None = None,
+        abort: Callable[[], None] | None = None,
     ) -> None:
         self.id = id
         self.user = user
@@ -142,6 +144,7 @@ class SocketConnection:
         self.subscriptions: dict[str, Subscription] = {}
         self._transport = transport
         self._direct = direct
+        self._abort = abort
         self._queue: deque[str] | None = None  # created when a frame first has to wait
         self._max_queue = max_queue
         self._policy = overflow
@@ -322,13 +325,24 @@ class SocketConnection:
         self._deadline = loop.call_later(self._close_timeout, self._abandon)
 
     def _abandon(self) -> None:
-        """The peer has not taken the close in time: stop writing and forget the connection."""
+        """The peer has not taken the close in time: stop writing, drop the socket, unsubscribe.
+
+        With an ``abort`` (uvicorn's transport), the socket is closed at once, its unsent
+        bytes discarded; the reader then sees the disconnect and the server forgets the
+        connection. Without one, the connection stops receiving anything but stays counted
+        (for ``max_connections`` and the per-user cap) until the ASGI server drops the socket.
+        """
         self._deadline = None
         writer = self._writer
         if writer is not None and not writer.done():
             logger.warning("connection %s: peer does not read, dropping it", self.id)
             writer.cancel()
         self.mark_closed()
+        if self._abort is not None:
+            try:
+                self._abort()
+            except Exception:
+                logger.exception("connection %s: aborting the socket failed", self.id)
         if self._on_abandon is not None:
             self._on_abandon(self)
 

@@ -237,16 +237,24 @@ class SocketServer:
         self.stats.connections_opened += 1
 
     def _remove_soon(self, connection: SocketConnection) -> None:
-        """Forget a connection whose peer stopped reading, without waiting for its reader."""
-        task = asyncio.ensure_future(self.remove_connection(connection))
+        """Stop delivering to a connection whose peer stopped reading (it was abandoned).
+
+        Its subscriptions go at once, without waiting for its reader; the connection itself
+        stays counted (``max_connections``, the per-user cap) until its reader ends, which is
+        when its socket is gone (see `SocketConnection` and its ``abort``).
+        """
+        task = asyncio.ensure_future(self._unsubscribe_all(connection))
         self._removals.add(task)
         task.add_done_callback(self._removals.discard)
+
+    async def _unsubscribe_all(self, connection: SocketConnection) -> None:
+        for channel in list(connection.subscriptions):
+            await self.remove_subscription(connection, channel)
 
     async def remove_connection(self, connection: SocketConnection) -> None:
         """Forget ``connection`` and all its subscriptions."""
         connection.mark_closed()
-        for channel in list(connection.subscriptions):
-            await self.remove_subscription(connection, channel)
+        await self._unsubscribe_all(connection)
         if self._connections.pop(connection.id, None) is None:
             return
         if not self._connections:

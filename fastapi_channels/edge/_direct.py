@@ -32,14 +32,24 @@ built, so that a broadcast is framed once for all its recipients.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import socket
+import struct
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from starlette.types import Send
 
-__all__ = ["COMPRESS_THRESHOLD", "DirectWriter", "DirectWrites", "text_frame"]
+__all__ = [
+    "COMPRESS_THRESHOLD",
+    "DirectWriter",
+    "DirectWrites",
+    "text_frame",
+    "transport_aborter",
+]
 
 logger = logging.getLogger("fastapi_channels.router")
 
@@ -183,8 +193,9 @@ class DirectWrites:
         if module is None:  # not served by uvicorn's websockets-sansio
             return None
         inner = _unwrap(send)
-        if getattr(inner, "__func__", None) is not getattr(
-            module.WebSocketsSansIOProtocol, "send", 0
+        protocol_class = getattr(module, "WebSocketsSansIOProtocol", None)
+        if protocol_class is None or getattr(inner, "__func__", None) is not getattr(
+            protocol_class, "send", 0
         ):
             return None
         protocol: Any = inner.__self__
@@ -206,3 +217,35 @@ class DirectWrites:
                 logger.warning("direct writes are off: this uvicorn's protocol differs (%s)", exc)
             return None
         return writer
+
+
+def transport_aborter(send: Send) -> Callable[[], None] | None:
+    """A function that drops the socket behind this ASGI ``send`` at once, or None.
+
+    Under uvicorn (any of its websocket implementations) the protocol behind ``send`` holds
+    the asyncio transport. Dropping it sets ``SO_LINGER`` to zero, so the kernel resets the
+    connection and frees its send queue instead of trying to deliver it to a peer that does
+    not read, then aborts the transport; ``transport.close()`` (what uvicorn's own ping timeout
+    calls) waits for the unsent bytes, forever when the peer never reads. Other servers (or a
+    ``send`` wrapped by middleware) give None. Never raises.
+    """
+    inner = _unwrap(send)
+    protocol = getattr(inner, "__self__", None)
+    if not type(protocol).__module__.startswith("uvicorn.protocols.websockets."):
+        return None
+    transport = getattr(protocol, "transport", None)
+    if not callable(getattr(transport, "abort", None)):
+        return None
+    return functools.partial(_drop, transport)
+
+
+_LINGER_NONE = struct.pack("ii", 1, 0)
+"""``SO_LINGER`` on, for 0 seconds: closing resets the connection, unsent bytes discarded."""
+
+
+def _drop(transport: Any) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed by the peer: nothing to discard
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_NONE)
+    transport.abort()

@@ -23,7 +23,7 @@ from fastapi_channels.auth.tokens import select_subprotocol
 from fastapi_channels.core.connection import BatchCache, SocketConnection
 from fastapi_channels.core.stats import Stats
 from fastapi_channels.edge import di
-from fastapi_channels.edge._direct import DirectWrites
+from fastapi_channels.edge._direct import DirectWrites, transport_aborter
 from fastapi_channels.edge.jsclient import CLIENT_SCRIPT, serve_client_script
 from fastapi_channels.wire.errors import CloseCode, Reject
 from fastapi_channels.wire.protocol import DISCONNECT, READY, encode
@@ -272,9 +272,10 @@ async def _serve(
     if isinstance(handshake, _Handshake):
         receive, send = handshake.raw_receive, handshake.raw_send
         direct = shared.direct.writer_for(send) if limits.direct_writes else None
+        abort = transport_aborter(send)
     else:  # mounted without the guard: Starlette's own callables
         receive, send = websocket.receive, websocket.send
-        direct = None
+        direct = abort = None
     connection = SocketConnection(
         _ASGITransport(websocket, send),
         id=uuid.uuid4().hex,
@@ -287,6 +288,7 @@ async def _serve(
         close_timeout=limits.close_timeout,
         direct=direct,
         batches=shared.batches,
+        abort=abort,
     )
     try:
         await dispatcher.connect(connection)

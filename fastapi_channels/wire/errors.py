@@ -12,7 +12,7 @@ ChannelsError
 ├── ConnectionClosed        sending on a connection that is closed
 ├── InvalidChannel          a send names a channel its listener does not serve (ValueError)
 ├── BrokerError             the broker (in memory or Redis) failed
-└── ReplyError              a request was answered with an error (client side)
+└── ReplyError              a request was answered with an error (clients, test client)
 ```
 
 Client-facing failures are mapped to error packets (see `ErrorCode`) or close codes
@@ -23,6 +23,7 @@ unhandled exception.
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
+from typing import Any
 
 __all__ = [
     "AuthFailure",
@@ -267,20 +268,61 @@ class BrokerError(ChannelsError):
 
 
 class ReplyError(ChannelsError):
-    """A request (a packet with an ``id``) was answered with an error reply.
+    """A request (a packet with an ``id``) was answered with an error.
 
-    Raised by the clients' awaitable calls and by ``SocketTestClient.request``.
+    The one exception for a failed request, wherever it is made from Python:
+    ``ChannelsClient.request`` and ``Channel.request`` (`fastapi_channels.client`) and
+    ``SocketTestClient.request`` (`fastapi_channels.testing`) raise it; the JavaScript client's
+    ``ReplyError`` carries the same ``code`` and ``error``. The server never raises it: it sends
+    the error reply instead. ``str()`` of it is the server's message (else its code).
+
+    Args:
+        code: the error's ``code``; from a fastapi_channels server an `ErrorCode` value,
+            ``None`` when the server sent none (another server).
+        message: the error's ``message``, safe to show.
+        errors: the validation problems, for code ``invalid-data``.
+        error: the whole error object as the server sent it; built from the other arguments
+            when not given.
 
     Attributes:
-        code: the reply's ``error.code`` (an `ErrorCode` value).
-        message: the reply's ``error.message``.
-        errors: the validation problems for code ``invalid-data``, else empty.
+        code: as given.
+        message: as given.
+        errors: each problem as ``{"loc": [...], "msg": str, "type": str}``; empty unless the
+            code is ``invalid-data``.
+        error: the whole error object, with any member a server adds beyond the above.
     """
 
     def __init__(
-        self, code: str, message: str, errors: list[dict[str, object]] | None = None
+        self,
+        code: str | None,
+        message: str = "",
+        errors: list[dict[str, object]] | None = None,
+        *,
+        error: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(f"{code}: {message}")
+        super().__init__(message or code or "request failed")
         self.code = code
         self.message = message
         self.errors: list[dict[str, object]] = errors or []
+        if error is None:
+            error = {"code": code, "message": message}
+            if errors:
+                error["errors"] = errors
+        self.error: dict[str, Any] = error
+
+    @classmethod
+    def from_reply(cls, error: object) -> ReplyError:
+        """Build it from a reply's ``error`` member (or a ``channels:error`` packet's ``data``).
+
+        Never fails on what a server sends: an error that is not an object becomes the
+        message, and members of the wrong type are left out (the object is kept whole in
+        `error`).
+        """
+        body: dict[str, Any] = dict(error) if isinstance(error, dict) else {"message": str(error)}
+        code, message, errors = body.get("code"), body.get("message"), body.get("errors")
+        return cls(
+            None if code is None else str(code),
+            "" if message is None else str(message),
+            [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else None,
+            error=body,
+        )
