@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import io
 import json
 import os
+import re
+import shlex
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +19,7 @@ import pytest
 from fastapi_channels.client.cli import use_colour
 from tests.client_app import create_app
 from tests.live import live_server
+from tests.test_docs_examples import blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,3 +171,37 @@ def test_colour_follows_the_terminal_and_no_color(monkeypatch: pytest.MonkeyPatc
     assert not use_colour("auto", _Terminal())
     assert use_colour("always", io.StringIO())
     assert not use_colour("never", _Terminal())
+
+
+async def test_the_first_tutorial_shows_what_the_command_prints() -> None:
+    """docs/first-channel.md: its two commands, run as written, print the output it shows."""
+    page = ROOT / "docs" / "first-channel.md"
+    commands = [
+        shlex.split(" ".join(block.body).replace("\\", " "))
+        for block in blocks(page)
+        if block.language == "bash" and block.body[0].startswith("fastapi-channels connect")
+    ]
+    (shown,) = [
+        block for block in blocks(page) if block.language == "text" and "*" in block.body[0]
+    ]
+    watch, say = commands
+    chat = importlib.import_module("docs.examples.first_channel.chat")
+    async with live_server(chat.app) as address:
+
+        def here(args: list[str]) -> list[str]:
+            assert args[:3] == ["fastapi-channels", "connect", "ws://127.0.0.1:8000/ws"]
+            return [f"ws://{address}/ws", *args[3:]]
+
+        watcher = await command(*here(watch), "--count", "1")
+        await watcher.line_containing("* subscribed to room.lobby")
+        status, _, err = await outcome(*here(say))
+        assert status == 0, err
+        status, out, err = await watcher.finish()
+    assert status == 0, err
+
+    def normal(text: str) -> str:
+        text = re.sub(r"\b\d\d:\d\d:\d\d\.\d{3}\b", "HH:MM:SS.mmm", text)
+        text = re.sub(r" as [0-9a-f]{32}$", " as ID", text)
+        return text.replace(address, "127.0.0.1:8000")
+
+    assert [normal(line) for line in out.splitlines()] == [normal(line) for line in shown.body]

@@ -7,7 +7,7 @@ JavaScript sample of ``docs/examples/js``, which the Node tests run
 where Markdown is shown as it is (the forge, an editor); a comment above each block names the
 file, and the section of it, that the block must equal::
 
-    <!-- source: docs/examples/first_channel.py:listener -->
+    <!-- source: docs/examples/first_channel/chat.py:listener -->
     ```python
     ...
     ```
