@@ -15,7 +15,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from starlette.requests import HTTPConnection
 
+from fastapi_channels import (
+    ChannelListener,
+    Channels,
+    Inject,
+    Reject,
+    SocketServer,
+    channel,
+)
 from fastapi_channels.client.cli import use_colour
 from tests.client_app import create_app
 from tests.live import live_server
@@ -205,3 +215,88 @@ async def test_the_first_tutorial_shows_what_the_command_prints() -> None:
         return text.replace(address, "127.0.0.1:8000")
 
     assert [normal(line) for line in out.splitlines()] == [normal(line) for line in shown.body]
+
+
+async def close_all(address: str, code: int, reason: str) -> None:
+    async with httpx.AsyncClient(base_url=f"http://{address}") as http:
+        body = {"code": code, "reason": reason}
+        assert (await http.post("/_test/close", json=body)).json() == {"closed": 1}
+
+
+async def test_a_lost_connection_says_why_then_comes_back(address: str) -> None:
+    run = await command(
+        f"ws://{address}/ws", "--token", "user-a", "-s", "public:cli", "--count", "2"
+    )
+    await run.line_containing("* subscribed to public:cli")
+    await close_all(address, 1012, "restarting")
+    assert (await run.line()).endswith('disconnect  {"reason": "restarting"}')  # the packet
+    assert await run.line() == "* connection lost: 1012 service restart (restarting)"
+    assert (await run.line()).endswith("(attempt 1)")
+    await run.line_containing("* reconnected as")
+    await run.line_containing("* subscribed again to public:cli")
+    async with httpx.AsyncClient(base_url=f"http://{address}") as http:
+        body = {"channel": "public:cli", "event": "news", "data": {"n": 2}}
+        (await http.post("/_test/publish", json=body)).raise_for_status()
+    status, out, err = await run.finish()
+    assert status == 0, err
+    assert out.splitlines()[-1].endswith('public:cli  news  {"n": 2}')
+
+
+async def test_a_close_that_is_not_retried_says_why_and_exits_with_1(address: str) -> None:
+    run = await command(f"ws://{address}/ws", "--token", "user-a", "-s", "public:cli")
+    await run.line_containing("* subscribed to public:cli")
+    await close_all(address, 1008, "rate limited")
+    status, out, err = await run.finish()
+    assert status == 1
+    assert "reconnecting" not in out
+    assert err.strip() == (
+        "error: connection closed by the server: 1008 policy violation (rate limited); "
+        "not reconnecting"
+    )
+
+
+@channel("room:*")
+class Room(ChannelListener):
+    pass
+
+
+def revocable_app() -> FastAPI:
+    """Tokens are anything in ``?token=``, until ``POST /revoke/{token}``, which also closes
+    every connection as a restart would (1012)."""
+    revoked: set[str] = set()
+
+    async def user(connection: HTTPConnection) -> str:
+        token = connection.query_params.get("token", "")
+        if not token or token in revoked:
+            raise Reject("invalid token")
+        return token
+
+    channels = Channels(user=user, listeners=[Room])
+    app = FastAPI()
+    app.include_router(channels.router)
+
+    @app.post("/revoke/{token}")
+    async def revoke(token: str, server: SocketServer = Inject(SocketServer)) -> None:
+        revoked.add(token)
+        for connection in server.connections:
+            await connection.disconnect("restarting", code=1012)
+
+    return app
+
+
+async def test_a_refused_token_is_not_retried() -> None:
+    async with live_server(revocable_app()) as address:
+        run = await command(
+            f"ws://{address}/ws", "--token", "t1", "--token-transport", "query", "-s", "room:1"
+        )
+        await run.line_containing("* subscribed to room:1")
+        async with httpx.AsyncClient(base_url=f"http://{address}") as http:
+            (await http.post("/revoke/t1")).raise_for_status()
+        status, out, err = await run.finish()
+    assert status == 1
+    assert out.splitlines()[-2:-1] == ["* connection lost: 1012 service restart (restarting)"]
+    assert out.splitlines()[-1].endswith("(attempt 1)")  # and no other attempt
+    assert err.strip() == (
+        "error: reconnecting was refused: invalid token; not retrying, as the server would "
+        "refuse it again (a new token is needed)"
+    )
