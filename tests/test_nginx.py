@@ -1,10 +1,11 @@
 """The tutorial's app behind nginx, configured with the file the deployment page shows.
 
-Two uvicorn processes of ``docs.examples.private_chat`` share Redis; nginx runs in front of them
-with ``docs/deploy/nginx.conf`` (its ports changed to free ones) included in a configuration of
-this test's own, with its pid, logs and temporary files in a temporary directory. A client logs
-in through nginx, connects with its token, subscribes, receives what each process sends, and
-comes back through nginx when the process that held its socket restarts.
+Two uvicorn processes of the private chat (``docs/examples/private/private_chat.py``) share
+Redis; nginx runs in front of them with ``docs/deploy/nginx.conf`` (its ports changed to free
+ones) included in a configuration of this test's own, with its pid, logs and temporary files in
+a temporary directory. A client logs in through nginx, connects with its token, subscribes,
+receives what each process sends, and comes back through nginx when the process that held its
+socket restarts.
 
 Without an ``nginx`` binary the tests are skipped with the reason, or fail when
 ``FASTAPI_CHANNELS_REQUIRE_NGINX=1`` (as in CI, whose ``.ci/run`` installs it).
@@ -31,7 +32,7 @@ from tests.redis_support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "docs" / "deploy" / "nginx.conf"
-APP = "docs.examples.private_chat:app"
+APP = "docs.examples.private.private_chat:app"
 REQUIRE_ENV = "FASTAPI_CHANNELS_REQUIRE_NGINX"
 ACCEPTED = '"WebSocket /ws" [accepted]'
 """What uvicorn logs when it accepts a websocket."""
