@@ -3,7 +3,7 @@
 ``POST /login`` with ``{"username": "ann"}`` answers ``{"token": <JWT>}`` whose subject is the
 name. There is no password: anyone may log in under any name, which is fine for a demo and
 nothing else: a real app checks credentials here, as the private chat tutorial does
-(``docs/examples/private_chat.py``).
+(``docs/examples/private/private_chat.py``).
 
 The same token authenticates the websocket (offered as its subprotocol, the Envuso client's
 way) and HTTP routes (``Authorization: Bearer``). Tokens are signed with ``DEMO_JWT_SECRET``;

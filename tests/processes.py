@@ -27,10 +27,10 @@ class Process:
     line as it comes, so a test waits for what the process says (``wait_for``) instead of polling.
     """
 
-    def __init__(self, app: str, env: Mapping[str, str]) -> None:
+    def __init__(self, app: str, env: Mapping[str, str], port: int = 0) -> None:
         self.app = app
         self.env = dict(env)
-        self.port = 0
+        self.port = port
         self._lines: list[str] = []
         self._ended = False
         self._changed = asyncio.Event()
@@ -43,7 +43,8 @@ class Process:
         return f"http://127.0.0.1:{self.port}"
 
     def spawn(self) -> None:
-        self.port = free_port()
+        """Start the process: on its port if it has one (a restart), else on a free one."""
+        self.port = self.port or free_port()
         self._loop = asyncio.get_running_loop()
         # The project first; a PYTHONPATH already set (scripts/test-uvicorn-floor) stays after it.
         path = os.pathsep.join(filter(None, [".", os.environ.get("PYTHONPATH")]))
@@ -144,12 +145,15 @@ LISTENING = "Uvicorn running on"
 """What uvicorn logs once its socket listens; its "startup complete" comes before the bind."""
 
 
-async def start_process(app: str, env: Mapping[str, str]) -> Process:
+async def start_process(
+    app: str, env: Mapping[str, str], *, port: int = 0, health: bool = True
+) -> Process:
     """Start a process, wait until it listens (after its lifespan, so its broker is connected)
-    and check its ``/health``; retry if its port was taken between choosing and binding it.
-    A process that fails to start is stopped before the error is raised."""
-    for _ in range(3):
-        process = Process(app, env)
+    and check its ``/health`` (unless ``health`` is false: an app without that route); retry if
+    its port was taken between choosing and binding it (unless ``port`` was given). A process
+    that fails to start is stopped before the error is raised."""
+    for _ in range(1 if port else 3):
+        process = Process(app, env, port)
         process.spawn()
         try:
             try:
@@ -159,7 +163,8 @@ async def start_process(app: str, env: Mapping[str, str]) -> Process:
                     process.stop()
                     continue
                 raise
-            assert (await process.health())["healthy"], process.output()
+            if health:
+                assert (await process.health())["healthy"], process.output()
         except BaseException:
             process.stop()
             raise

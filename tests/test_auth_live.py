@@ -14,8 +14,8 @@ import websockets
 from fastapi import FastAPI
 from websockets.typing import Origin, Subprotocol
 
-from docs.examples.private_chat import app as chat_app
-from docs.examples.private_chat import auth as chat_auth
+from docs.examples.private.private_chat import app as chat_app
+from docs.examples.private.private_chat import auth as chat_auth
 from fastapi_channels import ChannelListener, Channels, channel
 from fastapi_channels.auth import JWTAuth, Key, TokenVerifier
 from tests.live import live_server

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import io
 import json
 import os
+import re
+import shlex
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from starlette.requests import HTTPConnection
 
+from fastapi_channels import (
+    ChannelListener,
+    Channels,
+    Inject,
+    Reject,
+    SocketServer,
+    channel,
+)
 from fastapi_channels.client.cli import use_colour
 from tests.client_app import create_app
 from tests.live import live_server
+from tests.test_docs_examples import blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,3 +181,122 @@ def test_colour_follows_the_terminal_and_no_color(monkeypatch: pytest.MonkeyPatc
     assert not use_colour("auto", _Terminal())
     assert use_colour("always", io.StringIO())
     assert not use_colour("never", _Terminal())
+
+
+async def test_the_first_tutorial_shows_what_the_command_prints() -> None:
+    """docs/first-channel.md: its two commands, run as written, print the output it shows."""
+    page = ROOT / "docs" / "first-channel.md"
+    commands = [
+        shlex.split(" ".join(block.body).replace("\\", " "))
+        for block in blocks(page)
+        if block.language == "bash" and block.body[0].startswith("fastapi-channels connect")
+    ]
+    (shown,) = [
+        block for block in blocks(page) if block.language == "text" and "*" in block.body[0]
+    ]
+    watch, say = commands
+    chat = importlib.import_module("docs.examples.first_channel.chat")
+    async with live_server(chat.app) as address:
+
+        def here(args: list[str]) -> list[str]:
+            assert args[:3] == ["fastapi-channels", "connect", "ws://127.0.0.1:8000/ws"]
+            return [f"ws://{address}/ws", *args[3:]]
+
+        watcher = await command(*here(watch), "--count", "1")
+        await watcher.line_containing("* subscribed to room.lobby")
+        status, _, err = await outcome(*here(say))
+        assert status == 0, err
+        status, out, err = await watcher.finish()
+    assert status == 0, err
+
+    def normal(text: str) -> str:
+        text = re.sub(r"\b\d\d:\d\d:\d\d\.\d{3}\b", "HH:MM:SS.mmm", text)
+        text = re.sub(r" as [0-9a-f]{32}$", " as ID", text)
+        return text.replace(address, "127.0.0.1:8000")
+
+    assert [normal(line) for line in out.splitlines()] == [normal(line) for line in shown.body]
+
+
+async def close_all(address: str, code: int, reason: str) -> None:
+    async with httpx.AsyncClient(base_url=f"http://{address}") as http:
+        body = {"code": code, "reason": reason}
+        assert (await http.post("/_test/close", json=body)).json() == {"closed": 1}
+
+
+async def test_a_lost_connection_says_why_then_comes_back(address: str) -> None:
+    run = await command(
+        f"ws://{address}/ws", "--token", "user-a", "-s", "public:cli", "--count", "2"
+    )
+    await run.line_containing("* subscribed to public:cli")
+    await close_all(address, 1012, "restarting")
+    assert (await run.line()).endswith('disconnect  {"reason": "restarting"}')  # the packet
+    assert await run.line() == "* connection lost: 1012 service restart (restarting)"
+    assert (await run.line()).endswith("(attempt 1)")
+    await run.line_containing("* reconnected as")
+    await run.line_containing("* subscribed again to public:cli")
+    async with httpx.AsyncClient(base_url=f"http://{address}") as http:
+        body = {"channel": "public:cli", "event": "news", "data": {"n": 2}}
+        (await http.post("/_test/publish", json=body)).raise_for_status()
+    status, out, err = await run.finish()
+    assert status == 0, err
+    assert out.splitlines()[-1].endswith('public:cli  news  {"n": 2}')
+
+
+async def test_a_close_that_is_not_retried_says_why_and_exits_with_1(address: str) -> None:
+    run = await command(f"ws://{address}/ws", "--token", "user-a", "-s", "public:cli")
+    await run.line_containing("* subscribed to public:cli")
+    await close_all(address, 1008, "rate limited")
+    status, out, err = await run.finish()
+    assert status == 1
+    assert "reconnecting" not in out
+    assert err.strip() == (
+        "error: connection closed by the server: 1008 policy violation (rate limited); "
+        "not reconnecting"
+    )
+
+
+@channel("room:*")
+class Room(ChannelListener):
+    pass
+
+
+def revocable_app() -> FastAPI:
+    """Tokens are anything in ``?token=``, until ``POST /revoke/{token}``, which also closes
+    every connection as a restart would (1012)."""
+    revoked: set[str] = set()
+
+    async def user(connection: HTTPConnection) -> str:
+        token = connection.query_params.get("token", "")
+        if not token or token in revoked:
+            raise Reject("invalid token")
+        return token
+
+    channels = Channels(user=user, listeners=[Room])
+    app = FastAPI()
+    app.include_router(channels.router)
+
+    @app.post("/revoke/{token}")
+    async def revoke(token: str, server: SocketServer = Inject(SocketServer)) -> None:
+        revoked.add(token)
+        for connection in server.connections:
+            await connection.disconnect("restarting", code=1012)
+
+    return app
+
+
+async def test_a_refused_token_is_not_retried() -> None:
+    async with live_server(revocable_app()) as address:
+        run = await command(
+            f"ws://{address}/ws", "--token", "t1", "--token-transport", "query", "-s", "room:1"
+        )
+        await run.line_containing("* subscribed to room:1")
+        async with httpx.AsyncClient(base_url=f"http://{address}") as http:
+            (await http.post("/revoke/t1")).raise_for_status()
+        status, out, err = await run.finish()
+    assert status == 1
+    assert out.splitlines()[-2:-1] == ["* connection lost: 1012 service restart (restarting)"]
+    assert out.splitlines()[-1].endswith("(attempt 1)")  # and no other attempt
+    assert err.strip() == (
+        "error: reconnecting was refused: invalid token; not retrying, as the server would "
+        "refuse it again (a new token is needed)"
+    )

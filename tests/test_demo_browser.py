@@ -58,7 +58,9 @@ async def browser() -> AsyncIterator[Browser]:
     if executable is None:
         browser_unavailable("no chromium binary on PATH (apt-get install chromium)")
     if async_playwright is None:
-        browser_unavailable("playwright is not installed (pip install 'fastapi-channels[browser]')")
+        browser_unavailable(
+            "playwright is not installed (pip install 'fastapi-ws-channels[browser]')"
+        )
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=executable)
         try:

@@ -1,10 +1,20 @@
 """The docs' code samples are files that run here, so none of them can rot.
 
-Every Python sample a page shows is included (``--8<--``) from a module in ``docs/examples``
-whose ``check()`` runs below (``test_*.py`` modules there are ordinary tests), from the demo or
-from the tests; every JavaScript sample from ``docs/examples/js``, which the Node tests run
-(``clients/js/test/docs.test.mjs``). A page may not hold a Python or JavaScript block of its
-own, every public name is on an API reference page, and the README's example is the tested one.
+Every Python sample a page shows is a copy of a module in ``docs/examples`` whose ``check()``
+runs below (``test_*.py`` modules there are ordinary tests), of the demo or of the tests; every
+JavaScript sample of ``docs/examples/js``, which the Node tests run
+(``clients/js/test/docs.test.mjs``). The page holds the code itself, so that it reads complete
+where Markdown is shown as it is (the forge, an editor); a comment above each block names the
+file, and the section of it, that the block must equal::
+
+    <!-- source: docs/examples/first_channel/chat.py:listener -->
+    ```python
+    ...
+    ```
+
+A section is the lines between ``# --8<-- [start:NAME]`` and ``# --8<-- [end:NAME]``, dedented;
+without a section the block is the whole file less those markers. Every public name is on an API
+reference page, and the README's example is the tested one.
 """
 
 from __future__ import annotations
@@ -12,14 +22,16 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+README = ROOT / "README.md"
 EXAMPLES_DIR = DOCS / "examples"
 EXAMPLES = sorted(
     p.stem for p in EXAMPLES_DIR.glob("*.py") if not p.stem.startswith(("_", "test_"))
@@ -27,13 +39,27 @@ EXAMPLES = sorted(
 PAGES = sorted(DOCS.rglob("*.md"))
 CODE_LANGUAGES = {"python", "py", "pycon", "js", "javascript", "mjs", "ts", "typescript"}
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[ \t]*(?P<info>[^\n]*)$")
-INCLUDE = re.compile(r'^\s*-{1,}8<-{1,}\s+"(?P<path>[^"]+)"\s*$')
-TESTED_ROOTS = ("docs/examples/", "demo/", "tests/")
+INCLUDE = re.compile(r"-{1,}8<-{1,}\s")
+SOURCE = re.compile(r"^\s*<!-- source: (?P<path>[^\s:]+)(?::(?P<section>[\w-]+))? -->\s*$")
+MARKER = re.compile(r"-{1,}8<-{1,}\s+\[\s*(?:start|end)\s*:\s*(?P<name>[\w-]+)\s*\]")
+TESTED_ROOTS = ("docs/examples/", "docs/deploy/", "demo/", "tests/")
 
 
-def _blocks(page: Path) -> list[tuple[int, str, list[str]]]:
-    """The fenced code blocks of a page: (line number, language, body lines)."""
-    blocks: list[tuple[int, str, list[str]]] = []
+class Block(NamedTuple):
+    """A fenced code block of a page."""
+
+    line: int
+    """The line number of its first line of code."""
+    language: str
+    body: list[str]
+    """Its lines, less the indentation of its opening fence."""
+    source: str | None
+    """``path`` or ``path:section`` from the ``<!-- source: ... -->`` comment above it."""
+
+
+def blocks(page: Path) -> list[Block]:
+    """The fenced code blocks of a page."""
+    found: list[Block] = []
     lines = page.read_text().splitlines()
     index = 0
     while index < len(lines):
@@ -41,22 +67,45 @@ def _blocks(page: Path) -> list[tuple[int, str, list[str]]]:
         if opening is None:
             index += 1
             continue
-        fence, info = opening["fence"], opening["info"]
+        indent, fence, info = opening["indent"], opening["fence"], opening["info"]
         language = re.sub(r"[{}.]", " ", info).split()[0].lower() if info.strip() else ""
+        above = [line for line in lines[max(0, index - 2) : index] if line.strip()]
+        comment = SOURCE.match(above[-1]) if above else None
+        source = None
+        if comment is not None:
+            source = comment["path"] + (f":{comment['section']}" if comment["section"] else "")
         body: list[str] = []
         start = index + 1
         index += 1
         while index < len(lines) and lines[index].strip() != fence:
-            body.append(lines[index])
+            line = lines[index]
+            body.append(line[len(indent) :] if line.startswith(indent) else line.lstrip())
             index += 1
-        blocks.append((start, language, body))
+        found.append(Block(start, language, body, source))
         index += 1
-    return blocks
+    return found
 
 
-def _includes(page: Path) -> list[str]:
-    """The paths (with their ``:section``) a page includes."""
-    return [m["path"] for line in page.read_text().splitlines() if (m := INCLUDE.match(line))]
+def shown(source: str) -> list[str]:
+    """What a block naming ``source`` (``path`` or ``path:section``) must hold."""
+    path, _, section = source.partition(":")
+    lines = (ROOT / path).read_text().splitlines()
+    if not section:
+        return [line for line in lines if not MARKER.search(line)]
+    inside: list[str] = []
+    started = False
+    for line in lines:
+        marker = MARKER.search(line)
+        if marker is not None:
+            if marker["name"] == section:
+                if started:
+                    break
+                started = True
+            continue
+        if started:
+            inside.append(line)
+    assert started, f"no section {section} in {path}"
+    return textwrap.dedent("\n".join(inside)).split("\n")
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -68,31 +117,33 @@ async def test_example_runs(name: str) -> None:
         await check()
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
-def test_no_sample_is_written_inline(page: Path) -> None:
-    """Python and JavaScript blocks hold only includes of files the suite runs."""
-    for line, language, body in _blocks(page):
-        if language not in CODE_LANGUAGES:
-            continue
-        written = [text for text in body if text.strip() and not INCLUDE.match(text)]
-        assert not written, (
-            f"{page.name}:{line}: a {language} sample written in the page; move it to "
-            f"docs/examples/ (run by the tests) and include it with --8<--"
+@pytest.mark.parametrize("page", [*PAGES, README], ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_sample_is_a_copy_of_a_tested_file(page: Path) -> None:
+    node_tests = (ROOT / "clients" / "js" / "test" / "docs.test.mjs").read_text()
+    for block in blocks(page):
+        if block.language not in CODE_LANGUAGES and block.source is None:
+            continue  # a command or an output; a configuration file names its source too
+        where = f"{page.name}:{block.line}"
+        assert block.source is not None, (
+            f"{where}: a {block.language} sample without a tested file; put it in docs/examples/ "
+            f"(run by the tests) and name it in a <!-- source: PATH:SECTION --> comment above"
+        )
+        path = block.source.partition(":")[0]
+        assert (ROOT / path).is_file(), f"{where} names a missing {path}"
+        assert path.startswith(TESTED_ROOTS), f"{where} names {path}, which no test runs"
+        if path.startswith("docs/examples/js/"):
+            assert f"../../../{path}" in node_tests, f"no Node test imports {path}"
+        expected = "\n".join(shown(block.source)).strip("\n")
+        assert "\n".join(block.body).strip("\n") == expected, (
+            f"{where} differs from {block.source}; copy the file's section into the page"
         )
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
-def test_every_included_file_exists_and_is_tested(page: Path) -> None:
-    node_tests = (ROOT / "clients" / "js" / "test" / "docs.test.mjs").read_text()
-    for included in _includes(page):
-        path, _, section = included.partition(":")
-        assert (ROOT / path).is_file(), f"{page.name} includes a missing {path}"
-        assert path.startswith(TESTED_ROOTS), f"{page.name} includes {path}, which no test runs"
-        if path.startswith("docs/examples/js/"):
-            assert f"../../../{path}" in node_tests, f"no Node test imports {path}"
-        if section and not section[0].isdigit():
-            text = (ROOT / path).read_text()
-            assert f"[start:{section}]" in text, f"{page.name}: no section {section} in {path}"
+@pytest.mark.parametrize("page", [*PAGES, README], ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_page_includes_a_file(page: Path) -> None:
+    """An include shows as a bare line where Markdown is read as it is: the code goes inline."""
+    for number, line in enumerate(page.read_text().splitlines(), 1):
+        assert not INCLUDE.search(line), f"{page.name}:{number} includes a file: {line.strip()}"
 
 
 def test_every_javascript_example_is_run_by_the_node_tests() -> None:
@@ -116,12 +167,11 @@ def test_every_page_is_in_the_navigation() -> None:
 
 
 def test_the_readme_example_is_the_tested_one() -> None:
-    readme = (ROOT / "README.md").read_text()
-    shown = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    module = (EXAMPLES_DIR / "readme.py").read_text()
-    tested = module.split("# --8<-- [start:readme]\n", 1)[1].split("# --8<-- [end:readme]")[0]
-    assert shown.strip() == tested.strip(), "README.md's example is not docs/examples/readme.py's"
-    commands = readme.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    readme = blocks(README)
+    assert (
+        next(b for b in readme if b.language == "python").source == "docs/examples/readme.py:readme"
+    )
+    commands = next(block.body for block in readme if block.language == "bash")
     assert [line.split()[0] for line in commands] == ["scripts/demo", "scripts/test"]
 
 

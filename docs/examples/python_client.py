@@ -1,14 +1,14 @@
 """The Python client: a bot that answers in a conversation of the private chat.
 
-The page docs/clients.md shows the `bot` section; `check` runs it against the private chat
-(docs/examples/private_chat.py) served by uvicorn on a free loopback port.
+The page docs/clients.md shows it as the reader's bot.py; `check` runs this file as the reader
+would (`python bot.py URL`) against the private chat (docs/examples/private/private_chat.py)
+served by uvicorn on a free loopback port.
 """
 
-from __future__ import annotations
-
-import asyncio
-
 # --8<-- [start:bot]
+import asyncio
+import sys
+
 import httpx
 
 from fastapi_channels.client import ChannelsClient, Packet, SubscriptionDenied
@@ -53,12 +53,15 @@ async def echo_bot(base: str, password: str) -> None:
                 await chat.emit("message", {"text": f"you said: {line['text']}"})
 
 
+if __name__ == "__main__":  # python bot.py [the app's URL, http://127.0.0.1:8000 by default]
+    base = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8000"
+    asyncio.run(echo_bot(base, "battery staple"))  # Bob's password in the tutorial
 # --8<-- [end:bot]
 
 
 async def check() -> None:
     """Ann talks to the bot over a real server; the bot echoes her and stops at bye."""
-    from docs.examples.private_chat import app
+    from docs.examples.private.private_chat import app
     from tests.live import live_server
 
     async with live_server(app) as host, asyncio.timeout(20):
@@ -67,7 +70,9 @@ async def check() -> None:
         async with ChannelsClient(f"ws://{host}/ws", token=token) as ann:
             chat = await ann.subscribe("dm:ann.bob")
             async with chat.packets("message") as lines:
-                bot = asyncio.create_task(echo_bot(base, "battery staple"))
+                bot = await asyncio.create_subprocess_exec(
+                    sys.executable, __file__, base, stdout=asyncio.subprocess.PIPE
+                )
                 assert (await lines.get(timeout=5)).data["text"] == "bob's bot is listening"
                 await chat.emit("message", {"text": "hello"})
                 assert (await lines.get(timeout=5)).data["author"] == "ann"
@@ -76,4 +81,6 @@ async def check() -> None:
                     "text": "you said: hello",
                 }
                 await chat.emit("message", {"text": "bye"})
-                await bot
+                output, _ = await bot.communicate()
+                assert bot.returncode == 0
+                assert b"a message from ann" in output

@@ -11,8 +11,14 @@ fastapi-channels connect ws://127.0.0.1:8000/ws --emit message --data '{"text": 
 fastapi-channels connect ws://127.0.0.1:8000/ws --request time --timeout 5
 ```
 
-Exit status: 0 when done, 1 when the connection, a subscription or the request failed, 2 for
-bad arguments, 130 when interrupted.
+When the connection is lost it says why (the close code, its meaning and the server's reason)
+and reconnects, as the client does, unless ``--no-reconnect``; ``-v`` also shows why each
+attempt failed. A refusal is final: a server that refuses the token once refuses it again, so the
+command stops and says so rather than retrying.
+
+Exit status: 0 when done, 1 when the connection, a subscription or the request failed, or the
+server ended the connection for good before the command was done, 2 for bad arguments, 130 when
+interrupted.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from datetime import datetime
@@ -35,9 +42,23 @@ from fastapi_channels.client.errors import (
 )
 from fastapi_channels.client.packets import Packet, PacketStream
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "describe_close", "run"]
 
 TOKEN_ENV = "FASTAPI_CHANNELS_TOKEN"
+
+CLOSE_CODES = {
+    1000: "normal closure",
+    1001: "going away",
+    1005: "no close code",
+    1006: "connection dropped",
+    1008: "policy violation",
+    1009: "message too big",
+    1011: "internal error",
+    1012: "service restart",
+    1013: "try again later",
+    4001: "token expired",
+}
+"""What the close codes a client meets mean (RFC 6455's, and the server's own 4001)."""
 
 _RESET = "\033[0m"
 _STYLES = {
@@ -95,6 +116,27 @@ class Printer:
         print(self._paint("error", f"error: {text}"), file=self.err, flush=True)
 
 
+def describe_close(code: int | None, reason: str = "") -> str:
+    """A close code, what it means, and the reason when there is one: ``1012 service restart``."""
+    if code is None:
+        text = "no close code"
+    else:
+        meaning = CLOSE_CODES.get(code)
+        text = f"{code} {meaning}" if meaning else str(code)
+    return f"{text} ({reason})" if reason else text
+
+
+class _LogLines(logging.Handler):
+    """Shows the client's log records as status lines."""
+
+    def __init__(self, printer: Printer, level: int) -> None:
+        super().__init__(level)
+        self.printer = printer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.printer.status(record.getMessage())
+
+
 def use_colour(choice: str, stream: IO[str]) -> bool:
     """Decide on colour: ``always``, ``never``, or ``auto`` (a terminal, without ``NO_COLOR``)."""
     if choice != "auto":
@@ -139,6 +181,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-reconnect", action="store_true", help="exit when the connection is lost"
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show the client's log: why each reconnection attempt failed",
+    )
 
 
 def _json(text: str) -> Any:
@@ -169,11 +217,15 @@ async def _session(args: argparse.Namespace, printer: Printer) -> int:
     )
 
     def on_state(packet: Packet) -> None:
-        state = packet.data["state"]
-        if state == ClientState.RE_CONNECTING and "delay" in packet.data:
-            printer.status(f"reconnecting in {packet.data['delay']:.1f}s")
-        elif state == ClientState.CONNECTED and packet.data["previous"] != "connecting":
-            printer.status(f"reconnected as {packet.data.get('id')}", "good")
+        data = packet.data
+        state = data["state"]
+        if state == ClientState.RE_CONNECTING and "delay" in data:
+            if "code" in data:  # the first attempt after a loss says what was lost
+                lost = describe_close(data["code"], data.get("reason") or "")
+                printer.status(f"connection lost: {lost}")
+            printer.status(f"reconnecting in {data['delay']:.1f}s (attempt {data['attempt']})")
+        elif state == ClientState.CONNECTED and data["previous"] != "connecting":
+            printer.status(f"reconnected as {data.get('id')}", "good")
 
     def on_subscription(packet: Packet) -> None:
         data = packet.data
@@ -183,6 +235,22 @@ async def _session(args: argparse.Namespace, printer: Printer) -> int:
 
     client.on("channels:state", on_state)
     client.on("channels:subscription", on_subscription)
+    # The client's log goes to the status lines (its warnings repeat what is shown anyway).
+    log = logging.getLogger("fastapi_channels.client")
+    handler = _LogLines(printer, logging.INFO if args.verbose else logging.ERROR)
+    log.addHandler(handler)
+    propagate, level = log.propagate, log.level
+    log.propagate = False
+    if args.verbose:
+        log.setLevel(logging.INFO)
+    try:
+        return await _connected(client, args, printer)
+    finally:
+        log.removeHandler(handler)
+        log.propagate, log.level = propagate, level
+
+
+async def _connected(client: ChannelsClient, args: argparse.Namespace, printer: Printer) -> int:
     stream = client.packets()
     try:
         await client.connect()
@@ -208,17 +276,26 @@ async def _session(args: argparse.Namespace, printer: Printer) -> int:
             status = max(status, await _request(client, args, printer))
             if not args.listen:
                 return status
-        await _print_packets(client, stream, args, printer)
+        if await _print_packets(stream, args, printer):
+            return status
     except ConnectionClosed as exc:
         printer.failure(str(exc))
         return 1
     finally:
         stream.close()
         await client.close()
-    if client.error is not None:
+    # The client stopped for good before the command was done.
+    if isinstance(client.error, Refused):
+        printer.failure(
+            f"reconnecting was refused: {client.error.reason}; not retrying, as the server would "
+            "refuse it again (a new token is needed)"
+        )
+    elif client.error is not None:
         printer.failure(str(client.error))
-        return 1
-    return status
+    else:
+        closed = describe_close(client.close_code, client.close_reason)
+        printer.failure(f"connection closed by the server: {closed}; not reconnecting")
+    return 1
 
 
 async def _request(client: ChannelsClient, args: argparse.Namespace, printer: Printer) -> int:
@@ -234,9 +311,8 @@ async def _request(client: ChannelsClient, args: argparse.Namespace, printer: Pr
     return 0
 
 
-async def _print_packets(
-    client: ChannelsClient, stream: PacketStream, args: argparse.Namespace, printer: Printer
-) -> None:
+async def _print_packets(stream: PacketStream, args: argparse.Namespace, printer: Printer) -> bool:
+    """Print packets until the command is done; ``False`` if the client stopped for good first."""
     printed = 0
     try:
         async with asyncio.timeout(args.duration):
@@ -244,8 +320,7 @@ async def _print_packets(
                 printer.packet(packet)
                 printed += 1
                 if args.count is not None and printed >= args.count:
-                    return
+                    return True
     except TimeoutError:
-        return  # --duration is over
-    if client.close_code is not None:
-        printer.status(f"closed by the server ({client.close_code} {client.close_reason})")
+        return True  # --duration is over
+    return False

@@ -34,7 +34,9 @@ def main() -> None:
     parser.add_argument("--max-connections", type=int, default=None)
     parser.add_argument("--max-connections-per-user", type=int, default=None)
     parser.add_argument("--jwt", action="store_true", help="serve create_jwt_app() instead")
-    parser.add_argument("--app", help="serve this app instead, e.g. docs.examples.private_chat:app")
+    parser.add_argument(
+        "--app", help="serve this app instead, e.g. docs.examples.private.private_chat:app"
+    )
     args = parser.parse_args()
     limits = Limits(
         max_connections=args.max_connections,

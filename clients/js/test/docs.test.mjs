@@ -1,5 +1,5 @@
 // The JavaScript samples of the docs (docs/examples/js), run against the apps the pages describe:
-// the private chat (docs/examples/private_chat.py) and, for short-lived tokens, the JWT test app.
+// the private chat (docs/examples/private/private_chat.py) and, for short-lived tokens, the JWT test app.
 import assert from "node:assert/strict";
 import { register } from "node:module";
 import { after, before, describe, test } from "node:test";
@@ -58,7 +58,7 @@ function screen() {
 
 before(async () => {
   [server, jwtServer, roomServer] = await Promise.all([
-    startServer(["--app", "docs.examples.private_chat:app"]),
+    startServer(["--app", "docs.examples.private.private_chat:app"]),
     startServer(["--jwt"]),
     startServer(["--app", "docs.examples.presence_history:app"]),
   ]);

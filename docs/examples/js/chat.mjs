@@ -1,4 +1,4 @@
-// The JavaScript client in a page of the private chat (docs/examples/private_chat.py).
+// The JavaScript client in a page of the private chat (docs/examples/private/private_chat.py).
 // docs/clients.md includes its sections; clients/js/test/docs.test.mjs runs each of them.
 
 // --8<-- [start:connect]

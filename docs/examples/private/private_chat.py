@@ -1,7 +1,10 @@
 """The tutorial's app: people log in, then talk in conversations only their two members can join.
 
-Run it with `uvicorn docs.examples.private_chat:app` (see docs/private-chat.md); its tests are
-`docs/examples/test_private_chat.py`.
+docs/private-chat.md shows it as the reader's private_chat.py. From this directory,
+`uvicorn private_chat:app` runs it; from the repository's root,
+`uvicorn docs.examples.private.private_chat:app`. Its tests are test_private_chat.py beside it,
+which import it as `private_chat`, as in the reader's project (this directory is no package, so
+pytest puts it on the path).
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from fastapi_channels import (
@@ -190,3 +195,16 @@ async def post_message(
 
 
 # --8<-- [end:http]
+
+
+# --8<-- [start:page]
+PAGE = Path(__file__).with_name("page.html")  # beside this module
+
+
+@app.get("/", response_class=HTMLResponse)
+async def page() -> str:
+    """The chat's page: log in, then talk (see page.html)."""
+    return PAGE.read_text()
+
+
+# --8<-- [end:page]

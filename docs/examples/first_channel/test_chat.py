@@ -1,7 +1,8 @@
-"""The tests of the first channel (docs/examples/first_channel.py)."""
+"""The first tutorial's test_chat.py (docs/first-channel.md), and one more test."""
 
 # --8<-- [start:test]
-from docs.examples.first_channel import app
+from chat import app
+
 from fastapi_channels.testing import SocketTestClient, lifespan
 
 

@@ -1,4 +1,4 @@
-"""Tests of the private chat (docs/examples/private_chat.py), as an app's own tests would be."""
+"""Tests of the private chat (private_chat.py), as an app's own tests would be."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from private_chat import app, auth
 
-from docs.examples.private_chat import app, auth
 from fastapi_channels.testing import SocketTestClient, lifespan
 
 

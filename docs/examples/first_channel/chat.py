@@ -1,10 +1,9 @@
-"""The first channel of the tutorial: chat rooms anyone may join.
+"""The first tutorial's chat.py (docs/first-channel.md): chat rooms anyone may join.
 
-Run it with `uvicorn docs.examples.first_channel:app` (see docs/first-channel.md); its tests
-are `docs/examples/test_first_channel.py`.
+The page shows its sections as the reader's whole chat.py; its tests are test_chat.py beside it,
+which imports it as ``chat``, as in the reader's project (this directory is no package, so
+pytest puts it on the path). scripts/check-wheel runs the page's code from an installed wheel.
 """
-
-from __future__ import annotations
 
 # --8<-- [start:listener]
 from fastapi import FastAPI
