@@ -28,7 +28,7 @@ try:
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ConfigurationError(
-        "metrics need the 'prometheus' extra: pip install 'fastapi-channels[prometheus]'"
+        "metrics need the 'prometheus' extra: pip install 'fastapi-ws-channels[prometheus]'"
     ) from exc
 
 if TYPE_CHECKING:

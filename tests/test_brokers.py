@@ -363,7 +363,7 @@ def test_a_missing_redis_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None
     for name in list(sys.modules):
         if name == "redis" or name.startswith(("redis.", "fastapi_channels.brokers.redis")):
             monkeypatch.setitem(sys.modules, name, None)
-    with pytest.raises(ConfigurationError, match=r"pip install 'fastapi-channels\[redis\]'"):
+    with pytest.raises(ConfigurationError, match=r"pip install 'fastapi-ws-channels\[redis\]'"):
         create_broker("redis://127.0.0.1:6379/0")
 
 

@@ -10,7 +10,7 @@ key as ``current`` (the one `issue` signs with) and
 keeping the old one until the last token it signed has expired.
 
 RSA, EC and EdDSA keys need the ``cryptography`` package (``pip install
-fastapi-channels[crypto]``); HMAC secrets do not.
+fastapi-ws-channels[crypto]``); HMAC secrets do not.
 """
 
 from __future__ import annotations
@@ -320,5 +320,5 @@ def _require_cryptography() -> None:
     except ImportError:  # pragma: no cover - the crypto extra is installed in the test setup
         raise ConfigurationError(
             "RSA, EC and EdDSA keys need the cryptography package: "
-            "pip install 'fastapi-channels[crypto]'"
+            "pip install 'fastapi-ws-channels[crypto]'"
         ) from None

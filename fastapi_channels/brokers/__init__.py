@@ -39,7 +39,7 @@ def create_broker(url: str | None) -> Broker:
             )
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ConfigurationError(
-                "the Redis broker needs the 'redis' extra: pip install 'fastapi-channels[redis]'"
+                "the Redis broker needs the 'redis' extra: pip install 'fastapi-ws-channels[redis]'"
             ) from exc
         broker: Broker = RedisBroker(url)
         return broker

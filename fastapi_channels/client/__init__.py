@@ -1,6 +1,6 @@
 """An asyncio client of fastapi_channels servers, on the ``websockets`` library.
 
-Install it with the ``client`` extra (``pip install "fastapi-channels[client]"``):
+Install it with the ``client`` extra (``pip install "fastapi-ws-channels[client]"``):
 
 ```python
 from fastapi_channels.client import ChannelsClient
@@ -21,7 +21,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "fastapi_channels.client needs the websockets library: "
-        'pip install "fastapi-channels[client]"'
+        'pip install "fastapi-ws-channels[client]"'
     ) from exc
 
 from fastapi_channels.client.backoff import STOP_CODES, Backoff, should_reconnect
