@@ -76,11 +76,6 @@ class Deployment:
     make: Callable[[], Broker]
     nodes: list[Node] = field(default_factory=list)
 
-    def require(self, store: type) -> None:
-        """Skip the test unless this kind of broker implements ``store``: found by type."""
-        if not issubclass(self.kind, store):
-            pytest.skip(f"{self.kind.__name__} is not a {store.__name__}")
-
     async def start(self, broker: Broker | None = None) -> Node:
         """Start ``broker`` (a new one by default) as the server does, with a fresh inbox."""
         broker = broker if broker is not None else self.make()
@@ -98,9 +93,27 @@ class Deployment:
                 await node.broker.stop()
 
 
-@pytest.fixture(params=["memory", "redis", "pubsub-only"])
+def _kinds() -> dict[str, type[Broker]]:
+    from fastapi_channels.brokers.redis import RedisBroker
+
+    return {"memory": MemoryBroker, "redis": RedisBroker, "pubsub-only": PubSubBroker}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test on every kind of broker that implements its module's ``STORE``.
+
+    A module of the history part sets ``STORE = HistoryStore``: found by type, so a broker
+    that is not one is not run there at all (rather than skipped).
+    """
+    if "deployment" in metafunc.fixturenames:
+        store = getattr(metafunc.module, "STORE", Broker)
+        kinds = [name for name, kind in _kinds().items() if issubclass(kind, store)]
+        metafunc.parametrize("deployment", kinds, indirect=True)
+
+
+@pytest.fixture
 async def deployment(request: pytest.FixtureRequest) -> AsyncIterator[Deployment]:
-    """A deployment of one kind of broker; every test using it runs on each kind."""
+    """A deployment of one kind of broker (see `pytest_generate_tests`)."""
     if request.param == "memory":
         hub = MemoryHub()
         made = Deployment(MemoryBroker, lambda: MemoryBroker(hub))

@@ -19,11 +19,13 @@ from tests.contract.conftest import Deployment, Node, fence
 KEEP = Retention(size=3, ttl=None, keep=60)
 WIDE = Retention(size=100, ttl=None, keep=60)
 
+STORE = HistoryStore
+"""This part runs on the brokers that are a `HistoryStore`."""
+
 
 @pytest.fixture
 async def pair(deployment: Deployment) -> tuple[Node, Node]:
     """Two processes of a deployment whose broker keeps history."""
-    deployment.require(HistoryStore)
     return await deployment.start(), await deployment.start()
 
 

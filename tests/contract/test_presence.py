@@ -17,11 +17,13 @@ from tests.contract.conftest import Deployment, Node, fence
 
 ANNOUNCE = Announcements(join=(b"+", b";"), leave=(b"-", b";"))
 
+STORE = PresenceStore
+"""This part runs on the brokers that are a `PresenceStore`."""
+
 
 @pytest.fixture
 async def pair(deployment: Deployment) -> tuple[Node, Node]:
     """Two processes of a deployment whose broker keeps presence, subscribed to ``p:x``."""
-    deployment.require(PresenceStore)
     nodes = await deployment.start(), await deployment.start()
     for node in nodes:
         await node.broker.subscribe("p:x")
