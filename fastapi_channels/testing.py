@@ -285,7 +285,7 @@ class SocketTestClient:
         reply = await self.receive_reply(packet_id, timeout)
         error = reply.error
         if error is not None:
-            raise ReplyError(error["code"], error["message"], error.get("errors"))
+            raise ReplyError.from_reply(error)
         return reply.data
 
     async def receive_reply(self, id: PacketId, timeout: float | None = None) -> ReceivedPacket:

@@ -86,6 +86,20 @@ def stalled_peer(
     return sock
 
 
+def removal_of(channels: Channels, watched: SocketConnection) -> asyncio.Event:
+    """An event set once the server has forgotten ``watched`` (its reader ended)."""
+    removed = asyncio.Event()
+    remove = channels.server.remove_connection
+
+    async def spy(connection: SocketConnection) -> None:
+        await remove(connection)
+        if connection is watched:
+            removed.set()
+
+    channels.server.remove_connection = spy  # type: ignore[method-assign]
+    return removed
+
+
 async def p99_latency(channels: Channels, clients: list[Any], rounds: int) -> float:
     """Broadcast ``rounds`` timestamped messages; the p99 publish-to-receive latency."""
     latencies: list[float] = []
@@ -115,15 +129,7 @@ async def test_a_client_that_never_reads_does_not_slow_the_others() -> None:
         async with asyncio.timeout(5):
             stalled_socket = await asyncio.to_thread(stalled_peer, address)
         (stalled,) = set(channels.server.connections) - before
-        removed = asyncio.Event()
-        remove = channels.server.remove_connection
-
-        async def spy(connection: SocketConnection) -> None:
-            await remove(connection)
-            if connection is stalled:
-                removed.set()
-
-        channels.server.remove_connection = spy  # type: ignore[method-assign]
+        removed = removal_of(channels, stalled)
         try:
             # Fill the stalled peer's socket buffers until its writer is stuck.
             big = "x" * 65_536
@@ -305,15 +311,7 @@ async def test_a_peer_that_never_reads_is_aborted_and_counted_until_its_socket_i
             stalled_socket = await asyncio.to_thread(stalled_peer, address, path="/ws?user=ann")
         try:
             (stalled,) = channels.server.connections
-            gone = asyncio.Event()
-            remove = channels.server.remove_connection
-
-            async def spy(connection: SocketConnection) -> None:
-                await remove(connection)
-                if connection is stalled:
-                    gone.set()
-
-            channels.server.remove_connection = spy  # type: ignore[method-assign]
+            gone = removal_of(channels, stalled)
             big = "x" * 65_536
             for _ in range(2_000):  # fill the socket's buffers, then the queue: 1013
                 if not stalled.is_open:
