@@ -61,20 +61,21 @@ def unknown_kid_token() -> str:
 
 
 class Provider:
-    """Serves ``{"keys": [...]}`` at `PATH`: the keys, headers and status the test sets.
+    """Serves ``{"keys": [...]}`` at ``paths``: the keys, headers and status the test sets.
 
     Attributes:
         fetches: how many requests reached the endpoint.
     """
 
-    def __init__(self, *keys: SigningKey) -> None:
+    def __init__(self, *keys: SigningKey, paths: tuple[str, ...] = (PATH,)) -> None:
         self.keys = list(keys)
         self.extra: list[dict[str, Any]] = []
         self.headers: dict[str, str] = {}
         self.status = 200
         self.fetches = 0
+        self.base = ""
         self.url = ""
-        self.app = Starlette(routes=[Route(PATH, self._serve)])
+        self.app = Starlette(routes=[Route(path, self._serve) for path in paths])
 
     async def _serve(self, request: Request) -> Response:
         self.fetches += 1
@@ -87,7 +88,8 @@ class Provider:
 @contextlib.asynccontextmanager
 async def serving(provider: Provider) -> AsyncIterator[Provider]:
     async with live_server(provider.app) as address:
-        provider.url = f"http://{address}{PATH}"
+        provider.base = f"http://{address}"
+        provider.url = provider.base + PATH
         yield provider
 
 
