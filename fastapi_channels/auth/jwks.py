@@ -32,6 +32,7 @@ import asyncio
 import json
 import logging
 import math
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
@@ -123,6 +124,7 @@ class JWKS:
         self._fetch: asyncio.Task[bool] | None = None
         self._outage: str | None = None
         """The error of the current outage, or ``None`` while fetches succeed."""
+        self._tls = _tls_context(parts.scheme == "https")
 
     def __repr__(self) -> str:
         return f"JWKS({self.url!r}, keys={sorted(self._keys)!r})"
@@ -227,7 +229,9 @@ class JWKS:
 
         async with (
             asyncio.timeout(self.timeout),
-            httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client,
+            httpx.AsyncClient(
+                verify=self._tls, timeout=self.timeout, follow_redirects=False
+            ) as client,
             client.stream("GET", self.url, headers={"Accept": "application/json"}) as response,
         ):
             if response.status_code != 200:
@@ -332,9 +336,22 @@ def _describe(exc: BaseException) -> str:
     return printable(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:200]
 
 
+def _tls_context(verify: bool) -> ssl.SSLContext:
+    """The TLS settings of every fetch, made once.
+
+    Loading the CA bundle takes about 100 ms of CPU, which would stall the event loop at each
+    fetch (httpx loads it for each client it builds).
+    """
+    import httpx
+
+    # Plain http (redirects are not followed) needs no certificates.
+    return httpx.create_ssl_context(verify=verify)
+
+
 def _require_extra() -> None:
     try:
         import cryptography  # noqa: F401
+        import httpcore  # noqa: F401  (httpx imports it at the first request: import it now)
         import httpx  # noqa: F401
     except ImportError:  # pragma: no cover - the test setup installs both
         raise ConfigurationError(
