@@ -5,6 +5,7 @@ EXPORTED = {
     "AuthFailure",
     "Authentication",
     "AuthenticationError",
+    "JWKS",
     "JWTAuth",
     "Key",
     "KeySet",

@@ -3,6 +3,7 @@
 One concept per module:
 
 - `keys`: keys bound to their algorithms, key sets with ``kid``.
+- `jwks`: keys fetched from an identity provider's JWKS URL, cached and refreshed.
 - `verifier`: verifying and issuing tokens.
 - `tokens`: where a token travels; which subprotocol to echo.
 - `origin`: the ``Origin`` allow-list.
@@ -25,6 +26,7 @@ async def me(user: User = Depends(auth.required)) -> User: ...
 
 from fastapi_channels.auth.context import Authentication, get_authentication
 from fastapi_channels.auth.dependency import JWTAuth
+from fastapi_channels.auth.jwks import JWKS
 from fastapi_channels.auth.keys import Key, KeySet
 from fastapi_channels.auth.lifetime import TokenLifetime
 from fastapi_channels.auth.origin import OriginPolicy
@@ -34,6 +36,7 @@ from fastapi_channels.auth.verifier import TokenVerifier, VerifiedToken
 from fastapi_channels.wire.errors import AuthenticationError, AuthFailure
 
 __all__ = [
+    "JWKS",
     "AuthFailure",
     "Authentication",
     "AuthenticationError",

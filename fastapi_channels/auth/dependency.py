@@ -242,7 +242,7 @@ class JWTAuth(SecurityBase, Generic[UserT]):
     async def _authenticate_token(
         self, token: str, source: TokenSource | None, connection: HTTPConnection
     ) -> Authentication[UserT]:
-        verified = self.verifier.verify(token)
+        verified = await self.verifier.verify_async(token)
         subject = verified.claims.get(self.subject_claim)
         if not isinstance(subject, str) or not subject:
             raise AuthenticationError(

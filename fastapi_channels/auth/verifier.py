@@ -2,7 +2,7 @@
 
 The token's own header is read only to pick the key by ``kid`` and to refuse an algorithm early
 with a precise log reason; which algorithms are acceptable is always decided by the selected
-`Key`, and ``none`` is never acceptable.
+`Key` (and the verifier's ``algorithms``), and ``none`` is never acceptable.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Final
 import jwt
 from jwt import exceptions as jwt_errors
 
+from fastapi_channels.auth.jwks import JWKS
 from fastapi_channels.auth.keys import Key, KeySet
 from fastapi_channels.wire.errors import AuthenticationError, AuthFailure, ConfigurationError
 
@@ -71,12 +72,14 @@ class TokenVerifier:
 
     Verification is pure CPU work (a signature check and a few comparisons, tens of
     microseconds for HMAC and RSA-2048, somewhat more for EC) and takes no lock, so one
-    verifier serves any number of concurrent handshakes.
+    verifier serves any number of concurrent handshakes. With a `JWKS` key source,
+    `verify_async` may first wait for the provider's keys (see `JWKS.key_for`).
 
     Args:
-        keys: a `KeySet`, one key, or several keys.
-        algorithms: the algorithms accepted at all; each key is restricted to these. By default
-            every key keeps its own algorithms. ``none`` is refused.
+        keys: a `KeySet`, one key, several keys, or a `JWKS` (keys fetched from a provider).
+        algorithms: the algorithms accepted at all; each key is restricted to these (a `JWKS`
+            key at verification, as its keys arrive later). By default every key keeps its own
+            algorithms. ``none`` is refused.
         leeway: the clock skew tolerated on ``exp``, ``nbf`` and ``iat``, in seconds or as a
             ``timedelta``.
         issuer: the required ``iss`` (one value, or any of several); ``None`` skips the check.
@@ -93,7 +96,7 @@ class TokenVerifier:
 
     def __init__(
         self,
-        keys: KeySet | Key | Iterable[Key],
+        keys: KeySet | Key | Iterable[Key] | JWKS,
         *,
         algorithms: Iterable[str] | None = None,
         leeway: float | timedelta = 0,
@@ -102,7 +105,8 @@ class TokenVerifier:
         required_claims: Iterable[str] = ("exp", "sub"),
         max_token_size: int = DEFAULT_MAX_TOKEN_SIZE,
     ) -> None:
-        key_set = keys if isinstance(keys, KeySet) else KeySet(keys)
+        key_set = keys if isinstance(keys, KeySet | JWKS) else KeySet(keys)
+        self._allowed: frozenset[str] | None = None
         if algorithms is not None:
             allowed = frozenset([algorithms] if isinstance(algorithms, str) else algorithms)
             if any(name.lower() == "none" for name in allowed):
@@ -110,8 +114,11 @@ class TokenVerifier:
             unknown = allowed - jwt.algorithms.get_default_algorithms().keys()
             if unknown:
                 raise ConfigurationError(f"unknown algorithms: {', '.join(sorted(unknown))}")
-            key_set = key_set.restricted_to(allowed)
-        self.keys = key_set
+            if isinstance(key_set, KeySet):
+                key_set = key_set.restricted_to(allowed)
+            else:
+                self._allowed = allowed
+        self.keys: KeySet | JWKS = key_set
         self.leeway = leeway.total_seconds() if isinstance(leeway, timedelta) else float(leeway)
         if self.leeway < 0:
             raise ConfigurationError("leeway cannot be negative")
@@ -126,11 +133,33 @@ class TokenVerifier:
     def verify(self, token: str) -> VerifiedToken:
         """Verify ``token`` and return its claims.
 
+        With a `JWKS`, only the keys already fetched are used; `verify_async` fetches.
+
         Raises:
             AuthenticationError: the token is oversized, malformed, names an unknown ``kid`` or
                 an algorithm its key does not allow, its signature fails, or a claim check
                 fails. ``failure`` says which; nothing in the error holds the token.
         """
+        header = self._header(token)
+        return self._verify(token, header, self.keys.select(header.get("kid")))
+
+    async def verify_async(self, token: str) -> VerifiedToken:
+        """Verify ``token`` like `verify`, first fetching a `JWKS` if its ``kid`` may be new.
+
+        With a `KeySet` this never suspends. With a `JWKS` it suspends only while the set is
+        fetched for a ``kid`` not seen before (at most once per the set's ``cooldown``; see
+        `JWKS.key_for`).
+
+        Raises:
+            AuthenticationError: as `verify`.
+        """
+        header = self._header(token)
+        kid = header.get("kid")
+        keys = self.keys
+        key = await keys.key_for(kid) if isinstance(keys, JWKS) else keys.select(kid)
+        return self._verify(token, header, key)
+
+    def _header(self, token: str) -> dict[str, Any]:
         if len(token) > self.max_token_size:
             raise AuthenticationError(
                 AuthFailure.OVERSIZED,
@@ -139,12 +168,17 @@ class TokenVerifier:
         if not looks_like_jwt(token):
             raise AuthenticationError(AuthFailure.MALFORMED, "not a compact JWS")
         try:
-            header = jwt.get_unverified_header(token)
+            return jwt.get_unverified_header(token)
         except jwt_errors.PyJWTError:
             raise AuthenticationError(AuthFailure.MALFORMED, "unreadable header") from None
-        key = self.keys.select(header.get("kid"))
+
+    def _verify(self, token: str, header: Mapping[str, Any], key: Key) -> VerifiedToken:
         algorithm = header.get("alg")
-        if not isinstance(algorithm, str) or algorithm not in key.algorithms:
+        if (
+            not isinstance(algorithm, str)
+            or algorithm not in key.algorithms
+            or (self._allowed is not None and algorithm not in self._allowed)
+        ):
             raise AuthenticationError(
                 AuthFailure.ALGORITHM,
                 f"algorithm {str(algorithm)[:16]!r} is not allowed for key {key.kid!r}",
@@ -153,7 +187,7 @@ class TokenVerifier:
             claims = self._jwt.decode(
                 token,
                 key.verifying_key,
-                algorithms=list(key.algorithms),
+                algorithms=[algorithm],
                 leeway=self.leeway,
                 issuer=self.issuer,
                 audience=self.audience,
@@ -183,8 +217,11 @@ class TokenVerifier:
         extra ``claims`` (which cannot override those).
 
         Raises:
-            ConfigurationError: the current key is a public key and cannot sign.
+            ConfigurationError: the current key is a public key and cannot sign, or the keys
+                are a `JWKS` (the provider issues those tokens).
         """
+        if isinstance(self.keys, JWKS):
+            raise ConfigurationError("keys from a JWKS are public keys and cannot sign tokens")
         key = self.keys.current
         if key.signing_key is None:
             raise ConfigurationError(f"key {key.kid!r} is a public key and cannot sign tokens")
