@@ -30,7 +30,7 @@ import asyncio
 import hashlib
 import re
 import secrets
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -334,8 +334,10 @@ class RedisStore:
         process: this process's name among the processes (hex).
         connections: the most connections this store opens.
         timeout: seconds to wait for a free connection.
-        follow_master: the master may change (Sentinel, Cluster): a history read or written on
+        follow_master: the master may change (Sentinel): a history read or written on
             another master than the one that wrote it gets a new epoch (see ``_EPOCH``).
+        on_failure: called when Redis could not be reached or refused to run a script as
+            a master would (``READONLY``), so the broker checks where the master is.
 
     Presence records are kept 60 s, or three times the renewal timeout if longer, after their
     last join or sweep.
@@ -350,6 +352,7 @@ class RedisStore:
         connections: int = 8,
         timeout: float = 5.0,
         follow_master: bool = False,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self._pool = BlockingConnectionPool(
             connection_class=pool.connection_class,
@@ -361,6 +364,7 @@ class RedisStore:
         self._prefix = prefix
         self.process = process
         self._follow = "1" if follow_master else "0"
+        self._on_failure = on_failure
         self._publish = _Script.of(_PUBLISH_STORED)
         self._read = _Script.of(_READ_STORED)
         self._update = _Script.of(_UPDATE)
@@ -412,6 +416,8 @@ class RedisStore:
                 ):
                     results[i] = result
         except (RedisError, OSError) as exc:
+            if self._on_failure is not None:
+                self._on_failure()
             raise BrokerError(f"Redis did not answer: {exc}") from exc
         return results
 

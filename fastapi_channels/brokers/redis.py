@@ -206,6 +206,7 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
         self._batch: _Batch | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._redis_store: RedisStore | None = None
+        self._recheck = asyncio.Event()  # set when the master should be asked for at once
 
     def counters(self) -> dict[str, int]:
         """Return `stats` as a dict, for metrics."""
@@ -452,10 +453,18 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
         loop = asyncio.get_running_loop()
         pinged_at: float | None = None
         while True:
-            await asyncio.wait({reader}, timeout=self._ping_interval)
+            recheck = asyncio.ensure_future(self._recheck.wait())
+            try:
+                await asyncio.wait({reader, recheck}, timeout=self._ping_interval)
+            finally:
+                recheck.cancel()
             if reader.done():
                 reader.result()
                 raise RedisError("the subscriber connection ended")
+            if self._recheck.is_set():  # a store command failed: has the master moved?
+                self._recheck.clear()
+                await self._check_master(conn)
+                continue
             now = loop.time()
             if pinged_at is not None and self._last_seen < pinged_at:
                 raise RedisTimeoutError(f"no answer to PING within {self._ping_interval} s")
@@ -470,8 +479,9 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
         """Raise when the Sentinels name another master than the one ``conn`` reached.
 
         This catches a failover that left the old master running (``SENTINEL FAILOVER``, a
-        partition): the processes leave it within ``ping_interval``. Sentinels that do not
-        answer (within ``timeout``) leave the connection as it is.
+        partition): the processes leave it within ``ping_interval``, or at once when a history
+        or presence command fails (a write refused with ``READONLY`` by a demoted master).
+        Sentinels that do not answer (within ``timeout``) leave the connection as it is.
         """
         try:
             async with asyncio.timeout(self._timeout):
@@ -548,6 +558,7 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
                 connections=self._store_connections,
                 timeout=self._timeout,
                 follow_master=self._endpoint.follows_failovers,
+                on_failure=self._recheck.set if self._endpoint.follows_failovers else None,
             )
         return self._redis_store
 
