@@ -76,6 +76,8 @@ def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database() -> No
         RedisBroker("redis+sentinel://s1:26379")
     with pytest.raises(ConfigurationError, match="at least one host"):
         RedisBroker("redis+sentinel:///mymaster")
+    with pytest.raises(ConfigurationError, match="unknown broker URL scheme"):
+        create_broker("redis+cluster://127.0.0.1:7000")  # not built yet: see architecture.md
 
 
 async def test_broadcasts_flow_again_on_every_process_after_a_failover_under_traffic(
