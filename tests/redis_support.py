@@ -63,8 +63,13 @@ class RedisServer:
     would leave it; ``pause()`` freezes it (connections stay open, nothing is answered).
     """
 
-    def __init__(self, binary: str) -> None:
+    ready: bytes = READY_LINE
+    """What the server prints once it serves clients."""
+
+    def __init__(self, binary: str, *options: str) -> None:
         self.binary = binary
+        self.options = list(options)
+        """More ``redis-server`` options (``--replicaof ...``, ``--cluster-enabled yes``)."""
         self.port = 0
         self.output: list[bytes] = []
         self._process: subprocess.Popen[bytes] | None = None
@@ -128,20 +133,31 @@ class RedisServer:
         self.stop()
         self._dir.cleanup()
 
-    def _spawn(self, port: int) -> None:
+    @property
+    def dir(self) -> str:
+        """The server's working directory (its files), removed by `close`."""
+        return self._dir.name
+
+    def command(self, port: int) -> list[str]:
+        """The command line that starts the server on ``port``."""
         args = [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        args += ["--appendonly", "no", "--dir", self._dir.name, "--daemonize", "no"]
+        return [*args, "--appendonly", "no", "--dir", self._dir.name, "--daemonize", "no"]
+
+    def _spawn(self, port: int) -> None:
+        args = self.command(port) + self.options
         process = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
         assert process.stdout is not None
         try:
-            output = _read_until_ready(process.stdout.fileno(), time.monotonic() + START_TIMEOUT)
+            output = _read_until_ready(
+                process.stdout.fileno(), time.monotonic() + START_TIMEOUT, self.ready
+            )
         except BaseException:
             _discard(process)
             raise
         self.output.append(output)
-        if READY_LINE not in output:
+        if self.ready not in output:
             _discard(process)
             text = output.decode(errors="replace")
             if "Address already in use" in text:
@@ -166,12 +182,12 @@ class PortTaken(Exception):
     """The port was taken between choosing it and binding it."""
 
 
-def _read_until_ready(fd: int, deadline: float) -> bytes:
+def _read_until_ready(fd: int, deadline: float, ready: bytes = READY_LINE) -> bytes:
     """Read the server's output until it is ready or exits; fail after ``deadline``."""
     output = b""
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
-        while READY_LINE not in output:
+        while ready not in output:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not selector.select(remaining):
                 raise RuntimeError("redis-server did not become ready in time")

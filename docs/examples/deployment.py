@@ -25,7 +25,11 @@ def configured() -> list[Channels]:
     # or, with options:
     channels = Channels(broker=RedisBroker("redis://redis.internal:6379/0", prefix="shop"))
     # --8<-- [end:broker]
-    return [Channels(broker="redis://redis.internal:6379/0"), channels]
+    # --8<-- [start:sentinel]
+    sentinel = "redis+sentinel://:secret@sentinel-1:26379,sentinel-2:26379,sentinel-3:26379"
+    channels_ha = Channels(broker=f"{sentinel}/mymaster/0?sentinel_password=other-secret")
+    # --8<-- [end:sentinel]
+    return [Channels(broker="redis://redis.internal:6379/0"), channels, channels_ha]
 
 
 channels = Channels(listeners=[GlobalChat])  # the broker: $FASTAPI_CHANNELS_BROKER_URL, else memory

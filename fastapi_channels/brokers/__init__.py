@@ -1,8 +1,9 @@
 """Brokers carry encoded messages between processes.
 
 ``create_broker(url)`` picks one by URL scheme: none or ``memory://`` gives the in-memory
-default; ``redis://``, ``rediss://`` and ``unix://`` give the Redis broker, imported lazily so
-the ``redis`` extra stays optional.
+default; ``redis://``, ``rediss://``, ``unix://`` and the Sentinel forms ``redis+sentinel://``
+and ``rediss+sentinel://`` give the Redis broker, imported lazily so the ``redis`` extra stays
+optional.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def create_broker(url: str | None) -> Broker:
     if not url or url.startswith("memory://"):
         return MemoryBroker()
     scheme = url.split("://", 1)[0]
-    if scheme in {"redis", "rediss", "unix"}:
+    if scheme in {"redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"}:
         try:
             from fastapi_channels.brokers.redis import (  # type: ignore[import-not-found,unused-ignore]
                 RedisBroker,

@@ -8,7 +8,8 @@ process delivers, the publishing one included.
 
 Keys, under the broker's prefix ``P`` (topics are ``c:<channel>`` and ``p:<channel>``):
 
-* ``P:history-meta:<topic>``, a hash: ``epoch`` and ``top`` (the last offset);
+* ``P:history-meta:<topic>``, a hash: ``epoch`` and ``top`` (the last offset), and, when the
+  master may change (Sentinel), ``node``: the replication id of the master that wrote them;
 * ``P:history:<topic>``, a stream of ``o`` (offset) and ``d`` (data) entries, trimmed to the
   retention's size (``MAXLEN ~``) and age (``MINID ~``, on Redis's clock);
 * ``P:presence:<topic>``, a hash: member to info;
@@ -29,7 +30,7 @@ import asyncio
 import hashlib
 import re
 import secrets
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -50,14 +51,36 @@ local function now_ms()
 end
 """
 
+_EPOCH: Final = """
+local function epoch_of(meta, new_epoch, follow)
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if follow == '1' then
+    local info = redis.call('INFO', 'replication')
+    local node = string.match(info, 'master_replid:(%w+)')
+    if epoch and redis.call('HGET', meta, 'node') ~= node then
+      epoch = false
+    end
+    if not epoch then
+      redis.call('HSET', meta, 'node', node)
+    end
+  end
+  if epoch then
+    return epoch, false
+  end
+  redis.call('HSET', meta, 'epoch', new_epoch)
+  return new_epoch, true
+end
+"""
+"""A history's epoch, a new one when it has none. With ``follow`` (``'1'``), also a new one when
+the server is not the master that wrote the history: a promoted replica gets a new replication
+id, and the writes the old master had not replicated yet are lost, so their offsets must not
+be reused within the epoch clients know."""
+
 _PUBLISH_STORED: Final = (
     _COMMON
+    + _EPOCH
     + """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[6]
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
-end
+local epoch = epoch_of(KEYS[1], ARGV[6], ARGV[7])
 local offset = redis.call('HINCRBY', KEYS[1], 'top', 1)
 local id = string.format('%d', offset)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'o', id, 'd', ARGV[2])
@@ -74,15 +97,15 @@ redis.call('PUBLISH', ARGV[1], '\\2' .. id .. ':' .. epoch .. '\\n' .. ARGV[2])
 return {offset, epoch}
 """
 )
-"""KEYS: meta, stream. ARGV: Redis channel, data, size, ttl ms (0: none), keep ms, new epoch."""
+"""KEYS: meta, stream. ARGV: Redis channel, data, size, ttl ms (0: none), keep ms, new epoch,
+follow the master (``'1'``) or not."""
 
 _READ_STORED: Final = (
     _COMMON
+    + _EPOCH
     + """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[5]
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
+local epoch, fresh = epoch_of(KEYS[1], ARGV[5], ARGV[6])
+if fresh then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
 local top = tonumber(redis.call('HGET', KEYS[1], 'top') or '0')
@@ -109,8 +132,8 @@ end
 return result
 """
 )
-"""KEYS: meta, stream. ARGV: after, size, ttl ms (0: none), keep ms, new epoch. Returns epoch,
-top, then offset and data of each retained entry above ``after``, newest first."""
+"""KEYS: meta, stream. ARGV: after, size, ttl ms (0: none), keep ms, new epoch, follow. Returns
+epoch, top, then offset and data of each retained entry above ``after``, newest first."""
 
 _PRESENCE: Final = (
     _COMMON
@@ -311,6 +334,10 @@ class RedisStore:
         process: this process's name among the processes (hex).
         connections: the most connections this store opens.
         timeout: seconds to wait for a free connection.
+        follow_master: the master may change (Sentinel): a history read or written on
+            another master than the one that wrote it gets a new epoch (see ``_EPOCH``).
+        on_failure: called when Redis could not be reached or refused to run a script as
+            a master would (``READONLY``), so the broker checks where the master is.
 
     Presence records are kept 60 s, or three times the renewal timeout if longer, after their
     last join or sweep.
@@ -324,6 +351,8 @@ class RedisStore:
         *,
         connections: int = 8,
         timeout: float = 5.0,
+        follow_master: bool = False,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self._pool = BlockingConnectionPool(
             connection_class=pool.connection_class,
@@ -334,6 +363,8 @@ class RedisStore:
         self._client = Redis(connection_pool=self._pool)
         self._prefix = prefix
         self.process = process
+        self._follow = "1" if follow_master else "0"
+        self._on_failure = on_failure
         self._publish = _Script.of(_PUBLISH_STORED)
         self._read = _Script.of(_READ_STORED)
         self._update = _Script.of(_UPDATE)
@@ -358,6 +389,13 @@ class RedisStore:
                 future.set_exception(BrokerError("the broker stopped before this was stored"))
         await self._client.aclose(close_connection_pool=True)
 
+    async def reset(self) -> None:
+        """Close every connection, so each reconnects (to the current master) when next used.
+
+        Commands running on them fail with `BrokerError`.
+        """
+        await self._pool.disconnect()
+
     def _key(self, name: str, topic: str = "") -> bytes:
         return f"{self._prefix}:{name}{topic}".encode("utf-8", "surrogatepass")
 
@@ -378,6 +416,8 @@ class RedisStore:
                 ):
                     results[i] = result
         except (RedisError, OSError) as exc:
+            if self._on_failure is not None:
+                self._on_failure()
             raise BrokerError(f"Redis did not answer: {exc}") from exc
         return results
 
@@ -405,6 +445,7 @@ class RedisStore:
         """Append and publish on ``channel`` in one script; return the position."""
         ttl = _ms(retention.ttl) if retention.ttl is not None else 0
         args = [channel, data, retention.size, ttl, _ms(retention.keep), secrets.token_hex(6)]
+        args.append(self._follow)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
         self._waiting.append((self._history_keys(topic), args, future))
@@ -437,7 +478,7 @@ class RedisStore:
     async def read_stored(self, topic: str, retention: Retention, after: int) -> Stored:
         """Read the retained messages above ``after``."""
         ttl = _ms(retention.ttl) if retention.ttl is not None else 0
-        args = [after, retention.size, ttl, _ms(retention.keep), secrets.token_hex(6)]
+        args = [after, retention.size, ttl, _ms(retention.keep), secrets.token_hex(6), self._follow]
         reply = await self._call(self._read, self._history_keys(topic), args)
         epoch, top, rest = bytes(reply[0]).decode(), int(reply[1]), reply[2:]
         entries = [StoredEntry(int(rest[i]), bytes(rest[i + 1])) for i in range(0, len(rest), 2)]

@@ -22,6 +22,12 @@ Faults: when Redis drops or restarts, the broker logs it (logger
 exponential backoff and jitter, and re-subscribes every topic with local interest. Messages
 published anywhere while a process is disconnected do not reach it and are not replayed.
 
+Behind Redis Sentinel (a ``redis+sentinel://`` URL, see
+`fastapi_channels.brokers._redis_endpoint`) every connection asks the Sentinels for the master
+as it connects, the subscriber accepts only a server that says it is a master, and the watchdog
+asks the Sentinels every ``ping_interval`` whether the master moved: a failover is a lost
+connection like any other, followed within about a second by a reconnection to the new master.
+
 History and presence (see `fastapi_channels.brokers._redis_store`) run Lua scripts on a
 pool of further connections, opened only when a channel uses them. A stored message is not
 delivered locally first: the script stores and publishes it in one step, and every process,
@@ -43,13 +49,15 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fastapi_channels.brokers import _frames
+from fastapi_channels.brokers._redis_endpoint import open_endpoint
 from fastapi_channels.brokers._redis_store import RedisStore, parse_position
 from fastapi_channels.brokers.base import Broker, BrokerState, MessageHandler
 from fastapi_channels.brokers.stores import (
@@ -108,8 +116,11 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
     """Carries messages between processes through Redis pub/sub (``redis.asyncio``).
 
     Args:
-        url: a ``redis://``, ``rediss://`` or ``unix://`` URL, with any option ``redis-py``
-            understands in its query string, plus ``prefix``.
+        url: a ``redis://``, ``rediss://`` or ``unix://`` URL, or a Sentinel URL
+            ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]``
+            (``rediss+sentinel://`` for TLS), with any option ``redis-py`` understands in its
+            query string, plus ``prefix`` (and ``sentinel_username``, ``sentinel_password``
+            for the Sentinels).
         prefix: the namespace of this application's Redis channels (``<prefix>:<topic>``).
             Pub/sub channels are shared by every database of a Redis server, so applications
             sharing one server need distinct prefixes. Defaults to the URL's ``prefix`` query
@@ -119,7 +130,8 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
         connect_timeout: seconds one connection attempt may take.
         ping_interval: when nothing arrived from Redis for this many seconds, the broker pings
             it; no answer within another interval counts as a lost connection. This detects a
-            silently dead network path.
+            silently dead network path. Behind Sentinel, the broker also asks the Sentinels
+            this often whether the master moved.
         reconnect_delay: the first and the largest delay between reconnection attempts, in
             seconds. The delay doubles on each failed attempt up to the largest, and each wait
             is drawn at random between half the delay and the delay, so processes that lost
@@ -161,13 +173,14 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
         try:
             # RESP2 unless the URL says otherwise: its pub/sub messages are plain replies, the
             # same in every redis-py version, without the per-message work RESP3 pushes cost.
-            self._pool = ConnectionPool.from_url(
+            self._endpoint = open_endpoint(
                 url,
                 socket_timeout=timeout,
                 socket_connect_timeout=connect_timeout,
                 protocol=2,
                 retry=Retry(NoBackoff(), 0),  # this broker retries, with its own backoff
             )
+            self._pool = self._endpoint.pool
             self._pool.connection_kwargs["decode_responses"] = False  # payloads are bytes
             self._publisher = self._new_connection()
         except (ValueError, TypeError) as exc:
@@ -179,7 +192,8 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
         if store_connections < 1:
             raise ConfigurationError("store_connections must be at least 1")
         self._store_connections = store_connections
-        self._address = _address(self._pool.connection_kwargs)
+        self._address = self._endpoint.address
+        self._sessions = 0  # subscriber connections that reached Redis
         self._origin = os.urandom(_frames.ORIGIN_SIZE)
         self.stats = RedisStats()
         """Counters of traffic and reconnections."""
@@ -192,6 +206,7 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
         self._batch: _Batch | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._redis_store: RedisStore | None = None
+        self._recheck = asyncio.Event()  # set when the master should be asked for at once
 
     def counters(self) -> dict[str, int]:
         """Return `stats` as a dict, for metrics."""
@@ -245,6 +260,10 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
                 await store.close()
             except _TRANSPORT_ERRORS:
                 logger.debug("error while closing the Redis store's connections", exc_info=True)
+        try:
+            await self._endpoint.close()
+        except _TRANSPORT_ERRORS:
+            logger.debug("error while closing the Sentinel connections", exc_info=True)
         await super().stop()
 
     async def publish(self, topic: str, data: bytes) -> None:
@@ -296,6 +315,8 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
         ]
         error: BaseException | None = None
         try:
+            if not conn.is_connected:  # with Sentinel, connecting is what finds the master
+                await conn.connect()  # type: ignore[no-untyped-call]
             await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
             for _ in commands:
                 try:
@@ -355,6 +376,7 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
                 delay = 0.0
                 try:
                     await conn.connect()  # type: ignore[no-untyped-call]
+                    await self._begin_session(conn)
                     await self._serve(conn)
                 except Exception as exc:  # even a bug must not end cross-process delivery
                     if not isinstance(exc, _TRANSPORT_ERRORS):
@@ -374,6 +396,26 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
                     await asyncio.sleep(delay)
         finally:
             self._attempted.set()
+
+    async def _begin_session(self, conn: AbstractConnection) -> None:
+        """Make sure a new subscriber connection reached a master, and follow it there.
+
+        With Sentinel, the connection asked the Sentinels for the master as it connected; a
+        server that is not a master (yet, or any more) fails the attempt, which is retried with
+        the backoff. After a reconnection the publisher and the store's connections are closed,
+        so that they too find the master again as they reconnect.
+        """
+        if not self._endpoint.follows_failovers:
+            return
+        await conn.send_command("ROLE", check_health=False)
+        role = await conn.read_response()
+        if not isinstance(role, list) or not role or role[0] != b"master":
+            raise RedisConnectionError(f"{_where(conn)} is not the master")
+        self._sessions += 1
+        if self._sessions > 1:
+            await _close(self._publisher)
+            if self._redis_store is not None:
+                await self._redis_store.reset()
 
     async def _serve(self, conn: AbstractConnection) -> None:
         """Subscribe every topic on a fresh connection, then read until the connection fails."""
@@ -411,10 +453,18 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
         loop = asyncio.get_running_loop()
         pinged_at: float | None = None
         while True:
-            await asyncio.wait({reader}, timeout=self._ping_interval)
+            recheck = asyncio.ensure_future(self._recheck.wait())
+            try:
+                await asyncio.wait({reader, recheck}, timeout=self._ping_interval)
+            finally:
+                recheck.cancel()
             if reader.done():
                 reader.result()
                 raise RedisError("the subscriber connection ended")
+            if self._recheck.is_set():  # a store command failed: has the master moved?
+                self._recheck.clear()
+                await self._check_master(conn)
+                continue
             now = loop.time()
             if pinged_at is not None and self._last_seen < pinged_at:
                 raise RedisTimeoutError(f"no answer to PING within {self._ping_interval} s")
@@ -422,6 +472,25 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
             if now - self._last_seen >= self._ping_interval:
                 pinged_at = now
                 await conn.send_command("PING", check_health=False)
+            if self._endpoint.follows_failovers:
+                await self._check_master(conn)
+
+    async def _check_master(self, conn: AbstractConnection) -> None:
+        """Raise when the Sentinels name another master than the one ``conn`` reached.
+
+        This catches a failover that left the old master running (``SENTINEL FAILOVER``, a
+        partition): the processes leave it within ``ping_interval``, or at once when a history
+        or presence command fails (a write refused with ``READONLY`` by a demoted master).
+        Sentinels that do not answer (within ``timeout``) leave the connection as it is.
+        """
+        try:
+            async with asyncio.timeout(self._timeout):
+                address = await self._endpoint.master_address()
+        except (*_TRANSPORT_ERRORS, TimeoutError) as exc:
+            logger.debug("no Sentinel named the master (%s); staying on %s", exc, _where(conn))
+            return
+        if address is not None and f"{address[0]}:{address[1]}" != _where(conn):
+            raise RedisConnectionError(f"Sentinel moved the master to {address[0]}:{address[1]}")
 
     async def _read(self, conn: AbstractConnection) -> None:
         loop = asyncio.get_running_loop()
@@ -488,6 +557,8 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
                 self._origin.hex(),
                 connections=self._store_connections,
                 timeout=self._timeout,
+                follow_master=self._endpoint.follows_failovers,
+                on_failure=self._recheck.set if self._endpoint.follows_failovers else None,
             )
         return self._redis_store
 
@@ -658,8 +729,6 @@ def _pop_prefix(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), prefixes[-1]
 
 
-def _address(kwargs: dict[str, Any]) -> str:
-    """Where Redis is, for log messages: host, port and database, never credentials."""
-    if "path" in kwargs:
-        return f"unix:{kwargs['path']}"
-    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+def _where(conn: AbstractConnection) -> str:
+    """The ``host:port`` a connection reached (or was made for)."""
+    return f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"

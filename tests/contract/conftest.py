@@ -2,7 +2,8 @@
 
 A `Deployment` makes brokers of one kind that behave as processes of one deployment: memory
 brokers share a `MemoryHub`, Redis brokers the shared test server under a prefix of the test's
-own, pub/sub-only brokers a `PubSubNetwork`. Each started broker is a `Node` with an `Inbox`
+own, Sentinel brokers (``redis-sentinel``) a master, replica and Sentinel shared by the session,
+pub/sub-only brokers a `PubSubNetwork`. Each started broker is a `Node` with an `Inbox`
 that records what it delivered, plain or stored, in order.
 """
 
@@ -18,6 +19,7 @@ from fastapi_channels.brokers import Broker, HistoryStore, MemoryBroker, MemoryH
 from fastapi_channels.brokers.base import BrokerState
 from fastapi_channels.brokers.stores import Position
 from tests.pubsub_broker import PubSubBroker, PubSubNetwork
+from tests.redis_ha import SentinelGroup
 
 TIMEOUT = 5.0
 """Seconds any wait of the suite may take before the test fails."""
@@ -96,7 +98,12 @@ class Deployment:
 def _kinds() -> dict[str, type[Broker]]:
     from fastapi_channels.brokers.redis import RedisBroker
 
-    return {"memory": MemoryBroker, "redis": RedisBroker, "pubsub-only": PubSubBroker}
+    return {
+        "memory": MemoryBroker,
+        "redis": RedisBroker,
+        "redis-sentinel": RedisBroker,
+        "pubsub-only": PubSubBroker,
+    }
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -123,6 +130,12 @@ async def deployment(request: pytest.FixtureRequest) -> AsyncIterator[Deployment
         url: str = request.getfixturevalue("redis_url")
         prefix: str = request.getfixturevalue("redis_prefix")
         made = Deployment(RedisBroker, lambda: RedisBroker(url, prefix=prefix))
+    elif request.param == "redis-sentinel":
+        from fastapi_channels.brokers.redis import RedisBroker
+
+        group: SentinelGroup = request.getfixturevalue("shared_sentinel_group")
+        prefix = request.getfixturevalue("redis_prefix")
+        made = Deployment(RedisBroker, lambda: RedisBroker(group.url, prefix=prefix))
     else:
         network = PubSubNetwork()
         made = Deployment(PubSubBroker, lambda: PubSubBroker(network))
