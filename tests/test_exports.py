@@ -21,6 +21,7 @@ EXPORTED = {
     "MemoryBroker",
     "Middleware",
     "MiddlewareContext",
+    "OutcomeUnknown",
     "OverflowPolicy",
     "Position",
     "ProtocolError",
