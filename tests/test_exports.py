@@ -32,6 +32,7 @@ EXPORTED = {
     "SocketPacket",
     "SocketServer",
     "SocketUserMixin",
+    "api_key",
     "channel",
     "listener",
 }

@@ -26,6 +26,7 @@ from fastapi_channels.brokers.stores import HistoryStore
 from fastapi_channels.core import topics
 from fastapi_channels.core.catchup import CaughtUp, Reconnects, catch_up_subscriber, history_page
 from fastapi_channels.core.channel import ChannelSpec, LiveChannel, Subscription
+from fastapi_channels.core.cluster import ClusterCounts
 from fastapi_channels.core.fanout import FAN_OUT_CHUNK, FanOut
 from fastapi_channels.core.idempotency import next_key
 from fastapi_channels.core.presence import PRESENCE_TOPIC, Presence
@@ -99,6 +100,9 @@ class SocketServer:
         """Catches history channels up after a broker outage (see `.catchup`)."""
         self.fan_out = FanOut(self._channels, self._users, self.reconnects)
         """Hands what the broker delivers to this process's subscribers (see `.fanout`)."""
+        self.cluster = ClusterCounts(broker, self.counts)
+        """Cluster-wide counts over the broker (started by the HTTP API, see `.cluster`)."""
+        self.fan_out.control = self.cluster.on_message
         self._removals: set[asyncio.Future[None]] = set()
         # One bound method for every connection's abandon callback, not one each.
         self._on_abandon: Callable[[SocketConnection], None] = self._remove_soon
@@ -137,6 +141,7 @@ class SocketServer:
         is dropped.
         """
         connections = list(self._connections.values())
+        await self.cluster.stop()
         for connection in connections:
             hint = random.uniform(0, spread) if spread > 0 else None
             connection.close_soon(CloseCode.SERVICE_RESTART, reason, reconnect_after=hint)
@@ -170,6 +175,23 @@ class SocketServer:
     def channel_counts(self) -> dict[str, int]:
         """Local subscriber count of every channel with at least one subscriber here."""
         return {name: len(live.subscribers) for name, live in self._channels.items()}
+
+    def counts(self, top: int = 100) -> dict[str, Any]:
+        """This process's counts for the cluster-wide view: no I/O.
+
+        Args:
+            top: how many channels to list (``subscribers``), the most subscribed first.
+        """
+        counts = self.channel_counts()
+        busiest = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        return {
+            "pid": os.getpid(),
+            "connections": len(self._connections),
+            "users": len(self._users),
+            "channels": len(counts),
+            "subscriptions": sum(counts.values()),
+            "subscribers": dict(busiest),
+        }
 
     def snapshot(self, top: int = 100) -> dict[str, Any]:
         """This process's state as JSON-ready values, for health and info routes.

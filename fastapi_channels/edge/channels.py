@@ -260,6 +260,8 @@ class Channels:
         self.registry.start(self.container, self.server, middleware)
         self.server.bind(self.registry.specs)
         await self.server.start()
+        if self.api_guard is not None:
+            await self.server.cluster.start()
         self.dispatcher = Dispatcher(
             self.server, self.registry, self.limits, middleware, self.extensions
         )
