@@ -70,7 +70,7 @@ def running() -> Iterator[AppThread]:
 
 @schema.include(path_regex="^/ws/api/").parametrize()
 @settings(
-    max_examples=20,
+    max_examples=15,
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
