@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from fastapi_channels.core.connection import SocketConnection
     from fastapi_channels.core.outgoing import DROP
     from fastapi_channels.core.server import SocketServer
+    from fastapi_channels.edge.api import api_key
     from fastapi_channels.edge.channels import Channels
     from fastapi_channels.edge.di import Inject
     from fastapi_channels.edge.users import SocketUserMixin
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
         ErrorCode,
         InvalidChannel,
         InvalidData,
+        OutcomeUnknown,
         ProtocolError,
         Reject,
         ReplyError,
@@ -58,6 +60,7 @@ __all__ = [
     "MemoryBroker",
     "Middleware",
     "MiddlewareContext",
+    "OutcomeUnknown",
     "OverflowPolicy",
     "Position",
     "ProtocolError",
@@ -68,6 +71,7 @@ __all__ = [
     "SocketPacket",
     "SocketServer",
     "SocketUserMixin",
+    "api_key",
     "channel",
     "listener",
 ]
@@ -87,6 +91,7 @@ _SOURCES: dict[str, str] = {
     "DROP": "fastapi_channels.core.outgoing",
     "SocketServer": "fastapi_channels.core.server",
     "Channels": "fastapi_channels.edge.channels",
+    "api_key": "fastapi_channels.edge.api",
     "Inject": "fastapi_channels.edge.di",
     "SocketUserMixin": "fastapi_channels.edge.users",
     "BrokerError": _ERRORS,
@@ -97,6 +102,7 @@ _SOURCES: dict[str, str] = {
     "ErrorCode": _ERRORS,
     "InvalidChannel": _ERRORS,
     "InvalidData": _ERRORS,
+    "OutcomeUnknown": _ERRORS,
     "ProtocolError": _ERRORS,
     "Reject": _ERRORS,
     "ReplyError": _ERRORS,

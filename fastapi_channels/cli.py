@@ -5,6 +5,10 @@ Subcommands:
 ``connect``
     A terminal client of a running app: subscribe, print events, send an event or a request
     (see `fastapi_channels.client.cli`). Needs the ``client`` extra.
+
+``publish``
+    Publish an event through an app's HTTP API (see `fastapi_channels.publish`); the
+    standard library only.
 """
 
 from __future__ import annotations
@@ -34,6 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         client_cli.add_arguments(connect)
         connect.set_defaults(run=client_cli.run)
+    from fastapi_channels import publish
+
+    publishing = commands.add_parser(
+        "publish",
+        help="publish an event through an app's HTTP API",
+        description="Publish an event to a channel through a fastapi_channels app's HTTP API.",
+    )
+    publish.add_arguments(publishing)
+    publishing.set_defaults(run=publish.run)
     args = parser.parse_args(argv)
     status: int = args.run(args)
     return status

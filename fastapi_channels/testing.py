@@ -250,10 +250,13 @@ class SocketTestClient:
         channel: str | None = None,
         *,
         id: PacketId | None = None,
+        key: str | None = None,
     ) -> None:
         """Send an event; without ``data`` the packet has no ``data`` key (as Envuso's emit).
 
-        With ``id`` the server answers with a ``channels:reply`` (see `receive_reply`).
+        With ``id`` the server answers with a ``channels:reply`` (see `receive_reply`); with
+        ``key`` the handler's broadcasts are deduplicated by it (see the protocol's idempotency
+        keys).
         """
         packet: dict[str, Any] = {"event": event}
         if channel is not None:
@@ -262,6 +265,8 @@ class SocketTestClient:
             packet["data"] = data
         if id is not None:
             packet["id"] = id
+        if key is not None:
+            packet["key"] = key
         await self.send_text(to_json(packet).decode())
 
     async def request(
@@ -271,8 +276,9 @@ class SocketTestClient:
         channel: str | None = None,
         *,
         timeout: float | None = None,
+        key: str | None = None,
     ) -> Any:
-        """Send an event with a fresh ``id`` and return the ``data`` of its reply.
+        """Send an event with a fresh ``id`` (and ``key``, if given) and return its reply's data.
 
         Packets that arrive before the reply are kept for `receive`.
 
@@ -281,7 +287,7 @@ class SocketTestClient:
             TimeoutError: no reply within ``timeout`` (default: the client's timeout).
         """
         packet_id = next(self._ids)
-        await self.emit(event, data, channel, id=packet_id)
+        await self.emit(event, data, channel, id=packet_id, key=key)
         reply = await self.receive_reply(packet_id, timeout)
         error = reply.error
         if error is not None:

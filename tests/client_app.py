@@ -32,6 +32,7 @@ from fastapi_channels import (
     Channels,
     History,
     Limits,
+    OutcomeUnknown,
     Reject,
     SocketConnection,
     SocketListener,
@@ -75,6 +76,20 @@ class PublicChannel(ChannelListener):
     @channel.on("say")
     async def say(self, connection: SocketConnection, user: Any, packet: SocketPacket) -> None:
         await self.broadcast(self.channel_name, "said", packet.data)
+
+    @channel.on("say-flaky")
+    async def say_flaky(self, packet: SocketPacket) -> dict[str, Any]:
+        """Broadcast ``said``, then fail with ``outcome-unknown`` the first time a key is seen
+        (as a Redis stall after the publish would): the clients' retries send the same key."""
+        await self.broadcast(self.channel_name, "said", packet.data)
+        attempts = FLAKY_ATTEMPTS[packet.key] = FLAKY_ATTEMPTS.get(packet.key, 0) + 1
+        if attempts == 1:
+            raise OutcomeUnknown("no answer from the broker in time")
+        return {"key": packet.key, "attempts": attempts}
+
+
+FLAKY_ATTEMPTS: dict[str | None, int] = {}
+"""How often ``say-flaky`` ran for each idempotency key."""
 
 
 @channel("private:*")

@@ -39,6 +39,11 @@ class Process:
         self._reader: threading.Thread | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The process id of the running child, if any."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 

@@ -11,7 +11,10 @@ class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target port.
 
     ``drop()`` aborts every connection (a reset, no close frame); while ``down`` is true, new
-    connections are cut at once, as if the server were unreachable.
+    connections are cut at once, as if the server were unreachable. ``hold()`` stalls the
+    server's side: what it sends is kept back until ``release()`` (requests still reach it), as
+    a server that runs commands but whose answers do not come back. ``ended`` is set each time
+    a connection ends (cleared by the test that waits on it).
     """
 
     def __init__(self, target_port: int) -> None:
@@ -21,6 +24,15 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self.ended = asyncio.Event()
+
+    def hold(self) -> None:
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -51,7 +63,7 @@ class TcpProxy:
         self._writers.update((writer, up_writer))
         pipes = [
             asyncio.ensure_future(self._pipe(reader, up_writer)),
-            asyncio.ensure_future(self._pipe(up_reader, writer)),
+            asyncio.ensure_future(self._pipe(up_reader, writer, self._flowing)),
         ]
         self._tasks.update(pipes)
         try:
@@ -64,11 +76,18 @@ class TcpProxy:
             for side in (writer, up_writer):
                 self._writers.discard(side)
                 side.transport.abort()
+            self.ended.set()
 
     @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        gate: asyncio.Event | None = None,
+    ) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
+                if gate is not None:
+                    await gate.wait()
                 writer.write(data)
                 await writer.drain()
 

@@ -21,6 +21,7 @@ EXPORTED = {
     "MemoryBroker",
     "Middleware",
     "MiddlewareContext",
+    "OutcomeUnknown",
     "OverflowPolicy",
     "Position",
     "ProtocolError",
@@ -31,6 +32,7 @@ EXPORTED = {
     "SocketPacket",
     "SocketServer",
     "SocketUserMixin",
+    "api_key",
     "channel",
     "listener",
 }

@@ -33,12 +33,14 @@ from fastapi_channels.core._stepping import resume
 from fastapi_channels.core.catchup import CaughtUp
 from fastapi_channels.core.channel import Subscription, current_subscription
 from fastapi_channels.core.connection import SocketConnection
+from fastapi_channels.core.idempotency import PacketKey, current_key
 from fastapi_channels.core.server import SocketServer
 from fastapi_channels.wire.errors import (
     BrokerError,
     ConfigurationError,
     ErrorCode,
     InvalidData,
+    OutcomeUnknown,
     ProtocolError,
     Reject,
 )
@@ -389,6 +391,7 @@ class Dispatcher:
             self._error(connection, exc.code, exc.message, packet, exc.errors)
             return
         result: Any = None
+        keyed = current_key.set(PacketKey(packet.key)) if packet.key is not None else None
         try:
             if middleware:
                 context = MiddlewareContext(
@@ -418,6 +421,10 @@ class Dispatcher:
                 self.limits.handler_timeout,
             )
             self._error(connection, ErrorCode.HANDLER_TIMEOUT, "handler timed out", packet)
+        except OutcomeUnknown as exc:  # a stall: the send may have happened
+            logger.warning("connection %s: handler for %r: %s", connection.id, packet.event, exc)
+            message = "message broker did not confirm in time; retry with the same key"
+            self._error(connection, ErrorCode.OUTCOME_UNKNOWN, message, packet)
         except BrokerError as exc:  # an outage, not a bug: no traceback for every message
             logger.warning("connection %s: handler for %r: %s", connection.id, packet.event, exc)
             message = "message broker unavailable; try again later"
@@ -428,6 +435,8 @@ class Dispatcher:
         else:
             self._reply(connection, packet, result)
         finally:
+            if keyed is not None:
+                current_key.reset(keyed)
             self.server.stats.observe_handler(time.perf_counter() - started)
 
     async def _guard(self, step: Awaitable[Any]) -> Any:

@@ -9,6 +9,7 @@ optional.
 from __future__ import annotations
 
 from fastapi_channels.brokers.base import Broker, MessageHandler
+from fastapi_channels.brokers.idempotency import IdempotencyStore, Published
 from fastapi_channels.brokers.memory import MemoryBroker, MemoryHub
 from fastapi_channels.brokers.stores import HistoryStore, PresenceStore
 from fastapi_channels.wire.errors import ConfigurationError
@@ -16,10 +17,12 @@ from fastapi_channels.wire.errors import ConfigurationError
 __all__ = [
     "Broker",
     "HistoryStore",
+    "IdempotencyStore",
     "MemoryBroker",
     "MemoryHub",
     "MessageHandler",
     "PresenceStore",
+    "Published",
     "create_broker",
 ]
 

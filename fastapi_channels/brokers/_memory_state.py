@@ -1,7 +1,8 @@
 """The state a `MemoryHub` shares between its brokers.
 
 Plain data structures with the semantics the Redis broker gets from its Lua scripts, so the two
-brokers behave alike: stored topics (`Streams`) and presence (`PresenceTable`).
+brokers behave alike: stored topics (`Streams`), presence (`PresenceTable`) and the
+idempotency keys seen (`SeenKeys`).
 Every operation is synchronous, hence atomic on the event loop. Time comes from the hub's clock
 (seconds, monotonic).
 """
@@ -13,9 +14,9 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
-from fastapi_channels.brokers.stores import Announcements, Retention, Stored, StoredEntry
+from fastapi_channels.brokers.stores import Announcements, Position, Retention, Stored, StoredEntry
 
-__all__ = ["PresenceTable", "Streams", "new_epoch"]
+__all__ = ["PresenceTable", "SeenKeys", "Streams", "new_epoch"]
 
 Publish = Callable[[str, bytes], None]
 """Delivers an announcement on a topic to every broker of the hub."""
@@ -237,3 +238,38 @@ class PresenceTable:
         if self._topics.get(topic) is state:
             del self._topics[topic]
         return True
+
+
+class SeenKeys:
+    """Idempotency keys published per topic, each until its window ends.
+
+    Expired keys are dropped as new ones arrive (oldest recorded first), so the table holds at
+    most the keys of the longest window in use.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._keys: dict[tuple[str, str], tuple[float, Position | None]] = {}
+        self._order: deque[tuple[float, tuple[str, str]]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def seen(self, topic: str, key: str) -> tuple[bool, Position | None]:
+        """Whether ``key`` was recorded on ``topic`` within its window, and its position."""
+        found = self._keys.get((topic, key))
+        if found is None or found[0] <= self._clock():
+            return False, None
+        return True, found[1]
+
+    def record(self, topic: str, key: str, window: float, position: Position | None) -> None:
+        """Record ``key`` on ``topic`` for ``window`` seconds."""
+        now = self._clock()
+        order = self._order
+        while order and order[0][0] <= now:
+            expires, old = order.popleft()
+            if self._keys.get(old, (None,))[0] == expires:
+                del self._keys[old]
+        expires = now + window
+        self._keys[topic, key] = (expires, position)
+        order.append((expires, (topic, key)))

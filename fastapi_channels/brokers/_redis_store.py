@@ -17,7 +17,9 @@ Keys, under the broker's prefix ``P`` (topics are ``c:<channel>`` and ``p:<chann
 * ``P:presence-procs:<topic>``, a set: the processes holding members there;
 * ``P:presence-local:<process>:<topic>``, a hash: that process's members there;
 * ``P:presence-alive``, a sorted set: process to the deadline (ms, Redis's clock) before which
-  it must renew.
+  it must renew;
+* ``P:once:<topic> <key>``, a string: an idempotency key published on the topic (the stored
+  message's ``<offset>:<epoch>``, else empty), expiring when its window ends.
 
 Scripts compute the ``presence-local`` key of each process they sweep, so they need a single
 Redis server, not a cluster. History keys expire ``keep`` after the last publish; presence keys
@@ -35,10 +37,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from fastapi_channels.brokers import _frames
+from fastapi_channels.brokers.idempotency import Published
 from fastapi_channels.brokers.stores import Announcements, Position, Retention, Stored, StoredEntry
-from fastapi_channels.wire.errors import BrokerError
+from fastapi_channels.wire.errors import BrokerError, OutcomeUnknown
 
 __all__ = ["RedisStore", "parse_position"]
 
@@ -76,9 +80,8 @@ the server is not the master that wrote the history: a promoted replica gets a n
 id, and the writes the old master had not replicated yet are lost, so their offsets must not
 be reused within the epoch clients know."""
 
-_PUBLISH_STORED: Final = (
-    _COMMON
-    + _EPOCH
+_STORE: Final = (
+    _EPOCH
     + """
 local epoch = epoch_of(KEYS[1], ARGV[6], ARGV[7])
 local offset = redis.call('HINCRBY', KEYS[1], 'top', 1)
@@ -94,11 +97,40 @@ else
 end
 redis.call('PEXPIRE', KEYS[1], keep)
 redis.call('PUBLISH', ARGV[1], '\\2' .. id .. ':' .. epoch .. '\\n' .. ARGV[2])
-return {offset, epoch}
 """
 )
+"""The store-and-publish shared by the stored publishes (KEYS and ARGV as `_PUBLISH_STORED`)."""
+
+_PUBLISH_STORED: Final = _COMMON + _STORE + "return {offset, epoch}\n"
 """KEYS: meta, stream. ARGV: Redis channel, data, size, ttl ms (0: none), keep ms, new epoch,
 follow the master (``'1'``) or not."""
+
+_PUBLISH_STORED_ONCE: Final = (
+    _COMMON
+    + """
+local seen = redis.call('GET', KEYS[3])
+if seen then
+  return {0, seen}
+end
+"""
+    + _STORE
+    + """
+redis.call('SET', KEYS[3], id .. ':' .. epoch, 'PX', ARGV[8])
+return {1, id .. ':' .. epoch}
+"""
+)
+"""KEYS: meta, stream, seen key. ARGV: as `_PUBLISH_STORED`, then the window in ms. Returns
+whether it published, and the position (the first publish's on a duplicate)."""
+
+_PUBLISH_ONCE: Final = """
+if redis.call('SET', KEYS[1], '', 'NX', 'PX', ARGV[3]) then
+  redis.call('PUBLISH', ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+"""KEYS: seen key. ARGV: Redis channel, payload (scripted framing), window ms. Returns whether
+it published."""
 
 _READ_STORED: Final = (
     _COMMON
@@ -307,6 +339,19 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+async def _pipeline_on(conn: Any, calls: Sequence[_Call]) -> list[Any]:
+    """Send ``EVALSHA`` for each call in one write on ``conn``; read each reply or its error."""
+    commands = [(b"EVALSHA", s.sha, len(keys), *keys, *args) for s, keys, args in calls]
+    await conn.send_packed_command(conn.pack_commands(commands))
+    results: list[Any] = []
+    for _ in commands:
+        try:
+            results.append(await conn.read_response())
+        except ResponseError as exc:  # a script's own error; the connection stays usable
+            results.append(exc)
+    return results
+
+
 @dataclass(frozen=True, slots=True)
 class _Script:
     source: str
@@ -366,6 +411,8 @@ class RedisStore:
         self._follow = "1" if follow_master else "0"
         self._on_failure = on_failure
         self._publish = _Script.of(_PUBLISH_STORED)
+        self._publish_stored_once = _Script.of(_PUBLISH_STORED_ONCE)
+        self._publish_once = _Script.of(_PUBLISH_ONCE)
         self._read = _Script.of(_READ_STORED)
         self._update = _Script.of(_UPDATE)
         self._sync = _Script.of(_SYNC)
@@ -374,7 +421,7 @@ class RedisStore:
         self._alive = self._key("presence-alive")
         self._local_prefix = self._key("presence-local:")
         self._keep_ms = 60_000
-        self._waiting: list[tuple[Sequence[Any], Sequence[Any], asyncio.Future[Any]]] = []
+        self._waiting: list[tuple[_Call, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
@@ -384,7 +431,7 @@ class RedisStore:
             flusher.cancel()
             await asyncio.wait({flusher})
         waiting, self._waiting = self._waiting, []
-        for _, _, future in waiting:
+        for _, future in waiting:
             if not future.done():
                 future.set_exception(BrokerError("the broker stopped before this was stored"))
         await self._client.aclose(close_connection_pool=True)
@@ -416,8 +463,7 @@ class RedisStore:
                 ):
                     results[i] = result
         except (RedisError, OSError) as exc:
-            if self._on_failure is not None:
-                self._on_failure()
+            self._failed()
             raise BrokerError(f"Redis did not answer: {exc}") from exc
         return results
 
@@ -442,38 +488,121 @@ class RedisStore:
     async def publish_stored(
         self, channel: bytes, topic: str, data: bytes, retention: Retention
     ) -> Position:
-        """Append and publish on ``channel`` in one script; return the position."""
-        ttl = _ms(retention.ttl) if retention.ttl is not None else 0
-        args = [channel, data, retention.size, ttl, _ms(retention.keep), secrets.token_hex(6)]
-        args.append(self._follow)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_retrieve)
-        self._waiting.append((self._history_keys(topic), args, future))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush(), name="fastapi_channels.redis.store")
-        offset, epoch = await asyncio.shield(future)
+        """Append and publish on ``channel`` in one script; return the position.
+
+        Raises:
+            BrokerError: Redis could not be reached; nothing was stored.
+            OutcomeUnknown: Redis did not answer in time; the message may have been stored.
+        """
+        offset, epoch = await self._enqueue(
+            self._publish, self._history_keys(topic), self._stored_args(channel, data, retention)
+        )
         return Position(int(offset), bytes(epoch).decode())
 
+    async def publish_once(
+        self,
+        channel: bytes,
+        topic: str,
+        data: bytes,
+        key: str,
+        window: float,
+        retention: Retention | None,
+    ) -> Published:
+        """Publish (and store, with ``retention``) unless ``key`` was seen; one script.
+
+        Raises:
+            BrokerError: Redis could not be reached; nothing was published or recorded.
+            OutcomeUnknown: Redis did not answer in time; the message may have been published.
+        """
+        seen = self._key("once:", f"{topic} {key}")
+        if retention is None:
+            payload = _frames.pack_scripted(b"", data)
+            published = await self._enqueue(
+                self._publish_once, [seen], [channel, payload, _ms(window)]
+            )
+            return Published(duplicate=not published)
+        args = [*self._stored_args(channel, data, retention), _ms(window)]
+        fresh, position = await self._enqueue(
+            self._publish_stored_once, [*self._history_keys(topic), seen], args
+        )
+        found = parse_position(bytes(position)) if position else None
+        return Published(duplicate=not fresh, position=found)
+
+    def _stored_args(self, channel: bytes, data: bytes, retention: Retention) -> list[Any]:
+        ttl = _ms(retention.ttl) if retention.ttl is not None else 0
+        keep, epoch = _ms(retention.keep), secrets.token_hex(6)
+        return [channel, data, retention.size, ttl, keep, epoch, self._follow]
+
+    async def _enqueue(self, script: _Script, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
+        """Run a publishing script in the next pipelined batch; return its result."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        self._waiting.append(((script, keys, args), future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name="fastapi_channels.redis.store")
+        return await asyncio.shield(future)
+
     async def _flush(self) -> None:
-        """Run waiting stored publishes, one pipelined batch at a time, until none waits."""
+        """Run waiting publishes, one pipelined batch at a time, until none waits."""
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 try:
-                    results = await self._run([(self._publish, k, a) for k, a, _ in batch])
+                    results = await self._run_publishes([call for call, _ in batch])
                 except BrokerError as exc:
                     results = [exc] * len(batch)
-                for (_, _, future), result in zip(batch, results, strict=True):
+                for (_, future), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
                     if isinstance(result, BrokerError):
                         future.set_exception(result)
                     elif isinstance(result, Exception):
+                        self._failed()  # a demoted master answers READONLY
                         future.set_exception(BrokerError(f"Redis refused the message: {result}"))
                     else:
                         future.set_result(result)
         finally:
             self._flusher = None
+
+    def _failed(self) -> None:
+        """Tell the broker a command failed (behind Sentinel: look for the master at once)."""
+        if self._on_failure is not None:
+            self._on_failure()
+
+    async def _run_publishes(self, calls: Sequence[_Call]) -> list[Any]:
+        """Run publishing scripts pipelined on one connection; each result or error, in order.
+
+        A failure to get a connection means nothing was sent (`BrokerError`); a failure after
+        the commands were written means Redis may have run them (`OutcomeUnknown`).
+        """
+        try:
+            conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        except (RedisError, OSError) as exc:
+            self._failed()
+            raise BrokerError(f"Redis could not be reached: {exc}") from exc
+        try:
+            results = await _pipeline_on(conn, calls)
+            lost = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+            if lost:  # Redis restarted or flushed its scripts: they did not run, run them again
+                scripts = {calls[i][0] for i in lost}
+                await conn.send_packed_command(
+                    conn.pack_commands([("SCRIPT", "LOAD", s.source) for s in scripts])
+                )
+                for _ in scripts:
+                    await conn.read_response()
+                again = await _pipeline_on(conn, [calls[i] for i in lost])
+                for i, result in zip(lost, again, strict=True):
+                    results[i] = result
+        except (RedisError, OSError) as exc:
+            await conn.disconnect(nowait=True)
+            self._failed()
+            raise OutcomeUnknown(f"Redis did not answer in time: {exc}") from exc
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await self._pool.release(conn)
+        return results
 
     async def read_stored(self, topic: str, retention: Retention, after: int) -> Stored:
         """Read the retained messages above ``after``."""

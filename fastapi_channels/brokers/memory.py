@@ -2,8 +2,8 @@
 
 Several in-memory brokers may share one `MemoryHub`, which then plays the part Redis
 plays for the Redis broker: each broker is a "process", messages published by one reach the
-others, and history and presence are shared. That runs a multi-process deployment inside one
-test, with the same behaviour as on Redis.
+others, and history, presence and idempotency keys are shared. That runs a multi-process
+deployment inside one test, with the same behaviour as on Redis.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import os
 import time
 from collections.abc import Callable, Collection, Mapping
 
-from fastapi_channels.brokers._memory_state import PresenceTable, Streams
+from fastapi_channels.brokers._memory_state import PresenceTable, SeenKeys, Streams
 from fastapi_channels.brokers.base import Broker, MessageHandler
+from fastapi_channels.brokers.idempotency import IdempotencyStore, Published
 from fastapi_channels.brokers.stores import (
     Announcements,
     HistoryStore,
@@ -27,7 +28,7 @@ __all__ = ["MemoryBroker", "MemoryHub"]
 
 
 class MemoryHub:
-    """What several in-memory brokers share: delivery between them, history and presence.
+    """What several in-memory brokers share: delivery, history, presence and idempotency keys.
 
     Args:
         clock: the time source for history expiry and presence deadlines, in seconds
@@ -40,6 +41,8 @@ class MemoryHub:
         """The stored topics."""
         self.presence = PresenceTable(clock, self.publish)
         """The presence topics."""
+        self.seen = SeenKeys(clock)
+        """The idempotency keys published, per topic."""
 
     def attach(self, broker: MemoryBroker) -> None:
         """Add ``broker`` to the hub (its ``start``)."""
@@ -62,7 +65,7 @@ class MemoryHub:
             broker._deliver_stored(topic, data, position)
 
 
-class MemoryBroker(Broker, HistoryStore, PresenceStore):
+class MemoryBroker(Broker, HistoryStore, PresenceStore, IdempotencyStore):
     """Delivers within this process, synchronously, in publish order.
 
     ``publish`` hands the bytes to the server's fan-out before it returns, so it never waits on
@@ -108,6 +111,28 @@ class MemoryBroker(Broker, HistoryStore, PresenceStore):
         position = Position(offset, epoch)
         self.hub.publish_stored(topic, data, position)
         return position
+
+    async def publish_once(
+        self,
+        topic: str,
+        data: bytes,
+        key: str,
+        window: float,
+        retention: Retention | None = None,
+    ) -> Published:
+        """Publish (and store, with ``retention``) unless the hub saw ``key`` on ``topic``."""
+        seen, position = self.hub.seen.seen(topic, key)
+        if seen:
+            return Published(duplicate=True, position=position)
+        if retention is None:
+            self.hub.publish(topic, data)
+            position = None
+        else:
+            offset, epoch = self.hub.streams.append(topic, data, retention)
+            position = Position(offset, epoch)
+            self.hub.publish_stored(topic, data, position)
+        self.hub.seen.record(topic, key, window, position)
+        return Published(duplicate=False, position=position)
 
     async def read_stored(self, topic: str, retention: Retention, after: int = 0) -> Stored:
         """Read the retained messages above ``after``."""

@@ -60,6 +60,7 @@ from fastapi_channels.brokers import _frames
 from fastapi_channels.brokers._redis_endpoint import open_endpoint
 from fastapi_channels.brokers._redis_store import RedisStore, parse_position
 from fastapi_channels.brokers.base import Broker, BrokerState, MessageHandler
+from fastapi_channels.brokers.idempotency import IdempotencyStore, Published
 from fastapi_channels.brokers.stores import (
     Announcements,
     HistoryStore,
@@ -68,7 +69,7 @@ from fastapi_channels.brokers.stores import (
     Retention,
     Stored,
 )
-from fastapi_channels.wire.errors import BrokerError, ConfigurationError
+from fastapi_channels.wire.errors import BrokerError, ConfigurationError, OutcomeUnknown
 
 __all__ = ["RedisBroker", "RedisStats"]
 
@@ -112,7 +113,7 @@ class _Batch:
     count: int = 0
 
 
-class RedisBroker(Broker, HistoryStore, PresenceStore):
+class RedisBroker(Broker, HistoryStore, PresenceStore, IdempotencyStore):
     """Carries messages between processes through Redis pub/sub (``redis.asyncio``).
 
     Args:
@@ -278,9 +279,12 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
         process.
 
         Raises:
-            BrokerError: Redis is disconnected (raised at once, without I/O), or did not
-                acknowledge within ``timeout``. Local subscribers got the message anyway;
-                other processes may not have.
+            BrokerError: Redis is disconnected (raised at once, without I/O), could not be
+                connected to, or refused the command: no other process got the message. Local
+                subscribers got it anyway.
+            OutcomeUnknown: the message was written to Redis but no acknowledgement came
+                within ``timeout`` (Redis stalled, or the connection dropped mid-reply): other
+                processes may or may not have got it.
         """
         self._deliver(topic, data)
         if self._state is not BrokerState.CONNECTED:
@@ -317,20 +321,33 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
         try:
             if not conn.is_connected:  # with Sentinel, connecting is what finds the master
                 await conn.connect()  # type: ignore[no-untyped-call]
+        except _TRANSPORT_ERRORS as exc:  # nothing was sent
+            await _close(conn)
+            _fail(batch, BrokerError(f"Redis could not be reached: {exc}"))
+            return
+        except BaseException:
+            _fail(batch, BrokerError("publishing was cancelled"))
+            raise
+        unknown = False
+        try:
             await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
             for _ in commands:
                 try:
                     await conn.read_response()
                 except ResponseError as exc:  # the connection stays usable
                     error = error or exc
-        except _TRANSPORT_ERRORS as exc:
+        except _TRANSPORT_ERRORS as exc:  # written, perhaps run: no answer came back
             await _close(conn)
-            error = exc
+            error, unknown = exc, True
         except BaseException:
-            _fail(batch, BrokerError("publishing was cancelled"))
+            _fail(batch, OutcomeUnknown("publishing was cancelled after the message was sent"))
             raise
         if error is not None:
-            failure = BrokerError(f"Redis did not take the message: {error}")
+            failure = (
+                OutcomeUnknown(f"Redis did not acknowledge the message in time: {error}")
+                if unknown
+                else BrokerError(f"Redis did not take the message: {error}")
+            )
             failure.__cause__ = error
             _fail(batch, failure)
             return
@@ -568,15 +585,44 @@ class RedisBroker(Broker, HistoryStore, PresenceStore):
         Every process receives it from Redis, this one included, in offset order.
 
         Raises:
-            BrokerError: Redis is disconnected (raised at once) or the script failed; the
-                message then reached no one.
+            BrokerError: Redis is disconnected (raised at once), could not be reached, or the
+                script failed; the message then reached no one.
+            OutcomeUnknown: the script was sent but Redis did not answer within ``timeout``;
+                the message may have been stored and delivered.
         """
+        self._check_connected()
+        return await self._store.publish_stored(self.channel(topic), topic, data, retention)
+
+    async def publish_once(
+        self,
+        topic: str,
+        data: bytes,
+        key: str,
+        window: float,
+        retention: Retention | None = None,
+    ) -> Published:
+        """Publish ``data`` unless ``key`` was published on ``topic`` within ``window``.
+
+        One Lua script checks and records the key (``SET NX PX``) and publishes (and stores,
+        with ``retention``), so a retry after `OutcomeUnknown` is safe. Every process receives
+        the message from Redis, this one included, like a stored message.
+
+        Raises:
+            BrokerError: Redis is disconnected (raised at once) or could not be reached;
+                nothing was published or recorded.
+            OutcomeUnknown: the script was sent but Redis did not answer within ``timeout``.
+        """
+        self._check_connected()
+        return await self._store.publish_once(
+            self.channel(topic), topic, data, key, window, retention
+        )
+
+    def _check_connected(self) -> None:
         if self._state is not BrokerState.CONNECTED:
             raise BrokerError(
                 f"Redis at {self._address} is unreachable ({self._last_error}); "
                 "the message was neither stored nor sent"
             )
-        return await self._store.publish_stored(self.channel(topic), topic, data, retention)
 
     async def read_stored(self, topic: str, retention: Retention, after: int = 0) -> Stored:
         """Read ``topic``'s retained messages above ``after`` from its stream."""

@@ -70,9 +70,30 @@ class Channel(Listeners):
         """
         await self._client.emit(event, data, channel=self.name)
 
-    async def request(self, event: str, data: Any = None, *, timeout: float | None = None) -> Any:
-        """Send ``event`` on this channel and return the reply's data (see ``client.request``)."""
-        return await self._client.request(event, data, channel=self.name, timeout=timeout)
+    async def request(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        timeout: float | None = None,
+        key: str | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.5,
+    ) -> Any:
+        """Send ``event`` on this channel and return the reply's data (see ``client.request``).
+
+        With ``retries`` it is sent again with the same idempotency ``key`` after
+        ``outcome-unknown``, ``broker-unavailable`` or no reply (see ``client.request``).
+        """
+        return await self._client.request(
+            event,
+            data,
+            channel=self.name,
+            timeout=timeout,
+            key=key,
+            retries=retries,
+            retry_delay=retry_delay,
+        )
 
     def packets(self, event: str | None = None, maxsize: int = 1000) -> PacketStream:
         """A stream of this channel's packets (of one ``event`` if given), from now on."""

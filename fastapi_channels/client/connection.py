@@ -41,7 +41,7 @@ from fastapi_channels.client._handshake import (
 )
 from fastapi_channels.client._reconnect import connect_with_backoff
 from fastapi_channels.client._renewal import RenewalTimer, jwt_expiry
-from fastapi_channels.client._replies import PendingRequests
+from fastapi_channels.client._replies import PendingRequests, new_key
 from fastapi_channels.client._subscriptions import Subscriptions
 from fastapi_channels.client.backoff import Backoff, should_reconnect
 from fastapi_channels.client.channel import Channel
@@ -303,20 +303,35 @@ class ChannelsClient(Listeners):
         *,
         channel: str | None = None,
         timeout: float | None = None,
+        key: str | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.5,
     ) -> Any:
         """Send ``event`` with a fresh ``id`` and return the ``data`` of the server's reply.
 
         The reply is ``{"event": "channels:reply", "id": <id>, "data": ...}``; a reply with an
         ``error``, or a ``channels:error`` packet naming the id, fails the request.
 
+        With ``retries``, the packet carries an idempotency ``key`` (the one given, else a fresh
+        random one) and is sent again, with a new ``id`` and the same key, when the answer is
+        ``outcome-unknown`` or ``broker-unavailable`` or no reply comes within ``timeout``, up to
+        ``retries`` times (the n-th after ``retry_delay * n`` seconds). The server delivers the
+        handler's broadcasts once per key, so a message is not delivered twice. A ``key``
+        without retries is sent as it is (for retries the caller makes itself).
+
         Raises:
-            ReplyError: the server answered with an error (``code``, ``message``, ``errors``).
+            ReplyError: the server answered with an error (``code``, ``message``, ``errors``):
+                the last attempt's, with retries.
             TimeoutError: no reply within ``timeout`` (default ``request_timeout``).
             ConnectionClosed: not connected, or the connection was lost before the reply (the
                 request is not sent again: it may or may not have been handled).
         """
         wait = timeout if timeout is not None else self.request_timeout
-        return await self._requests.request(self._send, event, data, channel, wait)
+        if retries <= 0:
+            return await self._requests.request(self._send, event, data, channel, wait, key)
+        return await self._requests.retrying(
+            self._send, event, data, channel, wait, key or new_key(), retries, retry_delay
+        )
 
     async def renew(self, token: str | None = None) -> dict[str, Any]:
         """Renew the connection's token in-band, keeping the connection and its subscriptions.

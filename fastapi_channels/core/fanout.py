@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Final
 
 from fastapi_channels.core import topics
@@ -118,6 +118,8 @@ class FanOut:
         self._channels = channels
         self._users = users
         self._reconnects = reconnects
+        self.control: Callable[[str, bytes], None] | None = None
+        """Where messages on control topics go (see `fastapi_channels.core.cluster`)."""
         self._backlog: deque[_Job] = deque()
         self._drained: asyncio.Future[None] | None = None
         self._chunk = FAN_OUT_CHUNK  # connections per chunk, learned from the last one's time
@@ -140,6 +142,10 @@ class FanOut:
             live = self._channels.get(topic[2:])
             if live is not None:  # a presence announcement: a plain event, never filtered
                 self.send(live.subscribers, data.decode(), live, filtered=False)
+            return
+        if topic.startswith(topics.CONTROL):
+            if self.control is not None:
+                self.control(topic, data)
             return
         targets = self._users.get(topic[2:])
         if targets:

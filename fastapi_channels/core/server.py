@@ -21,11 +21,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, overload
 from pydantic_core import from_json
 
 from fastapi_channels.brokers.base import Broker
+from fastapi_channels.brokers.idempotency import IdempotencyStore
 from fastapi_channels.brokers.stores import HistoryStore
 from fastapi_channels.core import topics
 from fastapi_channels.core.catchup import CaughtUp, Reconnects, catch_up_subscriber, history_page
 from fastapi_channels.core.channel import ChannelSpec, LiveChannel, Subscription
+from fastapi_channels.core.cluster import ClusterCounts
 from fastapi_channels.core.fanout import FAN_OUT_CHUNK, FanOut
+from fastapi_channels.core.idempotency import next_key
 from fastapi_channels.core.presence import PRESENCE_TOPIC, Presence
 from fastapi_channels.core.stats import Stats
 from fastapi_channels.wire.errors import BrokerError, CloseCode, InvalidChannel, ProtocolError
@@ -74,9 +77,16 @@ class SocketServer:
     """
 
     def __init__(
-        self, broker: Broker, *, max_name_length: int = 200, presence_timeout: float = 30.0
+        self,
+        broker: Broker,
+        *,
+        max_name_length: int = 200,
+        presence_timeout: float = 30.0,
+        idempotency_window: float = 300.0,
     ) -> None:
         self.broker = broker
+        self.idempotency_window = idempotency_window
+        """Seconds a broadcast's idempotency key is remembered (per channel)."""
         self._max_name_length = max_name_length
         self._specs: PatternTable[ChannelSpec] = PatternTable()
         self.presence_tracker = Presence(broker, presence_timeout)
@@ -90,6 +100,9 @@ class SocketServer:
         """Catches history channels up after a broker outage (see `.catchup`)."""
         self.fan_out = FanOut(self._channels, self._users, self.reconnects)
         """Hands what the broker delivers to this process's subscribers (see `.fanout`)."""
+        self.cluster = ClusterCounts(broker, self.counts)
+        """Cluster-wide counts over the broker (started by the HTTP API, see `.cluster`)."""
+        self.fan_out.control = self.cluster.on_message
         self._removals: set[asyncio.Future[None]] = set()
         # One bound method for every connection's abandon callback, not one each.
         self._on_abandon: Callable[[SocketConnection], None] = self._remove_soon
@@ -128,6 +141,7 @@ class SocketServer:
         is dropped.
         """
         connections = list(self._connections.values())
+        await self.cluster.stop()
         for connection in connections:
             hint = random.uniform(0, spread) if spread > 0 else None
             connection.close_soon(CloseCode.SERVICE_RESTART, reason, reconnect_after=hint)
@@ -161,6 +175,23 @@ class SocketServer:
     def channel_counts(self) -> dict[str, int]:
         """Local subscriber count of every channel with at least one subscriber here."""
         return {name: len(live.subscribers) for name, live in self._channels.items()}
+
+    def counts(self, top: int = 100) -> dict[str, Any]:
+        """This process's counts for the cluster-wide view: no I/O.
+
+        Args:
+            top: how many channels to list (``subscribers``), the most subscribed first.
+        """
+        counts = self.channel_counts()
+        busiest = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        return {
+            "pid": os.getpid(),
+            "connections": len(self._connections),
+            "users": len(self._users),
+            "channels": len(counts),
+            "subscriptions": sum(counts.values()),
+            "subscribers": dict(busiest),
+        }
 
     def snapshot(self, top: int = 100) -> dict[str, Any]:
         """This process's state as JSON-ready values, for health and info routes.
@@ -428,14 +459,23 @@ class SocketServer:
     # ------------------------------------------------------------------ sending
 
     @overload
-    async def broadcast(self, channel: str, event: str, data: Any = None, /) -> Position | None: ...
+    async def broadcast(
+        self, channel: str, event: str, data: Any = None, /, *, key: str | None = None
+    ) -> Position | None: ...
 
     @overload
     async def broadcast(
-        self, listener: ListenerRef, channel: str, event: str, data: Any = None, /
+        self,
+        listener: ListenerRef,
+        channel: str,
+        event: str,
+        data: Any = None,
+        /,
+        *,
+        key: str | None = None,
     ) -> Position | None: ...
 
-    async def broadcast(self, *args: Any) -> Position | None:
+    async def broadcast(self, *args: Any, key: str | None = None) -> Position | None:
         """Send an event to every subscriber of a concrete channel, on every process.
 
         Two forms: ``broadcast(channel, event, data=None)``, and Envuso's
@@ -457,14 +497,29 @@ class SocketServer:
         unreachable) it is delivered nowhere and ``BrokerError`` is raised. Otherwise None is
         returned.
 
+        With an idempotency ``key`` (given, or taken from the packet whose handler is running,
+        see `fastapi_channels.core.idempotency`), the message is published at most once per
+        channel and key within ``idempotency_window`` seconds, on every process: a second
+        broadcast with the key publishes nothing and returns the first one's position (on a
+        history channel). The check happens in the broker, atomically with the publish, so
+        retrying after `OutcomeUnknown` is safe. Such a broadcast reaches this process's
+        subscribers through the broker (no local delivery first), and is not ordered with
+        broadcasts without a key. On a broker that is no ``IdempotencyStore`` the key is
+        ignored. Without a key, nothing of this runs.
+
         Args:
             args: ``(channel, event[, data])`` or ``(listener, channel, event[, data])``;
                 ``data`` is anything JSON-serialisable by pydantic (models included).
+            key: the idempotency key (see above).
 
         Raises:
             InvalidChannel: ``channel`` is malformed, no listener serves it, or the given
                 ``listener``'s pattern does not match it.
-            BrokerError: the broker could not publish (Redis unreachable).
+            BrokerError: the broker could not publish (Redis unreachable): no other process
+                received the message (on a plain channel without a key, this one's
+                subscribers did).
+            OutcomeUnknown: the broker took the message but did not confirm it in time (a
+                `BrokerError`): it may have been delivered. Retry with the same key.
             TypeError: the arguments fit neither form.
         """
         listener, channel, event, data = _broadcast_arguments(args)
@@ -472,7 +527,16 @@ class SocketServer:
         if self.fan_out.behind:
             await self.fan_out.wait_drained()
         frame = encode(event, data, channel)
-        if history is None or not history.keeps(event):
+        if key is None:
+            key = next_key()
+        stored = history is not None and history.keeps(event)
+        if key is not None and isinstance(self.broker, IdempotencyStore):
+            retention = history.retention if stored and history is not None else None
+            published = await self.broker.publish_once(
+                topics.CHANNEL + channel, frame, key, self.idempotency_window, retention
+            )
+            return published.position
+        if not stored or history is None:
             await self.broker.publish(topics.CHANNEL + channel, frame)
             return None
         return await self._history_store().publish_stored(

@@ -67,6 +67,15 @@ class Channels:
         presence_timeout: seconds after which the members of a process that stopped renewing
             its presence (it died, or lost Redis) are dropped; each process renews every third
             of it. Leaves are announced within four thirds of it.
+        idempotency_window: seconds a broadcast's idempotency key is remembered, per channel
+            (see ``SocketServer.broadcast``): a retry within it is delivered at most once.
+        api_guard: a FastAPI dependency guarding the HTTP API under ``{path}/api`` (publish,
+            send to a user, disconnect a user, presence, history, cluster-wide counts; see
+            `fastapi_channels.edge.api`). The API exists only when a guard is given; the guard
+            should raise ``HTTPException(401)`` (or 403) for callers without the credential,
+            e.g. ``api_key(...)``.
+        api_counts_timeout: the longest ``timeout`` a caller of the counts route may ask for,
+            in seconds.
 
     Raises:
         ConfigurationError: an option is out of range.
@@ -90,9 +99,16 @@ class Channels:
         asyncapi: bool = True,
         info_guard: Callable[..., Any] | None = None,
         presence_timeout: float = 30.0,
+        idempotency_window: float = 300.0,
+        api_guard: Callable[..., Any] | None = None,
+        api_counts_timeout: float = 10.0,
     ) -> None:
         if not presence_timeout > 0:
             raise ConfigurationError("presence_timeout must be a positive number of seconds")
+        if not idempotency_window > 0:
+            raise ConfigurationError("idempotency_window must be a positive number of seconds")
+        self.api_guard = api_guard
+        self.api_counts_timeout = api_counts_timeout
         self.user_dependency = user
         self.extensions = list(extensions)
         provided = getattr(user, "connection_extension", None)
@@ -115,6 +131,7 @@ class Channels:
             broker if isinstance(broker, Broker) else create_broker(broker),
             max_name_length=self.limits.max_name_length,
             presence_timeout=presence_timeout,
+            idempotency_window=idempotency_window,
         )
         self.container.binder.bind(SocketServer, to=self.server)
         self.container.binder.bind(Channels, to=self)
@@ -243,6 +260,8 @@ class Channels:
         self.registry.start(self.container, self.server, middleware)
         self.server.bind(self.registry.specs)
         await self.server.start()
+        if self.api_guard is not None:
+            await self.server.cluster.start()
         self.dispatcher = Dispatcher(
             self.server, self.registry, self.limits, middleware, self.extensions
         )

@@ -435,6 +435,13 @@ def build_router(channels: Channels) -> APIRouter:
             yield
 
     router = APIRouter(lifespan=lifespan)
+    if channels.api_guard is not None:
+        from fastapi_channels.edge.api import build_api
+
+        router.include_router(
+            build_api(channels, [Depends(channels.api_guard)]),
+            prefix=channels.path.rstrip("/") + "/api",
+        )
     if channels.info_guard is not None:
 
         @router.get(

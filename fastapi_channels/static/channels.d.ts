@@ -165,6 +165,13 @@ export interface RequestOptions {
   timeout?: number;
   /** Send the request as a channel event of this channel. */
   channel?: string;
+  /** The idempotency key sent with the packet (a fresh random one when `retries` is set). */
+  key?: string;
+  /** Times the request is sent again, with the same key, after `outcome-unknown`,
+   * `broker-unavailable` or no reply (0 by default). */
+  retries?: number;
+  /** The n-th retry waits `retryDelay * n` ms first (500 by default). */
+  retryDelay?: number;
 }
 
 export type Listener<T = any> = (data: T, packet: Packet<T>) => unknown;

@@ -167,6 +167,16 @@ export function backoffDelay(attempt, options, random = Math.random) {
   return Math.max(0, base * (1 - options.jitter * random()));
 }
 
+/** The reply error codes after which a request with retries is sent again. */
+const RETRIED_CODES = new Set(["outcome-unknown", "broker-unavailable"]);
+
+/** A fresh idempotency key: 32 random hex characters. */
+function newKey() {
+  const bytes = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 function isObject(value) {
   return value !== null && typeof value === "object" && !Array.isArray(value);
 }
@@ -577,15 +587,42 @@ export class SocketClient extends Listeners {
    * names the id), `TimeoutError` after `timeout` ms, and `ConnectionClosedError` when not
    * connected or when the connection is lost first (the request is not sent again).
    *
+   * With `retries`, the packet carries an idempotency `key` (`options.key`, else a fresh random
+   * one) and is sent again, with a new `id` and the same key, when the answer is
+   * `outcome-unknown` or `broker-unavailable` or no reply comes within `timeout`, up to
+   * `retries` times (the n-th after `retryDelay * n` ms, 500 by default). The server delivers
+   * the handler's broadcasts once per key, so a retried message is not delivered twice.
+   *
    * @param {string} event
    * @param {any} [data]
-   * @param {{timeout?: number, channel?: string}} [options]
+   * @param {{timeout?: number, channel?: string, key?: string, retries?: number,
+   *   retryDelay?: number}} [options]
    * @returns {Promise<any>}
    */
-  request(event, data, options = {}) {
+  async request(event, data, options = {}) {
+    const retries = options.retries ?? 0;
+    if (retries <= 0) return this._request(event, data, options, options.key);
+    const key = options.key ?? newKey();
+    const delay = options.retryDelay ?? 500;
+    for (let attempt = 0; ; attempt++) {
+      if (attempt) await new Promise((resolve) => setTimeout(resolve, delay * attempt));
+      try {
+        return await this._request(event, data, options, key);
+      } catch (error) {
+        const retried =
+          error instanceof TimeoutError ||
+          (error instanceof ReplyError && RETRIED_CODES.has(error.code));
+        if (!retried || attempt >= retries) throw error;
+      }
+    }
+  }
+
+  /** One attempt of `request`: a fresh `id`, and `key` when given. */
+  _request(event, data, options, key) {
     const id = ++this._sequence;
     const packet = { event, data, id };
     if (options.channel !== undefined) packet.channel = options.channel;
+    if (key !== undefined) packet.key = key;
     try {
       this._send(packet);
     } catch (error) {

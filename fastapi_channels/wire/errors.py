@@ -11,7 +11,8 @@ ChannelsError
 │   └── AuthenticationError the credential is missing, invalid or from a forbidden origin
 ├── ConnectionClosed        sending on a connection that is closed
 ├── InvalidChannel          a send names a channel its listener does not serve (ValueError)
-├── BrokerError             the broker (in memory or Redis) failed
+├── BrokerError             the broker (in memory or Redis) failed: nothing was published
+│   └── OutcomeUnknown      the broker failed after the message left: it may have been
 └── ReplyError              a request was answered with an error (clients, test client)
 ```
 
@@ -36,6 +37,7 @@ __all__ = [
     "ErrorCode",
     "InvalidChannel",
     "InvalidData",
+    "OutcomeUnknown",
     "ProtocolError",
     "Reject",
     "ReplyError",
@@ -100,7 +102,12 @@ class ErrorCode(StrEnum):
     """The handler ran longer than ``Limits.handler_timeout``."""
     BROKER_UNAVAILABLE = "broker-unavailable"
     """The handler's send could not reach the other processes (Redis is unreachable): worth
-    retrying later. Plain channels still delivered to this process's subscribers."""
+    retrying later. Nothing reached another process; plain channels published without a key
+    still delivered to this process's subscribers."""
+    OUTCOME_UNKNOWN = "outcome-unknown"
+    """The handler's send reached the broker but no answer came back in time (Redis stalled):
+    the message may or may not have been delivered. Retry with the same ``key`` (see the
+    protocol's idempotency keys): a retry is then delivered at most once in all."""
     RATE_LIMITED = "rate-limited"
     """The connection sent faster than ``Limits.rate``; the packet was dropped."""
     SHUTTING_DOWN = "shutting-down"
@@ -264,7 +271,20 @@ class InvalidChannel(ChannelsError, ValueError):
 
 
 class BrokerError(ChannelsError):
-    """The broker could not publish or subscribe (for Redis: the server is unreachable)."""
+    """The broker could not publish or subscribe (for Redis: the server is unreachable).
+
+    Raised by a publish, it means the message reached no other process (see `OutcomeUnknown`
+    for the case where it may have).
+    """
+
+
+class OutcomeUnknown(BrokerError):
+    """A publish failed after the message was handed to the transport: it may have been published.
+
+    Redis received the command but its answer did not come back within the broker's timeout
+    (a stall, a connection dropped mid-reply). Retrying without an idempotency key may deliver
+    the message twice; retrying with the same key delivers it at most once in all.
+    """
 
 
 class ReplyError(ChannelsError):

@@ -3,8 +3,9 @@
 Every frame is a UTF-8 text frame holding one JSON object: ``{"event": str, "data": any}`` for a
 plain event, plus ``"channel": str`` for a channel event. A client packet may also carry an
 ``"id"`` (a string or an integer): the server then answers it exactly once with a
-``channels:reply`` packet carrying the same ``id``. Nothing in here knows about sockets, servers
-or FastAPI.
+``channels:reply`` packet carrying the same ``id``, and a ``"key"`` (an idempotency key: a
+handler's broadcasts of that packet are delivered once however often it is sent). Nothing in here
+knows about sockets, servers or FastAPI.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "JOIN",
     "LEAVE",
     "MAX_ID_LENGTH",
+    "MAX_KEY_LENGTH",
     "PONG",
     "PRESENCE",
     "READY",
@@ -43,6 +45,8 @@ __all__ = [
     "encode_reply_error",
     "peek_id",
     "validate_channel_name",
+    "validate_event_name",
+    "validate_key",
 ]
 
 READY: Final = "ready"
@@ -96,8 +100,11 @@ _INVISIBLE: Final = "\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\
 CHANNEL_NAME_RE: Final = re.compile(f"[^\\s\\x00-\\x1f\\x7f-\\x9f*{_INVISIBLE}]+")
 """A concrete channel name: no whitespace, control or invisible format characters, no ``*``."""
 _EVENT_NAME_RE: Final = re.compile(f"[^\\x00-\\x1f\\x7f-\\x9f{_INVISIBLE}]+")
+_KEY_RE: Final = re.compile(f"[^\\s\\x00-\\x1f\\x7f-\\x9f{_INVISIBLE}]+")
 MAX_ID_LENGTH: Final = 64
 """The longest string ``id`` a client may put on a packet (it is echoed in the reply)."""
+MAX_KEY_LENGTH: Final = 64
+"""The longest idempotency ``key`` a client may put on a packet."""
 _MAX_INT_ID: Final = 2**53 - 1
 """Integer ids stay within what a JavaScript number holds exactly."""
 
@@ -114,12 +121,15 @@ class SocketPacket:
         channel: the concrete channel name for a channel event, else ``None``.
         id: the request id the client put on the packet, else ``None``; when set, the server
             answers the packet with exactly one ``channels:reply`` carrying it.
+        key: the idempotency key the client put on the packet, else ``None``; the broadcasts a
+            handler makes for the packet are deduplicated by it (see ``SocketServer.broadcast``).
     """
 
     event: str
     data: Any = None
     channel: str | None = None
     id: PacketId | None = None
+    key: str | None = None
 
 
 def validate_channel_name(name: object, max_length: int) -> str:
@@ -136,6 +146,37 @@ def validate_channel_name(name: object, max_length: int) -> str:
     return name
 
 
+def validate_event_name(event: object, max_length: int) -> str:
+    """Return ``event`` if it is a valid event name, else raise ``ProtocolError``."""
+    if not isinstance(event, str) or not event:
+        raise ProtocolError(ErrorCode.INVALID_PACKET, "event must be a non-empty string")
+    if len(event) > max_length:
+        raise ProtocolError(ErrorCode.INVALID_PACKET, f"event is longer than {max_length}")
+    if _EVENT_NAME_RE.fullmatch(event) is None:
+        raise ProtocolError(
+            ErrorCode.INVALID_PACKET, "event may not contain control or invisible characters"
+        )
+    return event
+
+
+def validate_key(key: object) -> str:
+    """Return ``key`` if it is a valid idempotency key, else raise ``ProtocolError``.
+
+    A key is a string of 1 to `MAX_KEY_LENGTH` characters without whitespace, control or
+    invisible characters (the same characters as a channel name, ``*`` included).
+    """
+    if (
+        not isinstance(key, str)
+        or not 0 < len(key) <= MAX_KEY_LENGTH
+        or _KEY_RE.fullmatch(key) is None
+    ):
+        raise ProtocolError(
+            ErrorCode.INVALID_PACKET,
+            f"key must be a string of 1 to {MAX_KEY_LENGTH} characters without whitespace",
+        )
+    return key
+
+
 def decode_packet(text: str, max_name_length: int = 200) -> SocketPacket:
     """Decode one text frame into a `SocketPacket`.
 
@@ -147,8 +188,8 @@ def decode_packet(text: str, max_name_length: int = 200) -> SocketPacket:
         ProtocolError: the frame is not a JSON object, ``id`` is present but neither a string of
             1 to ``MAX_ID_LENGTH`` characters nor an integer within ±(2**53 - 1), ``event`` is
             missing, not a string, empty, too long or holds control characters, or ``channel``
-            is present but invalid. When the packet's ``id`` was valid, the error carries it in
-            ``packet_id``.
+            is present but invalid, or ``key`` is present but not a valid key. When the
+            packet's ``id`` was valid, the error carries it in ``packet_id``.
     """
     try:
         raw = from_json(text, allow_inf_nan=False)
@@ -158,22 +199,17 @@ def decode_packet(text: str, max_name_length: int = 200) -> SocketPacket:
         raise ProtocolError(ErrorCode.INVALID_FRAME, "frame must hold a JSON object")
     packet_id = _packet_id(raw.get("id"))
     try:
-        event = raw.get("event")
-        if not isinstance(event, str) or not event:
-            raise ProtocolError(ErrorCode.INVALID_PACKET, "event must be a non-empty string")
-        if len(event) > max_name_length:
-            raise ProtocolError(ErrorCode.INVALID_PACKET, f"event is longer than {max_name_length}")
-        if _EVENT_NAME_RE.fullmatch(event) is None:
-            raise ProtocolError(
-                ErrorCode.INVALID_PACKET, "event may not contain control or invisible characters"
-            )
+        event = validate_event_name(raw.get("event"), max_name_length)
         channel = raw.get("channel")
         if channel is not None:
             channel = validate_channel_name(channel, max_name_length)
+        key = raw.get("key")
+        if key is not None:
+            key = validate_key(key)
     except ProtocolError as exc:
         exc.packet_id = packet_id
         raise
-    return SocketPacket(event=event, data=raw.get("data"), channel=channel, id=packet_id)
+    return SocketPacket(event=event, data=raw.get("data"), channel=channel, id=packet_id, key=key)
 
 
 def peek_id(text: str) -> PacketId | None:
