@@ -137,6 +137,27 @@ async def test_direct_messages_reach_the_recipient_and_the_sender_only(
         await ann.assert_no_message()
 
 
+async def test_direct_messages_go_only_to_users_who_logged_in(http: httpx.AsyncClient) -> None:
+    async with AsyncExitStack() as stack:
+        (ann,) = await everyone(stack, http, "ann")
+        with pytest.raises(ReplyError) as unknown:
+            await ann.request("message", {"to": "nobody-yet", "text": "x"}, channel="chat:user.ann")
+        assert (unknown.value.code, unknown.value.message) == (
+            "rejected",
+            "no user named nobody-yet has logged in",
+        )
+        await ann.assert_no_message()  # not even the echo: nothing was sent, nothing kept
+        token = await log_in(http, "nobody-yet")
+        async with SocketTestClient(app, subprotocols=[token]) as late:
+            response = await late.subscribe("chat:user.nobody-yet")
+            assert response["position"]["offset"] == 0  # the refused line was kept nowhere
+            sent = {"to": "nobody-yet", "text": "now"}
+            assert await ann.request("message", sent, channel="chat:user.ann") == {
+                "delivered": True
+            }
+            assert said(await late.receive()) == {"from": "ann", **sent}
+
+
 async def test_announcements_need_the_admin_token(
     http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from fastapi_channels.brokers.stores import Announcements, Retention, Stored, StoredEntry
+from fastapi_channels.wire.errors import HistoryFull
 
 __all__ = ["PresenceTable", "Streams", "new_epoch"]
 
@@ -39,21 +40,34 @@ class _Stream:
 
 
 class Streams:
-    """Stored topics: their epoch, last offset and retained messages."""
+    """Stored topics: their epoch, last offset and retained messages.
+
+    Topics whose retention sets ``max_topics`` are counted per ``group`` while they hold
+    history (until ``keep`` after their last append): a new topic beyond the bound is refused.
+    """
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
+        self._groups: dict[str, set[str]] = {}
         self._next_sweep = clock() + _SWEEP_EVERY
 
     def __len__(self) -> int:
         return len(self._streams)
 
     def append(self, topic: str, data: bytes, retention: Retention) -> tuple[int, str]:
-        """Append ``data``; return its offset and the topic's epoch."""
+        """Append ``data``; return its offset and the topic's epoch.
+
+        Raises:
+            HistoryFull: the topic holds no history and its group has ``max_topics`` already.
+        """
         now = self._clock()
         if now >= self._next_sweep:
             self._sweep(now)
+        if not self._holds(topic, now) and not self._admit(topic, retention, now):
+            raise HistoryFull(
+                f"{retention.group!r} has {retention.max_topics} channels with history already"
+            )
         stream = self._stream(topic, now)
         stream.top += 1
         entries = stream.entries
@@ -70,6 +84,8 @@ class Streams:
     def read(self, topic: str, retention: Retention, after: int) -> Stored:
         """The retained messages above ``after`` (see ``Broker.read_stored``)."""
         now = self._clock()
+        if not self._holds(topic, now) and not self._admit(topic, retention, now):
+            return Stored(epoch=new_epoch(), top=0, entries=[])  # an epoch not kept
         stream = self._stream(topic, now)
         if stream.expires_at == float("inf"):
             stream.expires_at = now + retention.keep
@@ -81,6 +97,23 @@ class Streams:
             if offset >= first and (oldest is None or at >= oldest)
         ]
         return Stored(epoch=stream.epoch, top=stream.top, entries=entries)
+
+    def _holds(self, topic: str, now: float) -> bool:
+        stream = self._streams.get(topic)
+        return stream is not None and stream.expires_at > now
+
+    def _admit(self, topic: str, retention: Retention, now: float) -> bool:
+        """Count ``topic`` in its group, if the group has room; whether it was counted."""
+        if retention.max_topics is None:
+            return True
+        members = self._groups.setdefault(retention.group, set())
+        if len(members) >= retention.max_topics:
+            for gone in [t for t in members if not self._holds(t, now)]:
+                members.discard(gone)
+            if len(members) >= retention.max_topics:
+                return False
+        members.add(topic)
+        return True
 
     def _stream(self, topic: str, now: float) -> _Stream:
         stream = self._streams.get(topic)

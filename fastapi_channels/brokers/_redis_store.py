@@ -11,6 +11,10 @@ Keys, under the broker's prefix ``P`` (topics are ``c:<channel>`` and ``p:<chann
 * ``P:history-meta:<topic>``, a hash: ``epoch`` and ``top`` (the last offset);
 * ``P:history:<topic>``, a stream of ``o`` (offset) and ``d`` (data) entries, trimmed to the
   retention's size (``MAXLEN ~``) and age (``MINID ~``, on Redis's clock);
+* ``P:history-quota:<group>``, a sorted set: each topic of the group that holds history, to the
+  time (ms, Redis's clock) its history expires; a publish or read that would add one topic too
+  many to a group with ``max_topics`` finds the expired ones out first, and is refused when
+  none is;
 * ``P:presence:<topic>``, a hash: member to info;
 * ``P:presence-holders:<topic>``, a hash: member to the number of processes holding it;
 * ``P:presence-procs:<topic>``, a set: the processes holding members there;
@@ -19,8 +23,13 @@ Keys, under the broker's prefix ``P`` (topics are ``c:<channel>`` and ``p:<chann
   it must renew.
 
 Scripts compute the ``presence-local`` key of each process they sweep, so they need a single
-Redis server, not a cluster. History keys expire ``keep`` after the last publish; presence keys
-``keep`` after their last join or sweep.
+Redis server, not a cluster. The history scripts touch a topic's two keys and its group's quota
+key: under Redis Cluster the quota would be a step of its own (a script on the quota key alone
+that admits the topic, then the publish on the topic's keys, hash-tagged into one slot), which
+can at worst leave a topic counted that failed to publish, until its ``keep`` runs out.
+
+History keys expire ``keep`` after the last publish; presence keys ``keep`` after their last
+join or sweep.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from fastapi_channels.brokers.stores import Announcements, Position, Retention, Stored, StoredEntry
-from fastapi_channels.wire.errors import BrokerError
+from fastapi_channels.wire.errors import BrokerError, HistoryFull
 
 __all__ = ["RedisStore", "parse_position"]
 
@@ -50,10 +59,34 @@ local function now_ms()
 end
 """
 
+_QUOTA: Final = """
+local function admitted(quota, topic, max, keep, now)
+  if max == 0 then
+    return true
+  end
+  if redis.call('ZSCORE', quota, topic) == false and redis.call('ZCARD', quota) >= max then
+    redis.call('ZREMRANGEBYSCORE', quota, '-inf', string.format('%d', now))
+    if redis.call('ZCARD', quota) >= max then
+      return false
+    end
+  end
+  redis.call('ZADD', quota, now + keep, topic)
+  redis.call('PEXPIRE', quota, keep)
+  return true
+end
+"""
+"""The quota step: count ``topic`` in its group (a sorted set of topic to the time its history
+expires) unless the group has ``max`` topics holding history already. ``max`` 0: no bound."""
+
 _PUBLISH_STORED: Final = (
     _COMMON
+    + _QUOTA
     + """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local keep = tonumber(ARGV[5])
+if not admitted(KEYS[3], ARGV[8], tonumber(ARGV[7]), keep, now_ms()) and not epoch then
+  return 0
+end
 if not epoch then
   epoch = ARGV[6]
   redis.call('HSET', KEYS[1], 'epoch', epoch)
@@ -62,7 +95,6 @@ local offset = redis.call('HINCRBY', KEYS[1], 'top', 1)
 local id = string.format('%d', offset)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'o', id, 'd', ARGV[2])
 local ttl = tonumber(ARGV[4])
-local keep = tonumber(ARGV[5])
 if ttl > 0 then
   redis.call('XTRIM', KEYS[2], 'MINID', '~', string.format('%d', now_ms() - ttl))
   redis.call('PEXPIRE', KEYS[2], math.min(ttl, keep))
@@ -74,14 +106,19 @@ redis.call('PUBLISH', ARGV[1], '\\2' .. id .. ':' .. epoch .. '\\n' .. ARGV[2])
 return {offset, epoch}
 """
 )
-"""KEYS: meta, stream. ARGV: Redis channel, data, size, ttl ms (0: none), keep ms, new epoch."""
+"""KEYS: meta, stream, quota. ARGV: Redis channel, data, size, ttl ms (0: none), keep ms, new
+epoch, max topics (0: none), topic. Returns the offset and epoch, or 0 when the quota refused."""
 
 _READ_STORED: Final = (
     _COMMON
+    + _QUOTA
     + """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[5]
+  if not admitted(KEYS[3], ARGV[7], tonumber(ARGV[6]), tonumber(ARGV[4]), now_ms()) then
+    return {epoch, 0}
+  end
   redis.call('HSET', KEYS[1], 'epoch', epoch)
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
@@ -109,8 +146,10 @@ end
 return result
 """
 )
-"""KEYS: meta, stream. ARGV: after, size, ttl ms (0: none), keep ms, new epoch. Returns epoch,
-top, then offset and data of each retained entry above ``after``, newest first."""
+"""KEYS: meta, stream, quota. ARGV: after, size, ttl ms (0: none), keep ms, new epoch, max topics
+(0: none), topic. Returns epoch, top, then offset and data of each retained entry above
+``after``, newest first. A topic without an epoch that the quota refuses gets a fresh epoch,
+not kept."""
 
 _PRESENCE: Final = (
     _COMMON
@@ -396,21 +435,36 @@ class RedisStore:
 
     # ------------------------------------------------------------------ history
 
-    def _history_keys(self, topic: str) -> list[bytes]:
-        return [self._key("history-meta:", topic), self._key("history:", topic)]
+    def _history_keys(self, topic: str, retention: Retention) -> list[bytes]:
+        return [
+            self._key("history-meta:", topic),
+            self._key("history:", topic),
+            self._key("history-quota:", retention.group),
+        ]
 
     async def publish_stored(
         self, channel: bytes, topic: str, data: bytes, retention: Retention
     ) -> Position:
-        """Append and publish on ``channel`` in one script; return the position."""
+        """Append and publish on ``channel`` in one script; return the position.
+
+        Raises:
+            HistoryFull: the topic holds no history and its group is full.
+            BrokerError: Redis could not be reached or refused the script.
+        """
         ttl = _ms(retention.ttl) if retention.ttl is not None else 0
         args = [channel, data, retention.size, ttl, _ms(retention.keep), secrets.token_hex(6)]
+        args += [retention.max_topics or 0, topic.encode("utf-8", "surrogatepass")]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
-        self._waiting.append((self._history_keys(topic), args, future))
+        self._waiting.append((self._history_keys(topic, retention), args, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name="fastapi_channels.redis.store")
-        offset, epoch = await asyncio.shield(future)
+        result = await asyncio.shield(future)
+        if result == 0:
+            raise HistoryFull(
+                f"{retention.group!r} has {retention.max_topics} channels with history already"
+            )
+        offset, epoch = result
         return Position(int(offset), bytes(epoch).decode())
 
     async def _flush(self) -> None:
@@ -438,7 +492,8 @@ class RedisStore:
         """Read the retained messages above ``after``."""
         ttl = _ms(retention.ttl) if retention.ttl is not None else 0
         args = [after, retention.size, ttl, _ms(retention.keep), secrets.token_hex(6)]
-        reply = await self._call(self._read, self._history_keys(topic), args)
+        args += [retention.max_topics or 0, topic.encode("utf-8", "surrogatepass")]
+        reply = await self._call(self._read, self._history_keys(topic, retention), args)
         epoch, top, rest = bytes(reply[0]).decode(), int(reply[1]), reply[2:]
         entries = [StoredEntry(int(rest[i]), bytes(rest[i + 1])) for i in range(0, len(rest), 2)]
         entries.reverse()

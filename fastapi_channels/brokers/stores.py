@@ -22,10 +22,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
+from fastapi_channels.wire.errors import HistoryFull
 from fastapi_channels.wire.stored import Position, Retention, Stored, StoredEntry
 
 __all__ = [
     "Announcements",
+    "HistoryFull",
     "HistoryStore",
     "Position",
     "PresenceStore",
@@ -82,7 +84,13 @@ class HistoryStore(ABC):
         `deliver_stored_to`, with their position. Unlike ``Broker.publish``, nothing is
         delivered when the message cannot be stored.
 
+        A topic that holds no history yet is counted in ``retention.group`` first: when the
+        group has ``retention.max_topics`` topics holding history already (expired ones aside),
+        nothing is stored or delivered. The count and the append are one atomic step, so
+        processes publishing at once never exceed the bound.
+
         Raises:
+            HistoryFull: the group is full (then it was delivered nowhere).
             BrokerError: the message could not be stored (then it was delivered nowhere).
         """
 
@@ -91,7 +99,8 @@ class HistoryStore(ABC):
         """Read ``topic``'s retained messages with an offset above ``after``, oldest first.
 
         Reading a topic that has no epoch yet gives it one, so a position read now stays valid
-        for the messages published next.
+        for the messages published next; it counts in ``retention.group`` as a publish does.
+        When the group is full, the read answers a fresh epoch that is not kept (and offset 0).
 
         Raises:
             BrokerError: the store could not be read.

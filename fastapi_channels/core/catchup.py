@@ -35,14 +35,13 @@ from fastapi_channels.core.topics import CHANNEL
 from fastapi_channels.wire.errors import BrokerError
 from fastapi_channels.wire.history import (
     NO_ENTRIES,
-    History,
     HistoryPage,
     StoredMessage,
     position_data,
     recover,
     with_position,
 )
-from fastapi_channels.wire.stored import Position
+from fastapi_channels.wire.stored import Position, Retention
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -133,14 +132,14 @@ async def catch_up_subscriber(
             logger.warning("no member list for %r: %s", sub.channel, exc)
         else:
             caught.frames.append(Held(members_frame(sub.channel, members), filtered=False))
-    if spec.history is not None:
-        await _recover(caught, spec.history, sub.channel, since, broker, reconnects)
+    if spec.retention is not None:
+        await _recover(caught, spec.retention, sub.channel, since, broker, reconnects)
     return caught
 
 
 async def _recover(
     caught: CaughtUp,
-    history: History,
+    retention: Retention,
     channel: str,
     since: Position | None,
     broker: Broker,
@@ -150,7 +149,7 @@ async def _recover(
     try:
         if not isinstance(broker, HistoryStore):
             raise BrokerError(f"the {broker.name} broker keeps no history")
-        stored = await broker.read_stored(CHANNEL + channel, history.retention, after)
+        stored = await broker.read_stored(CHANNEL + channel, retention, after)
     except BrokerError as exc:
         logger.warning("no history for %r: %s", channel, exc)
         if since is not None:
@@ -171,7 +170,7 @@ async def _recover(
 async def history_page(
     store: HistoryStore,
     topic: str,
-    history: History,
+    retention: Retention,
     limit: int | None,
     since: Position | None,
 ) -> HistoryPage:
@@ -180,13 +179,13 @@ async def history_page(
     Raises:
         BrokerError: the store could not be read.
     """
-    stored = await store.read_stored(topic, history.retention, 0 if since is None else since.offset)
+    stored = await store.read_stored(topic, retention, 0 if since is None else since.offset)
     recovered: bool | None = None
     entries = stored.entries
     if since is not None:
         recovered = recover(stored, since)[2]
         if not recovered and since.epoch != stored.epoch:
-            entries = (await store.read_stored(topic, history.retention)).entries
+            entries = (await store.read_stored(topic, retention)).entries
         entries = entries[:limit] if limit is not None else entries
     elif limit is not None:
         entries = entries[-limit:] if limit > 0 else []
@@ -284,8 +283,8 @@ class Reconnects:
         try:
             if spec.presence:
                 frames += await self._members(channel)
-            if spec.history is not None and last is not None:
-                frames += await self._missed(channel, spec.history, last)
+            if spec.retention is not None and last is not None:
+                frames += await self._missed(channel, spec.retention, last)
         finally:
             for connection in waiting:
                 sub = connection.subscriptions.get(channel)
@@ -304,13 +303,11 @@ class Reconnects:
             return []
         return [Held(members_frame(channel, members), filtered=False)]
 
-    async def _missed(self, channel: str, history: History, last: Position) -> list[Held]:
+    async def _missed(self, channel: str, retention: Retention, last: Position) -> list[Held]:
         if not isinstance(self._broker, HistoryStore):
             return []
         try:
-            stored = await self._broker.read_stored(
-                self._topic + channel, history.retention, last.offset
-            )
+            stored = await self._broker.read_stored(self._topic + channel, retention, last.offset)
         except BrokerError as exc:
             logger.warning("could not read the history of %r after a reconnect: %s", channel, exc)
             return []

@@ -418,11 +418,11 @@ class SocketServer:
             BrokerError: the broker could not be read.
         """
         spec = self._spec_of(channel)
-        history = spec.history if spec is not None else None
-        if history is None:
+        retention = spec.retention if spec is not None else None
+        if retention is None:
             raise InvalidChannel(f"channel {channel!r} is not a history channel")
         return await history_page(
-            self._history_store(), topics.CHANNEL + channel, history, limit, since
+            self._history_store(), topics.CHANNEL + channel, retention, limit, since
         )
 
     # ------------------------------------------------------------------ sending
@@ -454,8 +454,9 @@ class SocketServer:
 
         When the channel keeps a history (of this event), the message is stored first and
         delivered with its position, which is returned; if it cannot be stored (Redis
-        unreachable) it is delivered nowhere and ``BrokerError`` is raised. Otherwise None is
-        returned.
+        unreachable) it is delivered nowhere and ``BrokerError`` is raised; the same holds,
+        with `HistoryFull`, for a channel that holds no history yet when its listener's
+        ``History.max_channels`` channels hold some already. Otherwise None is returned.
 
         Args:
             args: ``(channel, event[, data])`` or ``(listener, channel, event[, data])``;
@@ -465,10 +466,11 @@ class SocketServer:
             InvalidChannel: ``channel`` is malformed, no listener serves it, or the given
                 ``listener``'s pattern does not match it.
             BrokerError: the broker could not publish (Redis unreachable).
+            HistoryFull: the channel would exceed ``History.max_channels`` (a `BrokerError`).
             TypeError: the arguments fit neither form.
         """
         listener, channel, event, data = _broadcast_arguments(args)
-        history = self._check_channel(listener, channel)
+        history, group = self._check_channel(listener, channel)
         if self.fan_out.behind:
             await self.fan_out.wait_drained()
         frame = encode(event, data, channel)
@@ -476,7 +478,7 @@ class SocketServer:
             await self.broker.publish(topics.CHANNEL + channel, frame)
             return None
         return await self._history_store().publish_stored(
-            topics.CHANNEL + channel, frame, history.retention
+            topics.CHANNEL + channel, frame, history.retention(group)
         )
 
     async def send_to_user(self, user_id: object, event: str, data: Any = None) -> None:
@@ -501,8 +503,13 @@ class SocketServer:
         payload = topics.USER_DISCONNECT + reason.encode()
         await self.broker.publish(topics.USER + str(user_id), payload)
 
-    def _check_channel(self, listener: ListenerRef | None, channel: str) -> History | None:
-        """Check that ``channel`` is served (by ``listener`` if given); return its history.
+    def _check_channel(
+        self, listener: ListenerRef | None, channel: str
+    ) -> tuple[History | None, str]:
+        """Check that ``channel`` is served (by ``listener`` if given).
+
+        Returns its history and the text of the pattern serving it (what
+        ``History.max_channels`` counts under).
 
         Raises:
             InvalidChannel: the channel is malformed or not served.
@@ -511,7 +518,7 @@ class SocketServer:
             spec = self._spec_of(channel)
             if spec is None:
                 raise InvalidChannel(f"no channel listener serves {channel!r}")
-            return spec.history
+            return spec.history, spec.pattern.text
         try:
             validate_channel_name(channel, self._max_name_length)
         except ProtocolError as exc:
@@ -519,12 +526,14 @@ class SocketServer:
         if isinstance(listener, str):
             pattern = ChannelPattern.parse(listener)
             resolved = self._specs.resolve(channel)
+            serving = resolved[0].pattern if resolved is not None else pattern
             history = resolved[0].history if resolved is not None else None
         else:
             pattern, history = listener.pattern, listener.history
+            serving = pattern
         if pattern.match(channel) is None:
             raise InvalidChannel(f"channel {channel!r} does not match pattern {pattern.text!r}")
-        return history
+        return history, serving.text
 
 
 def _broadcast_arguments(args: tuple[Any, ...]) -> tuple[ListenerRef | None, str, str, Any]:

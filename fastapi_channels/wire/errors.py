@@ -12,6 +12,7 @@ ChannelsError
 ├── ConnectionClosed        sending on a connection that is closed
 ├── InvalidChannel          a send names a channel its listener does not serve (ValueError)
 ├── BrokerError             the broker (in memory or Redis) failed
+│   └── HistoryFull         a channel would exceed its listener's History.max_channels
 └── ReplyError              a request was answered with an error (clients, test client)
 ```
 
@@ -34,6 +35,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionClosed",
     "ErrorCode",
+    "HistoryFull",
     "InvalidChannel",
     "InvalidData",
     "ProtocolError",
@@ -101,6 +103,10 @@ class ErrorCode(StrEnum):
     BROKER_UNAVAILABLE = "broker-unavailable"
     """The handler's send could not reach the other processes (Redis is unreachable): worth
     retrying later. Plain channels still delivered to this process's subscribers."""
+    HISTORY_FULL = "history-full"
+    """The handler broadcast on a history channel that keeps nothing yet, and its listener's
+    ``History.max_channels`` channels keep history already: nothing was sent. Not worth
+    retrying at once; a channel frees its place ``History.keep`` after its last broadcast."""
     RATE_LIMITED = "rate-limited"
     """The connection sent faster than ``Limits.rate``; the packet was dropped."""
     SHUTTING_DOWN = "shutting-down"
@@ -265,6 +271,19 @@ class InvalidChannel(ChannelsError, ValueError):
 
 class BrokerError(ChannelsError):
     """The broker could not publish or subscribe (for Redis: the server is unreachable)."""
+
+
+class HistoryFull(BrokerError):
+    """A broadcast would make one channel too many keep history; it was sent nowhere.
+
+    Raised by a broadcast on a history channel that holds no history yet (never broadcast, or
+    idle past ``History.keep``) when its listener's ``History.max_channels`` channels hold
+    history already. Channels that hold history keep broadcasting. Answered to a client whose
+    handler raised it with the error code ``history-full``.
+
+    Args:
+        message: what was refused, for the log.
+    """
 
 
 class ReplyError(ChannelsError):
