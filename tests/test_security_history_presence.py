@@ -85,3 +85,69 @@ async def test_the_demo_refuses_direct_messages_to_names_that_never_logged_in() 
             )
             assert all(isinstance(a, ReplyError) and a.code == "rejected" for a in answers)
             assert len(hub.hub.streams) == kept  # no inbox was made for any of them
+
+
+@channel("room:*")
+class Room(ChannelListener):
+    presence = True
+
+
+PRESENCE_TIMEOUT = 1.5
+FULL_LIST_WITHIN = PRESENCE_TIMEOUT * 4 / 3 + 1.5
+"""The bound on a full member list after Redis is back: the window a lost store stays unsettled
+(one presence timeout from the first renewal that finds the loss, which comes within a renewal
+interval), plus slack for reconnecting on a busy machine."""
+
+
+async def until_whole(
+    client: SocketTestClient, names: set[str], seen: list[dict[str, Any]]
+) -> None:
+    """Read ``client``'s packets until a complete member list; every list must be whole or
+    marked partial, and no member may leave."""
+    while True:
+        packet = await client.receive(FULL_LIST_WITHIN)
+        assert packet.event != "channels:leave", packet
+        if packet.event == "channels:presence":
+            seen.append(packet.data)
+            if not packet.data.get("partial"):
+                assert {m["id"] for m in packet.data["members"]} == names, packet
+                return
+
+
+async def test_a_redis_restart_never_shows_subscribers_a_room_emptier_than_it_is(
+    redis_server: Any,
+) -> None:
+    server = redis_server()
+    fast = {"reconnect_delay": (0.02, 0.1), "timeout": 1.0}
+    a = Harness.build(
+        listeners=[Room],
+        broker=RedisBroker(server.url, **fast),
+        presence_timeout=PRESENCE_TIMEOUT,
+    )
+    b = Harness.build(
+        listeners=[Room],
+        broker=RedisBroker(server.url, **fast),
+        presence_timeout=PRESENCE_TIMEOUT,
+    )
+    names = {"ann", "bob"}
+    async with lifespan(a.app), lifespan(b.app), a.client("ann") as ann, b.client("bob") as bob:
+        assert (await ann.subscribe("room:1"))["successful"]
+        await until_whole(ann, {"ann"}, [])
+        assert (await bob.subscribe("room:1"))["successful"]
+        await until_whole(bob, names, [])
+        assert (await ann.receive(TIMEOUT)).event == "channels:join"
+        loop = asyncio.get_running_loop()
+        server.stop()
+        server.start()  # the same port, empty: no persistence
+        began = loop.time()
+        async with a.client("cy") as cy:  # a new subscriber while the store refills
+            assert (await cy.subscribe("room:1"))["successful"]
+            seen: dict[str, list[dict[str, Any]]] = {"ann": [], "bob": [], "cy": []}
+            await asyncio.gather(
+                until_whole(ann, names | {"cy"}, seen["ann"]),
+                until_whole(bob, names | {"cy"}, seen["bob"]),
+                until_whole(cy, names | {"cy"}, seen["cy"]),
+            )
+            took = loop.time() - began
+        assert took <= FULL_LIST_WITHIN, took
+        assert any(data.get("partial") for data in seen["ann"] + seen["bob"])

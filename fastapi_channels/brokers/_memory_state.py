@@ -13,7 +13,13 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
-from fastapi_channels.brokers.stores import Announcements, Retention, Stored, StoredEntry
+from fastapi_channels.brokers.stores import (
+    Announcements,
+    PresenceSnapshot,
+    Retention,
+    Stored,
+    StoredEntry,
+)
 from fastapi_channels.wire.errors import HistoryFull
 
 __all__ = ["PresenceTable", "Streams", "new_epoch"]
@@ -145,15 +151,23 @@ class PresenceTable:
         self._publish = publish
         self._alive: dict[str, float] = {}
         self._topics: dict[str, _Topic] = {}
+        self._unsettled_until = float("-inf")
 
-    def renew(self, process: str, timeout: float) -> bool:
-        """Keep ``process`` alive ``timeout`` more seconds; return whether it was alive."""
+    def renew(self, process: str, timeout: float, was_alive: bool = False) -> bool:
+        """Keep ``process`` alive ``timeout`` more seconds; return whether it was alive.
+
+        A process that ``was_alive`` finding no live process at all means the records were
+        lost: reads are partial for ``timeout`` seconds (see ``PresenceStore``).
+        """
         now = self._clock()
         deadline = self._alive.get(process)
         for dead in [p for p, d in self._alive.items() if d < now]:
             del self._alive[dead]  # their members are swept as dead all the same
+        alive = deadline is not None and deadline >= now
+        if was_alive and not alive and not self._alive and self._unsettled_until <= now:
+            self._unsettled_until = now + timeout
         self._alive[process] = now + timeout
-        return deadline is not None and deadline >= now
+        return alive
 
     def retire(self, process: str) -> None:
         """Declare ``process`` dead."""
@@ -180,6 +194,21 @@ class PresenceTable:
         """The members of ``topic`` on live processes, after sweeping the dead ones."""
         state = self._sweep(topic, announce)
         return dict(state.info) if state is not None else {}
+
+    def snapshot(self, topic: str, process: str, announce: Announcements) -> PresenceSnapshot:
+        """The members as `members` reads them, and whether the list is complete."""
+        now = self._clock()
+        deadline = self._alive.get(process)
+        registered = deadline is not None and deadline >= now
+        # A process that is not alive sweeps nothing: it would sweep its own members.
+        state = self._sweep(topic, announce) if registered else self._topics.get(topic)
+        settles_in = max(0.0, self._unsettled_until - now)
+        return PresenceSnapshot(
+            members=dict(state.info) if state is not None else {},
+            partial=settles_in > 0 or not registered,
+            settles_in=settles_in,
+            registered=registered,
+        )
 
     def count(self, topic: str, announce: Announcements) -> int:
         """How many members ``topic`` has on live processes, after sweeping the dead ones."""

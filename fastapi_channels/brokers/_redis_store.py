@@ -20,7 +20,10 @@ Keys, under the broker's prefix ``P`` (topics are ``c:<channel>`` and ``p:<chann
 * ``P:presence-procs:<topic>``, a set: the processes holding members there;
 * ``P:presence-local:<process>:<topic>``, a hash: that process's members there;
 * ``P:presence-alive``, a sorted set: process to the deadline (ms, Redis's clock) before which
-  it must renew.
+  it must renew;
+* ``P:presence-unsettled``, a string that exists for one renewal timeout after a process that
+  had renewed found no live process at all (Redis lost the records): member lists read
+  meanwhile are partial.
 
 Scripts compute the ``presence-local`` key of each process they sweep, so they need a single
 Redis server, not a cluster. The history scripts touch a topic's two keys and its group's quota
@@ -45,7 +48,14 @@ from typing import Any, Final
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from fastapi_channels.brokers.stores import Announcements, Position, Retention, Stored, StoredEntry
+from fastapi_channels.brokers.stores import (
+    Announcements,
+    Position,
+    PresenceSnapshot,
+    Retention,
+    Stored,
+    StoredEntry,
+)
 from fastapi_channels.wire.errors import BrokerError, HistoryFull
 
 __all__ = ["RedisStore", "parse_position"]
@@ -270,35 +280,51 @@ pairs."""
 _SWEEP: Final = (
     _PRESENCE
     + """
-sweep(KEYS[4], ARGV[1], ARGV[2], announcer(6))
+local what = ARGV[5]
+local mine = redis.call('ZSCORE', KEYS[4], ARGV[3])
+local registered = mine and tonumber(mine) >= now_ms()
+if registered or what ~= 'snapshot' then
+  sweep(KEYS[4], ARGV[1], ARGV[2], announcer(6))
+end
 local localkey = ARGV[1] .. ARGV[3] .. ':' .. ARGV[2]
 keep(localkey, ARGV[4])
-if ARGV[5] == 'members' then
+if what == 'members' then
   return redis.call('HGETALL', KEYS[1])
-elseif ARGV[5] == 'count' then
+elseif what == 'snapshot' then
+  return {redis.call('HGETALL', KEYS[1]), redis.call('PTTL', KEYS[5]), registered and 1 or 0}
+elseif what == 'count' then
   return redis.call('HLEN', KEYS[2])
 end
 return redis.call('HLEN', localkey)
 """
 )
-"""KEYS: members, holders, procs, alive. ARGV: local key prefix, topic, process, keep ms, what to
-return (``members``, ``count`` or ``held``: this process's member count), announcer."""
+"""KEYS: members, holders, procs, alive, unsettled. ARGV: local key prefix, topic, process, keep
+ms, what to return (``members``, ``snapshot``: the members, the ms the store stays unsettled
+and whether this process is alive, ``count``, or ``held``: this process's member count),
+announcer. A snapshot by a process that is not alive sweeps nothing."""
 
 _RENEW: Final = (
     _COMMON
     + """
 local now = now_ms()
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local alive = deadline and tonumber(deadline) >= now
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now))
+if ARGV[4] == '1' and not alive and redis.call('ZCARD', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[2], 'NX')
+end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-if deadline and tonumber(deadline) >= now then
+if alive then
   return 1
 end
 return 0
 """
 )
-"""KEYS: alive. ARGV: process, timeout ms, keep ms. Returns whether the process was alive."""
+"""KEYS: alive, unsettled. ARGV: process, timeout ms, keep ms, whether the process's previous
+renewal succeeded (``1``). Returns whether the process was alive. A process that was alive
+finding no live process at all means Redis lost the records: the store is unsettled for the
+timeout (``SET NX PX``: the first process to find it starts the window)."""
 
 
 def parse_position(header: bytes) -> Position:
@@ -380,6 +406,7 @@ class RedisStore:
         self._sweep = _Script.of(_SWEEP)
         self._renew = _Script.of(_RENEW)
         self._alive = self._key("presence-alive")
+        self._unsettled = self._key("presence-unsettled")
         self._local_prefix = self._key("presence-local:")
         self._keep_ms = 60_000
         self._waiting: list[tuple[Sequence[Any], Sequence[Any], asyncio.Future[Any]]] = []
@@ -545,7 +572,7 @@ class RedisStore:
     def _sweep_call(
         self, channel: bytes, topic: str, what: str, announce: Announcements
     ) -> tuple[list[bytes], list[Any]]:
-        keys = [*self._presence_keys(topic), self._alive]
+        keys = [*self._presence_keys(topic), self._alive, self._unsettled]
         args: list[Any] = [self._local_prefix, topic, self.process, self._keep_ms, what]
         return keys, args + self._announcer(channel, announce)
 
@@ -557,6 +584,22 @@ class RedisStore:
             self._sweep, *self._sweep_call(channel, topic, "members", announce)
         )
         return {bytes(reply[i]).decode(): bytes(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+    async def snapshot(
+        self, channel: bytes, topic: str, announce: Announcements
+    ) -> PresenceSnapshot:
+        """Sweep (if this process is alive), then read the members and if they are complete."""
+        flat, unsettled_ms, registered = await self._call(
+            self._sweep, *self._sweep_call(channel, topic, "snapshot", announce)
+        )
+        members = {bytes(flat[i]).decode(): bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
+        settles_in = max(0, int(unsettled_ms)) / 1000
+        return PresenceSnapshot(
+            members=members,
+            partial=settles_in > 0 or not registered,
+            settles_in=settles_in,
+            registered=bool(registered),
+        )
 
     async def count(self, channel: bytes, topic: str, announce: Announcements) -> int:
         """Sweep, then return the number of members."""
@@ -581,11 +624,11 @@ class RedisStore:
             raise BrokerError(f"Redis refused a sweep: {failed}") from failed
         return [topic for topic, count in zip(names, held, strict=True) if count != topics[topic]]
 
-    async def renew(self, timeout: float) -> bool:
+    async def renew(self, timeout: float, was_alive: bool) -> bool:
         """Keep this process alive ``timeout`` more seconds; return whether it was alive."""
         self._keep_ms = max(self._keep_ms, _ms(3 * timeout))
-        args = [self.process, _ms(timeout), self._keep_ms]
-        return bool(await self._call(self._renew, [self._alive], args))
+        args = [self.process, _ms(timeout), self._keep_ms, int(was_alive)]
+        return bool(await self._call(self._renew, [self._alive, self._unsettled], args))
 
     async def retire(self) -> None:
         """Declare this process dead."""

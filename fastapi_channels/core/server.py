@@ -86,7 +86,7 @@ class SocketServer:
         # A user's connections as a tuple: most users have one or two, and a 1-tuple is a
         # quarter of an empty set's size (this dict holds an entry per connected user).
         self._users: dict[str, tuple[SocketConnection, ...]] = {}
-        self.reconnects = Reconnects(broker, self._channels, topics.CHANNEL)
+        self.reconnects = Reconnects(broker, self._channels, topics.CHANNEL, self.presence_tracker)
         """Catches history channels up after a broker outage (see `.catchup`)."""
         self.fan_out = FanOut(self._channels, self._users, self.reconnects)
         """Hands what the broker delivers to this process's subscribers (see `.fanout`)."""
