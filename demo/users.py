@@ -3,14 +3,16 @@
 Direct messages go only to names listed here, so a client cannot make the server keep an inbox
 for every name it invents. The list is bounded too (``MAX_USERS``): a login that would add one
 name too many is refused until older ones expire. With ``REDIS_URL`` set, every process of the
-demo shares the list (a sorted set ``demo:users`` of name to last login, in ms); without it,
-the list lives in this process.
+demo shares the list (a sorted set ``<prefix>:demo-users`` of name to last login, in ms, under
+the URL's ``prefix`` parameter as the broker reads it); without it, the list lives in this
+process.
 """
 
 from __future__ import annotations
 
 import time
 from typing import Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 MAX_USERS: Final = 1000
 """The most names the demo knows at once; each may have an inbox that keeps history."""
@@ -46,17 +48,24 @@ class Directory:
         self.keep = keep
         self._known: dict[str, float] = {}
         self._redis = None
+        self._key = "fastapi_channels:demo-users"
         if url:
             from redis.asyncio import Redis
 
-            self._redis = Redis.from_url(url)
+            parts = urlsplit(url)
+            query = parse_qsl(parts.query, keep_blank_values=True)
+            prefixes = [value for name, value in query if name == "prefix"]
+            if prefixes:
+                self._key = f"{prefixes[-1]}:demo-users"
+            rest = urlencode([(name, value) for name, value in query if name != "prefix"])
+            self._redis = Redis.from_url(urlunsplit(parts._replace(query=rest)))
 
     async def add(self, name: str) -> bool:
         """Record a login of ``name``; False when the list is full (and ``name`` not in it)."""
         now = time.time()
         if self._redis is not None:
             args = (name, int(now * 1000), int(self.keep * 1000), self.limit)
-            return bool(await self._redis.eval(_ADD, 1, "demo:users", *args))
+            return bool(await self._redis.eval(_ADD, 1, self._key, *args))
         for gone in [n for n, at in self._known.items() if at <= now - self.keep]:
             del self._known[gone]
         if name not in self._known and len(self._known) >= self.limit:
@@ -64,10 +73,15 @@ class Directory:
         self._known[name] = now
         return True
 
+    async def aclose(self) -> None:
+        """Close the Redis connections, if any."""
+        if self._redis is not None:
+            await self._redis.aclose()
+
     async def exists(self, name: str) -> bool:
         """Whether ``name`` logged in during the last ``keep`` seconds."""
         oldest = time.time() - self.keep
         if self._redis is not None:
-            score = await self._redis.zscore("demo:users", name)
+            score = await self._redis.zscore(self._key, name)
             return score is not None and score / 1000 > oldest
         return self._known.get(name, 0.0) > oldest

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from demo.app import app
+from demo.users import Directory
 from fastapi_channels import ReplyError
 from fastapi_channels.testing import SocketTestClient, lifespan
 
@@ -248,3 +249,21 @@ async def test_the_page_and_its_script_are_served_locally(http: httpx.AsyncClien
     assert (await http.get("/static/chat.css")).status_code == 200
     module = await http.get("/ws/client.js")
     assert "export class SocketClient" in module.text
+
+
+@pytest.mark.parametrize("where", ["memory", "redis"])
+async def test_the_directory_knows_logged_in_names_up_to_its_limit(
+    where: str, request: pytest.FixtureRequest
+) -> None:
+    url = None
+    if where == "redis":
+        prefix = request.getfixturevalue("redis_prefix")
+        url = f"{request.getfixturevalue('redis_url')}?prefix={prefix}"
+    users = Directory(url, limit=2)
+    try:
+        assert await users.add("ann") and await users.add("bob")
+        assert not await users.add("cy")  # full
+        assert await users.add("ann")  # logging in again is fine
+        assert await users.exists("bob") and not await users.exists("cy")
+    finally:
+        await users.aclose()
