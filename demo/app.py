@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from demo import auth, chat
+from demo.users import Directory
 from fastapi_channels import Channels, Inject, SocketServer
 from fastapi_channels.auth import TokenUser
 from fastapi_channels.wire.history import position_data
@@ -35,6 +36,7 @@ channels = Channels(
     listeners=chat.LISTENERS,
     broker=os.environ.get("REDIS_URL"),  # None: in memory (or FASTAPI_CHANNELS_BROKER_URL)
 )
+channels.container.binder.bind(Directory, to=Directory(os.environ.get("REDIS_URL")))
 app = FastAPI(title="fastapi_channels demo")
 app.include_router(channels.router)
 app.include_router(auth.router)

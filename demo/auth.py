@@ -27,6 +27,8 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from demo.users import Directory
+from fastapi_channels import Inject
 from fastapi_channels.auth import JWTAuth, Key, TokenUser, TokenVerifier
 
 logger = logging.getLogger("demo")
@@ -69,8 +71,14 @@ class Token(BaseModel):
 
 # --8<-- [start:login]
 @router.post("/login")
-async def login(body: Login) -> Token:
-    """Demo login, no password: a token for whichever name is asked for."""
+async def login(body: Login, users: Directory = Inject(Directory)) -> Token:
+    """Demo login, no password: a token for whichever name is asked for.
+
+    The name is recorded as one that exists (direct messages may go to it); 503 when the
+    demo knows as many names as it keeps (see :mod:`demo.users`).
+    """
+    if not await users.add(body.username):
+        raise HTTPException(503, "the demo has as many users as it keeps; try again later")
     return Token(token=auth.issue(body.username, lifetime=TOKEN_LIFETIME))
 
 

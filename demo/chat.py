@@ -6,7 +6,9 @@
 - ``chat:user.<name>``: that user's inbox; only that user may subscribe. A direct message is a
   ``message`` event sent on *your own* inbox with ``{"to": <name>, "text": ...}``: the server
   delivers it to the recipient's inbox and echoes it to yours, so nobody ever needs to
-  subscribe to someone else's inbox. Inboxes keep their last 100 messages of the day too.
+  subscribe to someone else's inbox. Only names that logged in receive one (see
+  :mod:`demo.users`); another is refused with ``rejected``. Inboxes keep their last 100
+  messages of the day too, for at most ``MAX_USERS`` inboxes.
 - ``typing``: a plain event (no channel), ``{}`` for the room or ``{"to": <name>}`` for a
   private chat; the server tells the room, or the recipient's inbox.
 
@@ -23,9 +25,11 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, Field
 
 from demo.auth import Username
+from demo.users import MAX_USERS, Directory
 from fastapi_channels import (
     ChannelListener,
     History,
+    Reject,
     SocketConnection,
     SocketListener,
     SocketServer,
@@ -113,15 +117,25 @@ class Inbox(ChannelListener):
     """A user's inbox: direct messages to and from them. Only its owner may subscribe."""
 
     require_user = True
-    history = KEPT
+    history = History(
+        size=100, ttl=24 * 3600, events={"message"}, max_channels=MAX_USERS
+    )  # inboxes of made-up names are refused before they get here; this bounds the rest
     sends = {"message": PrivateLine, "typing": TypingNotice}
+
+    def __init__(self, users: Directory) -> None:
+        self.users = users
 
     async def is_authorised(self, connection: SocketConnection, user: TokenUser) -> bool:
         return self.wildcard == user.id
 
     @channel.on("message")
     async def message(self, message: DirectMessage, user: TokenUser) -> Posted:
-        """Send a direct message (on your own inbox): to the recipient's inbox, and to yours."""
+        """Send a direct message (on your own inbox): to the recipient's inbox, and to yours.
+
+        Only to a name that logged in: any other is refused (``rejected``), stored nowhere.
+        """
+        if message.to != user.id and not await self.users.exists(message.to):
+            raise Reject(f"no user named {message.to} has logged in")
         line = PrivateLine(from_=user.id, to=message.to, text=message.text)
         await self.broadcast(inbox(message.to), "message", line)
         if message.to != user.id:

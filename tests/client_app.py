@@ -171,6 +171,14 @@ class Publish(BaseModel):
     data: Any = None
 
 
+class Send(BaseModel):
+    """A plain event for every connection of one user (``/_test/send``)."""
+
+    user: str
+    event: str
+    data: Any = None
+
+
 class Close(BaseModel):
     code: int
     reason: str = "closed by the test"
@@ -192,6 +200,11 @@ def create_app(limits: Limits | None = None) -> FastAPI:
         listener = FeedChannel if body.channel.startswith("feed:") else PublicChannel
         position = await server.broadcast(listener, body.channel, body.event, body.data)
         return {"ok": True, "offset": position.offset if position else None}
+
+    @app.post("/_test/send")
+    async def send(body: Send, server: Server) -> dict[str, bool]:
+        await server.send_to_user(body.user, body.event, body.data)
+        return {"ok": True}
 
     @app.post("/_test/close")
     async def close(body: Close, server: Server) -> dict[str, int]:

@@ -113,3 +113,21 @@ async def test_a_redis_restart_without_persistence_starts_a_new_epoch(
         response = await ann.receive(TIMEOUT)
         assert response.data["recovered"] is False
         assert response.data["position"] == {"offset": 1, "epoch": after.epoch}
+
+
+async def test_a_redis_that_goes_away_is_noticed_at_once_not_at_the_next_ping(
+    redis_server: Callable[[], RedisServer],
+) -> None:
+    server = redis_server()
+    broker = RedisBroker(server.url, reconnect_delay=(0.02, 0.1), ping_interval=60.0)
+    await broker.start(lambda topic, data: None)
+    try:
+        await broker.subscribe("c:x")
+        server.stop()  # the connection closes: the reader sees it, no ping is needed
+        async with asyncio.timeout(10):  # far below the 60 s ping interval
+            await broker.wait_for_state(BrokerState.RECONNECTING, BrokerState.CONNECTING)
+        server.start()
+        async with asyncio.timeout(10):
+            await broker.wait_for_state(BrokerState.CONNECTED)
+    finally:
+        await broker.stop()

@@ -126,3 +126,29 @@ async def test_members_follow_the_presence_events(address: str) -> None:
             await leaves.get(TIMEOUT)
         assert feed.members == {"dee": {"id": "dee"}}
         assert joined == [{"id": "eli"}]
+
+
+async def test_a_partial_member_list_is_merged_until_a_complete_one(address: str) -> None:
+    port = int(address.rsplit(":", 1)[1])
+    async with client(port, "user-fay") as fay, client(port, "user-gus") as gus:
+        await gus.subscribe("feed:q")
+        feed = await fay.subscribe("feed:q")
+        async with fay.packets("channels:presence") as lists:
+            await lists.get(TIMEOUT)
+            assert set(feed.members) == {"fay", "gus"}
+
+            async def listed(members: list[dict[str, str]], partial: bool) -> None:
+                data: dict[str, Any] = {"channel": "feed:q", "members": members}
+                if partial:
+                    data["partial"] = True
+                async with httpx.AsyncClient(base_url=f"http://{address}") as http:
+                    body = {"user": "fay", "event": "channels:presence", "data": data}
+                    (await http.post("/_test/send", json=body)).raise_for_status()
+                assert (await lists.get(TIMEOUT)).data == data
+
+            await listed([], partial=True)  # a store refilling after a restart: nobody yet
+            assert set(feed.members) == {"fay", "gus"}
+            await listed([{"id": "fay", "name": "Fay"}], partial=True)
+            assert feed.members["fay"] == {"id": "fay", "name": "Fay"} and "gus" in feed.members
+            await listed([{"id": "fay"}], partial=False)  # complete: gus has gone meanwhile
+            assert feed.members == {"fay": {"id": "fay"}}

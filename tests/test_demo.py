@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from demo.app import app
+from demo.users import Directory
 from fastapi_channels import ReplyError
 from fastapi_channels.testing import SocketTestClient, lifespan
 
@@ -137,6 +138,27 @@ async def test_direct_messages_reach_the_recipient_and_the_sender_only(
         await ann.assert_no_message()
 
 
+async def test_direct_messages_go_only_to_users_who_logged_in(http: httpx.AsyncClient) -> None:
+    async with AsyncExitStack() as stack:
+        (ann,) = await everyone(stack, http, "ann")
+        with pytest.raises(ReplyError) as unknown:
+            await ann.request("message", {"to": "nobody-yet", "text": "x"}, channel="chat:user.ann")
+        assert (unknown.value.code, unknown.value.message) == (
+            "rejected",
+            "no user named nobody-yet has logged in",
+        )
+        await ann.assert_no_message()  # not even the echo: nothing was sent, nothing kept
+        token = await log_in(http, "nobody-yet")
+        async with SocketTestClient(app, subprotocols=[token]) as late:
+            response = await late.subscribe("chat:user.nobody-yet")
+            assert response["position"]["offset"] == 0  # the refused line was kept nowhere
+            sent = {"to": "nobody-yet", "text": "now"}
+            assert await ann.request("message", sent, channel="chat:user.ann") == {
+                "delivered": True
+            }
+            assert said(await late.receive()) == {"from": "ann", **sent}
+
+
 async def test_announcements_need_the_admin_token(
     http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -227,3 +249,21 @@ async def test_the_page_and_its_script_are_served_locally(http: httpx.AsyncClien
     assert (await http.get("/static/chat.css")).status_code == 200
     module = await http.get("/ws/client.js")
     assert "export class SocketClient" in module.text
+
+
+@pytest.mark.parametrize("where", ["memory", "redis"])
+async def test_the_directory_knows_logged_in_names_up_to_its_limit(
+    where: str, request: pytest.FixtureRequest
+) -> None:
+    url = None
+    if where == "redis":
+        prefix = request.getfixturevalue("redis_prefix")
+        url = f"{request.getfixturevalue('redis_url')}?prefix={prefix}"
+    users = Directory(url, limit=2)
+    try:
+        assert await users.add("ann") and await users.add("bob")
+        assert not await users.add("cy")  # full
+        assert await users.add("ann")  # logging in again is fine
+        assert await users.exists("bob") and not await users.exists("cy")
+    finally:
+        await users.aclose()

@@ -14,6 +14,7 @@ EXPORTED = {
     "ConnectionClosed",
     "ErrorCode",
     "History",
+    "HistoryFull",
     "Inject",
     "InvalidChannel",
     "InvalidData",

@@ -17,8 +17,10 @@ from fastapi_channels import (
     Channels,
     ConfigurationError,
     History,
+    HistoryFull,
     InvalidChannel,
     Position,
+    ReplyError,
     SocketConnection,
     channel,
 )
@@ -405,7 +407,42 @@ async def test_positions_survive_a_process_restart(make_broker: Callable[[], Bro
         assert await offsets(ann, 2) == [5, 6]
 
 
+@channel("dm:*")
+class Direct(ChannelListener):
+    """Sends ``data`` on to the channel ``dm:<data.to>``: names the client makes up."""
+
+    history = History(size=10, max_channels=2)
+
+    @channel.on("send")
+    async def send(self, connection: SocketConnection, user: Any, packet: Any) -> None:
+        await self.broadcast(f"dm:{packet.data['to']}", "said", packet.data)
+
+
+async def test_a_full_history_answers_the_client_history_full(start: Start) -> None:
+    app = await start(listeners=[Direct])
+    async with app.client("ann") as ann:
+        assert (await subscribe(ann, "dm:ann"))["position"]["offset"] == 0  # counts: one of two
+        await ann.request("send", {"to": "bob"}, channel="dm:ann")
+        with pytest.raises(ReplyError) as refused:
+            await ann.request("send", {"to": "cy"}, channel="dm:ann")
+        assert refused.value.code == "history-full"
+        await ann.emit("send", {"to": "dan"}, channel="dm:ann")  # no id: an error packet
+        error = await ann.receive(TIMEOUT)
+        assert error.event == "channels:error" and error.data["code"] == "history-full"
+        with pytest.raises(HistoryFull):
+            await app.server.broadcast("dm:cy", "said", "from the server")
+        assert await app.server.broadcast("dm:bob", "said", "still kept") == Position(
+            2, (await app.server.history("dm:bob")).position.epoch
+        )
+        await app.server.broadcast(Direct, "dm:ann", "said", "hi")  # a channel that holds some
+        assert (await ann.receive(TIMEOUT)).data == "hi"
+        await ann.assert_no_message()
+
+
 def test_history_declarations_are_checked() -> None:
+    for bad in ({"max_channels": 0}, {"max_channels": True}, {"max_channels": 1.5}):
+        with pytest.raises(ConfigurationError, match="max_channels"):
+            History(**bad)  # type: ignore[arg-type]
     for bad in ({"size": 0}, {"ttl": 0}, {"ttl": 10, "keep": 5}, {"size": 1.5}):
         with pytest.raises(ConfigurationError):
             History(**bad)  # type: ignore[arg-type]

@@ -55,6 +55,15 @@ class Room(ChannelListener):
 
 # --8<-- [end:room]
 
+
+# --8<-- [start:bounded]
+@channel("dm:*")
+class Direct(ChannelListener):
+    history = History(size=50, ttl=24 * 3600, max_channels=10_000)
+
+
+# --8<-- [end:bounded]
+
 channels = Channels(user=current_user, listeners=[Room])
 app = FastAPI()
 app.include_router(channels.router)
@@ -152,6 +161,9 @@ async def check() -> None:
             chat = await resume(client, start)
             assert chat.recovered is True
             assert (await missed.get(timeout=5)).data["text"] == "while you were away"
+
+    bounded = History(size=50, ttl=24 * 3600, max_channels=10_000).retention("dm:*")
+    assert Direct.history is not None and Direct.history.retention("dm:*") == bounded
 
     first_process, second_process = two_processes()
     apps = []

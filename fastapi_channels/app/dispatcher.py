@@ -39,6 +39,7 @@ from fastapi_channels.wire.errors import (
     BrokerError,
     ConfigurationError,
     ErrorCode,
+    HistoryFull,
     InvalidData,
     OutcomeUnknown,
     ProtocolError,
@@ -421,6 +422,10 @@ class Dispatcher:
                 self.limits.handler_timeout,
             )
             self._error(connection, ErrorCode.HANDLER_TIMEOUT, "handler timed out", packet)
+        except HistoryFull as exc:  # a bound the operator set, not an outage
+            logger.info("connection %s: handler for %r: %s", connection.id, packet.event, exc)
+            message = "this channel cannot keep history: too many channels keep some already"
+            self._error(connection, ErrorCode.HISTORY_FULL, message, packet)
         except OutcomeUnknown as exc:  # a stall: the send may have happened
             logger.warning("connection %s: handler for %r: %s", connection.id, packet.event, exc)
             message = "message broker did not confirm in time; retry with the same key"

@@ -14,7 +14,15 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
-from fastapi_channels.brokers.stores import Announcements, Position, Retention, Stored, StoredEntry
+from fastapi_channels.brokers.stores import (
+    Announcements,
+    Position,
+    PresenceSnapshot,
+    Retention,
+    Stored,
+    StoredEntry,
+)
+from fastapi_channels.wire.errors import HistoryFull
 
 __all__ = ["PresenceTable", "SeenKeys", "Streams", "new_epoch"]
 
@@ -40,21 +48,34 @@ class _Stream:
 
 
 class Streams:
-    """Stored topics: their epoch, last offset and retained messages."""
+    """Stored topics: their epoch, last offset and retained messages.
+
+    Topics whose retention sets ``max_topics`` are counted per ``group`` while they hold
+    history (until ``keep`` after their last append): a new topic beyond the bound is refused.
+    """
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
+        self._groups: dict[str, set[str]] = {}
         self._next_sweep = clock() + _SWEEP_EVERY
 
     def __len__(self) -> int:
         return len(self._streams)
 
     def append(self, topic: str, data: bytes, retention: Retention) -> tuple[int, str]:
-        """Append ``data``; return its offset and the topic's epoch."""
+        """Append ``data``; return its offset and the topic's epoch.
+
+        Raises:
+            HistoryFull: the topic holds no history and its group has ``max_topics`` already.
+        """
         now = self._clock()
         if now >= self._next_sweep:
             self._sweep(now)
+        if not self._holds(topic, now) and not self._admit(topic, retention, now):
+            raise HistoryFull(
+                f"{retention.group!r} has {retention.max_topics} channels with history already"
+            )
         stream = self._stream(topic, now)
         stream.top += 1
         entries = stream.entries
@@ -71,6 +92,8 @@ class Streams:
     def read(self, topic: str, retention: Retention, after: int) -> Stored:
         """The retained messages above ``after`` (see ``Broker.read_stored``)."""
         now = self._clock()
+        if not self._holds(topic, now) and not self._admit(topic, retention, now):
+            return Stored(epoch=new_epoch(), top=0, entries=[])  # an epoch not kept
         stream = self._stream(topic, now)
         if stream.expires_at == float("inf"):
             stream.expires_at = now + retention.keep
@@ -82,6 +105,23 @@ class Streams:
             if offset >= first and (oldest is None or at >= oldest)
         ]
         return Stored(epoch=stream.epoch, top=stream.top, entries=entries)
+
+    def _holds(self, topic: str, now: float) -> bool:
+        stream = self._streams.get(topic)
+        return stream is not None and stream.expires_at > now
+
+    def _admit(self, topic: str, retention: Retention, now: float) -> bool:
+        """Count ``topic`` in its group, if the group has room; whether it was counted."""
+        if retention.max_topics is None:
+            return True
+        members = self._groups.setdefault(retention.group, set())
+        if len(members) >= retention.max_topics:
+            for gone in [t for t in members if not self._holds(t, now)]:
+                members.discard(gone)
+            if len(members) >= retention.max_topics:
+                return False
+        members.add(topic)
+        return True
 
     def _stream(self, topic: str, now: float) -> _Stream:
         stream = self._streams.get(topic)
@@ -113,15 +153,23 @@ class PresenceTable:
         self._publish = publish
         self._alive: dict[str, float] = {}
         self._topics: dict[str, _Topic] = {}
+        self._unsettled_until = float("-inf")
 
-    def renew(self, process: str, timeout: float) -> bool:
-        """Keep ``process`` alive ``timeout`` more seconds; return whether it was alive."""
+    def renew(self, process: str, timeout: float, was_alive: bool = False) -> bool:
+        """Keep ``process`` alive ``timeout`` more seconds; return whether it was alive.
+
+        A process that ``was_alive`` finding no live process at all means the records were
+        lost: reads are partial for ``timeout`` seconds (see ``PresenceStore``).
+        """
         now = self._clock()
         deadline = self._alive.get(process)
         for dead in [p for p, d in self._alive.items() if d < now]:
             del self._alive[dead]  # their members are swept as dead all the same
+        alive = deadline is not None and deadline >= now
+        if was_alive and not alive and not self._alive and self._unsettled_until <= now:
+            self._unsettled_until = now + timeout
         self._alive[process] = now + timeout
-        return deadline is not None and deadline >= now
+        return alive
 
     def retire(self, process: str) -> None:
         """Declare ``process`` dead."""
@@ -148,6 +196,21 @@ class PresenceTable:
         """The members of ``topic`` on live processes, after sweeping the dead ones."""
         state = self._sweep(topic, announce)
         return dict(state.info) if state is not None else {}
+
+    def snapshot(self, topic: str, process: str, announce: Announcements) -> PresenceSnapshot:
+        """The members as `members` reads them, and whether the list is complete."""
+        now = self._clock()
+        deadline = self._alive.get(process)
+        registered = deadline is not None and deadline >= now
+        # A process that is not alive sweeps nothing: it would sweep its own members.
+        state = self._sweep(topic, announce) if registered else self._topics.get(topic)
+        settles_in = max(0.0, self._unsettled_until - now)
+        return PresenceSnapshot(
+            members=dict(state.info) if state is not None else {},
+            partial=settles_in > 0 or not registered,
+            settles_in=settles_in,
+            registered=registered,
+        )
 
     def count(self, topic: str, announce: Announcements) -> int:
         """How many members ``topic`` has on live processes, after sweeping the dead ones."""

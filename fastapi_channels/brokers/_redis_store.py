@@ -12,6 +12,10 @@ Keys, under the broker's prefix ``P`` (topics are ``c:<channel>`` and ``p:<chann
   master may change (Sentinel), ``node``: the replication id of the master that wrote them;
 * ``P:history:<topic>``, a stream of ``o`` (offset) and ``d`` (data) entries, trimmed to the
   retention's size (``MAXLEN ~``) and age (``MINID ~``, on Redis's clock);
+* ``P:history-quota:<group>``, a sorted set: each topic of the group that holds history, to the
+  time (ms, Redis's clock) its history expires; a publish or read that would add one topic too
+  many to a group with ``max_topics`` finds the expired ones out first, and is refused when
+  none is;
 * ``P:presence:<topic>``, a hash: member to info;
 * ``P:presence-holders:<topic>``, a hash: member to the number of processes holding it;
 * ``P:presence-procs:<topic>``, a set: the processes holding members there;
@@ -20,10 +24,18 @@ Keys, under the broker's prefix ``P`` (topics are ``c:<channel>`` and ``p:<chann
   it must renew;
 * ``P:once:<topic> <key>``, a string: an idempotency key published on the topic (the stored
   message's ``<offset>:<epoch>``, else empty), expiring when its window ends.
+* ``P:presence-unsettled``, a string that exists for one renewal timeout after a process that
+  had renewed found no live process at all (Redis lost the records): member lists read
+  meanwhile are partial.
 
 Scripts compute the ``presence-local`` key of each process they sweep, so they need a single
-Redis server, not a cluster. History keys expire ``keep`` after the last publish; presence keys
-``keep`` after their last join or sweep.
+Redis server, not a cluster. The history scripts touch a topic's two keys and its group's quota
+key: under Redis Cluster the quota would be a step of its own (a script on the quota key alone
+that admits the topic, then the publish on the topic's keys, hash-tagged into one slot), which
+can at worst leave a topic counted that failed to publish, until its ``keep`` runs out.
+
+History keys expire ``keep`` after the last publish; presence keys ``keep`` after their last
+join or sweep.
 """
 
 from __future__ import annotations
@@ -41,8 +53,15 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from fastapi_channels.brokers import _frames
 from fastapi_channels.brokers.idempotency import Published
-from fastapi_channels.brokers.stores import Announcements, Position, Retention, Stored, StoredEntry
-from fastapi_channels.wire.errors import BrokerError, OutcomeUnknown
+from fastapi_channels.brokers.stores import (
+    Announcements,
+    Position,
+    PresenceSnapshot,
+    Retention,
+    Stored,
+    StoredEntry,
+)
+from fastapi_channels.wire.errors import BrokerError, HistoryFull, OutcomeUnknown
 
 __all__ = ["RedisStore", "parse_position"]
 
@@ -80,15 +99,39 @@ the server is not the master that wrote the history: a promoted replica gets a n
 id, and the writes the old master had not replicated yet are lost, so their offsets must not
 be reused within the epoch clients know."""
 
+_QUOTA: Final = """
+local function admitted(quota, topic, max, keep, now)
+  if max == 0 then
+    return true
+  end
+  if redis.call('ZSCORE', quota, topic) == false and redis.call('ZCARD', quota) >= max then
+    redis.call('ZREMRANGEBYSCORE', quota, '-inf', string.format('%d', now))
+    if redis.call('ZCARD', quota) >= max then
+      return false
+    end
+  end
+  redis.call('ZADD', quota, now + keep, topic)
+  redis.call('PEXPIRE', quota, keep)
+  return true
+end
+"""
+"""The quota step: count ``topic`` in its group (a sorted set of topic to the time its history
+expires) unless the group has ``max`` topics holding history already. ``max`` 0: no bound."""
+
 _STORE: Final = (
     _EPOCH
+    + _QUOTA
     + """
+local keep = tonumber(ARGV[5])
+local had = redis.call('HEXISTS', KEYS[1], 'epoch') == 1
+if not admitted(KEYS[3], ARGV[9], tonumber(ARGV[8]), keep, now_ms()) and not had then
+  return 0
+end
 local epoch = epoch_of(KEYS[1], ARGV[6], ARGV[7])
 local offset = redis.call('HINCRBY', KEYS[1], 'top', 1)
 local id = string.format('%d', offset)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'o', id, 'd', ARGV[2])
 local ttl = tonumber(ARGV[4])
-local keep = tonumber(ARGV[5])
 if ttl > 0 then
   redis.call('XTRIM', KEYS[2], 'MINID', '~', string.format('%d', now_ms() - ttl))
   redis.call('PEXPIRE', KEYS[2], math.min(ttl, keep))
@@ -99,28 +142,31 @@ redis.call('PEXPIRE', KEYS[1], keep)
 redis.call('PUBLISH', ARGV[1], '\\2' .. id .. ':' .. epoch .. '\\n' .. ARGV[2])
 """
 )
-"""The store-and-publish shared by the stored publishes (KEYS and ARGV as `_PUBLISH_STORED`)."""
+"""The store-and-publish shared by the stored publishes (KEYS and ARGV as `_PUBLISH_STORED`);
+it returns 0 at once when the quota refuses a topic that holds no history."""
 
 _PUBLISH_STORED: Final = _COMMON + _STORE + "return {offset, epoch}\n"
-"""KEYS: meta, stream. ARGV: Redis channel, data, size, ttl ms (0: none), keep ms, new epoch,
-follow the master (``'1'``) or not."""
+"""KEYS: meta, stream, quota. ARGV: Redis channel, data, size, ttl ms (0: none), keep ms, new
+epoch, follow the master (``'1'``) or not, max topics (0: none), topic. Returns the offset and
+epoch, or 0 when the quota refused."""
 
 _PUBLISH_STORED_ONCE: Final = (
     _COMMON
     + """
-local seen = redis.call('GET', KEYS[3])
+local seen = redis.call('GET', KEYS[4])
 if seen then
   return {0, seen}
 end
 """
     + _STORE
     + """
-redis.call('SET', KEYS[3], id .. ':' .. epoch, 'PX', ARGV[8])
+redis.call('SET', KEYS[4], id .. ':' .. epoch, 'PX', ARGV[10])
 return {1, id .. ':' .. epoch}
 """
 )
-"""KEYS: meta, stream, seen key. ARGV: as `_PUBLISH_STORED`, then the window in ms. Returns
-whether it published, and the position (the first publish's on a duplicate)."""
+"""KEYS: meta, stream, quota, seen key. ARGV: as `_PUBLISH_STORED`, then the window in ms.
+Returns whether it published, and the position (the first publish's on a duplicate); or 0
+when the quota refused (nothing recorded)."""
 
 _PUBLISH_ONCE: Final = """
 if redis.call('SET', KEYS[1], '', 'NX', 'PX', ARGV[3]) then
@@ -135,7 +181,12 @@ it published."""
 _READ_STORED: Final = (
     _COMMON
     + _EPOCH
+    + _QUOTA
     + """
+local had = redis.call('HEXISTS', KEYS[1], 'epoch') == 1
+if not had and not admitted(KEYS[3], ARGV[8], tonumber(ARGV[7]), tonumber(ARGV[4]), now_ms()) then
+  return {ARGV[5], 0}
+end
 local epoch, fresh = epoch_of(KEYS[1], ARGV[5], ARGV[6])
 if fresh then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -164,8 +215,10 @@ end
 return result
 """
 )
-"""KEYS: meta, stream. ARGV: after, size, ttl ms (0: none), keep ms, new epoch, follow. Returns
-epoch, top, then offset and data of each retained entry above ``after``, newest first."""
+"""KEYS: meta, stream, quota. ARGV: after, size, ttl ms (0: none), keep ms, new epoch, follow,
+max topics (0: none), topic. Returns epoch, top, then offset and data of each retained entry
+above ``after``, newest first. A topic without an epoch that the quota refuses gets a fresh
+epoch, not kept."""
 
 _PRESENCE: Final = (
     _COMMON
@@ -286,35 +339,51 @@ pairs."""
 _SWEEP: Final = (
     _PRESENCE
     + """
-sweep(KEYS[4], ARGV[1], ARGV[2], announcer(6))
+local what = ARGV[5]
+local mine = redis.call('ZSCORE', KEYS[4], ARGV[3])
+local registered = mine and tonumber(mine) >= now_ms()
+if registered or what ~= 'snapshot' then
+  sweep(KEYS[4], ARGV[1], ARGV[2], announcer(6))
+end
 local localkey = ARGV[1] .. ARGV[3] .. ':' .. ARGV[2]
 keep(localkey, ARGV[4])
-if ARGV[5] == 'members' then
+if what == 'members' then
   return redis.call('HGETALL', KEYS[1])
-elseif ARGV[5] == 'count' then
+elseif what == 'snapshot' then
+  return {redis.call('HGETALL', KEYS[1]), redis.call('PTTL', KEYS[5]), registered and 1 or 0}
+elseif what == 'count' then
   return redis.call('HLEN', KEYS[2])
 end
 return redis.call('HLEN', localkey)
 """
 )
-"""KEYS: members, holders, procs, alive. ARGV: local key prefix, topic, process, keep ms, what to
-return (``members``, ``count`` or ``held``: this process's member count), announcer."""
+"""KEYS: members, holders, procs, alive, unsettled. ARGV: local key prefix, topic, process, keep
+ms, what to return (``members``, ``snapshot``: the members, the ms the store stays unsettled
+and whether this process is alive, ``count``, or ``held``: this process's member count),
+announcer. A snapshot by a process that is not alive sweeps nothing."""
 
 _RENEW: Final = (
     _COMMON
     + """
 local now = now_ms()
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local alive = deadline and tonumber(deadline) >= now
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now))
+if ARGV[4] == '1' and not alive and redis.call('ZCARD', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[2], 'NX')
+end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-if deadline and tonumber(deadline) >= now then
+if alive then
   return 1
 end
 return 0
 """
 )
-"""KEYS: alive. ARGV: process, timeout ms, keep ms. Returns whether the process was alive."""
+"""KEYS: alive, unsettled. ARGV: process, timeout ms, keep ms, whether the process's previous
+renewal succeeded (``1``). Returns whether the process was alive. A process that was alive
+finding no live process at all means Redis lost the records: the store is unsettled for the
+timeout (``SET NX PX``: the first process to find it starts the window)."""
 
 
 def parse_position(header: bytes) -> Position:
@@ -327,6 +396,12 @@ def parse_position(header: bytes) -> Position:
     if not offset.isdigit() or _EPOCH_RE.fullmatch(epoch) is None:
         raise ValueError(f"malformed position {header[:80]!r}")
     return Position(int(offset), epoch.decode())
+
+
+def _full(retention: Retention) -> HistoryFull:
+    return HistoryFull(
+        f"{retention.group!r} has {retention.max_topics} channels with history already"
+    )
 
 
 def _ms(seconds: float) -> int:
@@ -419,6 +494,7 @@ class RedisStore:
         self._sweep = _Script.of(_SWEEP)
         self._renew = _Script.of(_RENEW)
         self._alive = self._key("presence-alive")
+        self._unsettled = self._key("presence-unsettled")
         self._local_prefix = self._key("presence-local:")
         self._keep_ms = 60_000
         self._waiting: list[tuple[_Call, asyncio.Future[Any]]] = []
@@ -482,8 +558,12 @@ class RedisStore:
 
     # ------------------------------------------------------------------ history
 
-    def _history_keys(self, topic: str) -> list[bytes]:
-        return [self._key("history-meta:", topic), self._key("history:", topic)]
+    def _history_keys(self, topic: str, retention: Retention) -> list[bytes]:
+        return [
+            self._key("history-meta:", topic),
+            self._key("history:", topic),
+            self._key("history-quota:", retention.group),
+        ]
 
     async def publish_stored(
         self, channel: bytes, topic: str, data: bytes, retention: Retention
@@ -491,12 +571,18 @@ class RedisStore:
         """Append and publish on ``channel`` in one script; return the position.
 
         Raises:
+            HistoryFull: the topic holds no history and its group is full; nothing was stored.
             BrokerError: Redis could not be reached; nothing was stored.
             OutcomeUnknown: Redis did not answer in time; the message may have been stored.
         """
-        offset, epoch = await self._enqueue(
-            self._publish, self._history_keys(topic), self._stored_args(channel, data, retention)
+        result = await self._enqueue(
+            self._publish,
+            self._history_keys(topic, retention),
+            self._stored_args(channel, topic, data, retention),
         )
+        if result == 0:
+            raise _full(retention)
+        offset, epoch = result
         return Position(int(offset), bytes(epoch).decode())
 
     async def publish_once(
@@ -521,17 +607,23 @@ class RedisStore:
                 self._publish_once, [seen], [channel, payload, _ms(window)]
             )
             return Published(duplicate=not published)
-        args = [*self._stored_args(channel, data, retention), _ms(window)]
-        fresh, position = await self._enqueue(
-            self._publish_stored_once, [*self._history_keys(topic), seen], args
+        args = [*self._stored_args(channel, topic, data, retention), _ms(window)]
+        result = await self._enqueue(
+            self._publish_stored_once, [*self._history_keys(topic, retention), seen], args
         )
+        if result == 0:
+            raise _full(retention)
+        fresh, position = result
         found = parse_position(bytes(position)) if position else None
         return Published(duplicate=not fresh, position=found)
 
-    def _stored_args(self, channel: bytes, data: bytes, retention: Retention) -> list[Any]:
+    def _stored_args(
+        self, channel: bytes, topic: str, data: bytes, retention: Retention
+    ) -> list[Any]:
         ttl = _ms(retention.ttl) if retention.ttl is not None else 0
         keep, epoch = _ms(retention.keep), secrets.token_hex(6)
-        return [channel, data, retention.size, ttl, keep, epoch, self._follow]
+        args = [channel, data, retention.size, ttl, keep, epoch, self._follow]
+        return [*args, retention.max_topics or 0, topic.encode("utf-8", "surrogatepass")]
 
     async def _enqueue(self, script: _Script, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
         """Run a publishing script in the next pipelined batch; return its result."""
@@ -608,7 +700,8 @@ class RedisStore:
         """Read the retained messages above ``after``."""
         ttl = _ms(retention.ttl) if retention.ttl is not None else 0
         args = [after, retention.size, ttl, _ms(retention.keep), secrets.token_hex(6), self._follow]
-        reply = await self._call(self._read, self._history_keys(topic), args)
+        args += [retention.max_topics or 0, topic.encode("utf-8", "surrogatepass")]
+        reply = await self._call(self._read, self._history_keys(topic, retention), args)
         epoch, top, rest = bytes(reply[0]).decode(), int(reply[1]), reply[2:]
         entries = [StoredEntry(int(rest[i]), bytes(rest[i + 1])) for i in range(0, len(rest), 2)]
         entries.reverse()
@@ -660,7 +753,7 @@ class RedisStore:
     def _sweep_call(
         self, channel: bytes, topic: str, what: str, announce: Announcements
     ) -> tuple[list[bytes], list[Any]]:
-        keys = [*self._presence_keys(topic), self._alive]
+        keys = [*self._presence_keys(topic), self._alive, self._unsettled]
         args: list[Any] = [self._local_prefix, topic, self.process, self._keep_ms, what]
         return keys, args + self._announcer(channel, announce)
 
@@ -672,6 +765,22 @@ class RedisStore:
             self._sweep, *self._sweep_call(channel, topic, "members", announce)
         )
         return {bytes(reply[i]).decode(): bytes(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+    async def snapshot(
+        self, channel: bytes, topic: str, announce: Announcements
+    ) -> PresenceSnapshot:
+        """Sweep (if this process is alive), then read the members and if they are complete."""
+        flat, unsettled_ms, registered = await self._call(
+            self._sweep, *self._sweep_call(channel, topic, "snapshot", announce)
+        )
+        members = {bytes(flat[i]).decode(): bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
+        settles_in = max(0, int(unsettled_ms)) / 1000
+        return PresenceSnapshot(
+            members=members,
+            partial=settles_in > 0 or not registered,
+            settles_in=settles_in,
+            registered=bool(registered),
+        )
 
     async def count(self, channel: bytes, topic: str, announce: Announcements) -> int:
         """Sweep, then return the number of members."""
@@ -696,11 +805,11 @@ class RedisStore:
             raise BrokerError(f"Redis refused a sweep: {failed}") from failed
         return [topic for topic, count in zip(names, held, strict=True) if count != topics[topic]]
 
-    async def renew(self, timeout: float) -> bool:
+    async def renew(self, timeout: float, was_alive: bool) -> bool:
         """Keep this process alive ``timeout`` more seconds; return whether it was alive."""
         self._keep_ms = max(self._keep_ms, _ms(3 * timeout))
-        args = [self.process, _ms(timeout), self._keep_ms]
-        return bool(await self._call(self._renew, [self._alive], args))
+        args = [self.process, _ms(timeout), self._keep_ms, int(was_alive)]
+        return bool(await self._call(self._renew, [self._alive, self._unsettled], args))
 
     async def retire(self) -> None:
         """Declare this process dead."""

@@ -19,6 +19,7 @@ from fastapi_channels.brokers.stores import (
     Announcements,
     HistoryStore,
     Position,
+    PresenceSnapshot,
     PresenceStore,
     Retention,
     Stored,
@@ -152,13 +153,17 @@ class MemoryBroker(Broker, HistoryStore, PresenceStore, IdempotencyStore):
         """The members of ``topic`` on live brokers."""
         return self.hub.presence.members(topic, announce)
 
+    async def presence_snapshot(self, topic: str, announce: Announcements) -> PresenceSnapshot:
+        """The members of ``topic`` on live brokers, and whether the list is complete."""
+        return self.hub.presence.snapshot(topic, self.process, announce)
+
     async def presence_count(self, topic: str, announce: Announcements) -> int:
         """How many members ``topic`` has on live brokers."""
         return self.hub.presence.count(topic, announce)
 
-    async def presence_renew(self, timeout: float) -> bool:
+    async def presence_renew(self, timeout: float, *, was_alive: bool = False) -> bool:
         """Keep this broker alive ``timeout`` more seconds."""
-        return self.hub.presence.renew(self.process, timeout)
+        return self.hub.presence.renew(self.process, timeout, was_alive)
 
     async def presence_sync(
         self, topic: str, members: dict[str, bytes], announce: Announcements

@@ -65,6 +65,7 @@ from fastapi_channels.brokers.stores import (
     Announcements,
     HistoryStore,
     Position,
+    PresenceSnapshot,
     PresenceStore,
     Retention,
     Stored,
@@ -472,7 +473,11 @@ class RedisBroker(Broker, HistoryStore, PresenceStore, IdempotencyStore):
         while True:
             recheck = asyncio.ensure_future(self._recheck.wait())
             try:
-                await asyncio.wait({reader, recheck}, timeout=self._ping_interval)
+                await asyncio.wait(
+                    {reader, recheck},
+                    timeout=self._ping_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             finally:
                 recheck.cancel()
             if reader.done():
@@ -642,13 +647,17 @@ class RedisBroker(Broker, HistoryStore, PresenceStore, IdempotencyStore):
         """Sweep dead processes, then read ``topic``'s members."""
         return await self._store.members(self.channel(topic), topic, announce)
 
+    async def presence_snapshot(self, topic: str, announce: Announcements) -> PresenceSnapshot:
+        """Sweep (if this process is alive), read the members and if they are complete."""
+        return await self._store.snapshot(self.channel(topic), topic, announce)
+
     async def presence_count(self, topic: str, announce: Announcements) -> int:
         """Sweep dead processes, then count ``topic``'s members."""
         return await self._store.count(self.channel(topic), topic, announce)
 
-    async def presence_renew(self, timeout: float) -> bool:
+    async def presence_renew(self, timeout: float, *, was_alive: bool = False) -> bool:
         """Move this process's deadline ``timeout`` seconds ahead (on Redis's clock)."""
-        return await self._store.renew(timeout)
+        return await self._store.renew(timeout, was_alive)
 
     async def presence_sync(
         self, topic: str, members: dict[str, bytes], announce: Announcements

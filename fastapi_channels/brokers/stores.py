@@ -13,21 +13,27 @@ which ``Channels`` refuses at start-up.
   its own members and keeps itself alive with `PresenceStore.presence_renew`; the members of a
   process that stops renewing are swept by the others. Joins and leaves are announced on the
   topic itself (through the plain message handler), atomically with the change, so every
-  process sees them in one order.
+  process sees them in one order. A store that lost its records (a Redis restart without
+  persistence) is *unsettled* until every live process had the time to register its members
+  again: reads say so (`PresenceSnapshot.partial`), so nobody takes a list being refilled for
+  a room that emptied.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from fastapi_channels.wire.errors import HistoryFull
 from fastapi_channels.wire.stored import Position, Retention, Stored, StoredEntry
 
 __all__ = [
     "Announcements",
+    "HistoryFull",
     "HistoryStore",
     "Position",
+    "PresenceSnapshot",
     "PresenceStore",
     "Retention",
     "Stored",
@@ -51,6 +57,26 @@ class Announcements:
 
     join: tuple[bytes, bytes]
     leave: tuple[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceSnapshot:
+    """A presence topic's members as one read found them, and whether the list is complete.
+
+    Attributes:
+        members: member key to info, from every live process.
+        partial: the list may lack members: the store lost its records less than a renewal
+            timeout ago and live processes may not have registered theirs again, or the reading
+            process itself is not registered (then it was not swept either).
+        settles_in: seconds until the store counts as settled again (0 when it does, or
+            cannot tell).
+        registered: whether the reading process was alive in the store.
+    """
+
+    members: dict[str, bytes] = field(default_factory=dict)
+    partial: bool = False
+    settles_in: float = 0.0
+    registered: bool = True
 
 
 class HistoryStore(ABC):
@@ -82,7 +108,13 @@ class HistoryStore(ABC):
         `deliver_stored_to`, with their position. Unlike ``Broker.publish``, nothing is
         delivered when the message cannot be stored.
 
+        A topic that holds no history yet is counted in ``retention.group`` first: when the
+        group has ``retention.max_topics`` topics holding history already (expired ones aside),
+        nothing is stored or delivered. The count and the append are one atomic step, so
+        processes publishing at once never exceed the bound.
+
         Raises:
+            HistoryFull: the group is full (then it was delivered nowhere).
             BrokerError: the message could not be stored (then it was delivered nowhere).
         """
 
@@ -91,7 +123,8 @@ class HistoryStore(ABC):
         """Read ``topic``'s retained messages with an offset above ``after``, oldest first.
 
         Reading a topic that has no epoch yet gives it one, so a position read now stays valid
-        for the messages published next.
+        for the messages published next; it counts in ``retention.group`` as a publish does.
+        When the group is full, the read answers a fresh epoch that is not kept (and offset 0).
 
         Raises:
             BrokerError: the store could not be read.
@@ -133,6 +166,20 @@ class PresenceStore(ABC):
             BrokerError: the store could not be reached.
         """
 
+    async def presence_snapshot(self, topic: str, announce: Announcements) -> PresenceSnapshot:
+        """Return ``topic``'s members as `presence_members` does, and whether they are all.
+
+        After the store lost its records, lists are `PresenceSnapshot.partial` until
+        ``timeout`` (of `presence_renew`) after the first renewal that found it: by then every
+        live process has renewed, found itself forgotten and registered its members again. A
+        process not alive in the store gets a partial list and sweeps nothing (it should renew
+        and read again). A store that cannot tell says complete (this default).
+
+        Raises:
+            BrokerError: the store could not be reached.
+        """
+        return PresenceSnapshot(await self.presence_members(topic, announce))
+
     @abstractmethod
     async def presence_count(self, topic: str, announce: Announcements) -> int:
         """Return how many members ``topic`` has on every live process (sweeping as above).
@@ -142,12 +189,16 @@ class PresenceStore(ABC):
         """
 
     @abstractmethod
-    async def presence_renew(self, timeout: float) -> bool:
+    async def presence_renew(self, timeout: float, *, was_alive: bool = False) -> bool:
         """Declare this process alive for ``timeout`` more seconds.
 
         Returns whether it was still alive before this call. False means its registrations may
         have been swept (the first call, a renewal too late, a store that lost its data): the
         caller should register its members again with `presence_sync`.
+
+        ``was_alive`` says that this process's previous renewal succeeded. When it did and the
+        store now knows no live process at all, the store lost its records: it is unsettled
+        for ``timeout`` seconds from this call (see `presence_snapshot`), unless it is already.
 
         Raises:
             BrokerError: the store could not be reached.

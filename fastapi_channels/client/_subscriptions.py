@@ -130,8 +130,11 @@ class Subscriptions:
     def presence(self, packet: Packet) -> None:
         """Follow a presence event in its channel's `members`, then run the channel's callbacks.
 
-        ``channels:presence`` replaces the member list; ``channels:join`` and
-        ``channels:leave`` add and remove one member. Members without an ``id`` are skipped.
+        ``channels:presence`` replaces the member list, unless it is marked ``partial`` (the
+        server's broker is refilling its records after a restart): a partial list is merged
+        into the members held, so a room being refilled never looks emptier than it is, until
+        a complete list replaces them. ``channels:join`` and ``channels:leave`` add and remove
+        one member. Members without an ``id`` are skipped.
         """
         data = packet.data if isinstance(packet.data, dict) else {}
         name = data.get("channel")
@@ -141,9 +144,11 @@ class Subscriptions:
         if packet.event == PRESENCE:
             listed = data.get("members")
             if isinstance(listed, list):
-                channel.members = {
-                    m.get("id"): m for m in listed if isinstance(m, dict) and "id" in m
-                }
+                members = {m.get("id"): m for m in listed if isinstance(m, dict) and "id" in m}
+                if data.get("partial") is True:
+                    channel.members.update(members)
+                else:
+                    channel.members = members
         else:
             member = data.get("member")
             if isinstance(member, dict) and "id" in member:

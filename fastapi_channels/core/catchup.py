@@ -12,9 +12,15 @@ table of held frames); other channels keep the plain fan-out.
 
 A whole process catches up too (`Reconnects`): while its broker is disconnected from
 Redis, the stored messages and presence announcements other processes publish do not reach it.
-When the broker is connected again, each local history channel is read from the last position
-this process delivered, and what is missing goes to its subscribers, held and de-duplicated as
-above; each local presence channel's subscribers get the member list again.
+When the broker is connected again, the process renews its presence first (registering its
+members again if the broker lost them), then each local history channel is read from the last
+position this process delivered, and what is missing goes to its subscribers, held and
+de-duplicated as above; each local presence channel's subscribers get the member list again.
+
+A member list read while the broker is refilling its presence records (after a Redis restart)
+is sent with ``"partial": true``, and the channel's subscribers get it again, whole, once the
+broker settled (`Reconnects.settle`): a client never takes a room being refilled for an empty
+one.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pydantic_core import from_json
 
@@ -30,28 +36,32 @@ from fastapi_channels.brokers.base import Broker, BrokerState
 from fastapi_channels.brokers.stores import HistoryStore, PresenceStore
 from fastapi_channels.core.channel import Held, LiveChannel, Subscription
 from fastapi_channels.core.outgoing import send
-from fastapi_channels.core.presence import PRESENCE_TOPIC, Presence, announcements, members_frame
+from fastapi_channels.core.presence import Presence, members_frame
 from fastapi_channels.core.topics import CHANNEL
 from fastapi_channels.wire.errors import BrokerError
 from fastapi_channels.wire.history import (
     NO_ENTRIES,
-    History,
     HistoryPage,
     StoredMessage,
     position_data,
     recover,
     with_position,
 )
-from fastapi_channels.wire.stored import Position
+from fastapi_channels.wire.stored import Position, Retention
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from fastapi_channels.core.connection import SocketConnection
 
-__all__ = ["CaughtUp", "Reconnects", "catch_up_subscriber", "history_page"]
+__all__ = ["SETTLE_ROUNDS", "CaughtUp", "Reconnects", "catch_up_subscriber", "history_page"]
 
 logger = logging.getLogger("fastapi_channels.catchup")
+
+SETTLE_ROUNDS: Final = 10
+"""The most times in a row a partial member list is read again before giving up (logged)."""
+_SETTLE_MARGIN: Final = 0.05
+"""Seconds added to the broker's estimate of when it settles (its clock ticks in ms)."""
 
 
 @dataclass(slots=True)
@@ -128,19 +138,22 @@ async def catch_up_subscriber(
         await presence.add(connection, sub)
         caught.skip = presence.join_frame(sub.channel, connection.user_key)
         try:
-            members = await presence.members(sub.channel)
+            found = await presence.snapshot(sub.channel)
         except BrokerError as exc:
             logger.warning("no member list for %r: %s", sub.channel, exc)
         else:
-            caught.frames.append(Held(members_frame(sub.channel, members), filtered=False))
-    if spec.history is not None:
-        await _recover(caught, spec.history, sub.channel, since, broker, reconnects)
+            frame = members_frame(sub.channel, found.members, partial=found.partial)
+            caught.frames.append(Held(frame, filtered=False))
+            if found.partial:
+                reconnects.settle(sub.channel, found.settles_in)
+    if spec.retention is not None:
+        await _recover(caught, spec.retention, sub.channel, since, broker, reconnects)
     return caught
 
 
 async def _recover(
     caught: CaughtUp,
-    history: History,
+    retention: Retention,
     channel: str,
     since: Position | None,
     broker: Broker,
@@ -150,7 +163,7 @@ async def _recover(
     try:
         if not isinstance(broker, HistoryStore):
             raise BrokerError(f"the {broker.name} broker keeps no history")
-        stored = await broker.read_stored(CHANNEL + channel, history.retention, after)
+        stored = await broker.read_stored(CHANNEL + channel, retention, after)
     except BrokerError as exc:
         logger.warning("no history for %r: %s", channel, exc)
         if since is not None:
@@ -171,7 +184,7 @@ async def _recover(
 async def history_page(
     store: HistoryStore,
     topic: str,
-    history: History,
+    retention: Retention,
     limit: int | None,
     since: Position | None,
 ) -> HistoryPage:
@@ -180,13 +193,13 @@ async def history_page(
     Raises:
         BrokerError: the store could not be read.
     """
-    stored = await store.read_stored(topic, history.retention, 0 if since is None else since.offset)
+    stored = await store.read_stored(topic, retention, 0 if since is None else since.offset)
     recovered: bool | None = None
     entries = stored.entries
     if since is not None:
         recovered = recover(stored, since)[2]
         if not recovered and since.epoch != stored.epoch:
-            entries = (await store.read_stored(topic, history.retention)).entries
+            entries = (await store.read_stored(topic, retention)).entries
         entries = entries[:limit] if limit is not None else entries
     elif limit is not None:
         entries = entries[-limit:] if limit > 0 else []
@@ -205,6 +218,7 @@ class Reconnects:
         broker: the process's broker.
         channels: the server's live channels by name (read, never changed).
         topic: the broker topic of a channel name.
+        presence: the process's presence, renewed before member lists are read again.
     """
 
     def __init__(
@@ -212,11 +226,15 @@ class Reconnects:
         broker: Broker,
         channels: Mapping[str, LiveChannel],
         topic: str,
+        presence: Presence,
     ) -> None:
         self._broker = broker
         self._channels = channels
         self._topic = topic
+        self._presence = presence
         self._last: dict[str, Position] = {}
+        self._settling: dict[str, asyncio.Task[None]] = {}
+        self._rounds: dict[str, int] = {}
         self._runner: asyncio.Task[None] | None = None
         self.filled = asyncio.Event()
         """Set after each catch-up that follows a reconnect (for tests and monitoring)."""
@@ -239,11 +257,47 @@ class Reconnects:
             self._runner = asyncio.create_task(self._watch(), name="fastapi_channels.reconnects")
 
     async def stop(self) -> None:
-        """Stop watching."""
+        """Stop watching, and sending member lists again."""
         runner, self._runner = self._runner, None
-        if runner is not None:
-            runner.cancel()
-            await asyncio.wait({runner})
+        tasks = [*self._settling.values(), *([runner] if runner is not None else [])]
+        self._settling.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def settle(self, channel: str, delay: float) -> None:
+        """Send ``channel``'s subscribers its member list again once the broker settled.
+
+        Called after a partial list was sent: in ``delay`` seconds (the broker's estimate; a
+        renewal interval when it has none) the list is read again, with the subscribers' live
+        frames held meanwhile, and sent to every local subscriber, partial again only if the
+        broker still is (then this repeats, at most `SETTLE_ROUNDS` times in a row). One
+        pending read per channel; nothing happens for a channel without local subscribers
+        by then.
+        """
+        if channel in self._settling:
+            return
+        rounds = self._rounds.get(channel, 0) + 1
+        if rounds > SETTLE_ROUNDS:
+            self._rounds.pop(channel, None)
+            logger.warning("%r: the member list is still partial; not sent again", channel)
+            return
+        self._rounds[channel] = rounds
+        wait = delay + _SETTLE_MARGIN if delay > 0 else self._presence.timeout / 3
+        self._settling[channel] = asyncio.create_task(
+            self._settle(channel, wait), name=f"fastapi_channels.presence.settle {channel}"
+        )
+
+    async def _settle(self, channel: str, wait: float) -> None:
+        try:
+            await asyncio.sleep(wait)
+        finally:
+            self._settling.pop(channel, None)
+        try:
+            await self._catch_up(channel, history=False)
+        except Exception:
+            logger.exception("sending the member list of %r again failed", channel)
 
     async def _watch(self) -> None:
         broker = self._broker
@@ -262,15 +316,22 @@ class Reconnects:
     async def fill(self) -> None:
         """Catch every local presence and history channel up, all at once.
 
-        A presence channel's subscribers get the member list again; a history channel's get
-        what this process missed there. The broker bounds how many reads run at once.
+        Presence is renewed first, so that this process's members are registered again when
+        the broker lost them. A presence channel's subscribers get the member list again; a
+        history channel's get what this process missed there. The broker bounds how many reads
+        run at once.
         """
+        if any(live.spec.presence for live in self._channels.values()):
+            await self._presence.renew()
         await asyncio.gather(*(self._catch_up(channel) for channel in list(self._channels)))
         for channel in [c for c in self._last if c not in self._channels]:
             self.forget(channel)
 
-    async def _catch_up(self, channel: str) -> None:
-        """Hold the channel's subscribers, read what they need, send it, then the held frames."""
+    async def _catch_up(self, channel: str, *, history: bool = True) -> None:
+        """Hold the channel's subscribers, read what they need, send it, then the held frames.
+
+        With ``history`` False, only a presence channel's member list is read and sent.
+        """
         live = self._channels.get(channel)
         spec = live.spec if live is not None else None
         catch_up = spec.catch_up if spec is not None else None
@@ -284,8 +345,8 @@ class Reconnects:
         try:
             if spec.presence:
                 frames += await self._members(channel)
-            if spec.history is not None and last is not None:
-                frames += await self._missed(channel, spec.history, last)
+            if history and spec.retention is not None and last is not None:
+                frames += await self._missed(channel, spec.retention, last)
         finally:
             for connection in waiting:
                 sub = connection.subscriptions.get(channel)
@@ -296,21 +357,21 @@ class Reconnects:
         if not isinstance(self._broker, PresenceStore):
             return []
         try:
-            members = await self._broker.presence_members(
-                PRESENCE_TOPIC + channel, announcements(channel)
-            )
+            found = await self._presence.snapshot(channel)
         except BrokerError as exc:
             logger.warning("could not read the members of %r after a reconnect: %s", channel, exc)
             return []
-        return [Held(members_frame(channel, members), filtered=False)]
+        if found.partial:
+            self.settle(channel, found.settles_in)
+        else:
+            self._rounds.pop(channel, None)
+        return [Held(members_frame(channel, found.members, partial=found.partial), filtered=False)]
 
-    async def _missed(self, channel: str, history: History, last: Position) -> list[Held]:
+    async def _missed(self, channel: str, retention: Retention, last: Position) -> list[Held]:
         if not isinstance(self._broker, HistoryStore):
             return []
         try:
-            stored = await self._broker.read_stored(
-                self._topic + channel, history.retention, last.offset
-            )
+            stored = await self._broker.read_stored(self._topic + channel, retention, last.offset)
         except BrokerError as exc:
             logger.warning("could not read the history of %r after a reconnect: %s", channel, exc)
             return []

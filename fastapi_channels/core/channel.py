@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi_channels.wire.patterns import ChannelPattern
-from fastapi_channels.wire.stored import Position
+from fastapi_channels.wire.stored import Position, Retention
 
 if TYPE_CHECKING:
     from fastapi_channels.core.connection import SocketConnection
@@ -126,6 +126,11 @@ class ChannelSpec:
     def presence(self) -> bool:
         """Whether the channels are presence channels."""
         return self.member_info is not None
+
+    @property
+    def retention(self) -> Retention | None:
+        """The broker's view of the history, counted under the pattern (None: no history)."""
+        return self.history.retention(self.pattern.text) if self.history is not None else None
 
 
 @dataclass(slots=True, frozen=True)

@@ -20,6 +20,12 @@ dead meanwhile resyncs every channel.
 
 The broker announces joins and leaves on the topic ``p:<channel>`` atomically with the change,
 as plain events (``channels:join``, ``channels:leave``), so every process hears one order.
+
+When the broker lost its records (Redis restarted without persistence), every process finds
+at its next renewal that it was forgotten and registers its members again; until all had the
+time to (one ``timeout``), member lists are read as partial (`snapshot`), and the server sends
+them with ``"partial": true`` and again, whole, once the store settled (see
+`fastapi_channels.core.catchup.Reconnects.settle`).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pydantic_core import from_json, to_json
 
 from fastapi_channels.brokers.base import Broker
-from fastapi_channels.brokers.stores import Announcements, PresenceStore
+from fastapi_channels.brokers.stores import Announcements, PresenceSnapshot, PresenceStore
 from fastapi_channels.core.channel import current_subscription
 from fastapi_channels.wire.errors import BrokerError
 from fastapi_channels.wire.protocol import JOIN, LEAVE, PRESENCE
@@ -60,11 +66,15 @@ def announcements(channel: str) -> Announcements:
     )
 
 
-def members_frame(channel: str, members: dict[str, bytes]) -> str:
-    """The ``channels:presence`` packet: the members' info, ordered by member key."""
+def members_frame(channel: str, members: dict[str, bytes], *, partial: bool = False) -> str:
+    """The ``channels:presence`` packet: the members' info, ordered by member key.
+
+    A ``partial`` list (one that may lack members) carries ``"partial": true``.
+    """
     listed = b",".join(members[key] for key in sorted(members))
     head = b'{"event":"' + PRESENCE.encode() + b'","data":{"channel":' + to_json(channel)
-    return (head + b',"members":[' + listed + b"]}}").decode()
+    tail = b',"partial":true}}' if partial else b"}}"
+    return (head + b',"members":[' + listed + b"]" + tail).decode()
 
 
 @dataclass(slots=True)
@@ -106,6 +116,8 @@ class Presence:
         self._watched: set[str] = set()
         self._runner: asyncio.Task[None] | None = None
         self._failing = False
+        self._renewed = False
+        """Whether this process's last renewal succeeded (the store knew it)."""
 
     @property
     def store(self) -> PresenceStore:
@@ -203,6 +215,22 @@ class Presence:
             BrokerError: the broker could not be read.
         """
         return await self.store.presence_members(PRESENCE_TOPIC + channel, announcements(channel))
+
+    async def snapshot(self, channel: str) -> PresenceSnapshot:
+        """The channel's members as `members` reads them, and whether the list is complete.
+
+        When this process is not alive in the store (it restarted and this process has not
+        renewed since), it renews first (registering its members again) and reads once more.
+
+        Raises:
+            BrokerError: the broker could not be read.
+        """
+        topic, announce = PRESENCE_TOPIC + channel, announcements(channel)
+        found = await self.store.presence_snapshot(topic, announce)
+        if not found.registered:
+            await self.renew()
+            found = await self.store.presence_snapshot(topic, announce)
+        return found
 
     async def count(self, channel: str) -> int:
         """How many members the channel has on every live process.
@@ -310,7 +338,9 @@ class Presence:
         next one.
         """
         try:
-            if not await self.store.presence_renew(self.timeout):
+            alive = await self.store.presence_renew(self.timeout, was_alive=self._renewed)
+            self._renewed = True
+            if not alive:
                 for known in self._channels.values():
                     known.dirty = True
             watched = sorted(self._watched | set(self._channels))

@@ -96,7 +96,7 @@ class SocketServer:
         # A user's connections as a tuple: most users have one or two, and a 1-tuple is a
         # quarter of an empty set's size (this dict holds an entry per connected user).
         self._users: dict[str, tuple[SocketConnection, ...]] = {}
-        self.reconnects = Reconnects(broker, self._channels, topics.CHANNEL)
+        self.reconnects = Reconnects(broker, self._channels, topics.CHANNEL, self.presence_tracker)
         """Catches history channels up after a broker outage (see `.catchup`)."""
         self.fan_out = FanOut(self._channels, self._users, self.reconnects)
         """Hands what the broker delivers to this process's subscribers (see `.fanout`)."""
@@ -449,11 +449,11 @@ class SocketServer:
             BrokerError: the broker could not be read.
         """
         spec = self._spec_of(channel)
-        history = spec.history if spec is not None else None
-        if history is None:
+        retention = spec.retention if spec is not None else None
+        if retention is None:
             raise InvalidChannel(f"channel {channel!r} is not a history channel")
         return await history_page(
-            self._history_store(), topics.CHANNEL + channel, history, limit, since
+            self._history_store(), topics.CHANNEL + channel, retention, limit, since
         )
 
     # ------------------------------------------------------------------ sending
@@ -494,8 +494,9 @@ class SocketServer:
 
         When the channel keeps a history (of this event), the message is stored first and
         delivered with its position, which is returned; if it cannot be stored (Redis
-        unreachable) it is delivered nowhere and ``BrokerError`` is raised. Otherwise None is
-        returned.
+        unreachable) it is delivered nowhere and ``BrokerError`` is raised; the same holds,
+        with `HistoryFull`, for a channel that holds no history yet when its listener's
+        ``History.max_channels`` channels hold some already. Otherwise None is returned.
 
         With an idempotency ``key`` (given, or taken from the packet whose handler is running,
         see `fastapi_channels.core.idempotency`), the message is published at most once per
@@ -520,10 +521,11 @@ class SocketServer:
                 subscribers did).
             OutcomeUnknown: the broker took the message but did not confirm it in time (a
                 `BrokerError`): it may have been delivered. Retry with the same key.
+            HistoryFull: the channel would exceed ``History.max_channels`` (a `BrokerError`).
             TypeError: the arguments fit neither form.
         """
         listener, channel, event, data = _broadcast_arguments(args)
-        history = self._check_channel(listener, channel)
+        history, group = self._check_channel(listener, channel)
         if self.fan_out.behind:
             await self.fan_out.wait_drained()
         frame = encode(event, data, channel)
@@ -531,7 +533,7 @@ class SocketServer:
             key = next_key()
         stored = history is not None and history.keeps(event)
         if key is not None and isinstance(self.broker, IdempotencyStore):
-            retention = history.retention if stored and history is not None else None
+            retention = history.retention(group) if stored and history is not None else None
             published = await self.broker.publish_once(
                 topics.CHANNEL + channel, frame, key, self.idempotency_window, retention
             )
@@ -540,7 +542,7 @@ class SocketServer:
             await self.broker.publish(topics.CHANNEL + channel, frame)
             return None
         return await self._history_store().publish_stored(
-            topics.CHANNEL + channel, frame, history.retention
+            topics.CHANNEL + channel, frame, history.retention(group)
         )
 
     async def send_to_user(self, user_id: object, event: str, data: Any = None) -> None:
@@ -565,8 +567,13 @@ class SocketServer:
         payload = topics.USER_DISCONNECT + reason.encode()
         await self.broker.publish(topics.USER + str(user_id), payload)
 
-    def _check_channel(self, listener: ListenerRef | None, channel: str) -> History | None:
-        """Check that ``channel`` is served (by ``listener`` if given); return its history.
+    def _check_channel(
+        self, listener: ListenerRef | None, channel: str
+    ) -> tuple[History | None, str]:
+        """Check that ``channel`` is served (by ``listener`` if given).
+
+        Returns its history and the text of the pattern serving it (what
+        ``History.max_channels`` counts under).
 
         Raises:
             InvalidChannel: the channel is malformed or not served.
@@ -575,7 +582,7 @@ class SocketServer:
             spec = self._spec_of(channel)
             if spec is None:
                 raise InvalidChannel(f"no channel listener serves {channel!r}")
-            return spec.history
+            return spec.history, spec.pattern.text
         try:
             validate_channel_name(channel, self._max_name_length)
         except ProtocolError as exc:
@@ -583,12 +590,14 @@ class SocketServer:
         if isinstance(listener, str):
             pattern = ChannelPattern.parse(listener)
             resolved = self._specs.resolve(channel)
+            serving = resolved[0].pattern if resolved is not None else pattern
             history = resolved[0].history if resolved is not None else None
         else:
             pattern, history = listener.pattern, listener.history
+            serving = pattern
         if pattern.match(channel) is None:
             raise InvalidChannel(f"channel {channel!r} does not match pattern {pattern.text!r}")
-        return history
+        return history, serving.text
 
 
 def _broadcast_arguments(args: tuple[Any, ...]) -> tuple[ListenerRef | None, str, str, Any]:

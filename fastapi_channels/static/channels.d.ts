@@ -30,6 +30,17 @@ export interface Member {
   [key: string]: unknown;
 }
 
+/**
+ * The data of `channels:presence`: a presence channel's member list. `partial` marks a list
+ * that may lack members (the server's broker is refilling its records after a restart): it is
+ * merged into `SocketChannel.members`, and a complete list follows.
+ */
+export interface MemberList {
+  channel: string;
+  members: Member[];
+  partial?: true;
+}
+
 /** Connection states, with Envuso's values. */
 export declare const ConnectionStatus: Readonly<{
   NONE: "none";
@@ -216,7 +227,7 @@ export declare class SocketChannel {
   readonly position: Position | null;
   /** After subscribing from a position: whether everything missed was replayed. */
   readonly recovered: boolean | null;
-  /** On a presence channel: the members by id. */
+  /** On a presence channel: the members by id (a `partial` list is merged, a complete one replaces them). */
   readonly members: Map<string | number, Member>;
   getName(): string;
   listen<T = any>(event: string, callback: Listener<T>): this;

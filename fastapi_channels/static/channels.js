@@ -271,7 +271,10 @@ export class SocketChannel extends Listeners {
      * (`false`: reload the state this channel's events build); `null` when no position was sent.
      */
     this.recovered = null;
-    /** On a presence channel, the members by id (their info as the server sends it). */
+    /**
+     * On a presence channel, the members by id (their info as the server sends it). A member
+     * list marked `partial` is merged into them; a complete one replaces them.
+     */
     this.members = new Map();
     this._client = client;
     this._deferred = null;
@@ -370,9 +373,12 @@ export class SocketChannel extends Listeners {
     const data = packet.data;
     if (packet.event === ServerEventTypes.PRESENCE) {
       if (!Array.isArray(data.members)) return;
-      this.members = new Map(
-        data.members.filter((member) => isObject(member) && "id" in member).map((m) => [m.id, m]),
-      );
+      const listed = data.members.filter((member) => isObject(member) && "id" in member);
+      // A partial list (the server's broker is refilling its records after a restart) is
+      // merged into the members held, so the room never looks emptier than it is, until a
+      // complete list replaces them.
+      if (data.partial === true) for (const m of listed) this.members.set(m.id, m);
+      else this.members = new Map(listed.map((m) => [m.id, m]));
     } else if (isObject(data.member) && "id" in data.member) {
       if (packet.event === ServerEventTypes.JOIN) this.members.set(data.member.id, data.member);
       else this.members.delete(data.member.id);

@@ -12,7 +12,8 @@ ChannelsError
 ├── ConnectionClosed        sending on a connection that is closed
 ├── InvalidChannel          a send names a channel its listener does not serve (ValueError)
 ├── BrokerError             the broker (in memory or Redis) failed: nothing was published
-│   └── OutcomeUnknown      the broker failed after the message left: it may have been
+│   ├── OutcomeUnknown      the broker failed after the message left: it may have arrived
+│   └── HistoryFull         a channel would exceed its listener's History.max_channels
 └── ReplyError              a request was answered with an error (clients, test client)
 ```
 
@@ -35,6 +36,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionClosed",
     "ErrorCode",
+    "HistoryFull",
     "InvalidChannel",
     "InvalidData",
     "OutcomeUnknown",
@@ -108,6 +110,10 @@ class ErrorCode(StrEnum):
     """The handler's send reached the broker but no answer came back in time (Redis stalled):
     the message may or may not have been delivered. Retry with the same ``key`` (see the
     protocol's idempotency keys): a retry is then delivered at most once in all."""
+    HISTORY_FULL = "history-full"
+    """The handler broadcast on a history channel that keeps nothing yet, and its listener's
+    ``History.max_channels`` channels keep history already: nothing was sent. Not worth
+    retrying at once; a channel frees its place ``History.keep`` after its last broadcast."""
     RATE_LIMITED = "rate-limited"
     """The connection sent faster than ``Limits.rate``; the packet was dropped."""
     SHUTTING_DOWN = "shutting-down"
@@ -284,6 +290,19 @@ class OutcomeUnknown(BrokerError):
     Redis received the command but its answer did not come back within the broker's timeout
     (a stall, a connection dropped mid-reply). Retrying without an idempotency key may deliver
     the message twice; retrying with the same key delivers it at most once in all.
+    """
+
+
+class HistoryFull(BrokerError):
+    """A broadcast would make one channel too many keep history; it was sent nowhere.
+
+    Raised by a broadcast on a history channel that holds no history yet (never broadcast, or
+    idle past ``History.keep``) when its listener's ``History.max_channels`` channels hold
+    history already. Channels that hold history keep broadcasting. Answered to a client whose
+    handler raised it with the error code ``history-full``.
+
+    Args:
+        message: what was refused, for the log.
     """
 
 

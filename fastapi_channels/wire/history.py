@@ -52,6 +52,14 @@ class History:
         events: the events kept (a set of names); ``None`` keeps every event. The others
             (typing indicators, say) are broadcast live only, without a position, and are not
             ordered with the kept ones.
+        max_channels: the most concrete channels of the listener that may hold history at
+            once, across every process (``None``: no bound). A channel holds history from its
+            first kept broadcast (or first subscriber) until ``keep`` after its last kept
+            broadcast. Under this bound, a kept broadcast on a channel that holds none raises
+            `HistoryFull` and reaches no one, while the channels that hold history carry on;
+            a subscriber of such a channel gets a position that is not kept (its next
+            subscription then answers ``recovered: false``). Storage stays within about
+            ``max_channels * size`` messages per listener, whatever names clients make up.
 
     Raises:
         ConfigurationError: a value is out of range.
@@ -61,6 +69,7 @@ class History:
     ttl: float | None = None
     keep: float = 7 * 24 * 3600.0
     events: Collection[str] | None = None
+    max_channels: int | None = None
 
     def __post_init__(self) -> None:
         if self.events is not None:
@@ -73,15 +82,20 @@ class History:
             raise ConfigurationError("History.ttl must be a positive number of seconds, or None")
         if not self.keep > 0 or (self.ttl is not None and self.keep < self.ttl):
             raise ConfigurationError("History.keep must be positive and at least ttl")
+        if self.max_channels is not None and (
+            not isinstance(self.max_channels, int)
+            or isinstance(self.max_channels, bool)
+            or self.max_channels < 1
+        ):
+            raise ConfigurationError("History.max_channels must be an integer of at least 1")
 
     def keeps(self, event: str) -> bool:
         """Whether broadcasts of ``event`` are kept."""
         return self.events is None or event in self.events
 
-    @property
-    def retention(self) -> Retention:
-        """The broker's view of this declaration."""
-        return Retention(size=self.size, ttl=self.ttl, keep=self.keep)
+    def retention(self, group: str) -> Retention:
+        """The broker's view of this declaration, counted under ``group`` (the pattern)."""
+        return Retention(self.size, self.ttl, self.keep, self.max_channels, group)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,11 +38,20 @@ class Retention:
         keep: seconds the topic's position (its epoch and last offset) is kept after its last
             publish; its history goes too, and a topic published again after that starts a
             new epoch.
+        max_topics: the most topics of ``group`` that may hold history at once (``None``: no
+            bound). A topic holds history from its first publish (or the read that gives it
+            an epoch) until ``keep`` after its last publish. A publish that would make one
+            too many raises `HistoryFull`; a read of a topic without history then answers a
+            fresh epoch without keeping it.
+        group: the name topics are counted under for ``max_topics`` (the server uses the
+            listener's pattern); topics of one group must share one retention.
     """
 
     size: int
     ttl: float | None
     keep: float
+    max_topics: int | None = None
+    group: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,14 @@ that records what it delivered, plain or stored, in order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
 
 from fastapi_channels.brokers import Broker, HistoryStore, MemoryBroker, MemoryHub, PresenceStore
+from fastapi_channels.brokers._memory_state import PresenceTable, Streams
 from fastapi_channels.brokers.base import BrokerState
 from fastapi_channels.brokers.stores import Position
 from tests.pubsub_broker import PubSubBroker, PubSubNetwork
@@ -76,6 +78,8 @@ class Deployment:
 
     kind: type[Broker]
     make: Callable[[], Broker]
+    forget: Callable[[], Awaitable[None]]
+    """Make the shared store lose every record, as a Redis restart without persistence does."""
     nodes: list[Node] = field(default_factory=list)
 
     async def start(self, broker: Broker | None = None) -> Node:
@@ -118,27 +122,54 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("deployment", kinds, indirect=True)
 
 
+async def _flush(url: str, prefix: str) -> None:
+    """Delete every key under ``prefix``: the records a Redis restart without persistence loses."""
+    from redis.asyncio import Redis
+
+    async with Redis.from_url(url) as redis:
+        keys = [key async for key in redis.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await redis.delete(*keys)
+
+
 @pytest.fixture
 async def deployment(request: pytest.FixtureRequest) -> AsyncIterator[Deployment]:
     """A deployment of one kind of broker (see `pytest_generate_tests`)."""
     if request.param == "memory":
         hub = MemoryHub()
-        made = Deployment(MemoryBroker, lambda: MemoryBroker(hub))
+
+        async def restart_hub() -> None:
+            hub.presence = PresenceTable(time.monotonic, hub.publish)
+            hub.streams = Streams(time.monotonic)
+
+        made = Deployment(MemoryBroker, lambda: MemoryBroker(hub), restart_hub)
     elif request.param == "redis":
         from fastapi_channels.brokers.redis import RedisBroker
 
         url: str = request.getfixturevalue("redis_url")
         prefix: str = request.getfixturevalue("redis_prefix")
-        made = Deployment(RedisBroker, lambda: RedisBroker(url, prefix=prefix))
+
+        async def flush_prefix() -> None:
+            await _flush(url, prefix)
+
+        made = Deployment(RedisBroker, lambda: RedisBroker(url, prefix=prefix), flush_prefix)
     elif request.param == "redis-sentinel":
         from fastapi_channels.brokers.redis import RedisBroker
 
         group: SentinelGroup = request.getfixturevalue("shared_sentinel_group")
         prefix = request.getfixturevalue("redis_prefix")
-        made = Deployment(RedisBroker, lambda: RedisBroker(group.url, prefix=prefix))
+
+        async def flush_master() -> None:
+            await _flush(f"redis://127.0.0.1:{group.master_port()}", prefix)
+
+        made = Deployment(RedisBroker, lambda: RedisBroker(group.url, prefix=prefix), flush_master)
     else:
         network = PubSubNetwork()
-        made = Deployment(PubSubBroker, lambda: PubSubBroker(network))
+
+        async def nothing_kept() -> None:
+            return None
+
+        made = Deployment(PubSubBroker, lambda: PubSubBroker(network), nothing_kept)
     try:
         yield made
     finally:

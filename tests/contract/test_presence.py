@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from fastapi_channels.brokers import PresenceStore
-from fastapi_channels.brokers.stores import Announcements
+from fastapi_channels.brokers.stores import Announcements, PresenceSnapshot
 from tests.conftest import eventually
 from tests.contract.conftest import Deployment, Node, fence
 
@@ -149,3 +149,57 @@ async def test_member_info_passes_unchanged(pair: tuple[Node, Node]) -> None:
     await a.presence.presence_update("p:x", info, [], ANNOUNCE)
     assert await b.presence.presence_members("p:x", ANNOUNCE) == info
     assert sorted(await announced(b, 3)) == sorted(b"+" + data + b";" for data in info.values())
+
+
+async def test_a_store_that_lost_its_records_reads_partial_lists_until_it_settled(
+    deployment: Deployment, pair: tuple[Node, Node]
+) -> None:
+    a, b = pair
+    await alive(a, b)  # first renewals (was_alive False): a fresh store is settled
+    await a.presence.presence_update("p:x", {"ann": b"A"}, [], ANNOUNCE)
+    await b.presence.presence_update("p:x", {"bob": b"B"}, [], ANNOUNCE)
+    assert await announced(a, 2) == [b"+A;", b"+B;"]
+    whole = await a.presence.presence_snapshot("p:x", ANNOUNCE)
+    assert whole == PresenceSnapshot({"ann": b"A", "bob": b"B"}, partial=False, registered=True)
+
+    await deployment.forget()  # Redis restarted, empty
+    before = await a.presence.presence_snapshot("p:x", ANNOUNCE)
+    assert (before.partial, before.registered) == (True, False)  # a has not renewed yet
+    assert await a.presence.presence_renew(30, was_alive=True) is False  # forgotten
+    await a.presence.presence_sync("p:x", {"ann": b"A"}, ANNOUNCE)
+    refilling = await b.presence.presence_snapshot("p:x", ANNOUNCE)  # b has not renewed yet
+    assert refilling.members == {"ann": b"A"} and refilling.partial
+    assert await b.presence.presence_renew(30, was_alive=True) is False
+    await b.presence.presence_sync("p:x", {"bob": b"B"}, ANNOUNCE)
+    refilled = await a.presence.presence_snapshot("p:x", ANNOUNCE)
+    assert refilled.members == {"ann": b"A", "bob": b"B"}
+    assert refilled.partial and 0 < refilled.settles_in <= 30  # until a's renewal timeout
+    assert await announced(a, 2) == [b"+A;", b"+B;"]  # joins again, and never a leave
+    await fence(b, a)
+
+
+async def test_the_store_settles_one_timeout_after_it_found_its_loss(
+    deployment: Deployment, pair: tuple[Node, Node]
+) -> None:
+    a, b = pair
+    await alive(a, b)
+    await deployment.forget()
+    await a.presence.presence_renew(0.3, was_alive=True)  # opens the window, for 0.3 s
+    assert await a.presence.presence_renew(30, was_alive=True) is True
+    assert await b.presence.presence_renew(30) is False  # a fresh process opens none
+
+    async def settled() -> bool:
+        return not (await b.presence.presence_snapshot("p:x", ANNOUNCE)).partial
+
+    assert (await b.presence.presence_snapshot("p:x", ANNOUNCE)).partial
+    await eventually(settled)  # time is what settles it: there is no event to wait on
+
+
+async def test_a_late_process_among_live_ones_leaves_the_store_settled(
+    pair: tuple[Node, Node],
+) -> None:
+    a, b = pair
+    await alive(a, b)
+    await a.presence.presence_retire()  # as if a had missed its renewal
+    assert await a.presence.presence_renew(30, was_alive=True) is False
+    assert not (await b.presence.presence_snapshot("p:x", ANNOUNCE)).partial

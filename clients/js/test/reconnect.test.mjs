@@ -346,4 +346,28 @@ describe("presence", { timeout: 20000 }, () => {
     assert.deepEqual(await left, { channel: "feed:p", member: { id: "lee" } });
     assert.deepEqual([...feed.members.keys()], ["kim"]);
   });
+
+  test("merges a partial member list until a complete one arrives", async () => {
+    const fay = client("user-fay");
+    const gus = client("user-gus");
+    await Promise.all([fay.connect(), gus.connect()]);
+    await gus.subscribe("feed:pp");
+    const first = next(fay, "channels:presence");
+    const feed = await fay.subscribe("feed:pp");
+    await first;
+    assert.deepEqual([...feed.members.keys()].sort(), ["fay", "gus"]);
+    const listed = async (members, partial) => {
+      const data = { channel: "feed:pp", members, ...(partial ? { partial: true } : {}) };
+      const got = next(fay, "channels:presence");
+      await server.post("/_test/send", { user: "fay", event: "channels:presence", data });
+      assert.deepEqual(await got, data);
+    };
+    await listed([], true); // the server's broker refilling after a restart: nobody yet
+    assert.deepEqual([...feed.members.keys()].sort(), ["fay", "gus"]);
+    await listed([{ id: "fay", name: "Fay" }], true);
+    assert.deepEqual(feed.members.get("fay"), { id: "fay", name: "Fay" });
+    assert.ok(feed.members.has("gus"));
+    await listed([{ id: "fay" }], false); // complete: gus has gone meanwhile
+    assert.deepEqual([...feed.members.keys()], ["fay"]);
+  });
 });
