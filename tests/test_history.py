@@ -494,3 +494,61 @@ async def test_a_process_that_lost_redis_catches_its_subscribers_up(
             await b.server.broadcast(listener, name, "post", 4)
             assert await offsets(ann, 4) == [2, 3, 4, 5]
             await ann.assert_no_message()
+
+
+class ReadRacedBroker(RedisBroker):
+    """A Redis broker whose next ``read_stored`` first runs ``before_read``: a test lets a live
+    stored message reach this process there, while its subscribers are being caught up."""
+
+    before_read: Callable[[], Any] | None = None
+    delivered: asyncio.Event
+
+    def _deliver_stored(self, topic: str, data: bytes, position: Position) -> None:
+        super()._deliver_stored(topic, data, position)
+        self.delivered.set()
+
+    async def read_stored(self, topic: str, retention: Any, after: int = 0) -> Any:
+        hook, self.before_read = self.before_read, None
+        if hook is not None:
+            await hook()
+        return await super().read_stored(topic, retention, after)
+
+
+async def test_a_live_message_the_reconnect_catch_up_also_read_is_sent_once(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A stored message that arrives while a reconnected process reads what its subscribers
+    missed, and that the read returns too, reaches them once."""
+    name = Feed.pattern.prefix + "race"
+    fast = {"prefix": redis_prefix, "reconnect_delay": (0.02, 0.1), "timeout": 1.0}
+    async with tcp_proxy(urlsplit(redis_url).port or 6379) as proxy:
+        cut_off = ReadRacedBroker(f"redis://127.0.0.1:{proxy.port}/0", **fast)
+        cut_off.delivered = asyncio.Event()
+        (app_a, a), (app_b, b) = process(cut_off), process(RedisBroker(redis_url, **fast))
+        async with (
+            lifespan(app_a),
+            lifespan(app_b),
+            SocketTestClient(app_a, query_string="user=ann") as ann,
+        ):
+            await subscribe(ann, name)
+            await b.server.broadcast(Feed, name, "post", 0)
+            assert await offsets(ann, 1) == [1]
+            proxy.down = True
+            proxy.drop()
+            async with asyncio.timeout(TIMEOUT):
+                await cut_off.wait_for_state(BrokerState.RECONNECTING)
+            await b.server.broadcast(Feed, name, "post", 1)
+
+            async def publish_during_the_read() -> None:
+                cut_off.delivered.clear()
+                await b.server.broadcast(Feed, name, "post", 2)
+                async with asyncio.timeout(TIMEOUT):
+                    await cut_off.delivered.wait()  # held: ann is being caught up
+
+            cut_off.before_read = publish_during_the_read
+            filled = a.server.reconnects.filled
+            proxy.down = False
+            async with asyncio.timeout(TIMEOUT):
+                await filled.wait()
+            assert await offsets(ann, 2) == [2, 3]
+            await ann.assert_no_message()

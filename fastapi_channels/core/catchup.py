@@ -342,16 +342,19 @@ class Reconnects:
             catch_up.hold(channel, connection)
         frames: list[Held] = []
         last = self._last.get(channel)
+        sent = last  # the last stored position the frames reach: held ones up to it are skipped
         try:
             if spec.presence:
                 frames += await self._members(channel)
             if history and spec.retention is not None and last is not None:
-                frames += await self._missed(channel, spec.retention, last)
+                missed = await self._missed(channel, spec.retention, last)
+                frames += missed
+                sent = missed[-1].position if missed else last
         finally:
             for connection in waiting:
                 sub = connection.subscriptions.get(channel)
                 if sub is not None:  # else it unsubscribed meanwhile, which stopped the holding
-                    CaughtUp(sub, frames=list(frames), last=last).finish(connection)
+                    CaughtUp(sub, frames=list(frames), last=sent).finish(connection)
 
     async def _members(self, channel: str) -> list[Held]:
         if not isinstance(self._broker, PresenceStore):
