@@ -32,8 +32,10 @@ __all__ = [
     "READY",
     "REPLY",
     "RESERVED_EVENTS",
+    "SUBSCRIBED",
     "SUBSCRIBE_REQUEST",
     "SUBSCRIBE_RESPONSE",
+    "UNSUBSCRIBED",
     "UNSUBSCRIBE_REQUEST",
     "SocketPacket",
     "decode_packet",
@@ -69,6 +71,10 @@ LEAVE: Final = "channels:leave"
 """Server → client: a member left a presence channel, ``data: {"channel", "member"}``."""
 BATCH: Final = "channels:batch"
 """Our batching option: a client asks for it, the server answers with the same event."""
+SUBSCRIBED: Final = "channels:subscribed"
+"""Server → client: the server subscribed the connection, ``data: {"channel", "position"?}``."""
+UNSUBSCRIBED: Final = "channels:unsubscribed"
+"""Server → client: the server unsubscribed the connection, ``data: {"channel"}``."""
 
 RESERVED_EVENTS: Final = frozenset(
     {
@@ -87,6 +93,8 @@ RESERVED_EVENTS: Final = frozenset(
         JOIN,
         LEAVE,
         BATCH,
+        SUBSCRIBED,
+        UNSUBSCRIBED,
     }
 )
 """Event names no listener may handle."""
