@@ -184,6 +184,16 @@ class Close(BaseModel):
     reason: str = "closed by the test"
 
 
+class Restart(BaseModel):
+    spread: float
+
+
+class UserSubscription(BaseModel):
+    user: str
+    channel: str
+    subscribe: bool = True
+
+
 def create_app(limits: Limits | None = None) -> FastAPI:
     """Build a fresh app (one ``Channels`` per app)."""
     channels = Channels(
@@ -212,6 +222,20 @@ def create_app(limits: Limits | None = None) -> FastAPI:
         for connection in connections:
             await connection.disconnect(body.reason, code=body.code)
         return {"closed": len(connections)}
+
+    @app.post("/_test/restart")
+    async def restart(body: Restart, server: Server) -> dict[str, int]:
+        """End every connection as a restart does, the server staying up for the return."""
+        connections = server.connections
+        for connection in connections:
+            server.end_for_restart(connection, body.spread)
+        return {"ended": len(connections)}
+
+    @app.post("/_test/user-subscription")
+    async def user_subscription(body: UserSubscription, server: Server) -> dict[str, bool]:
+        change = server.subscribe_user if body.subscribe else server.unsubscribe_user
+        await change(body.user, body.channel)
+        return {"ok": True}
 
     return app
 

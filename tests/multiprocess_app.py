@@ -1,10 +1,11 @@
 """The app the multi-process tests run in several uvicorn processes on one Redis.
 
 Its broker comes from ``FASTAPI_CHANNELS_BROKER_URL``, as in a deployment; a connection's user is
-the ``?user=`` query parameter. The HTTP routes send from whichever process serves them, and
-answer 503 when Redis could not take the message (local subscribers got it anyway, except on a
-history channel). ``lobby:*`` channels are presence channels with a history; the presence
-timeout is ``PRESENCE_TIMEOUT`` seconds (30 by default).
+the ``?user=`` query parameter. Handlers of ``say`` broadcast to everyone but the sender; a
+restart spreads reconnections over ``RECONNECT_SPREAD`` seconds (10 by default). The HTTP routes
+send from whichever process serves them, and answer 503 when Redis could not take the message
+(local subscribers got it anyway, except on a history channel). ``lobby:*`` channels are presence
+channels with a history; the presence timeout is ``PRESENCE_TIMEOUT`` seconds (30 by default).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from fastapi_channels import (
     Channels,
     History,
     Inject,
+    Limits,
+    SocketConnection,
+    SocketPacket,
     SocketServer,
     channel,
 )
@@ -30,13 +34,21 @@ from fastapi_channels import (
 
 @channel("room:*")
 class Room(ChannelListener):
-    pass
+    @channel.on("say")
+    async def say(self, connection: SocketConnection, user: Any, packet: SocketPacket) -> None:
+        assert packet.channel is not None
+        await self.broadcast(packet.channel, "message", packet.data, exclude=connection)
 
 
 @channel("lobby:*")
 class Lobby(ChannelListener):
     presence = True
     history = History(size=50)
+
+    @channel.on("say")
+    async def say(self, connection: SocketConnection, user: Any, packet: SocketPacket) -> None:
+        assert packet.channel is not None
+        await self.broadcast(packet.channel, "message", packet.data, exclude=connection)
 
 
 def user_from_query(connection: HTTPConnection) -> str | None:
@@ -47,6 +59,7 @@ channels = Channels(
     user=user_from_query,
     listeners=[Room, Lobby],
     presence_timeout=float(os.environ.get("PRESENCE_TIMEOUT", "30")),
+    limits=Limits(reconnect_spread=float(os.environ.get("RECONNECT_SPREAD", "10"))),
 )
 app = FastAPI()
 app.include_router(channels.router)
@@ -62,9 +75,26 @@ async def sent(sending: Awaitable[None]) -> JSONResponse:
 
 @app.post("/rooms/{room}")
 async def broadcast(
-    room: str, body: dict[str, Any], server: SocketServer = Inject(SocketServer)
+    room: str,
+    body: dict[str, Any],
+    exclude: str | None = None,
+    server: SocketServer = Inject(SocketServer),
 ) -> JSONResponse:
-    return await sent(server.broadcast(Room, f"room:{room}", "message", body))
+    return await sent(server.broadcast(Room, f"room:{room}", "message", body, exclude=exclude))
+
+
+@app.post("/users/{user}/subscribe/{name}")
+async def subscribe_user(
+    user: str, name: str, server: SocketServer = Inject(SocketServer)
+) -> JSONResponse:
+    return await sent(server.subscribe_user(user, name))
+
+
+@app.post("/users/{user}/unsubscribe/{name}")
+async def unsubscribe_user(
+    user: str, name: str, server: SocketServer = Inject(SocketServer)
+) -> JSONResponse:
+    return await sent(server.unsubscribe_user(user, name))
 
 
 @app.post("/lobbies/{lobby}")

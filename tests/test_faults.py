@@ -226,7 +226,8 @@ async def test_uvicorn_shutdown_lets_handlers_finish_and_closes_with_1012() -> N
     app.include_router(channels.router)
     server = live_server(app)
     address = await server.__aenter__()
-    ws = await websockets.connect(f"ws://{address}/ws")
+    # A client that follows reconnect advice (ours) is closed at once, with the advice.
+    ws = await websockets.connect(f"ws://{address}/ws?channels-features=reconnect-advice")
     await ws.recv()
     await ws.send(SUBSCRIBE.replace('"room"', '"work"'))
     await ws.recv()
@@ -234,11 +235,14 @@ async def test_uvicorn_shutdown_lets_handlers_finish_and_closes_with_1012() -> N
     async with asyncio.timeout(2):
         await handler_started.wait()
     stopping = asyncio.ensure_future(server.__aexit__(None, None, None))
+    received = []
     async with asyncio.timeout(5):
         with pytest.raises(websockets.ConnectionClosed):
             while True:
-                await ws.recv()
+                received.append(json.loads(await ws.recv()))
     assert ws.close_code == 1012  # the client is told while the handler is still running
+    assert received[-1]["event"] == "disconnect"
+    assert 0 <= received[-1]["data"]["reconnect_after"] <= 10
     assert handled == [] and not stopping.done()
     release_handler.set()
     async with asyncio.timeout(5):

@@ -1,4 +1,4 @@
-"""The samples of docs/deployment.md: choosing the broker, partial delivery and the health check."""
+"""The samples of docs/deployment.md: the broker, partial delivery, the health check, restarts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ from typing import Any
 from fastapi import FastAPI, Response
 from pydantic import BaseModel
 
-from fastapi_channels import BrokerError, ChannelListener, Channels, Inject, SocketServer, channel
+from fastapi_channels import (
+    BrokerError,
+    ChannelListener,
+    Channels,
+    Inject,
+    Limits,
+    SocketServer,
+    channel,
+)
 
 
 @channel("global-chat")
@@ -67,6 +75,16 @@ async def health(server: SocketServer = Inject(SocketServer)) -> dict[str, Any]:
 # --8<-- [end:health]
 
 
+def restartable() -> Channels:
+    """A ``Channels`` whose restarts spread its clients' returns over 20 seconds."""
+    # --8<-- [start:restarts]
+    # Clients come back over 20 s after a restart; run uvicorn with a graceful shutdown
+    # timeout above it and close_timeout: uvicorn app:app --timeout-graceful-shutdown 30
+    channels = Channels(listeners=[GlobalChat], limits=Limits(reconnect_spread=20.0))
+    # --8<-- [end:restarts]
+    return channels
+
+
 async def check() -> None:
     """The brokers named in code; a failing broker's 503 reaching local subscribers first."""
     from docs.examples._support import started
@@ -97,3 +115,15 @@ async def check() -> None:
         assert response.status_code == 503
         assert response.json() == {"delivered": "this process only"}
         assert (await client.receive()).data == {"text": "two"}
+
+    # A restart tells a client that announced reconnect-advice when to come back.
+    spread = restartable()
+    other = FastAPI()
+    other.include_router(spread.router)
+    query = "channels-features=reconnect-advice"
+    async with started(other):
+        ours = SocketTestClient(other, query_string=query)
+        await ours.expect_ready()
+    advice = await ours.receive()
+    assert advice.event == "disconnect" and 0 <= advice.data["reconnect_after"] <= 20
+    assert (await ours.receive_closed())[0] == 1012

@@ -46,11 +46,25 @@ class GlobalChat(ChannelListener):
         # to this connection, and only while it is subscribed to the channel
         await connection.send_to_channel(self.channel_name, "whisper", "only you see this")
 
+    # --8<-- [start:others]
+    @channel.on("typing")
+    async def typing(self, connection: SocketConnection, user: User) -> None:
+        # to every subscriber but the sender, on every process
+        await self.broadcast(self.channel_name, "typing", user.name, exclude=connection)
+
+    # --8<-- [end:others]
+
 
 # --8<-- [end:handler]
 
 
-channels = Channels(user=current_user, listeners=[GlobalChat])
+@channel("team:*")
+class Team(ChannelListener):
+    async def is_authorised(self, connection: SocketConnection, user: User) -> bool:
+        return False  # joined only when the server decides (subscribe_user)
+
+
+channels = Channels(user=current_user, listeners=[GlobalChat, Team])
 app = FastAPI()
 app.include_router(channels.router)
 
@@ -74,6 +88,23 @@ async def kick(user_id: str, server: SocketServer = Inject(SocketServer)) -> Non
 # --8<-- [end:route]
 
 
+# --8<-- [start:control]
+@app.post("/teams/{team}/members/{user_id}")
+async def add_member(team: str, user_id: str, server: SocketServer = Inject(SocketServer)) -> None:
+    # every open connection of the user joins the channel, on every process
+    await server.subscribe_user(user_id, f"team:{team}")
+
+
+@app.delete("/teams/{team}/members/{user_id}")
+async def remove_member(
+    team: str, user_id: str, server: SocketServer = Inject(SocketServer)
+) -> None:
+    await server.unsubscribe_user(user_id, f"team:{team}")
+
+
+# --8<-- [end:control]
+
+
 # --8<-- [start:mixin]
 async def mail_arrived(user: User) -> None:
     """Called from anywhere in the process: a route, a task, a queue consumer."""
@@ -89,6 +120,8 @@ async def check() -> None:
     from docs.examples._support import started
     from fastapi_channels import InvalidChannel
     from fastapi_channels.testing import SocketTestClient
+
+    OURS = "channels-features=reconnect-advice,server-subscriptions"  # what our clients announce
 
     async with (
         started(app) as http,
@@ -122,6 +155,29 @@ async def check() -> None:
         assert (await ann.receive()).event == "notice"
         assert (await ann.receive()).data == {"reason": "signed out by an administrator"}
         assert (await ann.receive_closed())[0] == 1000
+
+        async with (
+            SocketTestClient(app, query_string=f"user=cy&{OURS}") as cy,
+            SocketTestClient(app, query_string=f"user=di&{OURS}") as di,
+            SocketTestClient(app, query_string="user=cy") as envuso,  # announces nothing
+        ):
+            for client in (cy, di):
+                assert (await client.subscribe("global-chat"))["successful"]
+            await cy.emit("typing", channel="global-chat")
+            assert (await di.receive()).data == "Cy"
+            await cy.assert_no_message()
+
+            assert (await cy.subscribe("team:red"))["successful"] is False
+            await http.post("/teams/red/members/cy")
+            assert await cy.receive() == {
+                "event": "channels:subscribed",
+                "data": {"channel": "team:red"},
+            }
+            await channels.server.broadcast("team:red", "goal", 1)
+            assert (await cy.receive()).data == 1
+            await envuso.assert_no_message()  # Envuso's client would throw on team:red events
+            await http.delete("/teams/red/members/cy")
+            assert (await cy.receive()).event == "channels:unsubscribed"
 
         server = channels.server
         try:

@@ -124,13 +124,21 @@ class ChannelListener:
         """Alias of `channel_name`, Envuso's spelling."""
         return self.channel_name
 
-    async def broadcast(self, channel: str, event: str, data: Any = None) -> Position | None:
+    async def broadcast(
+        self,
+        channel: str,
+        event: str,
+        data: Any = None,
+        *,
+        exclude: SocketConnection | str | None = None,
+    ) -> Position | None:
         """Send ``event`` to every subscriber of the concrete ``channel`` of this listener.
 
-        Returns the message's position when the listener keeps a history. See
-        `SocketServer.broadcast` for the behaviour under load.
+        With ``exclude`` (a handler's ``connection``, say), every subscriber but that
+        connection receives it, on every process. Returns the message's position when the
+        listener keeps a history. See `SocketServer.broadcast` for the behaviour under load.
         """
-        return await self._server.broadcast(type(self), channel, event, data)
+        return await self._server.broadcast(type(self), channel, event, data, exclude=exclude)
 
 
 class SocketListener:

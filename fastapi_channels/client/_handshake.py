@@ -22,6 +22,7 @@ from websockets.typing import Subprotocol
 
 from fastapi_channels.client.errors import ConnectFailed, Refused
 from fastapi_channels.client.packets import parse_packet
+from fastapi_channels.wire.features import FEATURES_PARAMETER, OUR_FEATURES
 from fastapi_channels.wire.protocol import DISCONNECT, READY
 
 __all__ = [
@@ -72,11 +73,15 @@ def handshake_arguments(
 ) -> tuple[str, list[Subprotocol], dict[str, str]]:
     """The URL, subprotocols and headers of a handshake carrying ``token`` by ``transport``.
 
+    The URL also announces what this client understands (``channels-features``, see
+    `fastapi_channels.wire.features`); servers that know nothing of it ignore it.
+
     Raises:
         ValueError: ``transport`` is not one of `TokenTransport`.
     """
     headers = dict(headers)
     subprotocols: list[Subprotocol] = []
+    url = _announcing(url)
     if token is not None:
         if transport == "subprotocol":
             subprotocols = [Subprotocol(token)]
@@ -91,6 +96,14 @@ def handshake_arguments(
         else:
             raise ValueError(f"unknown token transport {transport!r}")
     return url, subprotocols, headers
+
+
+def _announcing(url: str) -> str:
+    """``url`` with the features this client understands (`OUR_FEATURES`) in its query."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != FEATURES_PARAMETER]
+    query.append((FEATURES_PARAMETER, OUR_FEATURES))
+    return urlunsplit(parts._replace(query=urlencode(query, safe=",")))
 
 
 async def open_connection(

@@ -28,6 +28,7 @@ async def connect_with_backoff(
     announce: Callable[[int, float], None],
     *,
     wait_first: bool,
+    first_delay: float | None = None,
 ) -> None:
     """Call ``attempt`` until it succeeds, waiting the backoff delay before each retry.
 
@@ -37,19 +38,25 @@ async def connect_with_backoff(
         stopping: set by `ChannelsClient.close`; ends a wait and the loop.
         announce: called with the attempt's number (from 1) and its delay before each wait.
         wait_first: wait before the first attempt too (after a lost connection).
+        first_delay: that first wait, when the server advised one (else the backoff's);
+            later waits follow the backoff from its start.
 
     Raises:
         Refused: an attempt was refused (raised by ``attempt``, not retried).
         ConnectFailed: the policy gave up (or there is none); the last failure.
         ConnectionClosed: ``stopping`` was set meanwhile.
     """
-    step = failures = 0
+    step = attempts = failures = 0
     wait = wait_first
     while True:
         if wait and backoff is not None:
-            delay = backoff.delay(step)
-            step += 1
-            announce(step, delay)
+            if first_delay is not None:
+                delay, first_delay = first_delay, None
+            else:
+                delay = backoff.delay(step)
+                step += 1
+            attempts += 1
+            announce(attempts, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), delay)
         if stopping.is_set():

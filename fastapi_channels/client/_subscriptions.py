@@ -6,22 +6,32 @@ again once the client is ready. After a lost connection every channel goes back 
 ``pending`` and is subscribed again, from its last position on a history channel, so the
 server replays what was missed. An answer or presence event for a channel the client does not
 have (one it has just left) is ignored; a refusal of a channel nobody awaits any more (one
-subscribed again after a reconnect) drops it and is logged.
+subscribed again after a reconnect) drops it and is logged. A channel the server subscribed
+the client to (``channels:subscribed``) joins the table as if the client had asked for it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi_channels.client.channel import Channel
 from fastapi_channels.client.errors import ConnectionClosed
 from fastapi_channels.client.packets import Packet, parse_position
 from fastapi_channels.wire.history import position_data
-from fastapi_channels.wire.protocol import JOIN, PRESENCE, SUBSCRIBE_REQUEST, UNSUBSCRIBE_REQUEST
+from fastapi_channels.wire.protocol import (
+    JOIN,
+    PRESENCE,
+    SUBSCRIBE_REQUEST,
+    UNSUBSCRIBE_REQUEST,
+    UNSUBSCRIBED,
+)
 
 __all__ = ["Subscriptions"]
+
+if TYPE_CHECKING:
+    from fastapi_channels.client.connection import ChannelsClient
 
 logger = logging.getLogger("fastapi_channels.client")
 
@@ -126,6 +136,37 @@ class Subscriptions:
             "resubscribed": not awaited,
             **history,
         }
+
+    def by_server(self, packet: Packet, client: ChannelsClient) -> Channel | None:
+        """Apply a subscription the server made or ended (``channels:subscribed``/``unsubscribed``).
+
+        A subscribed channel is added to the table as granted (so it is subscribed again after
+        a reconnect, like any other) and returned, holding its events until the client's
+        callbacks for the packet have run; an unsubscribed one is dropped with its callbacks.
+        A subscription to a channel the client has already is only updated (its position).
+        """
+        data = packet.data if isinstance(packet.data, dict) else {}
+        name = data.get("channel")
+        if not isinstance(name, str) or not name:
+            return None
+        if packet.event == UNSUBSCRIBED:
+            channel = self._channels.pop(name, None)
+            if channel is not None:
+                channel._callbacks.clear()
+                channel._settle(False, "unsubscribed by the server")
+                channel.state = "unsubscribed"
+                self._leaving.add(name)
+            return None
+        channel = self._channels.get(name)
+        if channel is None:
+            channel = Channel(client, name)
+            self.add(channel)
+        if "position" in data:
+            channel.position = parse_position(data["position"])
+        channel._requested = False
+        channel._settle(True, "")
+        channel._held = []
+        return channel
 
     def presence(self, packet: Packet) -> None:
         """Follow a presence event in its channel's `members`, then run the channel's callbacks.

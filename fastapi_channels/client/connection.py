@@ -43,7 +43,7 @@ from fastapi_channels.client._reconnect import connect_with_backoff
 from fastapi_channels.client._renewal import RenewalTimer, jwt_expiry
 from fastapi_channels.client._replies import PendingRequests, new_key
 from fastapi_channels.client._subscriptions import Subscriptions
-from fastapi_channels.client.backoff import Backoff, should_reconnect
+from fastapi_channels.client.backoff import Backoff, advice_of, should_reconnect
 from fastapi_channels.client.channel import Channel
 from fastapi_channels.client.errors import ConnectionClosed, Refused, RenewalError
 from fastapi_channels.client.listeners import Listeners
@@ -60,6 +60,8 @@ from fastapi_channels.wire.protocol import (
     PRESENCE,
     REPLY,
     SUBSCRIBE_RESPONSE,
+    SUBSCRIBED,
+    UNSUBSCRIBED,
 )
 
 __all__ = ["ChannelsClient", "ClientState", "TokenProvider", "TokenTransport"]
@@ -161,6 +163,7 @@ class ChannelsClient(Listeners):
         self._reader: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._disconnect_reason: str | None = None
+        self._reconnect_after: float | None = None
         self._running = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -398,24 +401,33 @@ class ChannelsClient(Listeners):
         self._ws = ws
         self.id = ready.get("id") if isinstance(ready, dict) else None
         self._disconnect_reason = None
+        self._reconnect_after = None
         self._subscriptions.connection_opened()
         self._set_state(ClientState.CONNECTED, id=self.id)
         await self._subscriptions.resubscribe()
         self._renewal.schedule(jwt_expiry(token), self._renew_before())
 
-    async def _reconnect(self, wait_first: bool, **lost: Any) -> None:
+    async def _reconnect(self, wait_first: bool, advised: float | None = None, **lost: Any) -> None:
         """Attempt until connected (see `connect_with_backoff`).
 
-        ``lost`` (the close code and reason of a lost connection) goes into the first
-        ``re-connecting`` state event.
+        ``advised`` is the server's ``reconnect_after``, waited (`Backoff.advised`) instead
+        of the first backoff delay. ``lost`` (the close code and reason of a lost connection)
+        goes into the first ``re-connecting`` state event.
         """
 
         def announce(attempt: int, delay: float) -> None:
             details = lost if attempt == 1 else {}
             self._set_state(ClientState.RE_CONNECTING, attempt=attempt, delay=delay, **details)
 
+        backoff = self.backoff
+        first = backoff.advised(advised) if backoff is not None and advised is not None else None
         await connect_with_backoff(
-            self._open, self.backoff, self._stopping, announce, wait_first=wait_first
+            self._open,
+            backoff,
+            self._stopping,
+            announce,
+            wait_first=wait_first,
+            first_delay=first,
         )
 
     def _renew_before(self) -> float | None:
@@ -445,8 +457,9 @@ class ChannelsClient(Listeners):
                     self._set_state(ClientState.DISCONNECTED, code=code, reason=close_reason)
                     return
                 logger.info("connection lost (%s %s), reconnecting", code, close_reason)
+                advised, self._reconnect_after = self._reconnect_after, None
                 try:
-                    await self._reconnect(wait_first=True, code=code, reason=close_reason)
+                    await self._reconnect(True, advised, code=code, reason=close_reason)
                 except (Refused, ConnectionClosed) as exc:
                     reason = exc
                     if not self._stopping.is_set():
@@ -492,9 +505,14 @@ class ChannelsClient(Listeners):
         if event == PING:
             await self._send({"event": PONG, "data": {}})
             return
-        if event == DISCONNECT:
+        if event in (SUBSCRIBED, UNSUBSCRIBED):
+            granted = self._subscriptions.by_server(packet, self)
+            if granted is not None:  # its events wait until the callbacks below have run
+                self._delivery.release_later(granted)
+        elif event == DISCONNECT:
             data = packet.data if isinstance(packet.data, dict) else {}
             self._disconnect_reason = str(data.get("reason", ""))
+            self._reconnect_after = advice_of(data)
         elif event == ERROR:
             data = packet.data if isinstance(packet.data, dict) else {}
             request_id = packet.id if packet.id is not None else data.get("id")

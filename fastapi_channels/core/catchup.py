@@ -37,7 +37,7 @@ from fastapi_channels.brokers.stores import HistoryStore, PresenceStore
 from fastapi_channels.core.channel import Held, LiveChannel, Subscription
 from fastapi_channels.core.outgoing import send
 from fastapi_channels.core.presence import Presence, members_frame
-from fastapi_channels.core.topics import CHANNEL
+from fastapi_channels.core.topics import CHANNEL, split_excluded
 from fastapi_channels.wire.errors import BrokerError
 from fastapi_channels.wire.history import (
     NO_ENTRIES,
@@ -147,18 +147,19 @@ async def catch_up_subscriber(
             if found.partial:
                 reconnects.settle(sub.channel, found.settles_in)
     if spec.retention is not None:
-        await _recover(caught, spec.retention, sub.channel, since, broker, reconnects)
+        await _recover(caught, spec.retention, connection.id, since, broker, reconnects)
     return caught
 
 
 async def _recover(
     caught: CaughtUp,
     retention: Retention,
-    channel: str,
+    connection_id: str,
     since: Position | None,
     broker: Broker,
     reconnects: Reconnects,
 ) -> None:
+    channel = caught.subscription.channel
     after = NO_ENTRIES if since is None else since.offset
     try:
         if not isinstance(broker, HistoryStore):
@@ -177,7 +178,9 @@ async def _recover(
     caught.last = position
     for entry in missed:
         at = Position(entry.offset, stored.epoch)
-        caught.frames.append(Held(with_position(entry.data.decode(), at), at))
+        excluded, data = split_excluded(entry.data)
+        if excluded != connection_id:  # a broadcast excluding this very connection: skipped
+            caught.frames.append(Held(with_position(data.decode(), at), at))
         caught.last = at
 
 
@@ -205,7 +208,7 @@ async def history_page(
         entries = entries[-limit:] if limit > 0 else []
     messages = []
     for entry in entries:
-        packet = from_json(entry.data)
+        packet = from_json(split_excluded(entry.data)[1])
         position = Position(entry.offset, stored.epoch)
         messages.append(StoredMessage(position, packet["event"], packet.get("data")))
     return HistoryPage(messages, Position(stored.top, stored.epoch), recovered)
@@ -384,7 +387,8 @@ class Reconnects:
         frames, end = [], last
         for entry in missed:
             end = Position(entry.offset, stored.epoch)
-            frames.append(Held(with_position(entry.data.decode(), end), end))
+            data = split_excluded(entry.data)[1]  # caught up whole: the sender gets it too
+            frames.append(Held(with_position(data.decode(), end), end))
         if self._last.get(channel) == last:  # no live message arrived during the read
             self._last[channel] = end
         return frames

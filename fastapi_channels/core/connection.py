@@ -89,6 +89,8 @@ class SocketConnection:
         user_key: the key used to reach this connection by user id; ``None`` when anonymous.
         scope: the ASGI scope of the handshake (headers, client address, path).
         subscriptions: the connection's subscriptions by concrete channel name.
+        features: the extensions the client announced at connect (see
+            `fastapi_channels.wire.features`); empty for Envuso's client.
 
     Memory: an idle connection holds its slots and one small object per subscription; the
     queue and the writer task exist only while frames wait for a slow peer. Queued frames are
@@ -114,6 +116,7 @@ class SocketConnection:
         "_stats",
         "_transport",
         "_writer",
+        "features",
         "id",
         "scope",
         "subscriptions",
@@ -136,8 +139,10 @@ class SocketConnection:
         direct: Callable[[str], bool] | None = None,
         batches: BatchCache | None = None,
         abort: Callable[[], None] | None = None,
+        features: frozenset[str] = frozenset(),
     ) -> None:
         self.id = id
+        self.features = features
         self.user = user
         self.user_key = user_key
         self.scope: MutableMapping[str, Any] = scope if scope is not None else {}
@@ -320,9 +325,31 @@ class SocketConnection:
             self._closed = True
             return
         loop = asyncio.get_running_loop()
+        if self._deadline is not None:  # a drop planned (`drop_later`): the close comes first
+            self._deadline.cancel()
         if self._writer is None:
             self._writer = loop.create_task(self._write(None, None))
         self._deadline = loop.call_later(self._close_timeout, self._abandon)
+
+    @property
+    def can_drop(self) -> bool:
+        """Whether the socket can be ended without a close frame (`drop_later`)."""
+        return self._abort is not None
+
+    def drop_later(self, delay: float) -> bool:
+        """End the connection in ``delay`` seconds without a close frame; False if it cannot.
+
+        The socket is reset, as a lost network would end it: a client that reconnects only
+        after an unclean close (Envuso's) comes back. Until then the connection is served as
+        usual. Returns False, doing nothing, on a connection without an ``abort`` (not served
+        by uvicorn) or one already closing.
+        """
+        if self._abort is None or not self.is_open:
+            return False
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = asyncio.get_running_loop().call_later(delay, self._abandon)
+        return True
 
     def _abandon(self) -> None:
         """The peer has not taken the close in time: stop writing, drop the socket, unsubscribe.

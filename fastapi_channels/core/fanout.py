@@ -5,7 +5,9 @@ same ``str`` to each local recipient, synchronously, without awaiting any socket
 `SocketConnection.push`). A channel frame takes one last step,
 `fastapi_channels.core.outgoing.send`: through the channel's outgoing filter when it has one,
 else unchanged; on a presence or history channel it is first held for subscribers being caught
-up (`fastapi_channels.core.channel.CatchUp`).
+up (`fastapi_channels.core.channel.CatchUp`). A broadcast that excludes a connection carries its
+id (see `fastapi_channels.core.topics`); only the process holding that connection delivers to a
+copy of the subscribers without it, every other process to the plain set.
 
 A fan-out to more than ``FAN_OUT_CHUNK`` connections is cut into chunks with a turn of the event
 loop between them, so a broadcast to a huge channel never blocks the loop for long: a chunk is at
@@ -23,7 +25,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from fastapi_channels.core import topics
 from fastapi_channels.core.channel import Held, LiveChannel
@@ -37,7 +39,14 @@ if TYPE_CHECKING:
     from fastapi_channels.core.connection import SocketConnection
     from fastapi_channels.wire.stored import Position
 
-__all__ = ["BACKLOG_LIMIT", "FAN_OUT_CHUNK", "FAN_OUT_TURN", "FanOut", "deliver"]
+__all__ = [
+    "BACKLOG_LIMIT",
+    "FAN_OUT_CHUNK",
+    "FAN_OUT_TURN",
+    "FanOut",
+    "UserSubscriptions",
+    "deliver",
+]
 
 logger = logging.getLogger("fastapi_channels.server")
 
@@ -49,6 +58,9 @@ _FAN_OUT_MIN: Final = 100
 """The smallest chunk, whatever the speed."""
 BACKLOG_LIMIT: Final = 32
 """Fan-outs waiting for their turn above which publishers wait (`FanOut.wait_drained`)."""
+
+UserSubscriptions: TypeAlias = "Callable[[tuple[SocketConnection, ...], str, bool], None]"
+"""Applies a server-side subscription change: ``(connections, channel, subscribe)``."""
 
 
 class _Job:
@@ -107,6 +119,11 @@ class FanOut:
         channels: the server's live channels by name (read, never changed here).
         users: the server's connections by user key (read, never changed here).
         reconnects: told of each stored message delivered (its position).
+        connections: the server's connections by id (read, never changed here), to find the
+            connection a broadcast excludes.
+        subscriptions: called with the user's connections here, the channel and True
+            (subscribe) or False (unsubscribe) for each server-side subscription change; it
+            must not block.
     """
 
     def __init__(
@@ -114,12 +131,18 @@ class FanOut:
         channels: Mapping[str, LiveChannel],
         users: Mapping[str, tuple[SocketConnection, ...]],
         reconnects: Reconnects,
+        connections: Mapping[str, SocketConnection] | None = None,
+        subscriptions: UserSubscriptions | None = None,
     ) -> None:
         self._channels = channels
         self._users = users
         self._reconnects = reconnects
         self.control: Callable[[str, bytes], None] | None = None
         """Where messages on control topics go (see `fastapi_channels.core.cluster`)."""
+        self._connections: Mapping[str, SocketConnection] = (
+            connections if connections is not None else {}
+        )
+        self._subscriptions = subscriptions
         self._backlog: deque[_Job] = deque()
         self._drained: asyncio.Future[None] | None = None
         self._chunk = FAN_OUT_CHUNK  # connections per chunk, learned from the last one's time
@@ -136,7 +159,11 @@ class FanOut:
         if topic.startswith(topics.CHANNEL):
             live = self._channels.get(topic[2:])
             if live is not None:
-                self.send(live.subscribers, data.decode(), live)
+                if data[:1] == topics.EXCLUDING:
+                    excluded, data = topics.split_excluded(data)
+                    self.send(self._others(live, excluded), data.decode(), live)
+                else:
+                    self.send(live.subscribers, data.decode(), live)
             return
         if topic.startswith(PRESENCE_TOPIC):
             live = self._channels.get(topic[2:])
@@ -167,6 +194,9 @@ class FanOut:
             reason = body.decode()
             for connection in targets:
                 connection.close_soon(CloseCode.NORMAL, reason)
+        elif kind in (topics.USER_SUBSCRIBE, topics.USER_UNSUBSCRIBE):
+            if self._subscriptions is not None:
+                self._subscriptions(targets, body.decode(), kind == topics.USER_SUBSCRIBE)
         else:
             logger.error("dropping a message of unknown kind %r on %s", kind, topic)
 
@@ -176,7 +206,21 @@ class FanOut:
         live = self._channels.get(name)
         if live is not None and live.subscribers:
             self._reconnects.saw(name, position)
-            self.send(live.subscribers, with_position(data.decode(), position), live, position)
+            excluded, data = topics.split_excluded(data)
+            recipients = live.subscribers if excluded is None else self._others(live, excluded)
+            self.send(recipients, with_position(data.decode(), position), live, position)
+
+    def _others(self, live: LiveChannel, excluded: str | None) -> Collection[SocketConnection]:
+        """The channel's subscribers here but the connection ``excluded`` (an id).
+
+        Copies the subscribers only when the excluded connection is one of them, on this
+        process; elsewhere the plain set is delivered to, as for any broadcast.
+        """
+        subscribers = live.subscribers
+        connection = self._connections.get(excluded) if excluded is not None else None
+        if connection is None or connection not in subscribers:
+            return subscribers
+        return subscribers - {connection}
 
     # ------------------------------------------------------------------ in turn
 

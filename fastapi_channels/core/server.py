@@ -15,7 +15,7 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, overload
 
 from pydantic_core import from_json
@@ -32,12 +32,13 @@ from fastapi_channels.core.idempotency import next_key
 from fastapi_channels.core.presence import PRESENCE_TOPIC, Presence
 from fastapi_channels.core.stats import Stats
 from fastapi_channels.wire.errors import BrokerError, CloseCode, InvalidChannel, ProtocolError
+from fastapi_channels.wire.features import RECONNECT_ADVICE, SERVER_SUBSCRIPTIONS
 from fastapi_channels.wire.history import (
     History,
     HistoryPage,
 )
 from fastapi_channels.wire.patterns import ChannelPattern, PatternTable
-from fastapi_channels.wire.protocol import encode, validate_channel_name
+from fastapi_channels.wire.protocol import SUBSCRIBED, UNSUBSCRIBED, encode, validate_channel_name
 from fastapi_channels.wire.stored import Position
 
 if TYPE_CHECKING:
@@ -98,12 +99,20 @@ class SocketServer:
         self._users: dict[str, tuple[SocketConnection, ...]] = {}
         self.reconnects = Reconnects(broker, self._channels, topics.CHANNEL, self.presence_tracker)
         """Catches history channels up after a broker outage (see `.catchup`)."""
-        self.fan_out = FanOut(self._channels, self._users, self.reconnects)
+        self.fan_out = FanOut(
+            self._channels,
+            self._users,
+            self.reconnects,
+            self._connections,
+            self._server_subscription,
+        )
         """Hands what the broker delivers to this process's subscribers (see `.fanout`)."""
         self.cluster = ClusterCounts(broker, self.counts)
         """Cluster-wide counts over the broker (started by the HTTP API, see `.cluster`)."""
         self.fan_out.control = self.cluster.on_message
         self._removals: set[asyncio.Future[None]] = set()
+        # Server-side subscription changes, applied one after the other in arrival order.
+        self._last_change: asyncio.Future[None] | None = None
         # One bound method for every connection's abandon callback, not one each.
         self._on_abandon: Callable[[SocketConnection], None] = self._remove_soon
         self._empty = asyncio.Event()
@@ -133,25 +142,52 @@ class SocketServer:
     async def stop(
         self, reason: str = "server shutting down", timeout: float = 5.0, spread: float = 0.0
     ) -> None:
-        """Disconnect every local connection with ``reason`` (close 1012), then stop the broker.
+        """End every local connection for a restart (see `end_for_restart`), then the broker.
 
-        Each client gets a ``disconnect`` packet after what was already queued for it, with a
-        random ``reconnect_after`` hint between 0 and ``spread`` seconds so that clients do not
-        all come back at once; a peer that does not take its close within ``timeout`` seconds
-        is dropped.
+        Returns once every connection is gone: those told to reconnect at once (their peer
+        does not take its close within ``timeout`` seconds: dropped), those dropped at random
+        within ``spread`` seconds at most ``spread + timeout`` seconds later.
         """
         connections = list(self._connections.values())
         await self.cluster.stop()
-        for connection in connections:
-            hint = random.uniform(0, spread) if spread > 0 else None
-            connection.close_soon(CloseCode.SERVICE_RESTART, reason, reconnect_after=hint)
+        dropped = [c for c in connections if self.end_for_restart(c, spread, reason) == "drop"]
         await asyncio.gather(*(c.wait_closed(timeout) for c in connections))
+        if dropped:
+            try:
+                async with asyncio.timeout(spread + timeout):
+                    await self._empty.wait()
+            except TimeoutError:
+                logger.warning("connections still open %ss after the shutdown began", spread)
         if self.presence_tracker.running:  # leave while the broker can still announce it
             await asyncio.gather(*(self.remove_connection(c) for c in connections))
             await self.presence_tracker.stop()
         await self.reconnects.stop()
         await self.broker.stop()
         self.fan_out.clear()
+
+    def end_for_restart(
+        self, connection: SocketConnection, spread: float, reason: str = "server shutting down"
+    ) -> str | None:
+        """End one connection because the server restarts, so that its client comes back.
+
+        A client that announced `RECONNECT_ADVICE` (ours), or one whose socket cannot be
+        reset, gets a ``disconnect`` with ``reason`` and a random ``reconnect_after`` between 0
+        and ``spread`` seconds (none when ``spread`` is 0), then a close 1012, at once. Any
+        other client (Envuso's, which gives up after any close frame) is dropped without a
+        close frame at a random moment within ``spread`` seconds, so it reconnects on its own
+        and its reconnections spread the same way. The connection is served until then.
+
+        Returns:
+            ``"close"`` or ``"drop"``, what was done; None for a connection already closing.
+        """
+        if not connection.is_open:
+            return None
+        delay = random.uniform(0, spread) if spread > 0 else 0.0
+        if RECONNECT_ADVICE not in connection.features and connection.drop_later(delay):
+            return "drop"
+        hint = delay if spread > 0 else None
+        connection.close_soon(CloseCode.SERVICE_RESTART, reason, reconnect_after=hint)
+        return "close"
 
     # ------------------------------------------------------------------ state
 
@@ -460,7 +496,14 @@ class SocketServer:
 
     @overload
     async def broadcast(
-        self, channel: str, event: str, data: Any = None, /, *, key: str | None = None
+        self,
+        channel: str,
+        event: str,
+        data: Any = None,
+        /,
+        *,
+        exclude: SocketConnection | str | None = None,
+        key: str | None = None,
     ) -> Position | None: ...
 
     @overload
@@ -472,10 +515,16 @@ class SocketServer:
         data: Any = None,
         /,
         *,
+        exclude: SocketConnection | str | None = None,
         key: str | None = None,
     ) -> Position | None: ...
 
-    async def broadcast(self, *args: Any, key: str | None = None) -> Position | None:
+    async def broadcast(
+        self,
+        *args: Any,
+        exclude: SocketConnection | str | None = None,
+        key: str | None = None,
+    ) -> Position | None:
         """Send an event to every subscriber of a concrete channel, on every process.
 
         Two forms: ``broadcast(channel, event, data=None)``, and Envuso's
@@ -508,9 +557,17 @@ class SocketServer:
         broadcasts without a key. On a broker that is no ``IdempotencyStore`` the key is
         ignored. Without a key, nothing of this runs.
 
+        With ``exclude``, every subscriber but that connection receives it, on every process:
+        its id travels with the message, and only the process holding it delivers to a copy of
+        its subscribers without it. A history channel stores the message once, as any other,
+        and delivers it with its position to every other subscriber; a later catch-up of
+        another connection (the same client reconnected, say) includes it.
+
         Args:
             args: ``(channel, event[, data])`` or ``(listener, channel, event[, data])``;
                 ``data`` is anything JSON-serialisable by pydantic (models included).
+            exclude: a connection (or its id, as sent in ``ready``) not to deliver to, usually
+                the sender's.
             key: the idempotency key (see above).
 
         Raises:
@@ -529,6 +586,8 @@ class SocketServer:
         if self.fan_out.behind:
             await self.fan_out.wait_drained()
         frame = encode(event, data, channel)
+        if exclude is not None:
+            frame = topics.excluding(exclude if isinstance(exclude, str) else exclude.id, frame)
         if key is None:
             key = next_key()
         stored = history is not None and history.keeps(event)
@@ -567,6 +626,94 @@ class SocketServer:
         payload = topics.USER_DISCONNECT + reason.encode()
         await self.broker.publish(topics.USER + str(user_id), payload)
 
+    async def subscribe_user(self, user_id: object, channel: str) -> None:
+        """Subscribe every connection of one user to ``channel``, on every process.
+
+        The server decides: neither ``is_authorised`` nor middleware runs, and
+        ``Limits.max_subscriptions`` does not apply. Each connection whose client announced
+        ``server-subscriptions`` (ours do) is subscribed and told with ``channels:subscribed``,
+        followed by the member list and the position as for a subscription it asked for;
+        connections already subscribed are left as they are, and others (Envuso's client, which
+        throws on events of a channel it did not ask for) are left out. Connections the user
+        opens later are not subscribed. Returns once the request is handed to the broker; each
+        process applies it to its connections in the order requests arrive.
+
+        Raises:
+            InvalidChannel: ``channel`` is malformed or no listener serves it.
+            BrokerError: the broker could not publish (Redis unreachable).
+        """
+        self._check_channel(None, channel)
+        await self.broker.publish(
+            topics.USER + str(user_id), topics.USER_SUBSCRIBE + channel.encode()
+        )
+
+    async def unsubscribe_user(self, user_id: object, channel: str) -> None:
+        """Unsubscribe every connection of one user from ``channel``, on every process.
+
+        Applies to every connection of the user subscribed to ``channel``, however it
+        subscribed; each is told with ``channels:unsubscribed`` (a plain event, which Envuso's
+        client ignores: it simply receives nothing more on that channel).
+
+        Raises:
+            InvalidChannel: ``channel`` is malformed.
+            BrokerError: the broker could not publish (Redis unreachable).
+        """
+        try:
+            validate_channel_name(channel, self._max_name_length)
+        except ProtocolError as exc:
+            raise InvalidChannel(f"invalid channel {channel!r}: {exc.message}") from None
+        payload = topics.USER_UNSUBSCRIBE + channel.encode()
+        await self.broker.publish(topics.USER + str(user_id), payload)
+
+    def _server_subscription(
+        self, targets: tuple[SocketConnection, ...], channel: str, subscribe: bool
+    ) -> None:
+        """Apply a server-side subscription change to a user's connections here, in turn."""
+        if subscribe:
+            targets = tuple(c for c in targets if SERVER_SUBSCRIPTIONS in c.features)
+        if not targets:
+            return
+        step = (
+            self._subscribe_all(targets, channel)
+            if subscribe
+            else self._leave_all(targets, channel)
+        )
+        task = asyncio.ensure_future(_after(self._last_change, step))
+        self._last_change = task
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
+
+    async def _subscribe_all(self, targets: tuple[SocketConnection, ...], channel: str) -> None:
+        resolved = self._specs.resolve(channel)
+        if resolved is None:
+            logger.warning("subscribe_user: no channel listener serves %r here", channel)
+            return
+        spec, wildcard = resolved
+        for connection in targets:
+            if not connection.is_open or channel in connection.subscriptions:
+                continue
+            sub = Subscription(channel, wildcard, spec)
+            try:
+                await self.add_subscription(connection, sub)
+            except BrokerError as exc:
+                logger.warning(
+                    "connection %s: cannot subscribe to %r: %s", connection.id, channel, exc
+                )
+                continue
+            if self._connections.get(connection.id) is not connection:  # gone meanwhile
+                await self.remove_subscription(connection, channel)
+                continue
+            caught = await self.catch_up(connection, sub) if spec.catch_up is not None else None
+            fields = caught.fields if caught is not None else {}
+            connection.push(encode(SUBSCRIBED, {"channel": channel, **fields}).decode())
+            if caught is not None:
+                caught.finish(connection)
+
+    async def _leave_all(self, targets: tuple[SocketConnection, ...], channel: str) -> None:
+        for connection in targets:
+            if await self.remove_subscription(connection, channel):
+                connection.push(encode(UNSUBSCRIBED, {"channel": channel}).decode())
+
     def _check_channel(
         self, listener: ListenerRef | None, channel: str
     ) -> tuple[History | None, str]:
@@ -598,6 +745,16 @@ class SocketServer:
         if pattern.match(channel) is None:
             raise InvalidChannel(f"channel {channel!r} does not match pattern {pattern.text!r}")
         return history, serving.text
+
+
+async def _after(previous: asyncio.Future[None] | None, step: Coroutine[Any, Any, None]) -> None:
+    """Run ``step`` once ``previous`` has finished, however it finished; log its failure."""
+    if previous is not None and not previous.done():
+        await asyncio.wait([previous])
+    try:
+        await step
+    except Exception:
+        logger.exception("a server-side subscription change failed")
 
 
 def _broadcast_arguments(args: tuple[Any, ...]) -> tuple[ListenerRef | None, str, str, Any]:

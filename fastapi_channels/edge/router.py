@@ -24,8 +24,10 @@ from fastapi_channels.core.connection import BatchCache, SocketConnection
 from fastapi_channels.core.stats import Stats
 from fastapi_channels.edge import di
 from fastapi_channels.edge._direct import DirectWrites, transport_aborter
+from fastapi_channels.edge._shutdown import Restart, intercept_shutdown
 from fastapi_channels.edge.jsclient import CLIENT_SCRIPT, serve_client_script
 from fastapi_channels.wire.errors import CloseCode, Reject
+from fastapi_channels.wire.features import parse_features
 from fastapi_channels.wire.protocol import DISCONNECT, READY, encode
 from fastapi_channels.wire.text import printable
 
@@ -243,14 +245,16 @@ class _Shared:
     """What the connections of one router share: one frame, and one batch, per broadcast.
 
     Created by `build_router` and handed to each connection its endpoint creates: the direct
-    writers' frame cache (`DirectWrites`) and the batching connections' `BatchCache`.
+    writers' frame cache (`DirectWrites`), the batching connections' `BatchCache`, and how a
+    connection ends when uvicorn shuts down (`restart`).
     """
 
-    __slots__ = ("batches", "direct")
+    __slots__ = ("batches", "direct", "restart")
 
-    def __init__(self) -> None:
+    def __init__(self, restart: Restart) -> None:
         self.direct = DirectWrites()
         self.batches = BatchCache()
+        self.restart = restart
 
 
 async def _serve(
@@ -289,6 +293,7 @@ async def _serve(
         direct=direct,
         batches=shared.batches,
         abort=abort,
+        features=parse_features(websocket.scope.get("query_string", b"")),
     )
     try:
         await dispatcher.connect(connection)
@@ -312,6 +317,8 @@ async def _serve(
     try:
         await server.add_connection(connection)
         connection.start()
+        if abort is not None:  # under uvicorn: a restart ends it our way (see `_shutdown`)
+            intercept_shutdown(send, connection, shared.restart)
         dispatcher.opened(connection)
         # The reader, inline: every coroutine awaited here is a frame kept for the
         # connection's whole life. Size and rate checks, then one dispatch per frame, in order.
@@ -362,6 +369,13 @@ async def _serve(
     finally:
         await dispatcher.disconnect(connection)
         await connection.wait_closed(limits.close_timeout)
+
+
+def _restart_for(channels: Channels) -> Restart:
+    """How a connection ends when uvicorn shuts down: as `SocketServer.stop` would end it."""
+    return functools.partial(
+        channels.server.end_for_restart, spread=channels.limits.reconnect_spread
+    )
 
 
 def _endpoint(channels: Channels, shared: _Shared) -> Callable[..., Any]:
@@ -457,7 +471,7 @@ def build_router(channels: Channels) -> APIRouter:
     if channels.enabled:
         endpoint = APIWebSocketRoute(
             channels.path,
-            _endpoint(channels, _Shared()),
+            _endpoint(channels, _Shared(_restart_for(channels))),
             name="fastapi_channels",
             dependency_overrides_provider=overrides,
         )

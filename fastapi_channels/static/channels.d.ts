@@ -16,6 +16,14 @@ export declare const ServerEventTypes: Readonly<{
   PRESENCE: "channels:presence";
   JOIN: "channels:join";
   LEAVE: "channels:leave";
+  SUBSCRIBED: "channels:subscribed";
+  UNSUBSCRIBED: "channels:unsubscribed";
+}>;
+
+/** What the client announces at connect: the `channels-features` query parameter. */
+export declare const FEATURES: Readonly<{
+  parameter: "channels-features";
+  value: "reconnect-advice,server-subscriptions";
 }>;
 
 /** Where an event stands in a history channel: an offset within an epoch. */
@@ -213,6 +221,8 @@ export declare class ReplyError extends ChannelsError {
 export declare function defaultShouldReconnect(close: CloseInfo): boolean;
 /** A JWT's `exp` claim (unverified), or null. */
 export declare function jwtExpiry(token: string | null | undefined): number | null;
+/** The wait (ms) a `disconnect`'s `reconnect_after` advises, up to a tenth more; or null. */
+export declare function advisedDelay(data: unknown, random?: () => number): number | null;
 export declare function backoffDelay(
   attempt: number,
   options: Required<Pick<ReconnectOptions, "initialDelay" | "maxDelay" | "factor" | "jitter">>,

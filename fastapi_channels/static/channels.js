@@ -41,7 +41,24 @@ export const ServerEventTypes = Object.freeze({
   PRESENCE: "channels:presence",
   JOIN: "channels:join",
   LEAVE: "channels:leave",
+  SUBSCRIBED: "channels:subscribed",
+  UNSUBSCRIBED: "channels:unsubscribed",
 });
+
+/**
+ * What this client announces at connect (`?channels-features=`): it waits the `reconnect_after`
+ * of a restart's `disconnect`, and takes `channels:subscribed` from the server. A server that
+ * knows nothing of it ignores the parameter.
+ */
+export const FEATURES = Object.freeze({
+  parameter: "channels-features",
+  value: "reconnect-advice,server-subscriptions",
+});
+
+/** The longest `reconnect_after` taken, in ms; a larger one is ignored. */
+const MAX_ADVICE = 3600 * 1000;
+/** The share of an advised delay added at random, so clients advised alike come back apart. */
+const ADVICE_JITTER = 0.1;
 
 /** Connection states, with Envuso's values. */
 export const ConnectionStatus = Object.freeze({
@@ -175,6 +192,21 @@ function newKey() {
   const bytes = new Uint8Array(16);
   globalThis.crypto.getRandomValues(bytes);
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * The wait before reconnecting, in ms, when a `disconnect` packet's data advised one
+ * (`reconnect_after`, seconds): never less than advised, up to a tenth more at random; `null`
+ * when there is no usable advice (the backoff applies).
+ *
+ * @param {unknown} data
+ * @param {() => number} [random]
+ * @returns {number | null}
+ */
+export function advisedDelay(data, random = Math.random) {
+  const seconds = isObject(data) ? data.reconnect_after : undefined;
+  if (typeof seconds !== "number" || !(seconds >= 0) || seconds * 1000 > MAX_ADVICE) return null;
+  return seconds * 1000 * (1 + ADVICE_JITTER * random());
 }
 
 function isObject(value) {
@@ -714,7 +746,7 @@ export class SocketClient extends Listeners {
     const { url, protocols } = this._handshake(token);
     return new Promise((resolve, reject) => {
       const ws = protocols.length ? new WebSocketImpl(url, protocols) : new WebSocketImpl(url);
-      const session = { ws, ready: false, closingReason: null };
+      const session = { ws, ready: false, closingReason: null, advised: null };
       this._ws = ws;
       let settled = false;
       let refusal = null;
@@ -788,7 +820,9 @@ export class SocketClient extends Listeners {
   }
 
   _handshake(token) {
-    let url = this.url;
+    const announced = new URL(this.url);
+    announced.searchParams.set(FEATURES.parameter, FEATURES.value);
+    let url = announced.toString();
     const protocols = [...this.protocols];
     if (token !== null) {
       if (this.tokenTransport === "query") {
@@ -835,14 +869,15 @@ export class SocketClient extends Listeners {
       this._setState(ConnectionStatus.DISCONNECTED, { code, reason });
       return;
     }
-    this._connecting = this._reconnectAfterDrop(code, reason).finally(() => {
+    this._connecting = this._reconnectAfterDrop(code, reason, session.advised).finally(() => {
       this._connecting = null;
     });
     this._connecting.catch(() => {});
   }
 
-  async _reconnectAfterDrop(code, reason) {
-    const delay = backoffDelay(0, this.reconnect);
+  /** Wait the server's advice (a restart's `reconnect_after`) or the first backoff delay. */
+  async _reconnectAfterDrop(code, reason, advised) {
+    const delay = advised ?? backoffDelay(0, this.reconnect);
     this._setState(ConnectionStatus.RE_CONNECTING, { code, reason, attempt: 1, delay });
     await this._backoff(delay);
     return this._connectLoop(true, true, 1);
@@ -904,6 +939,11 @@ export class SocketClient extends Listeners {
         return this._trySend({ event: ServerEventTypes.SOCKET_PONG, data: {} });
       case ServerEventTypes.SOCKET_DISCONNECT:
         session.closingReason = String(data?.reason ?? "");
+        session.advised = advisedDelay(data);
+        break;
+      case ServerEventTypes.SUBSCRIBED:
+      case ServerEventTypes.UNSUBSCRIBED:
+        this._onServerSubscription(packet.event, data);
         break;
       case ServerEventTypes.PRESENCE:
       case ServerEventTypes.JOIN:
@@ -962,6 +1002,40 @@ export class SocketClient extends Listeners {
       resubscribed,
       ...history,
     });
+  }
+
+  /**
+   * A subscription the server made (`channels:subscribed`) joins the channel table as granted,
+   * so it is subscribed again after a reconnect; one it ended (`channels:unsubscribed`) leaves
+   * it, with its listeners. Listeners of the client get the packet right after, and the
+   * channel's events wait until they have run.
+   */
+  _onServerSubscription(event, data) {
+    const name = data?.channel;
+    if (typeof name !== "string" || name === "") return;
+    if (event === ServerEventTypes.UNSUBSCRIBED) {
+      const channel = this._channels.get(name);
+      if (!channel) return;
+      this._channels.delete(name);
+      channel._listeners.clear();
+      channel._settle(false, "unsubscribed by the server");
+      channel.state = "unsubscribed";
+      this._leaving.add(name);
+      return;
+    }
+    let channel = this._channels.get(name);
+    if (!channel) {
+      channel = new SocketChannel(name, this);
+      this._channels.set(name, channel);
+      this._leaving.delete(name);
+    }
+    const position = parsePosition(data.position);
+    if (position !== null) channel.position = position;
+    channel._settle(true, null);
+    if (channel._held === null) {
+      channel._held = [];
+      setTimeout(() => channel._release(), 0);
+    }
   }
 
   _onReply(packet) {

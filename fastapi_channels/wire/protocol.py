@@ -34,8 +34,10 @@ __all__ = [
     "READY",
     "REPLY",
     "RESERVED_EVENTS",
+    "SUBSCRIBED",
     "SUBSCRIBE_REQUEST",
     "SUBSCRIBE_RESPONSE",
+    "UNSUBSCRIBED",
     "UNSUBSCRIBE_REQUEST",
     "SocketPacket",
     "decode_packet",
@@ -73,6 +75,10 @@ LEAVE: Final = "channels:leave"
 """Server → client: a member left a presence channel, ``data: {"channel", "member"}``."""
 BATCH: Final = "channels:batch"
 """Our batching option: a client asks for it, the server answers with the same event."""
+SUBSCRIBED: Final = "channels:subscribed"
+"""Server → client: the server subscribed the connection, ``data: {"channel", "position"?}``."""
+UNSUBSCRIBED: Final = "channels:unsubscribed"
+"""Server → client: the server unsubscribed the connection, ``data: {"channel"}``."""
 
 RESERVED_EVENTS: Final = frozenset(
     {
@@ -91,6 +97,8 @@ RESERVED_EVENTS: Final = frozenset(
         JOIN,
         LEAVE,
         BATCH,
+        SUBSCRIBED,
+        UNSUBSCRIBED,
     }
 )
 """Event names no listener may handle."""

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { register } from "node:module";
 import { after, before, describe, test } from "node:test";
 
-import { SocketClient } from "../../../fastapi_channels/static/channels.js";
+import { FEATURES, SocketClient } from "../../../fastapi_channels/static/channels.js";
 import { next, startProxy, startServer, within } from "../support/harness.mjs";
 
 register("../support/docs-hooks.mjs", import.meta.url);
@@ -142,7 +142,12 @@ describe("docs/clients.md", { timeout: 20000 }, () => {
     const client = node.nodeClient(server.url(), await tokenOf("eve")());
     clients.push(client);
     await client.connect();
-    assert.deepEqual(shim.opened, [server.url()]);
+    const opened = shim.opened.map((url) => new URL(url));
+    assert.deepEqual(
+      opened.map((url) => `${url.origin}${url.pathname}`),
+      [server.url()],
+    );
+    assert.equal(opened[0].searchParams.get("channels-features"), FEATURES.value);
     assert.deepEqual(await client.request("contacts"), { ann: "dm:ann.eve", bob: "dm:bob.eve" });
   });
 });
