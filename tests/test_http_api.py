@@ -36,8 +36,11 @@ class Api:
     async def get(self, path: str, **params: Any) -> httpx.Response:
         return await self.http.get(f"/ws/api{path}", params=params, headers=HEADERS)
 
-    async def socket(self, user: str | None = None) -> Socket:
-        url = f"ws://{self.address}/ws" + (f"?user={user}" if user else "")
+    async def socket(self, user: str | None = None, features: str | None = None) -> Socket:
+        query = [f"user={user}"] if user else []
+        if features:
+            query.append(f"channels-features={features}")
+        url = f"ws://{self.address}/ws" + (f"?{'&'.join(query)}" if query else "")
         ws = await websockets.connect(url, open_timeout=TIMEOUT)
         socket = Socket(ws)
         assert (await socket.receive())["event"] == "ready"
@@ -105,6 +108,26 @@ async def test_send_to_user_and_disconnect_user(api: Api) -> None:
     async with asyncio.timeout(TIMEOUT):
         await socket.ws.wait_closed()
     assert socket.ws.close_code == 1000
+
+
+async def test_subscribe_and_unsubscribe_a_user(api: Api) -> None:
+    socket = await api.socket(user="cy", features="server-subscriptions")
+    response = await api.post("/users/subscribe", {"user": "cy", "channel": "room:7"})
+    assert (response.status_code, response.json()) == (200, {"ok": True})
+    assert await socket.receive() == {"event": "channels:subscribed", "data": {"channel": "room:7"}}
+    await api.post("/publish", {"channel": "room:7", "event": "said", "data": "hi"})
+    assert (await socket.receive())["data"] == "hi"
+    response = await api.post("/users/unsubscribe", {"user": "cy", "channel": "room:7"})
+    assert response.status_code == 200
+    assert await socket.receive() == {
+        "event": "channels:unsubscribed",
+        "data": {"channel": "room:7"},
+    }
+    missing = await api.post("/users/subscribe", {"user": "cy", "channel": "nowhere"})
+    assert missing.status_code == 404
+    bad = await api.post("/users/subscribe", {"user": "cy", "channel": "a b"})
+    assert bad.status_code == 422
+    await socket.ws.close()
 
 
 async def test_presence_history_and_counts(api: Api) -> None:
@@ -180,6 +203,8 @@ async def test_the_api_is_in_the_openapi_document(api: Api) -> None:
         "/ws/api/publish",
         "/ws/api/users/send",
         "/ws/api/users/disconnect",
+        "/ws/api/users/subscribe",
+        "/ws/api/users/unsubscribe",
         "/ws/api/presence",
         "/ws/api/history",
         "/ws/api/counts",

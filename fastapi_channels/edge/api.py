@@ -43,6 +43,7 @@ from fastapi_channels.edge.api_models import (
     Publish,
     Published,
     SendToUser,
+    UserChannel,
 )
 from fastapi_channels.wire.errors import (
     BrokerError,
@@ -174,6 +175,34 @@ def build_api(channels: Channels, dependencies: Sequence[Any]) -> APIRouter:
         """Disconnect every connection of one user (``disconnect`` with the reason, 1000)."""
         try:
             await server.disconnect_user(body.user, body.reason)
+        except BrokerError as exc:
+            return _failure(exc)
+        return Done()
+
+    @router.post("/users/subscribe", response_model=Done, responses=_ERRORS)
+    async def subscribe_user(body: UserChannel) -> Any:
+        """Subscribe every connection of one user to a channel, on every process.
+
+        The server decides: ``is_authorised`` and middleware do not run. Connections whose
+        client did not announce ``server-subscriptions`` are left out (see the protocol).
+        """
+        channel = channel_name("body", body.channel)
+        try:
+            await server.subscribe_user(body.user, channel)
+        except InvalidChannel as exc:
+            return _not_found(exc)
+        except BrokerError as exc:
+            return _failure(exc)
+        return Done()
+
+    @router.post("/users/unsubscribe", response_model=Done, responses=_ERRORS)
+    async def unsubscribe_user(body: UserChannel) -> Any:
+        """Unsubscribe every connection of one user from a channel, on every process."""
+        channel = channel_name("body", body.channel)
+        try:
+            await server.unsubscribe_user(body.user, channel)
+        except InvalidChannel as exc:
+            return _not_found(exc)
         except BrokerError as exc:
             return _failure(exc)
         return Done()

@@ -86,6 +86,18 @@ class Disconnect(_Body):
         return _encodable(value)
 
 
+class UserChannel(_Body):
+    """Subscribe or unsubscribe every connection of one user, on every process."""
+
+    user: str = Field(min_length=1, description="The user's id (as the app files them).")
+    channel: str = Field(description="The concrete channel; a listener must serve it.")
+
+    @field_validator("user", "channel")
+    @classmethod
+    def _unicode(cls, value: str) -> str:
+        return _encodable(value)
+
+
 class PositionModel(BaseModel):
     """A position in a history channel."""
 
