@@ -1,8 +1,8 @@
 """The contract suite's fixtures: one deployment of processes per broker, and their inboxes.
 
 A `Deployment` makes brokers of one kind that behave as processes of one deployment: memory
-brokers share a `MemoryHub`, Redis brokers the shared test server under a prefix of the test's
-own, pub/sub-only brokers a `PubSubNetwork`. Each started broker is a `Node` with an `Inbox`
+brokers share a `MemoryHub`, Redis and NATS brokers the shared test server under a prefix of the
+test's own, pub/sub-only brokers a `PubSubNetwork`. Each started broker is a `Node` with an `Inbox`
 that records what it delivered, plain or stored, in order.
 """
 
@@ -94,9 +94,15 @@ class Deployment:
 
 
 def _kinds() -> dict[str, type[Broker]]:
+    from fastapi_channels.brokers.nats import NatsBroker
     from fastapi_channels.brokers.redis import RedisBroker
 
-    return {"memory": MemoryBroker, "redis": RedisBroker, "pubsub-only": PubSubBroker}
+    return {
+        "memory": MemoryBroker,
+        "redis": RedisBroker,
+        "nats": NatsBroker,
+        "pubsub-only": PubSubBroker,
+    }
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -123,6 +129,14 @@ async def deployment(request: pytest.FixtureRequest) -> AsyncIterator[Deployment
         url: str = request.getfixturevalue("redis_url")
         prefix: str = request.getfixturevalue("redis_prefix")
         made = Deployment(RedisBroker, lambda: RedisBroker(url, prefix=prefix))
+    elif request.param == "nats":
+        from fastapi_channels.brokers.nats import NatsBroker
+
+        nats_url: str = request.getfixturevalue("nats_url")
+        subjects: str = request.getfixturevalue("nats_prefix")
+        made = Deployment(
+            NatsBroker, lambda: NatsBroker(nats_url, prefix=subjects, history_storage="memory")
+        )
     else:
         network = PubSubNetwork()
         made = Deployment(PubSubBroker, lambda: PubSubBroker(network))
