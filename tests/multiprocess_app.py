@@ -3,8 +3,9 @@
 Its broker comes from ``FASTAPI_CHANNELS_BROKER_URL``, as in a deployment; a connection's user is
 the ``?user=`` query parameter. The HTTP routes send from whichever process serves them, and
 answer 503 when Redis could not take the message (local subscribers got it anyway, except on a
-history channel). ``lobby:*`` channels are presence channels with a history; the presence
-timeout is ``PRESENCE_TIMEOUT`` seconds (30 by default).
+history channel). ``lobby:*`` channels are presence channels with a history (history only when
+``LOBBY_PRESENCE=0``, for a broker without presence); the presence timeout is
+``PRESENCE_TIMEOUT`` seconds (30 by default).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class Room(ChannelListener):
 
 @channel("lobby:*")
 class Lobby(ChannelListener):
-    presence = True
+    presence = os.environ.get("LOBBY_PRESENCE", "1") == "1"
     history = History(size=50)
 
 
