@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.processes import TIMEOUT, Process, start_process
 from tests.nats_support import NatsServer
+from tests.processes import TIMEOUT, Process, start_process
 from tests.redis_support import RedisServer
 
 APP = "tests.multiprocess_app:app"

@@ -63,9 +63,7 @@ def test_tokens_keep_plain_names_readable_and_never_collide() -> None:
             decode_token(bad)
 
 
-async def test_odd_topic_names_travel_between_processes(
-    nats_url: str, nats_prefix: str
-) -> None:
+async def test_odd_topic_names_travel_between_processes(nats_url: str, nats_prefix: str) -> None:
     deployment = Deployment(
         NatsBroker, lambda: NatsBroker(nats_url, prefix=nats_prefix, history_storage="memory")
     )
@@ -220,4 +218,3 @@ async def test_a_process_cut_off_from_nats_catches_its_history_channels_up(
             await b.server.broadcast(Feed, "feed:o", "post", 4)
             assert await offsets(ann, 4) == [2, 3, 4, 5]
             await ann.assert_no_message()
-
