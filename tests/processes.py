@@ -133,10 +133,10 @@ class Process:
         report: dict[str, Any] = response.json()
         return report
 
-    async def wait_health(self, healthy: bool, since: int) -> None:
-        """Wait until the broker says, after ``since``, that it lost or regained Redis; then check
-        that the health route reports it."""
-        await self.wait_for(REGAINED if healthy else LOST, since)
+    async def wait_health(self, healthy: bool, since: int, server: str = "Redis") -> None:
+        """Wait until the broker says, after ``since``, that it lost or regained its ``server``
+        (``"Redis"``, ``"NATS"``); then check that the health route reports it."""
+        await self.wait_for(f"{REGAINED} {server} at" if healthy else f"{LOST} {server}", since)
         assert (await self.health())["healthy"] is healthy
 
     async def post(self, path: str, json: Any = None) -> httpx.Response:
@@ -144,8 +144,8 @@ class Process:
             return await http.post(f"{self.http}{path}", json=json)
 
 
-LOST = "lost the connection to Redis"
-REGAINED = "connected to Redis at"
+LOST = "lost the connection to"
+REGAINED = "connected to"
 LISTENING = "Uvicorn running on"
 """What uvicorn logs once its socket listens; its "startup complete" comes before the bind."""
 

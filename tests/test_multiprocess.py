@@ -1,7 +1,8 @@
-"""Two real uvicorn processes on one Redis: what one process sends reaches the other's clients.
+"""Two real uvicorn processes on one broker: what one process sends reaches the other's clients.
 
 Each process is a subprocess serving ``tests.multiprocess_app`` on its own loopback port, with
-the broker URL of a private Redis server that the last test restarts.
+the broker URL of a private Redis or NATS server (each test runs on both, but the presence one,
+on Redis only: the NATS broker keeps no presence) that the restart tests restart.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import websockets
 
+from tests.nats_support import NatsServer
 from tests.processes import TIMEOUT, Process, start_process
 from tests.redis_support import RedisServer
 
@@ -25,7 +27,9 @@ PRESENCE_TIMEOUT = 1.0
 
 @dataclass
 class Cluster:
-    redis: RedisServer
+    server: RedisServer | NatsServer
+    name: str
+    """What the broker calls its server in its logs: ``"Redis"`` or ``"NATS"``."""
     a: Process
     b: Process
 
@@ -38,13 +42,27 @@ def redis_for_processes(redis_binary: str) -> Iterator[RedisServer]:
     server.close()
 
 
-@pytest.fixture
-async def cluster(redis_for_processes: RedisServer) -> AsyncIterator[Cluster]:
-    url = f"{redis_for_processes.url}?prefix=test-{uuid.uuid4().hex[:12]}"
-    env = {"FASTAPI_CHANNELS_BROKER_URL": url, "PRESENCE_TIMEOUT": str(PRESENCE_TIMEOUT)}
+@pytest.fixture(scope="module")
+def nats_for_processes(nats_server_binary: str) -> Iterator[NatsServer]:
+    server = NatsServer(nats_server_binary)
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["redis", "nats"])
+async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
+    env = {"PRESENCE_TIMEOUT": str(PRESENCE_TIMEOUT)}
+    server: RedisServer | NatsServer
+    if request.param == "redis":
+        server, name = request.getfixturevalue("redis_for_processes"), "Redis"
+    else:
+        server, name = request.getfixturevalue("nats_for_processes"), "NATS"
+        env["LOBBY_PRESENCE"] = "0"
+    env["FASTAPI_CHANNELS_BROKER_URL"] = f"{server.url}?prefix=test-{uuid.uuid4().hex[:12]}"
     a, b = await asyncio.gather(*(start_process(APP, env) for _ in range(2)))
     try:
-        yield Cluster(redis_for_processes, a, b)
+        yield Cluster(server, name, a, b)
     finally:
         for process in (a, b):
             process.stop()
@@ -130,28 +148,30 @@ async def test_a_user_is_reached_and_disconnected_from_the_other_process(
     assert bob.ws.close_code == 1000
 
 
-async def test_processes_survive_a_redis_restart(cluster: Cluster, connect: Any) -> None:
+async def test_processes_survive_a_restart_of_their_server(cluster: Cluster, connect: Any) -> None:
     ann = await connect(cluster.a, "ann")
     bob = await connect(cluster.b, "bob")
     await ann.subscribe("room:r")
     await bob.subscribe("room:r")
 
     marks = cluster.a.mark(), cluster.b.mark()
-    cluster.redis.stop()
+    cluster.server.stop()
     await asyncio.gather(
-        cluster.a.wait_health(False, marks[0]), cluster.b.wait_health(False, marks[1])
+        cluster.a.wait_health(False, marks[0], cluster.name),
+        cluster.b.wait_health(False, marks[1], cluster.name),
     )
 
-    # Redis is down: process A still serves its own subscribers, and says the rest was lost.
+    # The server is down: process A still serves its own subscribers, and says the rest was lost.
     response = await cluster.a.post("/rooms/r", {"n": "during"})
     assert response.status_code == 503
     assert "this process's subscribers only" in response.json()["detail"]
     assert (await ann.receive())["data"] == {"n": "during"}
 
     marks = cluster.a.mark(), cluster.b.mark()
-    cluster.redis.start()
+    cluster.server.start()
     await asyncio.gather(
-        cluster.a.wait_health(True, marks[0]), cluster.b.wait_health(True, marks[1])
+        cluster.a.wait_health(True, marks[0], cluster.name),
+        cluster.b.wait_health(True, marks[1], cluster.name),
     )
 
     # Back: cross-process delivery resumes by itself, on the same websocket connections.
@@ -162,6 +182,7 @@ async def test_processes_survive_a_redis_restart(cluster: Cluster, connect: Any)
     assert (await bob.receive())["event"] == "poke"
 
 
+@pytest.mark.parametrize("cluster", ["redis"], indirect=True)  # presence: Redis only
 async def test_a_killed_process_leaves_no_ghost_and_a_restarted_one_recovers_positions(
     cluster: Cluster, connect: Any
 ) -> None:

@@ -1,4 +1,4 @@
-"""Several processes on one Redis, simulated in one: two apps with two Redis brokers."""
+"""Several processes on one broker, simulated in one: two apps with two Redis or NATS brokers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from demo.app import app as demo_app
 from fastapi_channels import (
+    Broker,
     ChannelListener,
     Channels,
     MemoryBroker,
@@ -46,12 +47,26 @@ class Chat(ChannelListener):
         await self.broadcast(self.channel_name, "message", packet.data)
 
 
+@pytest.fixture(params=["redis", "nats"])
+def shared(request: pytest.FixtureRequest) -> Callable[[], Broker]:
+    """Makes brokers that share one server (Redis or NATS) under a prefix of the test's own."""
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        prefix: str = request.getfixturevalue("redis_prefix")
+        return lambda: RedisBroker(url, prefix=prefix)
+    from fastapi_channels.brokers.nats import NatsBroker
+
+    nats_url: str = request.getfixturevalue("nats_url")
+    subjects: str = request.getfixturevalue("nats_prefix")
+    return lambda: NatsBroker(nats_url, prefix=subjects)
+
+
 @pytest.fixture
-async def pair(start: Start, redis_url: str, redis_prefix: str) -> tuple[Harness, Harness]:
-    """Two apps ("processes") on the shared Redis, under one channel prefix."""
+async def pair(start: Start, shared: Callable[[], Broker]) -> tuple[Harness, Harness]:
+    """Two apps ("processes") on one shared server, under one prefix."""
     return (
-        await start(listeners=[Room, UserChat], broker=RedisBroker(redis_url, prefix=redis_prefix)),
-        await start(listeners=[Room, UserChat], broker=RedisBroker(redis_url, prefix=redis_prefix)),
+        await start(listeners=[Room, UserChat], broker=shared()),
+        await start(listeners=[Room, UserChat], broker=shared()),
     )
 
 

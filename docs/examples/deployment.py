@@ -40,6 +40,19 @@ def configured() -> list[Channels]:
     return [Channels(broker="redis://redis.internal:6379/0"), channels, channels_ha]
 
 
+def on_nats() -> list[Channels]:
+    """The NATS broker, named by URL or configured (not started: nothing connects here)."""
+    # --8<-- [start:nats]
+    from fastapi_channels import Channels
+    from fastapi_channels.brokers.nats import NatsBroker
+
+    channels = Channels(broker="nats://nats.internal:4222?prefix=shop")
+    # or, with options:
+    channels = Channels(broker=NatsBroker("nats://nats.internal:4222", prefix="shop", timeout=2.0))
+    # --8<-- [end:nats]
+    return [Channels(broker="nats://nats.internal:4222?prefix=shop"), channels]
+
+
 channels = Channels(listeners=[GlobalChat])  # the broker: $FASTAPI_CHANNELS_BROKER_URL, else memory
 app = FastAPI()
 app.include_router(channels.router)
@@ -92,6 +105,10 @@ async def check() -> None:
     from fastapi_channels.testing import SocketTestClient
 
     assert all(isinstance(c.server.broker, RedisBroker) for c in configured())
+    from fastapi_channels.brokers.nats import NatsBroker
+
+    nats = [c.server.broker for c in on_nats()]
+    assert all(isinstance(b, NatsBroker) and b.prefix == "shop" for b in nats)
 
     async with started(app) as http, SocketTestClient(app) as client:
         assert (await client.subscribe("global-chat"))["successful"]

@@ -2,8 +2,8 @@
 
 ``create_broker(url)`` picks one by URL scheme: none or ``memory://`` gives the in-memory
 default; ``redis://``, ``rediss://``, ``unix://`` and the Sentinel forms ``redis+sentinel://``
-and ``rediss+sentinel://`` give the Redis broker, imported lazily so the ``redis`` extra stays
-optional.
+and ``rediss+sentinel://`` give the Redis broker, ``nats://`` the NATS broker, each imported
+lazily so the ``redis`` and ``nats`` extras stay optional.
 """
 
 from __future__ import annotations
@@ -47,4 +47,17 @@ def create_broker(url: str | None) -> Broker:
             ) from exc
         broker: Broker = RedisBroker(url)
         return broker
-    raise ConfigurationError(f"unknown broker URL scheme {scheme!r}; use memory:// or redis://")
+    if scheme == "nats":
+        try:
+            from fastapi_channels.brokers.nats import (  # type: ignore[import-not-found,unused-ignore]
+                NatsBroker,
+            )
+        except ImportError as exc:
+            raise ConfigurationError(
+                "the NATS broker needs the 'nats' extra: pip install 'fastapi-ws-channels[nats]'"
+            ) from exc
+        nats_broker: Broker = NatsBroker(url)
+        return nats_broker
+    raise ConfigurationError(
+        f"unknown broker URL scheme {scheme!r}; use memory://, redis:// or nats://"
+    )

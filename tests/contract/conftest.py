@@ -1,9 +1,9 @@
 """The contract suite's fixtures: one deployment of processes per broker, and their inboxes.
 
 A `Deployment` makes brokers of one kind that behave as processes of one deployment: memory
-brokers share a `MemoryHub`, Redis brokers the shared test server under a prefix of the test's
-own, Sentinel brokers (``redis-sentinel``) a master, replica and Sentinel shared by the session,
-pub/sub-only brokers a `PubSubNetwork`. Each started broker is a `Node` with an `Inbox`
+brokers share a `MemoryHub`, Redis and NATS brokers the shared test server under a prefix of the
+test's own, Sentinel brokers (``redis-sentinel``) a master, replica and Sentinel shared by the
+session, pub/sub-only brokers a `PubSubNetwork`. Each started broker is a `Node` with an `Inbox`
 that records what it delivered, plain or stored, in order.
 """
 
@@ -78,8 +78,9 @@ class Deployment:
 
     kind: type[Broker]
     make: Callable[[], Broker]
-    forget: Callable[[], Awaitable[None]]
-    """Make the shared store lose every record, as a Redis restart without persistence does."""
+    forget: Callable[[], Awaitable[None]] | None = None
+    """Make the shared store lose every record, as a Redis restart without persistence does
+    (for the presence part: every presence store has one)."""
     nodes: list[Node] = field(default_factory=list)
 
     async def start(self, broker: Broker | None = None) -> Node:
@@ -100,12 +101,14 @@ class Deployment:
 
 
 def _kinds() -> dict[str, type[Broker]]:
+    from fastapi_channels.brokers.nats import NatsBroker
     from fastapi_channels.brokers.redis import RedisBroker
 
     return {
         "memory": MemoryBroker,
         "redis": RedisBroker,
         "redis-sentinel": RedisBroker,
+        "nats": NatsBroker,
         "pubsub-only": PubSubBroker,
     }
 
@@ -163,6 +166,14 @@ async def deployment(request: pytest.FixtureRequest) -> AsyncIterator[Deployment
             await _flush(f"redis://127.0.0.1:{group.master_port()}", prefix)
 
         made = Deployment(RedisBroker, lambda: RedisBroker(group.url, prefix=prefix), flush_master)
+    elif request.param == "nats":
+        from fastapi_channels.brokers.nats import NatsBroker
+
+        nats_url: str = request.getfixturevalue("nats_url")
+        subjects: str = request.getfixturevalue("nats_prefix")
+        made = Deployment(
+            NatsBroker, lambda: NatsBroker(nats_url, prefix=subjects, history_storage="memory")
+        )
     else:
         network = PubSubNetwork()
 

@@ -162,6 +162,7 @@ async def test_a_store_that_lost_its_records_reads_partial_lists_until_it_settle
     whole = await a.presence.presence_snapshot("p:x", ANNOUNCE)
     assert whole == PresenceSnapshot({"ann": b"A", "bob": b"B"}, partial=False, registered=True)
 
+    assert deployment.forget is not None
     await deployment.forget()  # Redis restarted, empty
     before = await a.presence.presence_snapshot("p:x", ANNOUNCE)
     assert (before.partial, before.registered) == (True, False)  # a has not renewed yet
@@ -183,6 +184,7 @@ async def test_the_store_settles_one_timeout_after_it_found_its_loss(
 ) -> None:
     a, b = pair
     await alive(a, b)
+    assert deployment.forget is not None
     await deployment.forget()
     await a.presence.presence_renew(0.3, was_alive=True)  # opens the window, for 0.3 s
     assert await a.presence.presence_renew(30, was_alive=True) is True
