@@ -193,6 +193,14 @@ class ListenerRegistry:
         return any(cls.history is not None for cls in self._patterns)
 
     @property
+    def declares_history_bound(self) -> bool:
+        """Whether a registered channel listener bounds its history (``max_channels``)."""
+        return any(
+            cls.history is not None and cls.history.max_channels is not None
+            for cls in self._patterns
+        )
+
+    @property
     def declares_presence(self) -> bool:
         """Whether a registered channel listener declares presence."""
         return any(cls.presence for cls in self._patterns)

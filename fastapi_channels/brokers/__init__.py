@@ -11,10 +11,11 @@ from __future__ import annotations
 from fastapi_channels.brokers.base import Broker, MessageHandler
 from fastapi_channels.brokers.idempotency import IdempotencyStore, Published
 from fastapi_channels.brokers.memory import MemoryBroker, MemoryHub
-from fastapi_channels.brokers.stores import HistoryStore, PresenceStore
+from fastapi_channels.brokers.stores import BoundedHistoryStore, HistoryStore, PresenceStore
 from fastapi_channels.wire.errors import ConfigurationError
 
 __all__ = [
+    "BoundedHistoryStore",
     "Broker",
     "HistoryStore",
     "IdempotencyStore",

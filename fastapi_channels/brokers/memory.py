@@ -17,7 +17,7 @@ from fastapi_channels.brokers.base import Broker, MessageHandler
 from fastapi_channels.brokers.idempotency import IdempotencyStore, Published
 from fastapi_channels.brokers.stores import (
     Announcements,
-    HistoryStore,
+    BoundedHistoryStore,
     Position,
     PresenceSnapshot,
     PresenceStore,
@@ -66,7 +66,7 @@ class MemoryHub:
             broker._deliver_stored(topic, data, position)
 
 
-class MemoryBroker(Broker, HistoryStore, PresenceStore, IdempotencyStore):
+class MemoryBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
     """Delivers within this process, synchronously, in publish order.
 
     ``publish`` hands the bytes to the server's fan-out before it returns, so it never waits on

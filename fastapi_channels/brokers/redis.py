@@ -63,7 +63,7 @@ from fastapi_channels.brokers.base import Broker, BrokerState, MessageHandler
 from fastapi_channels.brokers.idempotency import IdempotencyStore, Published
 from fastapi_channels.brokers.stores import (
     Announcements,
-    HistoryStore,
+    BoundedHistoryStore,
     Position,
     PresenceSnapshot,
     PresenceStore,
@@ -114,7 +114,7 @@ class _Batch:
     count: int = 0
 
 
-class RedisBroker(Broker, HistoryStore, PresenceStore, IdempotencyStore):
+class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
     """Carries messages between processes through Redis pub/sub (``redis.asyncio``).
 
     Args:

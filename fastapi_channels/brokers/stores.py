@@ -30,6 +30,7 @@ from fastapi_channels.wire.stored import Position, Retention, Stored, StoredEntr
 
 __all__ = [
     "Announcements",
+    "BoundedHistoryStore",
     "HistoryFull",
     "HistoryStore",
     "Position",
@@ -129,6 +130,17 @@ class HistoryStore(ABC):
         Raises:
             BrokerError: the store could not be read.
         """
+
+
+class BoundedHistoryStore(HistoryStore):
+    """A `HistoryStore` that honours ``Retention.max_topics``, a bound on topics with history.
+
+    At most that many topics of one ``Retention.group`` hold history at once, across
+    processes, counted atomically with the append (a topic no longer counts ``keep`` after its
+    last stored message). When the bound is reached, storing on a topic that holds no history
+    raises `HistoryFull` and delivers nothing. ``Channels`` refuses
+    ``History(max_channels=...)`` on a broker that is not one.
+    """
 
 
 class PresenceStore(ABC):

@@ -17,7 +17,13 @@ from fastapi_channels.app.extensions import ConnectionExtension
 from fastapi_channels.app.listeners import ChannelListener, SocketListener
 from fastapi_channels.app.middleware import Middleware
 from fastapi_channels.app.registry import ListenerRegistry
-from fastapi_channels.brokers import Broker, HistoryStore, PresenceStore, create_broker
+from fastapi_channels.brokers import (
+    BoundedHistoryStore,
+    Broker,
+    HistoryStore,
+    PresenceStore,
+    create_broker,
+)
 from fastapi_channels.core.server import SocketServer
 from fastapi_channels.edge import di
 from fastapi_channels.edge.users import SocketUserMixin
@@ -246,6 +252,7 @@ class Channels:
         broker = self.server.broker
         needs = [
             (self.registry.declares_history, HistoryStore, "history"),
+            (self.registry.declares_history_bound, BoundedHistoryStore, "History.max_channels"),
             (self.registry.declares_presence, PresenceStore, "presence"),
         ]
         for declared, store, feature in needs:
