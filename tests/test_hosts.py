@@ -403,15 +403,20 @@ async def test_a_host_cut_off_the_network_recovers_what_it_can_and_nothing_twice
         20,
         "the last bursts received by every client",
     )
-    # When host A's clients had every history message sent before the heal.
+    # When host A's clients had every history message sent before the heal (at the heal, when
+    # none was left to catch up: a busy machine can take longer to cut than the stream runs;
+    # what they received is checked below either way).
     answered_at = {**d.agents["a"].answered_at, **d.agents["b"].answered_at}
     caught_up = max(
-        t
-        for user in ("ann", "amy")
-        for t, m in d.stamped(user)
-        if t >= healed_at
-        and m.get("channel") == LOBBY
-        and answered_at[m["data"]["from"], m["data"]["n"]] < healed_at
+        (
+            t
+            for user in ("ann", "amy")
+            for t, m in d.stamped(user)
+            if t >= healed_at
+            and m.get("channel") == LOBBY
+            and answered_at[m["data"]["from"], m["data"]["n"]] < healed_at
+        ),
+        default=healed_at,
     )
 
     # What every client saw.
