@@ -69,6 +69,8 @@ def message_size_limit(send: Send) -> int | None:
 
 
 _SANSIO = "uvicorn.protocols.websockets.websockets_sansio_impl"
+_PONG = b"\x8a"
+"""The first byte of a server's pong frame: final, opcode 0xA (server frames are unmasked)."""
 
 
 def guard_pings(send: Send, admit: Callable[[], bool]) -> Callable[[], None] | None:
@@ -77,11 +79,12 @@ def guard_pings(send: Send, admit: Callable[[], bool]) -> Callable[[], None] | N
     uvicorn's ``websockets-sansio`` answers every ping frame with a pong written to the
     transport at once, whether or not the peer reads: a client that sends pings and never
     reads makes the server's write buffer grow as fast as it sends, and its pings take no
-    share of any rate limit. Guarded, each ping first calls ``admit`` (the connection's rate
-    limit), and its pong is written only if ``admit`` says yes and the peer keeps up (uvicorn
-    has not paused writing); otherwise the pong is dropped. RFC 6455 (5.5.3) lets an endpoint
-    skip pongs to earlier pings; a client that pings again once it reads gets its answer. So
-    what unread pongs hold is bounded by the transport's high-water mark (64 KiB by default).
+    share of any rate limit. Guarded, each pong first calls ``admit`` (the connection's rate
+    limit, one token per ping), and is written only if ``admit`` says yes and the peer keeps
+    up (uvicorn has not paused writing); otherwise the pong is dropped. RFC 6455 (5.5.3) lets
+    an endpoint skip pongs to earlier pings; a client that pings again once it reads gets its
+    answer. So what unread pongs hold is bounded by the transport's high-water mark (64 KiB
+    by default) and one chunk read's pongs at most.
 
     Returns the function that removes the guard (call it when the connection ends: the guard
     refers to the connection), or None where there is nothing to guard: other uvicorn
@@ -100,9 +103,15 @@ def guard_pings(send: Send, admit: Callable[[], bool]) -> Callable[[], None] | N
         return None
 
     def handle_ping() -> None:
-        pong = data_to_send()  # only the pong: every other output is written as it is made
-        if admit() and writable.is_set() and not transport.is_closing():
-            transport.write(b"".join(pong))
+        # What the protocol made while parsing the last chunk read, one frame per item, in
+        # order: the pongs of every ping in that chunk (this call is the first of theirs; the
+        # others find nothing left), and any other frame (a close answered) as it came.
+        for data in data_to_send():
+            if data[:1] == _PONG and not (
+                admit() and writable.is_set() and not transport.is_closing()
+            ):
+                continue  # writing it may pause writing: the next pong then sees that
+            transport.write(data)
 
     protocol.handle_ping = handle_ping
     return functools.partial(_unguard, protocol)
