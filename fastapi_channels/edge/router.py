@@ -27,6 +27,7 @@ from fastapi_channels.edge._ratelimit import RateLimit, Verdict
 from fastapi_channels.edge._uvicorn import guard_pings, message_size_limit, steps_in_place
 from fastapi_channels.edge.jsclient import CLIENT_SCRIPT, serve_client_script
 from fastapi_channels.wire.errors import CloseCode, Reject
+from fastapi_channels.wire.limits import Limits
 from fastapi_channels.wire.protocol import DISCONNECT, READY, encode
 from fastapi_channels.wire.text import printable
 
@@ -340,7 +341,7 @@ async def _serve(
         return
     await websocket.accept(subprotocol=select_subprotocol(websocket.scope.get("subprotocols", [])))
     connection.push(encode(READY, {"id": connection.id}).decode())
-    rate = _rate_limit(channels, connection)
+    rate = _rate_limit(limits)
     unguard = guard_pings(send, functools.partial(_admit_ping, rate, connection))
     # Reachable before the writer sends ``ready`` (queued first, so nothing precedes it): a
     # client that has seen ``ready`` gets what is sent to its user from any process.
@@ -391,9 +392,8 @@ async def _serve(
         await connection.wait_closed(limits.close_timeout)
 
 
-def _rate_limit(channels: Channels, connection: SocketConnection) -> RateLimit | None:
-    """The connection's rate limit (``limits.rate`` frames a second, up to ``limits.burst``)."""
-    limits = channels.limits
+def _rate_limit(limits: Limits) -> RateLimit | None:
+    """A connection's rate limit (``limits.rate`` frames a second, up to ``limits.burst``)."""
     if limits.rate is None:
         return None
     return RateLimit(limits.rate, limits.burst, limits.rate_strikes)
