@@ -1,4 +1,4 @@
-"""The demo chat: ``scripts/demo``, or ``uvicorn demo.app:app``.
+"""The demo chat: ``scripts/demo``, or ``uvicorn demo.app:app --ws-max-size 65536``.
 
 The page is at ``/``, the channels endpoint at ``/ws``. With ``REDIS_URL`` set, the processes
 of the app share a Redis broker, so it runs on several workers (``scripts/demo`` then starts

@@ -1,14 +1,16 @@
-"""Run an ASGI app in uvicorn subprocesses, each on its own free loopback port."""
+"""Run an ASGI app in server subprocesses (uvicorn, or hypercorn or granian), each on its own
+free loopback port."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,11 @@ class Process:
     line as it comes, so a test waits for what the process says (``wait_for``) instead of polling.
     """
 
-    def __init__(self, app: str, env: Mapping[str, str], port: int = 0) -> None:
+    def __init__(
+        self, app: str, env: Mapping[str, str], port: int = 0, server: str = "uvicorn"
+    ) -> None:
         self.app = app
+        self.server = server
         self.env = dict(env)
         self.port = port
         self._lines: list[str] = []
@@ -54,9 +59,7 @@ class Process:
         # The project first; a PYTHONPATH already set (scripts/test-uvicorn-floor) stays after it.
         path = os.pathsep.join(filter(None, [".", os.environ.get("PYTHONPATH")]))
         env = {**os.environ, **self.env, "PYTHONPATH": path}
-        args = [sys.executable, "-m", "uvicorn", self.app]
-        args += ["--host", "127.0.0.1", "--port", str(self.port), "--ws", "websockets-sansio"]
-        args += ["--log-level", "info", "--no-access-log"]
+        args = [sys.executable, "-m", self.server, *_ARGS[self.server](self.app, self.port)]
         self._process = subprocess.Popen(
             args,
             cwd=ROOT,
@@ -64,6 +67,9 @@ class Process:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            # A group of its own, signalled whole: a server's worker processes (granian's) hold
+            # the output pipe too, and must not outlive it.
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -110,17 +116,25 @@ class Process:
     def kill(self) -> None:
         """End the process at once (SIGKILL): nothing of its shutdown runs."""
         if self._process is not None and self._process.poll() is None:
-            self._process.kill()
+            self._signal(signal.SIGKILL)
             self._process.wait(timeout=TIMEOUT)
+
+    def _signal(self, signum: int) -> None:
+        """Send ``signum`` to the process's group: the server and any workers it started."""
+        assert self._process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signum)
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
+            self._signal(signal.SIGTERM)
             try:
                 self._process.wait(timeout=TIMEOUT)
             except subprocess.TimeoutExpired:
-                self._process.kill()
+                self._signal(signal.SIGKILL)
                 self._process.wait(timeout=TIMEOUT)
+        if self._process is not None:
+            self._signal(signal.SIGKILL)  # workers the server left behind
         if self._reader is not None:
             self._reader.join(timeout=TIMEOUT)
         if self._process is not None and self._process.stdout is not None:
@@ -144,6 +158,32 @@ class Process:
             return await http.post(f"{self.http}{path}", json=json)
 
 
+def _uvicorn(app: str, port: int) -> list[str]:
+    args = [app, "--host", "127.0.0.1", "--port", str(port), "--ws", "websockets-sansio"]
+    return [*args, "--log-level", "info", "--no-access-log"]
+
+
+def _hypercorn(app: str, port: int) -> list[str]:
+    return [app, "--bind", f"127.0.0.1:{port}"]
+
+
+def _granian(app: str, port: int) -> list[str]:
+    return [
+        "--interface",
+        "asgi",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        app,
+    ]
+
+
+_ARGS = {"uvicorn": _uvicorn, "hypercorn": _hypercorn, "granian": _granian}
+"""The command line after ``python -m <server>`` for each server."""
+
 LOST = "lost the connection to"
 REGAINED = "connected to"
 LISTENING = "Uvicorn running on"
@@ -151,20 +191,28 @@ LISTENING = "Uvicorn running on"
 
 
 async def start_process(
-    app: str, env: Mapping[str, str], *, port: int = 0, health: bool = True
+    app: str,
+    env: Mapping[str, str],
+    *,
+    port: int = 0,
+    health: bool = True,
+    server: str = "uvicorn",
+    ready: Sequence[str] = (LISTENING,),
 ) -> Process:
     """Start a process, wait until it listens (after its lifespan, so its broker is connected)
     and check its ``/health`` (unless ``health`` is false: an app without that route); retry if
     its port was taken between choosing and binding it (unless ``port`` was given). A process
-    that fails to start is stopped before the error is raised."""
+    that fails to start is stopped before the error is raised. Other servers than uvicorn say
+    other things once ready: ``ready`` is what to wait for (every line of it, in any order)."""
     for _ in range(1 if port else 3):
-        process = Process(app, env, port)
+        process = Process(app, env, port, server)
         process.spawn()
         try:
             try:
-                await process.wait_for(LISTENING)
+                for text in ready:
+                    await process.wait_for(text)
             except RuntimeError:
-                if "address already in use" in process.output().lower():
+                if "in use" in process.output().lower():
                     process.stop()
                     continue
                 raise
@@ -174,4 +222,4 @@ async def start_process(
             process.stop()
             raise
         return process
-    raise RuntimeError("no free port for uvicorn after 3 attempts")
+    raise RuntimeError(f"no free port for {server} after 3 attempts")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from fastapi_channels import (
     ChannelListener,
     Channels,
+    ConfigurationError,
     History,
     SocketConnection,
     SocketListener,
@@ -136,11 +137,33 @@ async def test_the_served_document_is_valid_asyncapi_3(start: Start) -> None:
     validator().validate(document)
     assert document["asyncapi"] == "3.0.0"
     assert document["info"] == {"title": "Chat", "version": "2.1.0", "description": "A chat."}
-    assert document["servers"] == {
-        "main": {"host": "testserver", "protocol": "ws", "pathname": "/ws"}
-    }
+    assert "servers" not in document  # the request's Host is never copied into it
     for ref in refs(document):
         resolve(document, ref)  # every reference points into the document
+
+
+async def test_the_served_servers_come_from_asyncapi_url_never_from_the_host_header(
+    start: Start,
+) -> None:
+    harness = await start(listeners=LISTENERS, asyncapi_url="wss://chat.example.com")
+    transport = httpx.ASGITransport(app=harness.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        response = await http.get("/ws/asyncapi.json", headers={"Host": "evil.example"})
+    document = response.json()
+    validator().validate(document)
+    assert document["servers"] == {
+        "main": {"host": "chat.example.com", "protocol": "wss", "pathname": "/ws"}
+    }
+    assert "evil" not in response.text
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://chat.example.com", "wss://", "chat.example.com", "wss://u:p@h/ws", "wss://h/?q"],
+)
+def test_an_asyncapi_url_that_is_not_a_websocket_url_is_refused(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="asyncapi_url"):
+        Channels(asyncapi_url=url)
 
 
 def test_the_schema_really_rejects_invalid_documents() -> None:
@@ -221,9 +244,13 @@ def test_typed_subscribe_data_is_described() -> None:
 
 
 async def test_the_route_follows_the_path_and_can_be_turned_off(start: Start) -> None:
-    harness = await start(listeners=LISTENERS, path="/sockets/")
+    harness = await start(listeners=LISTENERS, path="/sockets/", asyncapi_url="ws://h:1")
     response = await fetch(harness.app, "/sockets/asyncapi.json")
-    assert response.json()["servers"]["main"]["pathname"] == "/sockets"
+    assert response.json()["servers"]["main"] == {
+        "host": "h:1",
+        "protocol": "ws",
+        "pathname": "/sockets/",
+    }
     harness = await start(listeners=LISTENERS, asyncapi=False)
     assert (await fetch(harness.app, "/ws/asyncapi.json")).status_code == 404
 

@@ -348,3 +348,18 @@ async def test_a_uvicorn_without_what_the_writer_reads_gets_no_direct_writer(
         protocol.connection_lost(None)
         async with asyncio.timeout(5):  # the app sees its disconnect and returns
             await asyncio.gather(*protocol.tasks)
+
+
+async def test_a_uvicorn_without_the_protocol_class_gets_no_direct_writer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    protocol, _ = await connected_protocol()  # uvicorn's own, past its handshake
+    module = type(protocol).__module__
+    try:
+        monkeypatch.delattr(f"{module}.WebSocketsSansIOProtocol")  # as if renamed
+        assert DirectWrites().writer_for(protocol.send) is None  # and nothing raised
+    finally:
+        monkeypatch.undo()
+        protocol.connection_lost(None)
+        async with asyncio.timeout(5):  # the app sees its disconnect and returns
+            await asyncio.gather(*protocol.tasks)

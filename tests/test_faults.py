@@ -100,14 +100,18 @@ def removal_of(channels: Channels, watched: SocketConnection) -> asyncio.Event:
     return removed
 
 
-async def p99_latency(channels: Channels, clients: list[Any], rounds: int) -> float:
-    """Broadcast ``rounds`` timestamped messages; the p99 publish-to-receive latency."""
-    latencies: list[float] = []
+async def latencies(channels: Channels, clients: list[Any], rounds: int) -> tuple[float, float]:
+    """Broadcast ``rounds`` timestamped messages; the median and p99 publish-to-receive latency.
+
+    Server and clients share this process: a moment without the CPU (another process on a
+    busy machine) delays a round for everyone and shows in the p99, while a peer that slowed
+    the fan-out would delay every round, and so the median."""
+    measured: list[float] = []
 
     async def drain(ws: websockets.ClientConnection) -> None:
         for _ in range(rounds):
             packet = json.loads(await ws.recv())
-            latencies.append(time.perf_counter() - packet["data"]["t"])
+            measured.append(time.perf_counter() - packet["data"]["t"])
 
     readers = [asyncio.ensure_future(drain(ws)) for ws in clients]
     for _ in range(rounds):
@@ -115,8 +119,8 @@ async def p99_latency(channels: Channels, clients: list[Any], rounds: int) -> fl
         await asyncio.sleep(0.02)  # the fixed publish rate under test: 50 broadcasts/s
     async with asyncio.timeout(30):
         await asyncio.gather(*readers)
-    latencies.sort()
-    return latencies[int(len(latencies) * 0.99)]
+    measured.sort()
+    return measured[len(measured) // 2], measured[int(len(measured) * 0.99)]
 
 
 async def test_a_client_that_never_reads_does_not_slow_the_others() -> None:
@@ -124,7 +128,7 @@ async def test_a_client_that_never_reads_does_not_slow_the_others() -> None:
     async with live_server(app) as address:
         url = f"ws://{address}/ws"
         clients = await asyncio.gather(*(subscriber(url) for _ in range(500)))
-        baseline = await p99_latency(channels, clients, rounds=20)
+        baseline, baseline_p99 = await latencies(channels, clients, rounds=20)
         before = set(channels.server.connections)
         async with asyncio.timeout(5):
             stalled_socket = await asyncio.to_thread(stalled_peer, address)
@@ -139,7 +143,7 @@ async def test_a_client_that_never_reads_does_not_slow_the_others() -> None:
                 await stalled.send("fill", big)
                 await asyncio.sleep(0)
             assert stalled.queued >= 100, "the peer's buffers never filled"
-            with_stalled = await p99_latency(channels, clients, rounds=20)
+            with_stalled, stalled_p99 = await latencies(channels, clients, rounds=20)
             # Keep sending until the overflow policy disconnects it; it is then dropped.
             for _ in range(400):
                 if not stalled.is_open:
@@ -153,7 +157,8 @@ async def test_a_client_that_never_reads_does_not_slow_the_others() -> None:
         finally:
             stalled_socket.close()
             await asyncio.gather(*(ws.close() for ws in clients))
-        print(f"p99 without the stalled peer {baseline:.4f} s, with it {with_stalled:.4f} s")
+        print(f"median and p99 without the stalled peer {baseline:.4f} s, {baseline_p99:.4f} s;")
+        print(f"with it {with_stalled:.4f} s, {stalled_p99:.4f} s")
         assert with_stalled <= max(2 * baseline, baseline + 0.005), (baseline, with_stalled)
 
 

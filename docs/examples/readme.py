@@ -1,6 +1,7 @@
 """The README's example, verbatim between the markers (tests/test_docs_examples.py compares them).
 
-Run it with `uvicorn docs.examples.readme:app`; a connection's user is `?user=<name>`.
+Run it with `uvicorn docs.examples.readme:app --ws-max-size 65536`; a connection's user is
+`?user=<name>`.
 """
 
 # --8<-- [start:readme]

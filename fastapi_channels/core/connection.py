@@ -42,9 +42,10 @@ class Transport(Protocol):
     def send_text(self, text: str) -> Coroutine[Any, Any, None]:
         """A coroutine that sends one text frame; it may suspend while the peer does not read.
 
-        The connection may step the coroutine itself (``coro.send(None)``) rather than await
-        it in a task, so it must be a real coroutine (any ``async def`` is) that only awaits
-        asyncio futures.
+        Unless the connection was made with ``step_in_place=False``, it may step the coroutine
+        itself (``coro.send(None)``) rather than await it in a task: it must then be a real
+        coroutine (any ``async def`` is) that only awaits asyncio futures, and uses nothing
+        that needs the current task (``asyncio.timeout``, an anyio cancel scope).
         """
 
     async def close(self, code: int, reason: str) -> None:
@@ -92,6 +93,12 @@ class SocketConnection:
         features: the extensions the client announced at connect (see
             `fastapi_channels.wire.features`); empty for Envuso's client.
 
+    Sending: with ``step_in_place`` (the default, for transports whose send only awaits asyncio
+    futures, such as uvicorn's own) a send runs in place and only one
+    that suspends moves to a writer task. Without it every send is awaited in a writer task,
+    created when frames start waiting and gone once they are sent: the edge passes False for
+    an ASGI ``send`` it does not recognise (another server's, or one wrapped by middleware).
+
     Memory: an idle connection holds its slots and one small object per subscription; the
     queue and the writer task exist only while frames wait for a slow peer. Queued frames are
     shared ``str`` objects: a broadcast's frame is one object for all recipients.
@@ -108,6 +115,7 @@ class SocketConnection:
         "_deadline",
         "_direct",
         "_flush_scheduled",
+        "_inline",
         "_max_queue",
         "_on_abandon",
         "_policy",
@@ -140,6 +148,7 @@ class SocketConnection:
         batches: BatchCache | None = None,
         abort: Callable[[], None] | None = None,
         features: frozenset[str] = frozenset(),
+        step_in_place: bool = True,
     ) -> None:
         self.id = id
         self.features = features
@@ -150,6 +159,7 @@ class SocketConnection:
         self._transport = transport
         self._direct = direct
         self._abort = abort
+        self._inline = step_in_place
         self._queue: deque[str] | None = None  # created when a frame first has to wait
         self._max_queue = max_queue
         self._policy = overflow
@@ -228,7 +238,7 @@ class SocketConnection:
         if self._closing is not None or self._closed:
             return False
         stats = self._stats
-        if self._writer is None and self._started and not self._batch:
+        if self._writer is None and self._started and not self._batch and self._inline:
             stats.messages_out += 1
             stats.bytes_out += len(frame)
             direct = self._direct  # idle, so nothing is queued: order is kept
@@ -252,9 +262,12 @@ class SocketConnection:
         queue.append(frame)
         stats.messages_out += 1
         stats.bytes_out += len(frame)
-        if not self._flush_scheduled and self._batch and self._writer is None and self._started:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self._writer is None and self._started:
+            if not self._inline and not self._batch:
+                self._start_writer()
+            elif not self._flush_scheduled and self._batch:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
         return True
 
     async def send(self, event: str, data: Any = None) -> None:
@@ -398,10 +411,20 @@ class SocketConnection:
         """Send what waits, in place, until it is sent or a send has to wait for the peer."""
         self._flush_scheduled = False
         queue = self._queue
+        if not self._inline:
+            if queue and self._writer is None and not self._closed and self._closing is None:
+                self._start_writer()
+            return
         while queue and self._writer is None and not self._closed and self._closing is None:
             self._send_now(self._take())
         if not queue:
             self._queue = None  # an idle connection keeps no queue
+
+    def _start_writer(self) -> None:
+        """Send what waits in a writer task: every send awaited there, none stepped in place."""
+        self._writer = asyncio.get_running_loop().create_task(
+            self._write(None, None), name=f"fastapi_channels writer {self.id}"
+        )
 
     def _send_now(self, frame: str) -> None:
         """Start the transport's send in place; a send that suspends continues in a writer task.

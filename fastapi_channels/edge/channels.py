@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import injector
 
@@ -67,6 +68,10 @@ class Channels:
             expiry and in-band renewal) adds it on its own.
         asyncapi: serve the AsyncAPI 3.0 document of the channels at ``{path}/asyncapi.json``
             (see `asyncapi`).
+        asyncapi_url: the websocket URL clients connect to (``wss://chat.example.com/ws``; a
+            URL without a path means ``path``), which the served document names in its
+            ``servers``. Without it the served document has no ``servers``: the request's
+            ``Host`` header is client input and is never copied into it.
         info_guard: a FastAPI dependency guarding ``GET {path}/info`` (this process's counts
             per channel and counters); the route exists only when a guard is given. It should
             raise (e.g. ``HTTPException(403)``) for callers who may not see it.
@@ -103,6 +108,7 @@ class Channels:
         user_id: Callable[[Any], object] | None = None,
         extensions: Sequence[ConnectionExtension] = (),
         asyncapi: bool = True,
+        asyncapi_url: str | None = None,
         info_guard: Callable[..., Any] | None = None,
         presence_timeout: float = 30.0,
         idempotency_window: float = 300.0,
@@ -124,6 +130,7 @@ class Channels:
         self.enabled = enabled
         self.allow_anonymous = allow_anonymous
         self.serve_asyncapi = asyncapi
+        self.asyncapi_server = _asyncapi_server(asyncapi_url, path)
         self._asyncapi: dict[tuple[str, str, str | None], dict[str, Any]] = {}
         self.limits = limits or Limits()
         self.registry = ListenerRegistry()
@@ -202,6 +209,20 @@ class Channels:
         server = {"host": host, "protocol": protocol, "pathname": pathname or self.path}
         head = {"asyncapi": document["asyncapi"], "info": document["info"]}
         return {**head, "servers": {"main": server}, **document}
+
+    def served_asyncapi(self, title: str, version: str, description: str | None) -> dict[str, Any]:
+        """The document served at ``{path}/asyncapi.json``: `servers` only from ``asyncapi_url``."""
+        if self.asyncapi_server is None:
+            return self.asyncapi(title=title, version=version, description=description)
+        protocol, host, pathname = self.asyncapi_server
+        return self.asyncapi(
+            title=title,
+            version=version,
+            description=description,
+            host=host,
+            protocol=protocol,
+            pathname=pathname,
+        )
 
     @property
     def router(self) -> APIRouter:
@@ -293,3 +314,17 @@ class Channels:
             timeout=self.limits.close_timeout, spread=self.limits.reconnect_spread
         )
         logger.info("fastapi_channels stopped")
+
+
+def _asyncapi_server(url: str | None, path: str) -> tuple[str, str, str] | None:
+    """``asyncapi_url`` as (protocol, host, pathname), checked; None when not given."""
+    if url is None:
+        return None
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise ConfigurationError(
+            f"asyncapi_url must be a ws:// or wss:// URL with a host, not {url!r}"
+        )
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ConfigurationError(f"asyncapi_url must hold no user, query or fragment: {url!r}")
+    return parts.scheme, parts.netloc, parts.path or path

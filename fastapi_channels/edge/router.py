@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -24,10 +23,13 @@ from fastapi_channels.core.connection import BatchCache, SocketConnection
 from fastapi_channels.core.stats import Stats
 from fastapi_channels.edge import di
 from fastapi_channels.edge._direct import DirectWrites, transport_aborter
+from fastapi_channels.edge._ratelimit import RateLimit, Verdict
 from fastapi_channels.edge._shutdown import Restart, intercept_shutdown
+from fastapi_channels.edge._uvicorn import guard_pings, message_size_limit, steps_in_place
 from fastapi_channels.edge.jsclient import CLIENT_SCRIPT, serve_client_script
 from fastapi_channels.wire.errors import CloseCode, Reject
 from fastapi_channels.wire.features import parse_features
+from fastapi_channels.wire.limits import Limits
 from fastapi_channels.wire.protocol import DISCONNECT, READY, encode
 from fastapi_channels.wire.text import printable
 
@@ -245,16 +247,44 @@ class _Shared:
     """What the connections of one router share: one frame, and one batch, per broadcast.
 
     Created by `build_router` and handed to each connection its endpoint creates: the direct
-    writers' frame cache (`DirectWrites`), the batching connections' `BatchCache`, and how a
-    connection ends when uvicorn shuts down (`restart`).
+    writers' frame cache (`DirectWrites`), the batching connections' `BatchCache`, how a
+    connection ends when uvicorn shuts down (`restart`), and whether the server's message size
+    limit was checked (at the first connection).
     """
 
-    __slots__ = ("batches", "direct", "restart")
+    __slots__ = ("batches", "direct", "restart", "size_checked")
 
     def __init__(self, restart: Restart) -> None:
         self.direct = DirectWrites()
         self.batches = BatchCache()
         self.restart = restart
+        self.size_checked = False
+
+    def check_size(self, send: Send, limit: int) -> None:
+        """Warn once if the server assembles larger messages than ``limit`` before we see them.
+
+        uvicorn holds a whole inbound message in memory (up to its ``--ws-max-size``, 16 MiB by
+        default) before the reader can refuse it, so a client may make each connection hold
+        that much. Only uvicorn tells its limit (found through ``send``); other servers, or a
+        ``send`` wrapped by middleware, are not checked. Never raises.
+        """
+        if self.size_checked:
+            return
+        self.size_checked = True
+        try:
+            size = message_size_limit(send)
+        except Exception:  # a server we cannot read: nothing to say
+            return
+        if size is not None and size > limit:
+            logger.warning(
+                "uvicorn accepts websocket messages of up to %d bytes, but "
+                "Limits.max_message_size is %d: each connection may hold %d bytes before it "
+                "is refused; run uvicorn with --ws-max-size %d",
+                size,
+                limit,
+                size,
+                limit,
+            )
 
 
 async def _serve(
@@ -277,9 +307,12 @@ async def _serve(
         receive, send = handshake.raw_receive, handshake.raw_send
         direct = shared.direct.writer_for(send) if limits.direct_writes else None
         abort = transport_aborter(send)
+        in_place = steps_in_place(send)
+        shared.check_size(send, limits.max_message_size)
     else:  # mounted without the guard: Starlette's own callables
         receive, send = websocket.receive, websocket.send
         direct = abort = None
+        in_place = False
     connection = SocketConnection(
         _ASGITransport(websocket, send),
         id=uuid.uuid4().hex,
@@ -294,6 +327,7 @@ async def _serve(
         batches=shared.batches,
         abort=abort,
         features=parse_features(websocket.scope.get("query_string", b"")),
+        step_in_place=in_place,
     )
     try:
         await dispatcher.connect(connection)
@@ -312,6 +346,8 @@ async def _serve(
         return
     await websocket.accept(subprotocol=select_subprotocol(websocket.scope.get("subprotocols", [])))
     connection.push(encode(READY, {"id": connection.id}).decode())
+    rate = _rate_limit(limits)
+    unguard = guard_pings(send, functools.partial(_admit_ping, rate, connection))
     # Reachable before the writer sends ``ready`` (queued first, so nothing precedes it): a
     # client that has seen ``ready`` gets what is sent to its user from any process.
     try:
@@ -322,14 +358,10 @@ async def _serve(
         dispatcher.opened(connection)
         # The reader, inline: every coroutine awaited here is a frame kept for the
         # connection's whole life. Size and rate checks, then one dispatch per frame, in order.
-        # The rate limit is a token bucket in these locals (nothing per connection object):
-        # ``limits.rate`` tokens per second up to ``limits.burst``; a frame finding no token is
-        # dropped and answered ``rate-limited``; ``limits.rate_strikes`` drops in a row close the
-        # connection with 1008.
+        # A frame over the rate limit (`_rate_limit`) is dropped and answered ``rate-limited``;
+        # ``limits.rate_strikes`` drops in a row close the connection with 1008.
         max_size = limits.max_message_size
         stats = server.stats
-        rate, burst = limits.rate, float(limits.burst)
-        tokens, last, strikes = burst, time.monotonic(), 0
         message: Message | None
         text: str | None
         while True:
@@ -349,24 +381,20 @@ async def _serve(
                 connection.close_soon(CloseCode.MESSAGE_TOO_BIG, "message too big")
                 continue
             if rate is not None:
-                now = time.monotonic()
-                tokens = min(burst, tokens + (now - last) * rate)
-                last = now
-                if tokens < 1.0:
-                    strikes += 1
-                    if strikes >= limits.rate_strikes:
-                        logger.warning("connection %s: rate limit exceeded, closing", connection.id)
-                        connection.close_soon(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
-                    else:
-                        dispatcher.reject_rate(connection, text)
+                verdict = rate.admit()
+                if verdict is Verdict.EXCEEDED:
+                    _close_for_rate(connection)
                     continue
-                tokens -= 1.0
-                strikes = 0
+                if verdict is Verdict.DROPPED:
+                    dispatcher.reject_rate(connection, text)
+                    continue
             if text is not None:
                 await dispatcher.receive_text(connection, text)
             else:
                 dispatcher.receive_bytes(connection)
     finally:
+        if unguard is not None:
+            unguard()
         await dispatcher.disconnect(connection)
         await connection.wait_closed(limits.close_timeout)
 
@@ -376,6 +404,28 @@ def _restart_for(channels: Channels) -> Restart:
     return functools.partial(
         channels.server.end_for_restart, spread=channels.limits.reconnect_spread
     )
+
+
+def _rate_limit(limits: Limits) -> RateLimit | None:
+    """A connection's rate limit (``limits.rate`` frames a second, up to ``limits.burst``)."""
+    if limits.rate is None:
+        return None
+    return RateLimit(limits.rate, limits.burst, limits.rate_strikes)
+
+
+def _close_for_rate(connection: SocketConnection) -> None:
+    logger.warning("connection %s: rate limit exceeded, closing", connection.id)
+    connection.close_soon(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+
+
+def _admit_ping(rate: RateLimit | None, connection: SocketConnection) -> bool:
+    """Whether to answer one protocol-level ping: it takes a token like any frame."""
+    if rate is None or not connection.is_open:
+        return connection.is_open
+    verdict = rate.admit()
+    if verdict is Verdict.EXCEEDED:
+        _close_for_rate(connection)
+    return verdict is Verdict.ALLOWED
 
 
 def _endpoint(channels: Channels, shared: _Shared) -> Callable[..., Any]:
@@ -404,13 +454,10 @@ ASYNCAPI_SUFFIX = "/asyncapi.json"
 def _asyncapi_endpoint(channels: Channels) -> Callable[[Request], Any]:
     async def asyncapi(request: Request) -> JSONResponse:
         app = request.app
-        document = channels.asyncapi(
+        document = channels.served_asyncapi(
             title=getattr(app, "title", None) or "fastapi_channels",
             version=getattr(app, "version", None) or "0.1.0",
             description=getattr(app, "description", None) or None,
-            host=request.headers.get("host") or None,
-            protocol="wss" if request.url.scheme == "https" else "ws",
-            pathname=request.url.path.removesuffix(ASYNCAPI_SUFFIX),
         )
         return JSONResponse(document)
 

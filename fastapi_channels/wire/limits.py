@@ -57,7 +57,9 @@ class Limits:
 
     Attributes:
         max_message_size: the largest inbound text frame in bytes; a larger one closes the
-            connection with 1009 (64 KiB, as Centrifugo).
+            connection with 1009 (64 KiB, as Centrifugo). Checked once the ASGI server has
+            assembled the message: set the server's limit to match (``uvicorn --ws-max-size``);
+            a uvicorn that accepts more is reported once in the log.
         max_name_length: the longest event or channel name accepted from a client.
         max_subscriptions: how many channels one connection may subscribe to; more are
             answered ``successful: false``.
@@ -70,7 +72,9 @@ class Limits:
         handshake_timeout: seconds the handshake (the user dependency and ``connect``
             middleware) may take; a slower one is refused with ``handshake timed out``.
         rate: packets per second a connection may send on average (a token bucket); None for
-            no limit. A packet over the limit is dropped and answered ``rate-limited``.
+            no limit. A packet over the limit is dropped and answered ``rate-limited``. Under
+            uvicorn's default websocket implementation protocol-level pings take a token too
+            (one over the limit gets no pong).
         burst: how many packets a connection may send at once above ``rate``.
         rate_strikes: how many packets in a row may be dropped for the rate before the
             connection is closed with 1008.

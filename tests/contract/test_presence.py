@@ -109,7 +109,7 @@ async def test_the_members_of_a_process_that_stops_renewing_are_swept(
 ) -> None:
     a, dead = pair
     await a.presence.presence_renew(30)
-    await dead.presence.presence_renew(0.2)  # and never again
+    await dead.presence.presence_renew(1.0)  # and never again
     await dead.presence.presence_update("p:x", {"zed": b"Z"}, [], ANNOUNCE)
     await a.presence.presence_update("p:x", {"ann": b"A"}, [], ANNOUNCE)
     assert await a.presence.presence_sweep({"p:x": 1}, {"p:x": ANNOUNCE}) == []

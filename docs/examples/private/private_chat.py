@@ -1,10 +1,10 @@
 """The tutorial's app: people log in, then talk in conversations only their two members can join.
 
 docs/private-chat.md shows it as the reader's private_chat.py. From this directory,
-`uvicorn private_chat:app` runs it; from the repository's root,
-`uvicorn docs.examples.private.private_chat:app`. Its tests are test_private_chat.py beside it,
-which import it as `private_chat`, as in the reader's project (this directory is no package, so
-pytest puts it on the path).
+`uvicorn private_chat:app --ws-max-size 65536` runs it; from the repository's root,
+`uvicorn docs.examples.private.private_chat:app --ws-max-size 65536`. Its tests are
+test_private_chat.py beside it, which import it as `private_chat`, as in the reader's project
+(this directory is no package, so pytest puts it on the path).
 """
 
 from __future__ import annotations
