@@ -21,7 +21,7 @@ Answers:
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Security
@@ -179,6 +179,16 @@ def build_api(channels: Channels, dependencies: Sequence[Any]) -> APIRouter:
             return _failure(exc)
         return Done()
 
+    async def for_user(body: UserChannel, act: Callable[[str, str], Awaitable[None]]) -> Any:
+        channel = channel_name("body", body.channel)
+        try:
+            await act(body.user, channel)
+        except InvalidChannel as exc:
+            return _not_found(exc)
+        except BrokerError as exc:
+            return _failure(exc)
+        return Done()
+
     @router.post("/users/subscribe", response_model=Done, responses=_ERRORS)
     async def subscribe_user(body: UserChannel) -> Any:
         """Subscribe every connection of one user to a channel, on every process.
@@ -186,26 +196,12 @@ def build_api(channels: Channels, dependencies: Sequence[Any]) -> APIRouter:
         The server decides: ``is_authorised`` and middleware do not run. Connections whose
         client did not announce ``server-subscriptions`` are left out (see the protocol).
         """
-        channel = channel_name("body", body.channel)
-        try:
-            await server.subscribe_user(body.user, channel)
-        except InvalidChannel as exc:
-            return _not_found(exc)
-        except BrokerError as exc:
-            return _failure(exc)
-        return Done()
+        return await for_user(body, server.subscribe_user)
 
     @router.post("/users/unsubscribe", response_model=Done, responses=_ERRORS)
     async def unsubscribe_user(body: UserChannel) -> Any:
         """Unsubscribe every connection of one user from a channel, on every process."""
-        channel = channel_name("body", body.channel)
-        try:
-            await server.unsubscribe_user(body.user, channel)
-        except InvalidChannel as exc:
-            return _not_found(exc)
-        except BrokerError as exc:
-            return _failure(exc)
-        return Done()
+        return await for_user(body, server.unsubscribe_user)
 
     @router.get("/presence", response_model=PresenceAnswer, responses=_ERRORS)
     async def presence(channel: Annotated[str, Query()]) -> Any:
