@@ -18,14 +18,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import selectors
 import shutil
-import signal
 import socket
-import subprocess
-import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +28,7 @@ from typing import NoReturn
 
 import pytest
 
-from tests.redis_support import PortTaken, free_port
+from tests.redis_support import ServerProcess
 
 REQUIRE_ENV = "FASTAPI_CHANNELS_REQUIRE_NATS"
 READY_LINE = b"Server is ready"
@@ -72,119 +67,23 @@ def nats_binary() -> str | None:
     return next((path for path in CANDIDATES if os.access(path, os.X_OK)), None)
 
 
-class NatsServer:
+class NatsServer(ServerProcess):
     """A private ``nats-server -js`` on 127.0.0.1, storing under a directory of its own.
 
     ``stop()`` then ``start()`` restarts it on the same port, with what it stored.
     """
 
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.port = 0
-        self.output: list[bytes] = []
-        self._process: subprocess.Popen[bytes] | None = None
-        self._drain_thread: threading.Thread | None = None
-        self._dir = tempfile.TemporaryDirectory(prefix="fastapi-channels-nats-")
+    name = "nats-server"
+    ready = READY_LINE
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def start(self) -> None:
-        """Start the server: on a new free port the first time, on the same port after that."""
-        assert not self.running, "already running"
-        if self.port:
-            self._spawn(self.port)
-            return
-        for _ in range(5):
-            port = free_port()
-            try:
-                self._spawn(port)
-            except PortTaken:
-                continue
-            self.port = port
-            return
-        raise RuntimeError("no free port for nats-server after 5 attempts")
-
-    def stop(self) -> None:
-        """Shut the server down (SIGTERM: it closes every client connection) and wait for it."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        if self._drain_thread is not None:
-            self._drain_thread.join(timeout=10)
-            self._drain_thread = None
-        if process.stdout is not None:
-            process.stdout.close()
-
-    def close(self) -> None:
-        self.stop()
-        self._dir.cleanup()
-
-    def _spawn(self, port: int) -> None:
-        store = Path(self._dir.name) / "jetstream"
-        args = [self.binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]
-        process = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        assert process.stdout is not None
-        try:
-            output = _read_until_ready(process.stdout.fileno(), time.monotonic() + START_TIMEOUT)
-        except BaseException:
-            _discard(process)
-            raise
-        self.output.append(output)
-        if READY_LINE not in output:
-            _discard(process)
-            text = output.decode(errors="replace")
-            if "address already in use" in text.lower():
-                raise PortTaken(port)
-            raise RuntimeError(f"nats-server did not start on port {port}:\n{text}")
-        self._process = process
-        self._drain_thread = threading.Thread(target=self._drain, args=(process,), daemon=True)
-        self._drain_thread.start()
-
-    def _drain(self, process: subprocess.Popen[bytes]) -> None:
-        assert process.stdout is not None
-        fd = process.stdout.fileno()
-        try:
-            while chunk := os.read(fd, 65536):
-                self.output.append(chunk)
-        except OSError:
-            return
-
-
-def _read_until_ready(fd: int, deadline: float) -> bytes:
-    output = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while READY_LINE not in output:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
-                raise RuntimeError("nats-server did not become ready in time")
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            output += chunk
-    return output
-
-
-def _discard(process: subprocess.Popen[bytes]) -> None:
-    process.kill()
-    process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
+    def command(self, port: int) -> list[str]:
+        """The command line that starts the server on ``port``, JetStream on."""
+        store = Path(self.dir) / "jetstream"
+        return [self.binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]
 
 
 async def delete_stream(url: str, prefix: str) -> None:

@@ -56,33 +56,43 @@ def free_port() -> int:
         return port
 
 
-class RedisServer:
-    """A private ``redis-server`` on 127.0.0.1 without persistence.
+class ServerProcess:
+    """A private server binary on 127.0.0.1, started and stopped by a test.
 
-    ``stop()`` then ``start()`` restarts it on the same port, empty, as a real Redis restart
-    would leave it; ``pause()`` freezes it (connections stay open, nothing is answered).
+    Subclasses say how to start it (`command`), what it prints once it serves clients
+    (`ready`) and its URL. ``stop()`` then ``start()`` restarts it on the same port;
+    ``pause()`` freezes it (connections stay open, nothing is answered).
     """
 
+    name = "server"
+    """The binary's name, for error messages."""
     ready: bytes = READY_LINE
     """What the server prints once it serves clients."""
 
-    def __init__(self, binary: str, *options: str) -> None:
+    def __init__(self, binary: str) -> None:
         self.binary = binary
-        self.options = list(options)
-        """More ``redis-server`` options (``--replicaof ...``, ``--cluster-enabled yes``)."""
         self.port = 0
         self.output: list[bytes] = []
         self._process: subprocess.Popen[bytes] | None = None
         self._drain_thread: threading.Thread | None = None
-        self._dir = tempfile.TemporaryDirectory(prefix="fastapi-channels-redis-")
+        self._dir = tempfile.TemporaryDirectory(prefix=f"fastapi-channels-{self.name}-")
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        raise NotImplementedError
+
+    def command(self, port: int) -> list[str]:
+        """The command line that starts the server on ``port``."""
+        raise NotImplementedError
 
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def dir(self) -> str:
+        """The server's working directory (its files), removed by `close`."""
+        return self._dir.name
 
     def start(self) -> None:
         """Start the server: on a new free port the first time, on the same port after that."""
@@ -98,7 +108,7 @@ class RedisServer:
                 continue
             self.port = port
             return
-        raise RuntimeError("no free port for redis-server after 5 attempts")
+        raise RuntimeError(f"no free port for {self.name} after 5 attempts")
 
     def stop(self) -> None:
         """Shut the server down (SIGTERM: it closes every client connection) and wait for it."""
@@ -106,7 +116,7 @@ class RedisServer:
         if process is None:
             return
         if process.poll() is None:
-            process.send_signal(signal.SIGCONT)
+            process.send_signal(signal.SIGCONT)  # a paused server could not take the SIGTERM
             process.terminate()
             try:
                 process.wait(timeout=10)
@@ -133,25 +143,17 @@ class RedisServer:
         self.stop()
         self._dir.cleanup()
 
-    @property
-    def dir(self) -> str:
-        """The server's working directory (its files), removed by `close`."""
-        return self._dir.name
-
-    def command(self, port: int) -> list[str]:
-        """The command line that starts the server on ``port``."""
-        args = [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        return [*args, "--appendonly", "no", "--dir", self._dir.name, "--daemonize", "no"]
-
     def _spawn(self, port: int) -> None:
-        args = self.command(port) + self.options
         process = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.command(port),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         assert process.stdout is not None
         try:
             output = _read_until_ready(
-                process.stdout.fileno(), time.monotonic() + START_TIMEOUT, self.ready
+                process.stdout.fileno(), time.monotonic() + START_TIMEOUT, self.ready, self.name
             )
         except BaseException:
             _discard(process)
@@ -160,9 +162,9 @@ class RedisServer:
         if self.ready not in output:
             _discard(process)
             text = output.decode(errors="replace")
-            if "Address already in use" in text:
+            if "address already in use" in text.lower():
                 raise PortTaken(port)
-            raise RuntimeError(f"redis-server did not start on port {port}:\n{text}")
+            raise RuntimeError(f"{self.name} did not start on port {port}:\n{text}")
         self._process = process
         # Keep draining its output so the pipe never fills and blocks the server.
         self._drain_thread = threading.Thread(target=self._drain, args=(process,), daemon=True)
@@ -178,11 +180,36 @@ class RedisServer:
             return
 
 
+class RedisServer(ServerProcess):
+    """A private ``redis-server`` on 127.0.0.1 without persistence.
+
+    ``stop()`` then ``start()`` restarts it on the same port, empty, as a real Redis restart
+    would leave it.
+    """
+
+    name = "redis-server"
+
+    def __init__(self, binary: str, *options: str) -> None:
+        super().__init__(binary)
+        self.options = list(options)
+        """More ``redis-server`` options (``--replicaof ...``, ``--cluster-enabled yes``)."""
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self, port: int) -> list[str]:
+        """The command line that starts the server on ``port``, with `options`."""
+        args = [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--dir", self._dir.name, "--daemonize", "no"]
+        return [*args, *self.options]
+
+
 class PortTaken(Exception):
     """The port was taken between choosing it and binding it."""
 
 
-def _read_until_ready(fd: int, deadline: float, ready: bytes = READY_LINE) -> bytes:
+def _read_until_ready(fd: int, deadline: float, ready: bytes, name: str) -> bytes:
     """Read the server's output until it is ready or exits; fail after ``deadline``."""
     output = b""
     with selectors.DefaultSelector() as selector:
@@ -190,7 +217,7 @@ def _read_until_ready(fd: int, deadline: float, ready: bytes = READY_LINE) -> by
         while ready not in output:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not selector.select(remaining):
-                raise RuntimeError("redis-server did not become ready in time")
+                raise RuntimeError(f"{name} did not become ready in time")
             chunk = os.read(fd, 65536)
             if not chunk:
                 break
