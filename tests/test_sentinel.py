@@ -166,8 +166,15 @@ async def test_history_and_presence_follow_a_master_that_dies(
         elapsed = time.monotonic() - began
         assert after is not None and after.epoch != before.epoch  # a new master, a new epoch
         packet = await ann.receive(TIMEOUT)
-        if packet.event == "channels:presence":  # the member list again, after the reconnect
-            assert sorted(m["id"] for m in packet.data["members"]) == ["ann", "bob"]
+        for _ in range(10):  # bounded: room:1's presence traffic around the failover, if any
+            if packet.get("channel") == "log:1":
+                break
+            if packet.event == "channels:presence":  # the member list again, after reconnecting
+                members = sorted(m["id"] for m in packet.data["members"])
+                assert members == ["ann", "bob"] or packet.data.get("partial"), packet
+            else:  # what the new master lacked (asynchronous replication), swept and put back
+                assert packet.event in {"channels:join", "channels:leave"}, packet
+                assert packet.data["member"]["id"] in {"ann", "bob"}, packet
             packet = await ann.receive(TIMEOUT)
         assert packet.data == "after"
         assert packet["position"] == {"offset": after.offset, "epoch": after.epoch}
