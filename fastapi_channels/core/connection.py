@@ -20,7 +20,7 @@ import logging
 import operator
 from collections import deque
 from collections.abc import Callable, Coroutine, MutableMapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from fastapi_channels.core._stepping import resume
 from fastapi_channels.core.stats import Stats
@@ -31,7 +31,7 @@ from fastapi_channels.wire.protocol import DISCONNECT, encode
 if TYPE_CHECKING:
     from fastapi_channels.core.channel import Subscription
 
-__all__ = ["BatchCache", "SocketConnection", "Transport"]
+__all__ = ["BatchCache", "Mark", "SocketConnection", "Transport", "WriteProgress"]
 
 logger = logging.getLogger("fastapi_channels.connection")
 
@@ -50,6 +50,23 @@ class Transport(Protocol):
 
     async def close(self, code: int, reason: str) -> None:
         """Send a close frame."""
+
+
+class WriteProgress(Protocol):
+    """How far the socket underneath has taken the bytes written to it (a direct writer's).
+
+    ``written`` counts the bytes written to the transport so far; `taken` those of them the
+    transport has handed to the operating system (written minus what it still buffers).
+    """
+
+    written: int
+
+    def taken(self) -> int:
+        """Bytes of ``written`` no longer buffered in the server."""
+
+
+Mark: TypeAlias = "tuple[int, int]"
+"""Where a connection's output stood at one moment: frames handed, bytes written (`mark`)."""
 
 
 _BATCH_MAX = 100
@@ -115,10 +132,12 @@ class SocketConnection:
         "_deadline",
         "_direct",
         "_flush_scheduled",
+        "_handed",
         "_inline",
         "_max_queue",
         "_on_abandon",
         "_policy",
+        "_progress",
         "_queue",
         "_started",
         "_stats",
@@ -149,6 +168,7 @@ class SocketConnection:
         abort: Callable[[], None] | None = None,
         features: frozenset[str] = frozenset(),
         step_in_place: bool = True,
+        progress: WriteProgress | None = None,
     ) -> None:
         self.id = id
         self.features = features
@@ -158,6 +178,8 @@ class SocketConnection:
         self.subscriptions: dict[str, Subscription] = {}
         self._transport = transport
         self._direct = direct
+        self._progress = progress
+        self._handed = 0  # frames taken by `push`, ever: `mark` and `passed` compare them
         self._abort = abort
         self._inline = step_in_place
         self._queue: deque[str] | None = None  # created when a frame first has to wait
@@ -239,6 +261,7 @@ class SocketConnection:
             return False
         stats = self._stats
         if self._writer is None and self._started and not self._batch and self._inline:
+            self._handed += 1
             stats.messages_out += 1
             stats.bytes_out += len(frame)
             direct = self._direct  # idle, so nothing is queued: order is kept
@@ -260,6 +283,7 @@ class SocketConnection:
                 return False
             queue.popleft()
         queue.append(frame)
+        self._handed += 1
         stats.messages_out += 1
         stats.bytes_out += len(frame)
         if self._writer is None and self._started:
@@ -269,6 +293,32 @@ class SocketConnection:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
         return True
+
+    def mark(self) -> Mark:
+        """Where the connection's output stands now: compare a later state with `passed`."""
+        progress = self._progress
+        return (self._handed, 0 if progress is None else progress.written)
+
+    def passed(self, mark: Mark) -> bool:
+        """Whether everything pushed before ``mark`` was taken has left the server.
+
+        Left means handed to the operating system's socket: no longer in the outgoing queue,
+        in a pending send, nor (with a direct writer) in the transport's write buffer. A
+        closing or closed connection holds nothing for its peer any more: True. Frames sent
+        through ``send`` while a direct writer exists also sit in the transport's buffer
+        without being counted in its ``written``: they make this answer False until that
+        buffer has emptied. For a batching client a batch being sent counts as one frame.
+        """
+        if self._closing is not None or self._closed:
+            return True
+        handed, written = mark
+        waiting = len(self._queue) if self._queue else 0
+        if self._writer is not None:
+            waiting += 1  # the send in progress
+        if self._handed - waiting < handed:
+            return False
+        progress = self._progress
+        return progress is None or progress.taken() >= written
 
     async def send(self, event: str, data: Any = None) -> None:
         """Queue a plain event for this connection; returns once it is queued, not sent.

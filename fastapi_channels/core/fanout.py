@@ -14,8 +14,17 @@ loop between them, so a broadcast to a huge channel never blocks the loop for lo
 most ``FAN_OUT_CHUNK`` connections, and fewer when the last chunk showed that many would take
 longer than ``FAN_OUT_TURN`` seconds, so a slow or busy machine is held no longer than a fast one.
 Fan-outs then run strictly in arrival order, so every connection still gets its frames in
-publish order. While more than ``BACKLOG_LIMIT`` fan-outs wait, publishers of this process wait
-for the backlog to drain (`FanOut.wait_drained`).
+publish order.
+
+The fan-out is *behind* when more than ``BACKLOG_LIMIT`` fan-outs wait for their turn, or when
+it holds frames older than ``max_lag`` seconds: the oldest waiting fan-out arrived that long
+ago, or most of the recent fan-outs' probes are still in the server after that long. A probe
+is one recipient of a fan-out, taken in turn (`SocketConnection.mark`): its frame is still in
+the server while it waits in the connection's queue or, under uvicorn with direct writes, in
+the transport's write buffer (`SocketConnection.passed`). A majority is needed so that one slow
+recipient, which its overflow policy deals with, does not hold every publisher. While the
+fan-out is behind, publishers of this process wait (`FanOut.wait_drained`), so a publisher that
+outruns the sockets feels it and the server's backlog stays bounded in time, not only in count.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from fastapi_channels.core import topics
@@ -36,12 +45,13 @@ from fastapi_channels.wire.history import with_position
 
 if TYPE_CHECKING:
     from fastapi_channels.core.catchup import Reconnects
-    from fastapi_channels.core.connection import SocketConnection
+    from fastapi_channels.core.connection import Mark, SocketConnection
     from fastapi_channels.wire.stored import Position
 
 __all__ = [
     "BACKLOG_LIMIT",
     "FAN_OUT_CHUNK",
+    "FAN_OUT_PROBES",
     "FAN_OUT_TURN",
     "FanOut",
     "UserSubscriptions",
@@ -58,6 +68,10 @@ _FAN_OUT_MIN: Final = 100
 """The smallest chunk, whatever the speed."""
 BACKLOG_LIMIT: Final = 32
 """Fan-outs waiting for their turn above which publishers wait (`FanOut.wait_drained`)."""
+FAN_OUT_PROBES: Final = 9
+"""Recent fan-outs whose probe decides whether the fan-out is behind (a majority must be)."""
+_POLL_MAX: Final = 0.005
+"""Seconds between two looks at the probes while publishers wait (less for a small max_lag)."""
 
 UserSubscriptions: TypeAlias = "Callable[[tuple[SocketConnection, ...], str, bool], None]"
 """Applies a server-side subscription change: ``(connections, channel, subscribe)``."""
@@ -66,7 +80,7 @@ UserSubscriptions: TypeAlias = "Callable[[tuple[SocketConnection, ...], str, boo
 class _Job:
     """A fan-out in progress: the recipients fixed at arrival, and how far it got."""
 
-    __slots__ = ("connections", "filtered", "frame", "index", "live", "position")
+    __slots__ = ("arrived", "connections", "filtered", "frame", "index", "live", "position")
 
     def __init__(
         self,
@@ -75,7 +89,9 @@ class _Job:
         live: LiveChannel | None,
         position: Position | None,
         filtered: bool,
+        arrived: float,
     ):
+        self.arrived = arrived
         self.connections = connections
         self.frame = frame
         self.live = live
@@ -124,6 +140,9 @@ class FanOut:
         subscriptions: called with the user's connections here, the channel and True
             (subscribe) or False (unsubscribe) for each server-side subscription change; it
             must not block.
+        max_lag: seconds frames may stay in the server before publishers wait (see the
+            module); None for no bound in time (the count bound, ``BACKLOG_LIMIT``, holds).
+        clock: the time source for ``max_lag`` (monotonic seconds).
     """
 
     def __init__(
@@ -133,6 +152,8 @@ class FanOut:
         reconnects: Reconnects,
         connections: Mapping[str, SocketConnection] | None = None,
         subscriptions: UserSubscriptions | None = None,
+        max_lag: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._channels = channels
         self._users = users
@@ -146,11 +167,44 @@ class FanOut:
         self._backlog: deque[_Job] = deque()
         self._drained: asyncio.Future[None] | None = None
         self._chunk = FAN_OUT_CHUNK  # connections per chunk, learned from the last one's time
+        self._max_lag = max_lag
+        self._clock = clock
+        # One recipient of each recent fan-out: (arrival time, connection, its mark after).
+        self._probes: deque[tuple[float, SocketConnection, Mark]] = deque(maxlen=FAN_OUT_PROBES)
+        self._turn = 0  # which recipient of the next fan-out is probed
+        self._poll: asyncio.TimerHandle | None = None
 
     @property
     def behind(self) -> bool:
-        """Whether more than ``BACKLOG_LIMIT`` fan-outs wait for their turn."""
-        return len(self._backlog) > BACKLOG_LIMIT
+        """Whether publishers should wait: too many fan-outs wait, or frames are too old.
+
+        Cheap enough to ask on every publish: it looks at the oldest waiting fan-out and at
+        most ``FAN_OUT_PROBES`` probes.
+        """
+        backlog = self._backlog
+        if len(backlog) > BACKLOG_LIMIT:
+            return True
+        max_lag = self._max_lag
+        if max_lag is None:
+            return False
+        before = self._clock() - max_lag
+        if backlog and backlog[0].arrived < before:
+            return True
+        probes = self._probes
+        late = 0
+        for arrived, connection, mark in probes:
+            if arrived < before and not connection.passed(mark):
+                late += 1
+        return late * 2 > len(probes)
+
+    def _probe(self, connections: Collection[SocketConnection], arrived: float) -> None:
+        """Remember one recipient of a fan-out that just completed, taken in turn."""
+        self._turn += 1
+        if not isinstance(connections, Sequence):
+            connections = tuple(connections)
+        if connections:
+            connection = connections[self._turn % len(connections)]
+            self._probes.append((arrived, connection, connection.mark()))
 
     # ------------------------------------------------------------------ from the broker
 
@@ -237,8 +291,11 @@ class FanOut:
             return
         if not self._backlog and len(connections) <= FAN_OUT_CHUNK:
             deliver(connections, frame, live, position, filtered)
+            if self._max_lag is not None:
+                self._probe(connections, self._clock())
             return
-        self._backlog.append(_Job(list(connections), frame, live, position, filtered))
+        job = _Job(list(connections), frame, live, position, filtered, self._clock())
+        self._backlog.append(job)
         if len(self._backlog) == 1:
             self._drain()
 
@@ -265,6 +322,8 @@ class FanOut:
             job.index = end
             if end == len(job.connections):
                 backlog.popleft()
+                if self._max_lag is not None:
+                    self._probe(job.connections, job.arrived)
         served, took = size - budget, time.perf_counter() - started
         if took > 0:
             fitting = int(served * FAN_OUT_TURN / took)
@@ -275,19 +334,33 @@ class FanOut:
             self._release_waiters()
 
     async def wait_drained(self) -> None:
-        """Return once no fan-out waits for its turn (shielded: cancelling one waiter is fine)."""
-        if not self._backlog:
-            return
-        if self._drained is None:
-            self._drained = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._drained)
+        """Return once the fan-out is no longer `behind` (at once if it is not).
+
+        Waiters share one future, released when the waiting fan-outs are served and, while
+        the fan-out is behind in time, every few milliseconds (at most ``max_lag / 2``) to
+        look again; so it waits as long as the sockets take to catch up, which a peer that
+        reads nothing bounds only through its connection's overflow policy and close. Shielded:
+        cancelling one waiter leaves the others waiting.
+        """
+        while self.behind:  # each turn waits for a drain or one poll: bounded by the sockets
+            if self._drained is None:
+                loop = asyncio.get_running_loop()
+                self._drained = loop.create_future()
+                if self._max_lag is not None:
+                    delay = min(_POLL_MAX, self._max_lag / 2)
+                    self._poll = loop.call_later(delay, self._release_waiters)
+            await asyncio.shield(self._drained)
 
     def clear(self) -> None:
         """Drop every waiting fan-out (the server stops) and release the waiting publishers."""
         self._backlog.clear()
+        self._probes.clear()
         self._release_waiters()
 
     def _release_waiters(self) -> None:
+        if self._poll is not None:
+            self._poll.cancel()
+            self._poll = None
         drained, self._drained = self._drained, None
         if drained is not None and not drained.done():
             drained.set_result(None)

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import random
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, overload
 
@@ -74,7 +75,9 @@ class SocketServer:
     Injectable: listener constructors and HTTP routes (``Inject(SocketServer)``, or
     ``channels.server``) reach the running instance. Every send method returns once the
     message is handed to the broker; none waits for delivery, and a slow or dead recipient
-    never delays the others.
+    never delays the others. ``broadcast`` alone waits, before publishing, while this
+    process's fan-out is behind: by more than ``max_backlog_age`` seconds (None: no bound in
+    time), measured with ``clock`` (see `fastapi_channels.core.fanout`).
     """
 
     def __init__(
@@ -84,6 +87,8 @@ class SocketServer:
         max_name_length: int = 200,
         presence_timeout: float = 30.0,
         idempotency_window: float = 300.0,
+        max_backlog_age: float | None = 0.02,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.broker = broker
         self.idempotency_window = idempotency_window
@@ -105,6 +110,8 @@ class SocketServer:
             self.reconnects,
             self._connections,
             self._server_subscription,
+            max_backlog_age,
+            clock,
         )
         """Hands what the broker delivers to this process's subscribers (see `.fanout`)."""
         self.cluster = ClusterCounts(broker, self.counts)
@@ -537,9 +544,11 @@ class SocketServer:
         Only subscribers of exactly ``channel`` receive it (never those of other channels that
         the same pattern matches). The packet is encoded once; each process hands the same
         frame to each local subscriber. A recipient whose queue is full is handled by its
-        overflow policy and does not delay the others. While more than a few large fan-outs
-        wait for their turn in this process, this waits for them first (backpressure on a
-        publisher that outruns the sockets).
+        overflow policy and does not delay the others. While this process's fan-out is behind
+        (more than a few large fan-outs wait for their turn, or most recent recipients still
+        have frames older than ``Limits.max_backlog_age`` waiting in the server), this waits
+        until it has caught up before publishing: a publisher that outruns the sockets is
+        slowed to their pace (see `fastapi_channels.core.fanout`).
 
         When the channel keeps a history (of this event), the message is stored first and
         delivered with its position, which is returned; if it cannot be stored (Redis

@@ -126,10 +126,11 @@ class DirectWriter:
 
     Holds the uvicorn protocol, its transport and its "writable" event (objects the server
     keeps anyway), a size limit and the router's `DirectWrites`: one small object per
-    connection.
+    connection. It is also the connection's `WriteProgress`: ``written`` counts the bytes it
+    wrote, and `taken` how many of them left the transport's buffer.
     """
 
-    __slots__ = ("_limit", "_owner", "_protocol", "_transport", "_writable")
+    __slots__ = ("_limit", "_owner", "_protocol", "_transport", "_writable", "written")
 
     def __init__(self, protocol: Any, limit: int, owner: DirectWrites) -> None:
         self._protocol = protocol
@@ -137,6 +138,7 @@ class DirectWriter:
         self._writable = protocol.writable
         self._limit = limit
         self._owner = owner
+        self.written = 0
 
     def __call__(self, text: str) -> bool:
         """Write one text frame if ASGI ``send`` would complete at once; else return False.
@@ -153,8 +155,15 @@ class DirectWriter:
         # The owner's last frame, checked here rather than through a call: this runs once per
         # recipient, and a broadcast's recipients after the first all find their frame there.
         last = self._owner._last
-        self._transport.write(last[1] if last[0] is text else self._owner.frame(text))
+        frame = last[1] if last[0] is text else self._owner.frame(text)
+        self._transport.write(frame)
+        self.written += len(frame)
         return True
+
+    def taken(self) -> int:
+        """Bytes of ``written`` the transport no longer buffers (see `WriteProgress`)."""
+        buffered: int = self._transport.get_write_buffer_size()
+        return self.written - buffered
 
 
 class DirectWrites:
@@ -211,6 +220,7 @@ class DirectWrites:
             # What the writer reads on every frame: present, or no direct writes at all.
             _ = protocol.close_sent, writer._writable.is_set
             _ = writer._transport.write, writer._transport.is_closing
+            _ = writer._transport.get_write_buffer_size
         except AttributeError as exc:
             if not self._warned:
                 self._warned = True

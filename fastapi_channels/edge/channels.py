@@ -145,6 +145,7 @@ class Channels:
             max_name_length=self.limits.max_name_length,
             presence_timeout=presence_timeout,
             idempotency_window=idempotency_window,
+            max_backlog_age=self.limits.max_backlog_age,
         )
         self.container.binder.bind(SocketServer, to=self.server)
         self.container.binder.bind(Channels, to=self)

@@ -324,6 +324,7 @@ async def _serve(
         stats=server.stats,
         close_timeout=limits.close_timeout,
         direct=direct,
+        progress=direct,
         batches=shared.batches,
         abort=abort,
         features=parse_features(websocket.scope.get("query_string", b"")),

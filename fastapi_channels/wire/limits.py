@@ -87,6 +87,13 @@ class Limits:
         reconnect_spread: the upper bound, in seconds, of the random ``reconnect_after`` hint
             sent with the shutdown ``disconnect``, so clients do not all reconnect at once;
             0 sends no hint.
+        max_backlog_age: seconds a broadcast's frames may wait in this process (in the
+            fan-out, the connections' queues and, with direct writes, the transports' write
+            buffers) before publishers of this process wait: once most recently probed
+            recipients still hold frames that old, ``broadcast`` (and the HTTP API's publish)
+            waits until they have caught up. It bounds the server's backlog in time when
+            subscribers read slower than a publisher sends; a single slow recipient does not
+            trigger it (its queue and ``overflow`` deal with it). None for no bound in time.
         direct_writes: under uvicorn's default websocket implementation, write each frame
             straight to the socket (a broadcast framed once for all its recipients) where no
             ASGI middleware wraps ``send``; frames that cannot be written at once, and frames
@@ -116,6 +123,7 @@ class Limits:
     max_connections_per_user: int | None = 32
     shutdown_timeout: float = 10.0
     reconnect_spread: float = 10.0
+    max_backlog_age: float | None = 0.02
     direct_writes: bool = True
 
     def __post_init__(self) -> None:
@@ -138,6 +146,9 @@ class Limits:
         timeout = self.handler_timeout
         if timeout is not None and (not _is_number(timeout) or not timeout > 0):
             raise _refuse("handler_timeout", timeout, "a finite number of seconds above 0, or None")
+        age = self.max_backlog_age
+        if age is not None and (not _is_number(age) or not age > 0):
+            raise _refuse("max_backlog_age", age, "a finite number of seconds above 0, or None")
         rate = self.rate
         if rate is not None and (not _is_number(rate) or not rate > 0):
             raise _refuse("rate", rate, "a finite number of packets per second above 0, or None")

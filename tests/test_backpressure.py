@@ -1,0 +1,144 @@
+"""A publisher that outruns its subscribers waits: the server's backlog is bounded in time.
+
+The clock is the test's: frames become "old" when the test says so, never by waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi_channels import MemoryBroker, SocketConnection, SocketServer
+from fastapi_channels.app.listeners import ChannelListener, channel
+from tests import specs
+from tests.test_connection_queue import GatedTransport
+
+BOUND = 0.05
+
+
+@channel("room")
+class Room(ChannelListener):
+    pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class UndrainedBuffer:
+    """A direct writer whose transport keeps every byte until the test lets them go."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+        self.written = 0
+        self.sent = 0
+
+    def __call__(self, text: str) -> bool:
+        self.frames.append(text)
+        self.written += len(text)
+        return True
+
+    def taken(self) -> int:
+        return self.sent
+
+    def drain(self) -> None:
+        self.sent = self.written
+
+
+async def serving(clock: Clock, connections: list[SocketConnection]) -> SocketServer:
+    server = SocketServer(MemoryBroker(), max_backlog_age=BOUND, clock=clock)
+    await server.start()
+    room = specs.spec("room")
+    for connection in connections:
+        connection.start()
+        await server.add_connection(connection)
+        await server.add_subscription(connection, specs.subscription("room", room))
+    return server
+
+
+async def turns(count: int = 20) -> None:
+    """Let the loop run ``count`` turns: enough for an unhindered broadcast to finish."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_a_broadcast_waits_while_most_subscribers_hold_old_frames() -> None:
+    clock = Clock()
+    transports = [GatedTransport(open_gate=False) for _ in range(4)]
+    connections = [SocketConnection(t, id=str(n)) for n, t in enumerate(transports)]
+    server = await serving(clock, connections)
+    for n in range(3):  # young frames: no wait, even though nobody reads
+        await asyncio.wait_for(server.broadcast(Room, "room", "tick", n), 2)
+    clock.now = 1.0  # those frames are now older than the bound
+    late = asyncio.create_task(server.broadcast(Room, "room", "tick", 3))
+    await turns()
+    assert not late.done()
+    assert all(c.queued == 2 for c in connections)  # frame 3 was not published yet
+    for transport in transports:
+        transport.gate.set()
+    await asyncio.wait_for(late, 2)
+    for transport in transports:
+        frames = await transport.wait_for(4)
+        assert [f'"data":{n}' in frame for n, frame in enumerate(frames)] == [True] * 4
+    await server.stop(timeout=2)
+
+
+async def test_one_stalled_subscriber_does_not_hold_the_publisher() -> None:
+    clock = Clock()
+    stalled = GatedTransport(open_gate=False)
+    healthy = [GatedTransport() for _ in range(4)]
+    connections = [
+        SocketConnection(t, id=str(n), max_queue=100) for n, t in enumerate([stalled, *healthy])
+    ]
+    server = await serving(clock, connections)
+    for n in range(30):
+        await asyncio.wait_for(server.broadcast(Room, "room", "tick", n), 2)
+        clock.now += 1.0  # every frame the stalled peer holds is old at once
+    for transport in healthy:
+        assert len(await transport.wait_for(30)) == 30
+    stalled.gate.set()
+    await server.stop(timeout=2)
+
+
+async def test_bytes_left_in_the_write_buffers_hold_the_publisher_until_sent() -> None:
+    clock = Clock()
+    buffers = [UndrainedBuffer() for _ in range(3)]
+    connections = [
+        SocketConnection(GatedTransport(), id=str(n), direct=b, progress=b)
+        for n, b in enumerate(buffers)
+    ]
+    server = await serving(clock, connections)
+    await asyncio.wait_for(server.broadcast(Room, "room", "tick", 0), 2)
+    clock.now = 1.0
+    late = asyncio.create_task(server.broadcast(Room, "room", "tick", 1))
+    await turns()
+    assert not late.done()
+    assert [len(b.frames) for b in buffers] == [1, 1, 1]
+    for buffer in buffers:  # the sockets take what waited
+        buffer.drain()
+    await asyncio.wait_for(late, 2)
+    assert [len(b.frames) for b in buffers] == [2, 2, 2]
+    await server.stop(timeout=2)
+
+
+async def test_without_a_bound_in_time_the_publisher_never_waits_for_old_frames() -> None:
+    clock = Clock()
+    transports = [GatedTransport(open_gate=False) for _ in range(2)]
+    connections = [SocketConnection(t, id=str(n)) for n, t in enumerate(transports)]
+    server = SocketServer(MemoryBroker(), max_backlog_age=None, clock=clock)
+    await server.start()
+    room = specs.spec("room")
+    for connection in connections:
+        connection.start()
+        await server.add_connection(connection)
+        await server.add_subscription(connection, specs.subscription("room", room))
+    for n in range(5):
+        await asyncio.wait_for(server.broadcast(Room, "room", "tick", n), 2)
+        clock.now += 1.0
+    assert all(c.queued == 4 for c in connections)
+    for transport in transports:
+        transport.gate.set()
+    await server.stop(timeout=2)
