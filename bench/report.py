@@ -39,6 +39,10 @@ def metrics(sizes: list[str]) -> list[tuple[str, str, Getter]]:
             (f"{n}.flood.rate", f"N={n}: deliveries/s at flood", _path(n, "flood", "rate")),
             (f"{n}.fixed.p50_ms", f"N={n}: latency p50 ms at 20/s", _path(n, "fixed", "p50_ms")),
             (f"{n}.fixed.p99_ms", f"N={n}: latency p99 ms at 20/s", _path(n, "fixed", "p99_ms")),
+            *_server_delays(n, "fixed", "at 20/s"),
+            (f"{n}.flood.p50_ms", f"N={n}: latency p50 ms at flood", _path(n, "flood", "p50_ms")),
+            (f"{n}.flood.p99_ms", f"N={n}: latency p99 ms at flood", _path(n, "flood", "p99_ms")),
+            *_server_delays(n, "flood", "at flood"),
             (
                 f"{n}.fixed.lag_max_ms",
                 f"N={n}: max loop lag ms at 20/s",
@@ -72,6 +76,18 @@ def metrics(sizes: list[str]) -> list[tuple[str, str, Getter]]:
         ),
     ]
     return rows
+
+
+def _server_delays(n: str, run: str, when: str) -> list[tuple[str, str, Getter]]:
+    """The server's own share of the latency: publish to transport write (``bench.delays``)."""
+    return [
+        (
+            f"{n}.{run}.server_{q}_ms",
+            f"N={n}: server publish-to-write {q} ms {when}",
+            _path(n, run, f"server_{q}_ms"),
+        )
+        for q in ("p50", "p99")
+    ]
 
 
 def big_metrics() -> list[tuple[str, str, Getter]]:
@@ -161,6 +177,24 @@ def targets(summary: dict[str, Any], n: str) -> list[dict[str, Any]]:
             0.0,
         )
     )
+    ratio(
+        "N=2000: flood deliveries/s vs hand-written",
+        m(ch, "2000.flood.rate"),
+        m(hw, "2000.flood.rate"),
+        ">=",
+        1.2,
+    )
+    for size in ("500", "2000"):
+        p99c, p99h = m(ch, f"{size}.flood.p99_ms"), m(hw, f"{size}.flood.p99_ms")
+        checks.append(
+            (
+                f"N={size}: p99 at flood minus hand-written's (ms)",
+                p99c - p99h if p99c is not None and p99h is not None else None,
+                "<=",
+                0.0,
+            )
+        )
+    p99c = m(ch, f"{n}.fixed.p99_ms")
     ratio(
         "idle memory/connection vs hand-written",
         m(ch, f"{n}.mem_kib"),

@@ -259,6 +259,8 @@ def deliver(
     """Publish ``count`` broadcasts and wait for every delivery; what it cost and took."""
     loads.all(op="reset", latency=latency)
     server.get("stats", reset=1)
+    if server.name != "null":
+        server.get("delays", reset=1)
     expected = [held * count for held in loads.held]
     timeout = (count / rate if rate > 0 else 0) + 30 + sum(expected) / 20000
     cpu = server.cpu()
@@ -266,6 +268,7 @@ def deliver(
     results = loads.call([{"op": "wait", "expected": e, "timeout": timeout} for e in expected])
     cpu = server.cpu() - cpu
     stats = server.get("stats", reset=1)
+    delays = server.get("delays", reset=1) if server.name != "null" else {}
     received = sum(r["received"] for r in results)
     frames = sum(r["frames"] for r in results)
     latencies = sorted(x for r in results for x in r["latencies"])
@@ -280,6 +283,7 @@ def deliver(
         "lag_max_ms": stats["lag_max"] * 1000,
         "gc_max_ms": stats.get("gc_max", 0.0) * 1000,
         "publish_error": stats["publish_error"],
+        **delays,
     }
     if latencies:
         out["p50_ms"] = latencies[len(latencies) // 2] * 1000
@@ -323,7 +327,7 @@ def one_run(name: str, plan: Plan, loads: Loads, log: Any) -> dict[str, Any]:
             wait_subscribers(server, size)
             rss = settle_rss(server)
             fixed = deliver(server, loads, plan.rate, int(plan.rate * plan.duration))
-            flood = deliver(server, loads, 0, max(10, plan.flood // size), latency=False)
+            flood = deliver(server, loads, 0, max(10, plan.flood // size))
             result[str(size)] = {
                 "connect_per_s": rate,
                 "connect_cpu_us": connect_cpu,
@@ -401,7 +405,7 @@ def ceiling_run(plan: Plan, loads: Loads, log: Any) -> dict[str, Any]:
         rate, _ = loads.connect(server, size, plan.concurrency)
         wait_subscribers(server, size)
         fixed = deliver(server, loads, plan.rate, int(plan.rate * plan.duration))
-        flood = deliver(server, loads, 0, max(10, plan.flood // size), latency=False)
+        flood = deliver(server, loads, 0, max(10, plan.flood // size))
         result = {str(size): {"connect_per_s": rate, "fixed": fixed, "flood": flood}}
         log(f"  load client ceiling N={size}: {compact(result[str(size)])}")
         return result
