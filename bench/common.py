@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import resource
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -33,6 +34,18 @@ PAD = "x" * 40
 """Padding that brings a packet to about 100 bytes of JSON."""
 
 LAG_INTERVAL = 0.01
+
+
+def raise_open_files() -> int:
+    """Raise this process's soft limit on open files to its hard limit; return the limit.
+
+    The hard limit itself can be raised only by a privileged process (``ulimit -Hn``, or
+    ``LimitNOFILE`` in a service unit); the huge plan checks it before it starts.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 def payload(seq: int) -> dict[str, Any]:
@@ -92,12 +105,14 @@ class Publisher:
         self.broadcast = broadcast
         self.done = True
         self.published = 0
+        self.busy = 0.0  # seconds spent inside broadcast() calls: backpressure shows here
         self.error: str | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self, rate: float, count: int, burst: int) -> None:
         self.done = False
         self.published = 0
+        self.busy = 0.0
         self.error = None
         self._task = asyncio.get_running_loop().create_task(self._run(rate, count, burst))
 
@@ -110,7 +125,9 @@ class Publisher:
                     delay = start + seq / rate - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
+                called = time.perf_counter()
                 await self.broadcast(seq)
+                self.busy += time.perf_counter() - called
                 self.published += 1
                 if rate <= 0 and (seq + 1) % burst == 0:
                     await asyncio.sleep(0)
@@ -123,7 +140,13 @@ class Publisher:
 class Bench:
     """The probe, the publisher and the stats of one server app."""
 
-    def __init__(self, broadcast: Callable[[int], Awaitable[None]], count: Callable[[], int]):
+    def __init__(
+        self,
+        broadcast: Callable[[int], Awaitable[None]],
+        count: Callable[[], int],
+        counters: Callable[[], dict[str, int]] | None = None,
+    ):
+        self.counters = counters  # the library's own, when it keeps any (frames dropped...)
         self.probe = LagProbe()
         self.publisher = Publisher(broadcast)
         self.count = count
@@ -152,6 +175,8 @@ class Bench:
             "publish_done": self.publisher.done,
             "published": self.publisher.published,
             "publish_error": self.publisher.error,
+            "publish_busy": self.publisher.busy,
+            "counters": self.counters() if self.counters is not None else {},
         }
 
 

@@ -23,13 +23,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Event
 
-from bench.common import JWT_ALGORITHM, JWT_SECRET, ROOM
+from bench.common import JWT_ALGORITHM, JWT_SECRET, ROOM, raise_open_files
+from bench.rawclient import RawClient
 
-CHANNELS, HANDWRITTEN, HANDWRITTEN_JWT, SOCKETIO = (
+CHANNELS, HANDWRITTEN, HANDWRITTEN_JWT, SOCKETIO, RAW = (
     "channels",
     "handwritten",
     "handwritten-jwt",
     "socketio",
+    "channels-raw",  # fastapi_channels through `bench.rawclient`: light, for 100,000 sockets
 )
 _MARK = b'"t":'
 
@@ -68,7 +70,7 @@ def token(index: int) -> str:
 
 class Load:
     def __init__(self) -> None:
-        self.sockets: list[ClientConnection] = []
+        self.sockets: list[ClientConnection | RawClient] = []
         self.readers: list[asyncio.Task[None]] = []
         self.received = 0
         self.target = 0
@@ -120,15 +122,41 @@ class Load:
         ws.load = self
         return ws
 
+    async def _open_raw(self, url: str, index: int, source: str | None) -> RawClient:
+        """A `RawClient`, subscribed; from the loopback address ``source`` when given."""
+        host, port = url.removeprefix("ws://").rsplit(":", 1)
+        loop = asyncio.get_running_loop()
+        _, client = await loop.create_connection(
+            lambda: RawClient(f"{host}:{port}", token(index), self.deliveries),
+            host,
+            int(port),
+            local_addr=(source, 0) if source else None,
+        )
+        async with asyncio.timeout(60):
+            await client.subscribed
+        return client
+
     async def connect(
-        self, kind: str, url: str, count: int, first: int, concurrency: int, batch: bool
+        self,
+        kind: str,
+        url: str,
+        count: int,
+        first: int,
+        concurrency: int,
+        batch: bool,
+        sources: list[str] | None = None,
     ) -> dict[str, Any]:
+        """Open ``count`` clients, ``concurrency`` at a time; raw ones spread over ``sources``."""
         gate = asyncio.Semaphore(concurrency)
         errors: list[str] = []
 
         async def one(index: int) -> None:
             async with gate:
                 try:
+                    if kind == RAW:
+                        source = sources[index % len(sources)] if sources else None
+                        self.sockets.append(await self._open_raw(url, index, source))
+                        return
                     ws = await self._open(kind, url, index, batch)
                 except Exception as exc:
                     errors.append(repr(exc))
@@ -207,7 +235,8 @@ class Load:
         for task in self.readers:
             task.cancel()
         for ws in self.sockets:
-            ws.transport.abort()
+            if ws.transport is not None:
+                ws.transport.abort()
         self.sockets, self.readers = [], []
         await asyncio.sleep(0)
         return {"closed": count}
@@ -240,4 +269,5 @@ def main(pipe: Connection, cpus: set[int] | None) -> None:
     """Entry point of a load process (started by the driver with ``multiprocessing``)."""
     if cpus:
         os.sched_setaffinity(0, cpus)
+    raise_open_files()
     uvloop.run(serve(pipe))

@@ -103,6 +103,34 @@ def big_metrics() -> list[tuple[str, str, Getter]]:
     ]
 
 
+_HUGE: tuple[tuple[str, str], ...] = (
+    ("mem_kib", "idle memory KiB/connection (RSS)"),
+    ("connect_s", "time to connect all (+JWT+subscribe), s"),
+    ("connect_per_s", "connect+JWT+subscribe /s"),
+    ("connect_cpu_us", "server CPU µs per connect"),
+    ("single.lag_max_ms", "one broadcast to all: max loop lag ms"),
+    ("single.last_ms", "one broadcast to all: publish to last delivery ms"),
+    ("single.p50_ms", "one broadcast to all: latency p50 ms"),
+    ("single.p99_ms", "one broadcast to all: latency p99 ms"),
+    ("single.server_p99_ms", "one broadcast to all: server publish-to-write p99 ms"),
+    ("single.cpu_us", "one broadcast to all: CPU µs/delivery"),
+    ("flood.rate", "flood: deliveries/s"),
+    ("flood.last_ms", "flood: first publish to last delivery ms"),
+    ("flood.p99_ms", "flood: latency p99 ms"),
+    ("flood.publish_busy_ms", "flood: ms the publisher spent in broadcast() (waiting)"),
+    ("flood.lag_max_ms", "flood: max loop lag ms"),
+    ("flood.received", "flood: deliveries received"),
+    ("flood.expected", "flood: deliveries expected"),
+    ("flood.dropped", "flood: frames dropped by the overflow policy"),
+    ("flood.closed_too_slow", "flood: connections closed as too slow (1013)"),
+)
+
+
+def huge_metrics() -> list[tuple[str, str, Getter]]:
+    """The huge plan's figures (``bench.huge``)."""
+    return [(f"huge.{key}", label, _path(*key.split("."))) for key, label in _HUGE]
+
+
 def _ratio(a: Any, b: Any) -> float | None:
     return a / b if a is not None and b else None
 
@@ -127,6 +155,9 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         summary["servers"][name] = {key: _stat([get(r) for r in runs]) for key, _, get in rows}
     for name, runs in report["raw"]["big"].items():
         summary["big"][name] = {key: _stat([get(r) for r in runs]) for key, _, get in big_metrics()}
+    huge = report["raw"].get("huge", [])
+    summary["huge"] = {key: _stat([get(r) for r in huge]) for key, _, get in huge_metrics()}
+    summary["huge_group"] = {"huge": summary["huge"]}
     ceiling = report["raw"]["ceiling"]
     summary["ceiling"] = {key: _stat([get(r) for r in ceiling]) for key, _, get in rows}
     summary["targets"] = targets(summary, sizes[0] if sizes else "500")
@@ -217,6 +248,14 @@ def targets(summary: dict[str, Any], n: str) -> list[dict[str, Any]]:
             50.0,
         )
     )
+    checks.append(
+        (
+            "huge plan: max loop lag during one broadcast to all (ms)",
+            m("huge", "huge.single.lag_max_ms", "huge_group"),
+            "<=",
+            50.0,
+        )
+    )
     ratio(
         "batched vs unbatched CPU/delivery (bursts of 10)",
         m(ch, "burst.batched.cpu_us"),
@@ -277,6 +316,11 @@ def render(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {label} | {' | '.join(_cell(summary['big'][n].get(key)) for n in big)} |"
             )
+    huge = summary.get("huge", {})
+    if any(huge.values()):
+        lines += ["", "| huge plan: one process, light clients | channels |", "|---|---|"]
+        for key, label, _ in huge_metrics():
+            lines.append(f"| {label} | {_cell(huge.get(key))} |")
     lines += ["", "| target | value | bound | holds |", "|---|---|---|---|"]
     for t in summary["targets"]:
         value = "-" if t["value"] is None else f"{t['value']:.2f}"

@@ -69,6 +69,9 @@ class Plan:
     # The null server shows the load client's own latency with 10,000 sockets to read.
     big_servers: tuple[str, ...] = ("channels", "handwritten", "null")
     extra: dict[str, Any] = field(default_factory=dict)
+    huge: int = 0  # idle subscribed connections on one process (see `huge_run`)
+    huge_broadcasts: int = 3  # single broadcasts to all of them, one after the other
+    huge_flood: int = 10  # broadcasts to all, back to back: more than the clients can read
 
 
 PLANS = {
@@ -78,6 +81,8 @@ PLANS = {
     "big": Plan(3, (), 20, 5, 200_000, 10000, 2, 4, 100, 2, 50),
     # p99 at N=500 is decided by the few slowest broadcasts: more and longer runs, little else.
     "latency": Plan(7, (500,), 20, 10, 5_000, 0, 1, 1, 0, 2, 50),
+    # 100,000 light clients (`bench.rawclient`) on one fastapi_channels process.
+    "huge": Plan(1, (), 1, 1, 0, 0, 1, 1, 0, 2, 100, servers=("channels",), huge=100_000),
 }
 
 
@@ -207,9 +212,19 @@ class Loads:
         return self.call([dict(command) for _ in self.pipes])
 
     def connect(
-        self, server: Server, total: int, concurrency: int, batch: bool = False
+        self,
+        server: Server,
+        total: int,
+        concurrency: int,
+        batch: bool = False,
+        kind: str | None = None,
+        sources: list[str] | None = None,
     ) -> tuple[float, float]:
-        """Open ``total`` more connections over the processes: per second, server CPU µs each."""
+        """Open ``total`` more connections over the processes: per second, server CPU µs each.
+
+        ``kind`` overrides the server's client kind (``load.RAW`` for the light client);
+        ``sources`` are the loopback addresses raw clients connect from, in turn.
+        """
         count = len(self.pipes)
         shares = [total // count + (1 if n < total % count else 0) for n in range(count)]
         first = sum(self.held)
@@ -218,12 +233,13 @@ class Loads:
             commands.append(
                 {
                     "op": "connect",
-                    "kind": server.kind,
+                    "kind": kind or server.kind,
                     "url": server.url,
                     "count": share,
                     "first": first,
                     "concurrency": concurrency,
                     "batch": batch,
+                    "sources": sources,
                 }
             )
             first += share
@@ -258,7 +274,7 @@ def deliver(
 ) -> dict[str, Any]:
     """Publish ``count`` broadcasts and wait for every delivery; what it cost and took."""
     loads.all(op="reset", latency=latency)
-    server.get("stats", reset=1)
+    before = server.get("stats", reset=1).get("counters", {})
     if server.name != "null":
         server.get("delays", reset=1)
     expected = [held * count for held in loads.held]
@@ -283,8 +299,13 @@ def deliver(
         "lag_max_ms": stats["lag_max"] * 1000,
         "gc_max_ms": stats.get("gc_max", 0.0) * 1000,
         "publish_error": stats["publish_error"],
+        "publish_busy_ms": stats.get("publish_busy", 0.0) * 1000,
+        # from the first publish seen to the last delivery: with one broadcast, its spread
+        "last_ms": (last - first) * 1000 if last > first else None,
         **delays,
     }
+    for name, value in stats.get("counters", {}).items():  # the library's, during this run
+        out[name] = value - before.get(name, 0)
     if latencies:
         out["p50_ms"] = latencies[len(latencies) // 2] * 1000
         out["p99_ms"] = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
@@ -451,12 +472,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--plan", choices=sorted(PLANS), default="quick")
     parser.add_argument("--servers", help="comma-separated subset of " + ",".join(APPS))
     parser.add_argument("--runs", type=int, help="repetitions (median, min and max reported)")
+    parser.add_argument(
+        "--connections", type=int, help="the huge plan's connections (default 100,000)"
+    )
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/PLAN-TIME.json)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     plan = PLANS[args.plan]
     if args.runs:
         plan.runs = args.runs
+    if args.connections:
+        plan.huge = args.connections
+    if plan.huge:
+        from bench.huge import load_processes  # it imports this module
+
+        plan.load_processes = load_processes(plan)
     servers = tuple(args.servers.split(",")) if args.servers else plan.servers
     log = (lambda message: None) if args.quiet else (lambda m: print(m, flush=True))
     pending: dict[str, str] = {}
@@ -468,7 +498,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         servers = tuple(s for s in servers if s != "socketio")
     started = time.monotonic()
     loads = Loads(plan.load_processes)
-    raw: dict[str, Any] = {"ceiling": [], "runs": {s: [] for s in servers}, "big": {}}
+    raw: dict[str, Any] = {"ceiling": [], "runs": {s: [] for s in servers}, "big": {}, "huge": []}
     try:
         for run in range(plan.runs):
             log(f"run {run + 1}/{plan.runs}")
@@ -476,6 +506,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 raw["ceiling"].append(ceiling_run(plan, loads, log))
                 for name in servers:
                     raw["runs"][name].append(one_run(name, plan, loads, log))
+            if plan.huge:
+                from bench.huge import huge_run
+
+                raw["huge"].append(huge_run(plan, loads, log))
             if plan.big:
                 for name in plan.big_servers:
                     if name in servers:

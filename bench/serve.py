@@ -12,6 +12,8 @@ import sys
 
 import uvicorn
 
+from bench.common import raise_open_files
+
 SETTINGS = {
     "loop": "uvloop",
     "http": "httptools",
@@ -26,6 +28,7 @@ SETTINGS = {
 
 def main() -> None:
     app, fd = sys.argv[1], int(sys.argv[2])
+    raise_open_files()  # the huge plan holds up to 100,000 sockets in one process
     sock = socket.socket(fileno=fd)
     config = uvicorn.Config(app, **SETTINGS)  # type: ignore[arg-type]
     uvicorn.Server(config).run(sockets=[sock])

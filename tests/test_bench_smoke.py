@@ -31,6 +31,13 @@ def smoke(tmp_path: Path, servers: list[str]) -> dict[str, Any]:
         assert result["flood"]["rate"] > 0
         assert result["connect_per_s"] > 0
         assert result["mem_kib"] < 1024
+        for phase in ("fixed", "flood"):  # the server's own share, sampled (bench.delays)
+            figures = result[phase]
+            if run.APPS[name][2] > 1:  # the route reaches one worker, which may sample none
+                continue
+            assert figures["server_samples"] > 0, (name, phase, figures)
+            assert 0 <= figures["server_p50_ms"] <= figures["server_p99_ms"] < 1000
+        assert 0 < result["flood"]["p50_ms"] <= result["flood"]["p99_ms"]
     assert all(name in run.render(report) for name in servers)
     return report
 
@@ -51,3 +58,19 @@ def test_fastapi_channels_and_the_hand_written_endpoints(tmp_path: Path) -> None
 )
 def test_python_socketio(tmp_path: Path) -> None:
     smoke(tmp_path, ["socketio"])
+
+
+def test_the_huge_plan_at_a_small_size(tmp_path: Path) -> None:
+    """Light clients from several loopback source addresses; one broadcast; then a flood."""
+    out = tmp_path / "huge.json"
+    argv = ["--plan", "huge", "--connections", "60", "--quiet", "--out", str(out)]
+    report = run.main(argv)
+    (huge,) = report["raw"]["huge"]
+    assert huge["connections"] == 60
+    assert huge["connect_s"] > 0 and huge["mem_kib"] > 0
+    single = huge["single"]
+    assert single["received"] == single["expected"] == 60 * run.PLANS["huge"].huge_broadcasts
+    assert single["last_ms"] > 0 and single["lag_max_ms"] >= 0
+    flood = huge["flood"]
+    assert flood["received"] + flood["dropped"] >= flood["expected"] > 0
+    assert "huge plan" in run.render(report)

@@ -1,7 +1,7 @@
 """fastapi_channels: JWT in the subprotocol (as the Envuso client sends it), one ``bench`` channel.
 
 ``BENCH_BROKER`` selects the broker (``memory://`` by default, ``redis://...`` for the
-cross-process run).
+cross-process run); ``BENCH_MAX_CONNECTIONS`` raises ``Limits.max_connections`` (the huge plan).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fastapi import FastAPI, HTTPException
 from starlette.requests import HTTPConnection
 
 from bench.common import EVENT, JWT_ALGORITHM, JWT_SECRET, ROOM, Bench, add_routes, payload
-from fastapi_channels import ChannelListener, Channels, channel
+from fastapi_channels import ChannelListener, Channels, Limits, channel
 
 
 async def jwt_user(connection: HTTPConnection) -> dict[str, Any]:
@@ -34,7 +34,10 @@ class Room(ChannelListener):
     pass
 
 
-channels = Channels(user=jwt_user, listeners=[Room], broker=os.environ.get("BENCH_BROKER"))
+limits = Limits(max_connections=int(os.environ.get("BENCH_MAX_CONNECTIONS", "10000")))
+channels = Channels(
+    user=jwt_user, listeners=[Room], broker=os.environ.get("BENCH_BROKER"), limits=limits
+)
 server = channels.server
 
 
@@ -42,7 +45,12 @@ async def broadcast(seq: int) -> None:
     await server.broadcast(Room, ROOM, EVENT, payload(seq))
 
 
-bench = Bench(broadcast, lambda: len(server.subscribers(ROOM)))
+def counters() -> dict[str, int]:
+    """Frames the overflow policy dropped and connections closed as too slow (1013)."""
+    return {"dropped": server.stats.dropped, "closed_too_slow": server.stats.closes[1013]}
+
+
+bench = Bench(broadcast, lambda: len(server.subscribers(ROOM)), counters)
 
 
 @asynccontextmanager
