@@ -1,7 +1,9 @@
 """fastapi_channels: JWT in the subprotocol (as the Envuso client sends it), one ``bench`` channel.
 
 ``BENCH_BROKER`` selects the broker (``memory://`` by default, ``redis://...`` for the
-cross-process run); ``BENCH_MAX_CONNECTIONS`` raises ``Limits.max_connections`` (the huge plan).
+cross-process run); ``BENCH_MAX_CONNECTIONS`` raises ``Limits.max_connections`` (the huge plan);
+``BENCH_MAX_BACKLOG_AGE`` sets ``Limits.max_backlog_age`` in seconds (``none`` turns it off), to
+see what the bound costs and buys.
 """
 
 from __future__ import annotations
@@ -29,12 +31,20 @@ async def jwt_user(connection: HTTPConnection) -> dict[str, Any]:
     return claims
 
 
+def _age_of(text: str) -> float | None:
+    return None if text == "none" else float(text)
+
+
 @channel(ROOM)
 class Room(ChannelListener):
     pass
 
 
-limits = Limits(max_connections=int(os.environ.get("BENCH_MAX_CONNECTIONS", "10000")))
+_age = os.environ.get("BENCH_MAX_BACKLOG_AGE")
+limits = Limits(
+    max_connections=int(os.environ.get("BENCH_MAX_CONNECTIONS", "10000")),
+    **({} if _age is None else {"max_backlog_age": _age_of(_age)}),
+)
 channels = Channels(
     user=jwt_user, listeners=[Room], broker=os.environ.get("BENCH_BROKER"), limits=limits
 )

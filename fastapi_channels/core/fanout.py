@@ -11,8 +11,9 @@ copy of the subscribers without it, every other process to the plain set.
 
 A fan-out to more than ``FAN_OUT_CHUNK`` connections is cut into chunks with a turn of the event
 loop between them, so a broadcast to a huge channel never blocks the loop for long: a chunk is at
-most ``FAN_OUT_CHUNK`` connections, and fewer when the last chunk showed that many would take
-longer than ``FAN_OUT_TURN`` seconds, so a slow or busy machine is held no longer than a fast one.
+most ``FAN_OUT_CHUNK`` connections, and fewer when the last chunk's loop turn (the chunk and
+the socket writes that follow it) showed that many would take longer than ``FAN_OUT_TURN``
+seconds, so a slow or busy machine is held no longer than a fast one.
 Fan-outs then run strictly in arrival order, so every connection still gets its frames in
 publish order.
 
@@ -75,6 +76,16 @@ _POLL_MAX: Final = 0.005
 
 UserSubscriptions: TypeAlias = "Callable[[tuple[SocketConnection, ...], str, bool], None]"
 """Applies a server-side subscription change: ``(connections, channel, subscribe)``."""
+
+
+def _fit(served: int, seconds: float, most: int) -> int:
+    """How many connections fit in ``FAN_OUT_TURN`` at the pace of ``served`` in ``seconds``.
+
+    At most ``most``, at least ``_FAN_OUT_MIN``; ``most`` when nothing was measured.
+    """
+    if seconds <= 0 or served <= 0:
+        return most
+    return max(_FAN_OUT_MIN, min(most, int(served * FAN_OUT_TURN / seconds)))
 
 
 class _Job:
@@ -167,6 +178,7 @@ class FanOut:
         self._backlog: deque[_Job] = deque()
         self._drained: asyncio.Future[None] | None = None
         self._chunk = FAN_OUT_CHUNK  # connections per chunk, learned from the last one's time
+        self._last_turn: tuple[float, int] | None = None  # the last chunk's start and size
         self._max_lag = max_lag
         self._clock = clock
         # One recipient of each recent fan-out: (arrival time, connection, its mark after).
@@ -302,12 +314,21 @@ class FanOut:
     def _drain(self) -> None:
         """Serve one chunk of waiting fan-outs, oldest first, and size the next from its time.
 
+        A chunk's size follows the time of the last whole loop turn a chunk took, measured
+        from its start to the start of the next: that includes what the event loop does
+        after the chunk, above all writing the frames to the sockets (uvloop sends queued
+        writes once per turn, a system call per recipient, often more time than the chunk
+        itself). Within a turn, a chunk that alone took too long shrinks the next.
+
         A recipient that unsubscribed from the channel since the message arrived is skipped:
         no connection is sent an event for a channel it is not subscribed to.
         """
         backlog = self._backlog
-        budget = size = self._chunk
         started = time.perf_counter()
+        if self._last_turn is not None:  # continuing: size from the previous chunk's turn
+            before, served_before = self._last_turn
+            self._chunk = _fit(served_before, started - before, FAN_OUT_CHUNK)
+        budget = size = self._chunk
         while backlog and budget > 0:
             job = backlog[0]
             start = job.index
@@ -324,13 +345,13 @@ class FanOut:
                 backlog.popleft()
                 if self._max_lag is not None:
                     self._probe(job.connections, job.arrived)
-        served, took = size - budget, time.perf_counter() - started
-        if took > 0:
-            fitting = int(served * FAN_OUT_TURN / took)
-            self._chunk = max(_FAN_OUT_MIN, min(FAN_OUT_CHUNK, fitting))
+        served = size - budget
+        self._chunk = _fit(served, time.perf_counter() - started, self._chunk)
         if backlog:
+            self._last_turn = (started, served)
             asyncio.get_running_loop().call_soon(self._drain)
         else:
+            self._last_turn = None
             self._release_waiters()
 
     async def wait_drained(self) -> None:
