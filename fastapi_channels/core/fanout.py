@@ -18,10 +18,11 @@ Fan-outs then run strictly in arrival order, so every connection still gets its 
 publish order.
 
 The fan-out is *behind* when more than ``BACKLOG_LIMIT`` fan-outs wait for their turn, or when
-it holds frames older than ``max_lag`` seconds: the oldest waiting fan-out arrived that long
-ago, or most of the recent fan-outs' probes are still in the server after that long. A probe
-is one recipient of a fan-out, taken in turn (`SocketConnection.mark`): its frame is still in
-the server while it waits in the connection's queue or, under uvicorn with direct writes, in
+it holds frames older than ``max_lag`` seconds: a fan-out has waited that long for its turn
+(the one being served does not count: a fan-out to 100,000 connections takes what it takes),
+or most of the recent fan-outs' probes are still in the server that long after the fan-out
+handed them over. A probe is one recipient of a fan-out, taken in turn
+(`SocketConnection.mark`): its frame is still in the server while it waits in the connection's queue or, under uvicorn with direct writes, in
 the transport's write buffer (`SocketConnection.passed`). A majority is needed so that one slow
 recipient, which its overflow policy deals with, does not hold every publisher. While the
 fan-out is behind, publishers of this process wait (`FanOut.wait_drained`), so a publisher that
@@ -181,7 +182,7 @@ class FanOut:
         self._last_turn: tuple[float, int] | None = None  # the last chunk's start and size
         self._max_lag = max_lag
         self._clock = clock
-        # One recipient of each recent fan-out: (arrival time, connection, its mark after).
+        # One recipient of each recent fan-out: (hand-over time, connection, its mark after).
         self._probes: deque[tuple[float, SocketConnection, Mark]] = deque(maxlen=FAN_OUT_PROBES)
         self._turn = 0  # which recipient of the next fan-out is probed
         self._poll: asyncio.TimerHandle | None = None
@@ -200,23 +201,27 @@ class FanOut:
         if max_lag is None:
             return False
         before = self._clock() - max_lag
-        if backlog and backlog[0].arrived < before:
-            return True
+        if backlog:  # a fan-out waiting for its turn (the one being served is not waiting)
+            waiting = backlog[0] if backlog[0].index == 0 else None
+            if waiting is None and len(backlog) > 1:
+                waiting = backlog[1]
+            if waiting is not None and waiting.arrived < before:
+                return True
         probes = self._probes
         late = 0
-        for arrived, connection, mark in probes:
-            if arrived < before and not connection.passed(mark):
+        for handed, connection, mark in probes:
+            if handed < before and not connection.passed(mark):
                 late += 1
         return late * 2 > len(probes)
 
-    def _probe(self, connections: Collection[SocketConnection], arrived: float) -> None:
+    def _probe(self, connections: Collection[SocketConnection], handed: float) -> None:
         """Remember one recipient of a fan-out that just completed, taken in turn."""
         self._turn += 1
         if not isinstance(connections, Sequence):
             connections = tuple(connections)
         if connections:
             connection = connections[self._turn % len(connections)]
-            self._probes.append((arrived, connection, connection.mark()))
+            self._probes.append((handed, connection, connection.mark()))
 
     # ------------------------------------------------------------------ from the broker
 
@@ -343,8 +348,8 @@ class FanOut:
             job.index = end
             if end == len(job.connections):
                 backlog.popleft()
-                if self._max_lag is not None:
-                    self._probe(job.connections, job.arrived)
+                if self._max_lag is not None:  # timed from now: its frames left the fan-out
+                    self._probe(job.connections, self._clock())
         served = size - budget
         self._chunk = _fit(served, time.perf_counter() - started, self._chunk)
         if backlog:
