@@ -10,10 +10,10 @@ id (see `fastapi_channels.core.topics`); only the process holding that connectio
 copy of the subscribers without it, every other process to the plain set.
 
 A fan-out to more than ``FAN_OUT_CHUNK`` connections is cut into chunks with a turn of the event
-loop between them, so a broadcast to a huge channel never blocks the loop for long: a chunk is at
-most ``FAN_OUT_CHUNK`` connections, and fewer when the last chunk's loop turn (the chunk and
-the socket writes that follow it) showed that many would take longer than ``FAN_OUT_TURN``
-seconds, so a slow or busy machine is held no longer than a fast one.
+loop between them, so a broadcast to a huge channel never blocks the loop for long: a chunk is
+at most ``FAN_OUT_CHUNK`` connections, and fewer when the last chunk's loop turn (the chunk
+and the socket writes that follow it) showed that many would take longer than
+``FAN_OUT_TURN`` seconds, so a slow or busy machine is held no longer than a fast one.
 Fan-outs then run strictly in arrival order, so every connection still gets its frames in
 publish order.
 
@@ -22,11 +22,12 @@ it holds frames older than ``max_lag`` seconds: a fan-out has waited that long f
 (the one being served does not count: a fan-out to 100,000 connections takes what it takes),
 or most of the recent fan-outs' probes are still in the server that long after the fan-out
 handed them over. A probe is one recipient of a fan-out, taken in turn
-(`SocketConnection.mark`): its frame is still in the server while it waits in the connection's queue or, under uvicorn with direct writes, in
-the transport's write buffer (`SocketConnection.passed`). A majority is needed so that one slow
-recipient, which its overflow policy deals with, does not hold every publisher. While the
-fan-out is behind, publishers of this process wait (`FanOut.wait_drained`), so a publisher that
-outruns the sockets feels it and the server's backlog stays bounded in time, not only in count.
+(`SocketConnection.mark`): its frame is still in the server while it waits in the
+connection's queue or, under uvicorn with direct writes, in the transport's write buffer
+(`SocketConnection.passed`). A majority is needed so that one slow recipient, which its
+overflow policy deals with, does not hold every publisher. While the fan-out is behind,
+publishers of this process wait (`FanOut.wait_drained`), so a publisher that outruns the
+sockets feels it and the server's backlog stays bounded in time, not only in count.
 """
 
 from __future__ import annotations
