@@ -51,3 +51,15 @@ def test_fastapi_channels_and_the_hand_written_endpoints(tmp_path: Path) -> None
 )
 def test_python_socketio(tmp_path: Path) -> None:
     smoke(tmp_path, ["socketio"])
+
+
+@pytest.mark.skipif(
+    any(run.unavailable(name) for name in run.PEERS),
+    reason="the other Python choices are not installed (pip install -e '.[bench]')",
+)
+def test_django_channels_broadcaster_and_litestar(tmp_path: Path) -> None:
+    servers = list(run.PEERS)
+    if run.redis_available() is None:  # two workers each, sharing the Redis server
+        servers += run.PEERS_REDIS
+    report = smoke(tmp_path, servers)
+    assert "| figure | django | broadcaster | litestar" in run.render(report)
