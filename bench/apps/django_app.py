@@ -18,7 +18,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import django
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
+from channels.middleware import BaseMiddleware
+from channels.routing import ProtocolTypeRouter, URLRouter
 from django.conf import settings
+from django.urls import path
 
 from bench.common import EVENT, ROOM, Bench, control_app, payload, redis_broker
 from bench.envuso import READY, channel_event, requested_channel, subscribed, user
@@ -42,15 +47,9 @@ def channel_layer() -> dict[str, Any]:
     }
 
 
+# Before any model or layer is used (this app has no models, so imports may come first).
 settings.configure(CHANNEL_LAYERS={"default": channel_layer()})
 django.setup()
-
-# Channels' modules are imported once the settings are in place, as Django's asgi.py does.
-from channels.generic.websocket import AsyncJsonWebsocketConsumer  # noqa: E402
-from channels.layers import get_channel_layer  # noqa: E402
-from channels.middleware import BaseMiddleware  # noqa: E402
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.urls import path  # noqa: E402
 
 members: set[str] = set()
 """The channel names of this process's consumers in the room, for ``/bench/stats``."""
