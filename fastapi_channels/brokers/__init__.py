@@ -2,8 +2,9 @@
 
 ``create_broker(url)`` picks one by URL scheme: none or ``memory://`` gives the in-memory
 default; ``redis://``, ``rediss://``, ``unix://`` and the Sentinel forms ``redis+sentinel://``
-and ``rediss+sentinel://`` give the Redis broker, ``nats://`` the NATS broker, each imported
-lazily so the ``redis`` and ``nats`` extras stay optional.
+and ``rediss+sentinel://`` give the Redis broker, ``redis+cluster://`` and ``rediss+cluster://``
+the Redis Cluster broker, ``nats://`` the NATS broker, each imported lazily so the ``redis`` and
+``nats`` extras stay optional.
 """
 
 from __future__ import annotations
@@ -48,6 +49,17 @@ def create_broker(url: str | None) -> Broker:
             ) from exc
         broker: Broker = RedisBroker(url)
         return broker
+    if scheme in {"redis+cluster", "rediss+cluster"}:
+        try:
+            from fastapi_channels.brokers.redis_cluster import (  # type: ignore[import-not-found,unused-ignore]
+                RedisClusterBroker,
+            )
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ConfigurationError(
+                "the Redis broker needs the 'redis' extra: pip install 'fastapi-ws-channels[redis]'"
+            ) from exc
+        cluster_broker: Broker = RedisClusterBroker(url)
+        return cluster_broker
     if scheme == "nats":
         try:
             from fastapi_channels.brokers.nats import (  # type: ignore[import-not-found,unused-ignore]

@@ -525,12 +525,14 @@ class RedisStore:
         process: str,
         follow_master: bool,
         on_failure: Callable[[], None] | None,
-        publish: str = "PUBLISH",
+        cluster: bool = False,
     ) -> None:
         """Set what does not depend on the connections: names, keys and scripts.
 
-        ``publish`` is the command the scripts publish with (``SPUBLISH`` on a cluster).
+        On a ``cluster`` the scripts publish with ``SPUBLISH`` and sweep the processes they are
+        told are alive (`_SWEEP_LISTED`).
         """
+        publish = "SPUBLISH" if cluster else "PUBLISH"
         self._prefix = prefix
         self.process = process
         self._follow = "1" if follow_master else "0"
@@ -545,7 +547,7 @@ class RedisStore:
         self._read = script(_READ_STORED)
         self._update = script(_UPDATE)
         self._sync = script(_SYNC)
-        self._sweep = script(_SWEEP)
+        self._sweep = script(_SWEEP_LISTED if cluster else _SWEEP)
         self._renew = script(_RENEW)
         self._alive = self._key("presence-alive")
         self._unsettled = self._key("presence-unsettled")
@@ -564,6 +566,9 @@ class RedisStore:
         for _, future in waiting:
             if not future.done():
                 future.set_exception(BrokerError("the broker stopped before this was stored"))
+        await self._close_client()
+
+    async def _close_client(self) -> None:
         await self._client.aclose(close_connection_pool=True)
 
     async def reset(self) -> None:
@@ -633,6 +638,7 @@ class RedisStore:
             BrokerError: Redis could not be reached; nothing was stored.
             OutcomeUnknown: Redis did not answer in time; the message may have been stored.
         """
+        await self._admit(topic, retention)
         result = await self._enqueue(
             self._publish,
             self._history_keys(topic, retention),
@@ -665,6 +671,7 @@ class RedisStore:
                 self._publish_once, [seen], [channel, payload, _ms(window)]
             )
             return Published(duplicate=not published)
+        await self._admit(topic, retention)
         args = [*self._stored_args(channel, topic, data, retention), _ms(window)]
         result = await self._enqueue(
             self._publish_stored_once, [*self._history_keys(topic, retention), seen], args
@@ -674,6 +681,12 @@ class RedisStore:
         fresh, position = result
         found = parse_position(bytes(position)) if position else None
         return Published(duplicate=not fresh, position=found)
+
+    async def _admit(self, topic: str, retention: Retention) -> None:
+        """Count ``topic`` in its group's quota before storing, where the scripts cannot.
+
+        Here the scripts count it themselves, atomically with the append.
+        """
 
     def _stored_args(
         self, channel: bytes, topic: str, data: bytes, retention: Retention
@@ -759,6 +772,10 @@ class RedisStore:
         ttl = _ms(retention.ttl) if retention.ttl is not None else 0
         args = [after, retention.size, ttl, _ms(retention.keep), secrets.token_hex(6), self._follow]
         args += [retention.max_topics or 0, topic.encode("utf-8", "surrogatepass")]
+        try:
+            await self._admit(topic, retention)
+        except HistoryFull:
+            return Stored(epoch=secrets.token_hex(6), top=0, entries=[])
         reply = await self._call(self._read, self._history_keys(topic, retention), args)
         epoch, top, rest = bytes(reply[0]).decode(), int(reply[1]), reply[2:]
         entries = [StoredEntry(int(rest[i]), bytes(rest[i + 1])) for i in range(0, len(rest), 2)]
