@@ -142,6 +142,16 @@ class ClusterGroup:
             node.close()
 
 
+async def flush_cluster_prefix(cluster: ClusterGroup, prefix: str) -> None:
+    """Delete every key under ``prefix`` on every master, as a restart without persistence."""
+    from redis.asyncio import Redis
+
+    for node in cluster.masters():
+        async with Redis(host="127.0.0.1", port=node.port) as master:
+            async for key in master.scan_iter(match=f"{prefix}:*"):
+                await master.delete(key)
+
+
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[ClusterGroup]:
     """Three masters with a replica each, shared by the session (tests never stop its masters
