@@ -140,7 +140,12 @@ class ClusterStore(RedisStore):
         await self._client.aclose()
 
     async def reset(self) -> None:
-        """Nothing to do: the cluster client follows the slots' owners itself."""
+        """Close every connection and forget the slot map: the next command reads it again.
+
+        The cluster client follows ``MOVED`` itself, but a connection to a master that stopped
+        fails only when next used; commands running now fail with `BrokerError`.
+        """
+        await self._client.aclose()
 
     async def _one(self, call: _Call) -> Any:
         script, keys, args = call

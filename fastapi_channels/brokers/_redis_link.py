@@ -63,6 +63,7 @@ class Link:
         prefix = "S" if sharded else ""
         self._subscribe, self._unsubscribe = f"{prefix}SUBSCRIBE", f"{prefix}UNSUBSCRIBE"
         self._message = b"smessage" if sharded else b"message"
+        self._chunk = 1 if sharded else _CHUNK  # an SSUBSCRIBE's channels must share a slot
         self._kinds = {
             self._subscribe.lower().encode(): b"subscribe",
             self._unsubscribe.lower().encode(): b"unsubscribe",
@@ -87,9 +88,9 @@ class Link:
         self.last_seen = asyncio.get_running_loop().time()
         confirmations = [self._expect(b"subscribe", channel) for channel in channels]
         if channels:  # in one write, so no unsubscribe sent meanwhile can overtake it
-            chunks = range(0, len(channels), _CHUNK)
+            chunks = range(0, len(channels), self._chunk)
             commands: list[list[bytes | str]] = [
-                [self._subscribe, *channels[i : i + _CHUNK]] for i in chunks
+                [self._subscribe, *channels[i : i + self._chunk]] for i in chunks
             ]
             await self.conn.send_packed_command(
                 self.conn.pack_commands(commands), check_health=False

@@ -165,6 +165,9 @@ class RedisClusterBroker(RedisBroker):
             await asyncio.gather(*(links[a].join(channels) for a, channels in by_owner.items()))
             self._links = links
             await self._retire_publishers(slots.masters)
+            self._sessions += 1
+            if self._sessions > 1 and self._redis_store is not None:
+                await self._redis_store.reset()  # its connections may reach a stopped master
             self._connected(len(self._interest))
             await self._watch_links(links)
         finally:

@@ -180,7 +180,9 @@ async def deployment(request: pytest.FixtureRequest) -> AsyncIterator[Deployment
             await flush_cluster_prefix(cluster, prefix)
 
         made = Deployment(
-            RedisClusterBroker, lambda: RedisClusterBroker(cluster.url, prefix=prefix), flush_cluster
+            RedisClusterBroker,
+            lambda: RedisClusterBroker(cluster.url, prefix=prefix),
+            flush_cluster,
         )
     elif request.param == "nats":
         from fastapi_channels.brokers.nats import NatsBroker
