@@ -1,4 +1,4 @@
-"""Redis Cluster for the test suite and the capacity benchmark: masters (and replicas) on free ports.
+"""Redis Cluster for the tests and the capacity benchmark: masters (and replicas) on free ports.
 
 `ClusterGroup.start` runs ``redis-server --cluster-enabled yes`` processes (`RedisServer`, so a
 test may stop and restart one on its port), joins them with ``redis-cli --cluster create`` and
@@ -83,8 +83,7 @@ class ClusterGroup:
                 node.start()
             addresses = [f"127.0.0.1:{node.port}" for node in group.nodes]
             subprocess.run(
-                [cli, "--cluster", "create", *addresses, "--cluster-replicas", str(replicas)]
-                + ["--cluster-yes"],
+                [cli, "--cluster", "create", *addresses, "--cluster-replicas", str(replicas), "-y"],
                 check=True,
                 capture_output=True,
                 timeout=SETUP_TIMEOUT,

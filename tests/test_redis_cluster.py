@@ -24,7 +24,7 @@ from fastapi_channels.brokers.redis_cluster import RedisClusterBroker
 from fastapi_channels.testing import lifespan
 from fastapi_channels.wire.errors import ConfigurationError
 from tests.conftest import Harness, eventually
-from tests.redis_cluster import ClusterGroup, ClusterNode, client
+from tests.redis_cluster import ClusterGroup, ClusterNode
 from tests.test_sentinel import Topics
 
 TIMEOUT = 5.0

@@ -3,8 +3,8 @@
 A `Deployment` makes brokers of one kind that behave as processes of one deployment: memory
 brokers share a `MemoryHub`, Redis and NATS brokers the shared test server under a prefix of the
 test's own, Sentinel brokers (``redis-sentinel``) a master, replica and Sentinel shared by the
-session, Redis Cluster brokers (``redis-cluster``) the session's cluster under a prefix of the test's
-own, pub/sub-only brokers a `PubSubNetwork`. Each started broker is a `Node` with an `Inbox`
+session, Redis Cluster brokers (``redis-cluster``) the session's cluster under a prefix of the
+test's own, pub/sub-only brokers a `PubSubNetwork`. Each started broker is a `Node` with an `Inbox`
 that records what it delivered, plain or stored, in order.
 """
 
