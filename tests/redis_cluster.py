@@ -82,8 +82,9 @@ class ClusterGroup:
                 group.nodes.append(node)
                 node.start()
             addresses = [f"127.0.0.1:{node.port}" for node in group.nodes]
+            options = ["--cluster-replicas", str(replicas), "--cluster-yes"]
             subprocess.run(
-                [cli, "--cluster", "create", *addresses, "--cluster-replicas", str(replicas), "-y"],
+                [cli, "--cluster", "create", *addresses, *options],
                 check=True,
                 capture_output=True,
                 timeout=SETUP_TIMEOUT,
