@@ -119,6 +119,28 @@ class ClusterGroup:
                         return node
         raise AssertionError(f"no master serves {key!r}")
 
+    def move_slot(self, key: str, target: ClusterNode) -> None:
+        """Move ``key``'s slot, with its keys, to the master ``target`` (as ``redis-cli
+        --cluster reshard`` does: importing, migrating, ``MIGRATE``, then the new owner)."""
+        source = self.owner(key)
+        with client(source.port) as src, client(target.port) as dst:
+            slot = int(src.execute_command("CLUSTER KEYSLOT", key))
+            source_id, target_id = (
+                src.execute_command("CLUSTER MYID"),
+                dst.execute_command("CLUSTER MYID"),
+            )
+            dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+            while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+            for node in (dst, src):
+                node.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+        for node in self.masters():  # the others learn it by gossip; tell them at once
+            if node not in (source, target):
+                with client(node.port) as other:
+                    other.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+        self.wait_ok()
+
     def wait_ok(self, within: float = SETUP_TIMEOUT) -> None:
         """Wait until every running node says the cluster is ok, every slot served."""
 

@@ -228,3 +228,32 @@ async def test_history_and_presence_follow_a_shard_master_that_stops(
             await eventually(everyone_present, within=TIMEOUT)
     print(f"\nShard master stopped, to a stored broadcast: {elapsed:.2f} s")
     assert elapsed < FAILOVER_TIMEOUT
+
+
+async def test_delivery_goes_on_after_a_slot_moves_to_another_master(
+    redis_cluster: ClusterGroup, brokers: Callable[..., RedisClusterBroker]
+) -> None:
+    topics_a, topics_b = Topics(), Topics()
+    a, b = brokers(), brokers()
+    await a.start(topics_a)
+    await b.start(topics_b)
+    for broker in (a, b):
+        await broker.subscribe("t")
+    await a.publish("t", b"before")
+    assert [await topics_a.get("t"), await topics_b.get("t")] == [b"before"] * 2
+
+    key = a.channel("t").decode()
+    old = redis_cluster.owner(key)
+    target = next(node for node in redis_cluster.masters() if node is not old)
+    redis_cluster.move_slot(key, target)  # the old owner ends the slot's shard subscriptions
+    await asyncio.gather(followed(a), followed(b))
+    assert redis_cluster.owner(key) is target
+    await a.publish("t", b"from a")
+    assert [await topics_a.get("t"), await topics_b.get("t")] == [b"from a"] * 2
+    await b.publish("t", b"from b")
+    assert [await topics_a.get("t"), await topics_b.get("t")] == [b"from b"] * 2
+    async with aioredis.Redis(port=target.port) as node:
+        assert await node.execute_command("PUBSUB", "SHARDNUMSUB", a.channel("t")) == [
+            a.channel("t"),
+            2,
+        ]
