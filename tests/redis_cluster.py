@@ -81,19 +81,34 @@ class ClusterGroup:
                 node = ClusterNode(server)
                 group.nodes.append(node)
                 node.start()
-            addresses = [f"127.0.0.1:{node.port}" for node in group.nodes]
-            options = ["--cluster-replicas", str(replicas), "--cluster-yes"]
-            subprocess.run(
-                [cli, "--cluster", "create", *addresses, *options],
-                check=True,
-                capture_output=True,
-                timeout=SETUP_TIMEOUT,
-            )
+            if masters < 3:  # below redis-cli's minimum: assign the slots by hand
+                if replicas:
+                    raise RuntimeError("replicas need at least 3 masters")
+                group._assign_slots()
+            else:
+                addresses = [f"127.0.0.1:{node.port}" for node in group.nodes]
+                options = ["--cluster-replicas", str(replicas), "--cluster-yes"]
+                subprocess.run(
+                    [cli, "--cluster", "create", *addresses, *options],
+                    check=True,
+                    capture_output=True,
+                    timeout=SETUP_TIMEOUT,
+                )
             group.wait_ok()
         except BaseException:
             group.close()
             raise
         return group
+
+    def _assign_slots(self) -> None:
+        """Give each node an equal share of the slots, and introduce them to each other."""
+        share = 16384 // len(self.nodes)
+        for i, node in enumerate(self.nodes):
+            last = 16383 if i == len(self.nodes) - 1 else (i + 1) * share - 1
+            with client(node.port) as c:
+                c.execute_command("CLUSTER ADDSLOTSRANGE", i * share, last)
+                if i:
+                    c.execute_command("CLUSTER MEET", "127.0.0.1", self.nodes[0].port)
 
     @property
     def url(self) -> str:
