@@ -51,3 +51,17 @@ def test_fastapi_channels_and_the_hand_written_endpoints(tmp_path: Path) -> None
 )
 def test_python_socketio(tmp_path: Path) -> None:
     smoke(tmp_path, ["socketio"])
+
+
+def test_the_redis_cluster_capacity_benchmark() -> None:
+    import shutil
+
+    from bench import redis_cluster
+    from tests.redis_support import redis_unavailable
+
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        redis_unavailable("no redis-server and redis-cli binaries on PATH for a Redis Cluster")
+    options = {"duration": 0.5, "processes": 1, "concurrency": 4, "channels": 16}
+    result = redis_cluster.measure(1, options)
+    assert result.published > 0 and result.spublish > 0
+    assert result.received == result.published  # every publish reached the receiver
