@@ -12,31 +12,19 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
 import redis
 
+from tests.redis_ha import until
 from tests.redis_support import RedisServer, free_port, redis_unavailable
 
 NODE_TIMEOUT_MS = 1000
 """How long the cluster waits before it calls a silent master failing (and fails it over)."""
 SETUP_TIMEOUT = 30.0
 FAST_SYNC = ("--repl-diskless-sync-delay", "0")
-
-
-def until(check: Callable[[], bool], what: str, within: float = SETUP_TIMEOUT) -> None:
-    """Poll ``check`` every 50 ms until it holds; fail after ``within`` seconds.
-
-    Only for what the Redis processes decide with no signal to wait on.
-    """
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within} s: {what}")
-        time.sleep(0.05)
 
 
 def client(port: int) -> redis.Redis:

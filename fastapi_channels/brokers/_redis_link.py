@@ -129,12 +129,17 @@ class Link:
             logger.debug("no confirmation of %s %r from Redis", command, channel)
 
     async def watch(
-        self, ping_interval: float, wake: Callable[[], Awaitable[Any]] | None = None
+        self,
+        ping_interval: float,
+        wake: Callable[[], Awaitable[Any]] | None = None,
+        *,
+        each_interval: bool = False,
     ) -> None:
         """Ping the server when it is silent; raise when the reader fails or a ping is unanswered.
 
         ``wake`` (when given) is awaited alongside: when it completes, this returns, so the
-        caller can check something (where the master is) and watch again.
+        caller can check something (where the master is) and watch again; with
+        ``each_interval`` it also returns after every ``ping_interval``.
         """
         assert self._reader is not None, "join() first"
         loop = asyncio.get_running_loop()
@@ -160,7 +165,7 @@ class Link:
             if self._pinged_at is None and now - self.last_seen >= ping_interval:
                 self._pinged_at = now
                 await self.conn.send_command("PING", check_health=False)
-            if waiter is not None and waiter.done() and not waiter.cancelled():
+            if each_interval or (waiter is not None and waiter.done() and not waiter.cancelled()):
                 return
 
     async def close(self) -> None:

@@ -37,7 +37,6 @@ this one included, receives it from Redis, so all see one order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -148,6 +147,7 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
 
     name = "redis"
     _publish_command = "PUBLISH"
+    _cluster = False
 
     def __init__(
         self,
@@ -186,6 +186,12 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
             self._publisher = self._new_connection()
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"invalid Redis URL or option: {exc}") from exc
+        if bool(self._endpoint.seeds) != self._cluster:
+            raise ConfigurationError(
+                "a redis+cluster:// URL needs RedisClusterBroker"
+                if self._endpoint.seeds
+                else "RedisClusterBroker needs a redis+cluster://host:port[,...] URL"
+            )
         self._timeout = timeout
         self._ping_interval = ping_interval
         self._reconnect_delay = reconnect_delay
@@ -427,25 +433,18 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
             await link.join([self.channel(topic) for topic in self._interest])
             self._connected(len(self._interest))
             while True:
-                await link.watch(self._ping_interval, self._wake)
+                # Returns when a store command failed, and behind Sentinel every interval too
+                # (a failover may have left the old master up): is the master still there?
+                await link.watch(
+                    self._ping_interval,
+                    self._recheck.wait,
+                    each_interval=self._endpoint.follows_failovers,
+                )
                 self._recheck.clear()
                 await self._check_master(conn)
         finally:
             self._subscriber = None
             await link.close()
-
-    async def _wake(self) -> None:
-        """Return when the master should be looked for.
-
-        That is when a store command failed, or, behind Sentinel, each ``ping_interval`` (a
-        failover may have left the old master up).
-        """
-        if not self._endpoint.follows_failovers:
-            await self._recheck.wait()
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._ping_interval):
-                await self._recheck.wait()
 
     async def _begin_session(self, conn: AbstractConnection) -> None:
         """Make sure a new subscriber connection reached a master, and follow it there.

@@ -64,11 +64,10 @@ class RedisClusterBroker(RedisBroker):
 
     name = "redis-cluster"
     _publish_command = "SPUBLISH"
+    _cluster = True
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
-        if not self._endpoint.seeds:
-            raise ConfigurationError("a Redis Cluster URL is redis+cluster://host:port[,...]")
         if "{" in self.prefix or "}" in self.prefix:
             raise ConfigurationError("a Redis Cluster prefix cannot contain '{' or '}'")
         self._channel_prefix = f"{self.prefix}:{{".encode()
