@@ -28,11 +28,11 @@ Keys, under the broker's prefix ``P`` (topics are ``c:<channel>`` and ``p:<chann
   had renewed found no live process at all (Redis lost the records): member lists read
   meanwhile are partial.
 
-Scripts compute the ``presence-local`` key of each process they sweep, so they need a single
-Redis server, not a cluster. The history scripts touch a topic's two keys and its group's quota
-key: under Redis Cluster the quota would be a step of its own (a script on the quota key alone
-that admits the topic, then the publish on the topic's keys, hash-tagged into one slot), which
-can at worst leave a topic counted that failed to publish, until its ``keep`` runs out.
+On Redis Cluster (`fastapi_channels.brokers._redis_cluster_store`) every ``<topic>`` above is
+written ``{<topic>}``, a hash tag, so one topic's keys share a slot (the scripts compute the
+``presence-local`` key of each process they sweep the same way); the alive and unsettled keys
+share the tag ``{presence-alive}``, and what spans slots (liveness, the quota) is a step of its
+own there.
 
 History keys expire ``keep`` after the last publish; presence keys ``keep`` after their last
 join or sweep.
