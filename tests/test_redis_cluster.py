@@ -167,6 +167,10 @@ async def test_delivery_goes_on_after_a_slot_moves_to_another_master(
     redis_cluster: ClusterGroup, brokers: Callable[..., RedisClusterBroker]
 ) -> None:
     a, topics_a, b, topics_b = await two_subscribed(brokers)
+    publisher = brokers()  # interested in nothing: no subscription tells it of the move
+    await publisher.start(Topics())
+    await publisher.publish("t", b"from the publisher")
+    assert [await topics_a.get("t"), await topics_b.get("t")] == [b"from the publisher"] * 2
 
     key = a.channel("t").decode()
     old = redis_cluster.owner(key)
@@ -175,4 +179,12 @@ async def test_delivery_goes_on_after_a_slot_moves_to_another_master(
     await asyncio.gather(followed(a), followed(b))
     assert redis_cluster.owner(key) is target
     await both_ways(a, topics_a, b, topics_b)
+
+    # The publisher learns of it from the old owner's MOVED: that publish fails, and the
+    # broker reads the slot map again.
+    with pytest.raises(BrokerError, match="did not take"):
+        await publisher.publish("t", b"lost")
+    await followed(publisher)
+    await publisher.publish("t", b"again")
+    assert [await topics_a.get("t"), await topics_b.get("t")] == [b"again"] * 2
     assert await shard_subscribers(target, a.channel("t")) == 2

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ClusterDownError, MovedError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from fastapi_channels.brokers._redis_cluster_store import ClusterStore
@@ -111,7 +112,7 @@ class RedisClusterBroker(RedisBroker):
             _fail(batch, OutcomeUnknown("publishing was cancelled; it may have been sent"))
             raise
         failure = next((f for f in failures if f is not None), None)
-        if failure is not None and "MOVED" in str(failure.__cause__ or ""):
+        if failure is not None and isinstance(failure.__cause__, MovedError | ClusterDownError):
             self._moved.set()  # the slot map is stale: read it again, subscribe again
         self._settle(batch, failure, sum(len(c) for _, c in shares), round_trips=len(shares))
 
@@ -155,6 +156,7 @@ class RedisClusterBroker(RedisBroker):
                     on_unrequested=lambda _channel: self._moved.set(),
                     timeout=self._timeout,
                 )
+            self._links = links  # a topic subscribed from here on goes to its link at once
             by_owner: dict[Address, list[bytes]] = {address: [] for address in links}
             for topic in self._interest:
                 channel = self.channel(topic)
@@ -162,7 +164,6 @@ class RedisClusterBroker(RedisBroker):
                 if owner is not None:
                     by_owner[owner].append(channel)
             await asyncio.gather(*(links[a].join(channels) for a, channels in by_owner.items()))
-            self._links = links
             await self._retire_publishers(slots.masters)
             self._sessions += 1
             if self._sessions > 1 and self._redis_store is not None:
