@@ -1,18 +1,21 @@
 """What a Redis failover must leave intact, checked the same way behind Sentinel and on a cluster.
 
 `Topics` records what a broker delivered; `history_and_presence_survive` runs two apps
-("processes") through a failover of the master holding a history and a presence channel.
+("processes") through a failover of the master holding a history and a presence channel;
+`under_traffic`, `two_subscribed` and `both_ways` set up and check the failover of two brokers
+publishing without pause.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from fastapi_channels import ChannelListener, History, channel
+from fastapi_channels import BrokerError, ChannelListener, History, channel
 from fastapi_channels.brokers.redis import RedisBroker
 from fastapi_channels.testing import lifespan
 from tests.conftest import Harness, eventually
@@ -111,6 +114,26 @@ async def history_and_presence_survive(
 
             await eventually(everyone_present, within=TIMEOUT)
     return elapsed
+
+
+@contextlib.asynccontextmanager
+async def under_traffic(*brokers: RedisBroker) -> AsyncIterator[None]:
+    """Each broker publishes on ``traffic`` without pause (but for a short pacing), failures
+    ignored, until the block ends."""
+    stop = asyncio.Event()
+
+    async def traffic(broker: RedisBroker) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(BrokerError):
+                await broker.publish("traffic", b"x" * 100)
+            await asyncio.sleep(0.005)  # pacing, not synchronisation
+
+    senders = [asyncio.create_task(traffic(broker)) for broker in brokers]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*senders)
 
 
 async def two_subscribed(

@@ -23,7 +23,13 @@ from fastapi_channels.brokers.base import BrokerState
 from fastapi_channels.brokers.redis import RedisBroker
 from fastapi_channels.brokers.redis_cluster import RedisClusterBroker
 from fastapi_channels.wire.errors import ConfigurationError
-from tests.failover_checks import Topics, both_ways, history_and_presence_survive, two_subscribed
+from tests.failover_checks import (
+    Topics,
+    both_ways,
+    history_and_presence_survive,
+    two_subscribed,
+    under_traffic,
+)
 from tests.redis_cluster import ClusterGroup, ClusterNode
 
 TIMEOUT = 5.0
@@ -124,18 +130,8 @@ async def test_broadcasts_flow_again_on_every_process_after_a_shard_master_stops
 ) -> None:
     a, topics_a, b, topics_b = await two_subscribed(brokers, "traffic")
 
-    stop = asyncio.Event()
-
-    async def traffic(broker: RedisBroker) -> None:
-        """Publish without pause (but for a short pacing) until told to stop."""
-        while not stop.is_set():
-            with contextlib.suppress(BrokerError):
-                await broker.publish("traffic", b"x" * 100)
-            await asyncio.sleep(0.005)  # pacing, not synchronisation
-
     old = redis_cluster.owner(a.channel("t").decode())
-    senders = [asyncio.create_task(traffic(broker)) for broker in (a, b)]
-    try:
+    async with under_traffic(a, b):
         with master_stopped(redis_cluster, old):
             began = time.monotonic()
             await asyncio.gather(followed(a), followed(b))
@@ -144,9 +140,6 @@ async def test_broadcasts_flow_again_on_every_process_after_a_shard_master_stops
             new = redis_cluster.owner(a.channel("t").decode())
             assert new is not old
             assert await shard_subscribers(new, a.channel("t")) == 2  # on the new master
-    finally:
-        stop.set()
-        await asyncio.gather(*senders)
     print(f"\nShard master stopped, to messages flowing on both processes: {elapsed:.2f} s")
     assert elapsed < FAILOVER_TIMEOUT
 

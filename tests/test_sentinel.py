@@ -15,12 +15,16 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from fastapi_channels import BrokerError
 from fastapi_channels.brokers import create_broker
 from fastapi_channels.brokers.base import BrokerState
 from fastapi_channels.brokers.redis import RedisBroker
 from fastapi_channels.wire.errors import ConfigurationError
-from tests.failover_checks import both_ways, history_and_presence_survive, two_subscribed
+from tests.failover_checks import (
+    both_ways,
+    history_and_presence_survive,
+    two_subscribed,
+    under_traffic,
+)
 from tests.redis_ha import SentinelGroup
 
 TIMEOUT = 5.0
@@ -76,26 +80,13 @@ async def test_broadcasts_flow_again_on_every_process_after_a_failover_under_tra
 ) -> None:
     a, topics_a, b, topics_b = await two_subscribed(brokers, "traffic")
 
-    stop = asyncio.Event()
-
-    async def traffic(broker: RedisBroker) -> None:
-        """Publish without pause (but for a short pacing) until told to stop."""
-        while not stop.is_set():
-            with contextlib.suppress(BrokerError):
-                await broker.publish("traffic", b"x" * 100)
-            await asyncio.sleep(0.005)  # pacing, not synchronisation
-
     old = sentinel_group.master_port()
-    senders = [asyncio.create_task(traffic(broker)) for broker in (a, b)]
-    try:
+    async with under_traffic(a, b):
         began = time.monotonic()
         sentinel_group.failover()
         await asyncio.gather(followed(a), followed(b))
         await both_ways(a, topics_a, b, topics_b)
         elapsed = time.monotonic() - began
-    finally:
-        stop.set()
-        await asyncio.gather(*senders)
     new = sentinel_group.master_port()
     assert new != old
     async with aioredis.Redis(port=new) as client:  # the subscriptions moved with the master
