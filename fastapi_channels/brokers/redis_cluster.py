@@ -112,7 +112,7 @@ class RedisClusterBroker(RedisBroker):
             _fail(batch, OutcomeUnknown("publishing was cancelled; it may have been sent"))
             raise
         failure = next((f for f in failures if f is not None), None)
-        if failure is not None and isinstance(failure.__cause__, MovedError | ClusterDownError):
+        if any(isinstance(f.__cause__, MovedError | ClusterDownError) for f in failures if f):
             self._moved.set()  # the slot map is stale: read it again, subscribe again
         self._settle(batch, failure, sum(len(c) for _, c in shares), round_trips=len(shares))
 
