@@ -41,14 +41,24 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.api import RawStreamMsg
 
-__all__ = ["EPOCH", "OFFSET", "NatsHistory", "position_of"]
+__all__ = [
+    "EPOCH",
+    "ERRORS",
+    "OFFSET",
+    "NatsHistory",
+    "ensure_stream",
+    "failure",
+    "position_of",
+    "stamp",
+]
 
 OFFSET: Final = "Fc-Offset"
 EPOCH: Final = "Fc-Epoch"
 _PREVIOUS: Final = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST_SEQUENCE: Final = 10071
 _CACHED_TOPICS: Final = 10_000
-_ERRORS: Final = (NatsError, APIError, OSError, asyncio.TimeoutError)
+ERRORS: Final = (NatsError, APIError, OSError, asyncio.TimeoutError)
+"""What a JetStream request may raise when NATS or the stream fails."""
 
 
 def position_of(headers: dict[str, str] | None) -> Position | None:
@@ -197,7 +207,7 @@ class NatsHistory:
                 break
             if position != Position(offset, last.epoch):
                 break
-            if oldest is not None and _stamp(message) < oldest:
+            if oldest is not None and stamp(message) < oldest:
                 break
             entries.append(StoredEntry(offset, message.data or b""))
             sequence, offset = int(headers.get(_PREVIOUS, "0")), offset - 1
@@ -218,14 +228,14 @@ class NatsHistory:
             self._last.pop(topic, None)
             if exc.err_code == _WRONG_LAST_SEQUENCE:
                 return False  # another process appended first: read its message, retry
-            raise _failure("the history stream refused a message", exc) from exc
+            raise failure("the history stream refused a message", exc) from exc
         except NoStreamResponseError as exc:
             self._ready = False  # the stream was deleted: create it again, and retry
             self._last.pop(topic, None)
-            raise _failure("the history stream is missing", exc) from exc
-        except _ERRORS as exc:
+            raise failure("the history stream is missing", exc) from exc
+        except ERRORS as exc:
             self._last.pop(topic, None)
-            raise _failure("the history stream did not answer", exc) from exc
+            raise failure("the history stream did not answer", exc) from exc
         self._remember(topic, _Last(ack.seq, offset, epoch, time.time()))
         return True
 
@@ -242,7 +252,7 @@ class NatsHistory:
             position = None
         if position is None:
             raise BrokerError(f"a message without a position is in the history of {topic!r}")
-        last = _Last(message.seq, position.offset, position.epoch, _stamp(message))
+        last = _Last(message.seq, position.offset, position.epoch, stamp(message))
         self._remember(topic, last)
         return last
 
@@ -255,9 +265,9 @@ class NatsHistory:
             return None
         except NoStreamResponseError as exc:
             self._ready = False
-            raise _failure("the history stream is missing", exc) from exc
-        except _ERRORS as exc:
-            raise _failure("the history stream did not answer", exc) from exc
+            raise failure("the history stream is missing", exc) from exc
+        except ERRORS as exc:
+            raise failure("the history stream did not answer", exc) from exc
 
     def _remember(self, topic: str, last: _Last) -> None:
         self._last[topic] = last
@@ -270,18 +280,9 @@ class NatsHistory:
         if self._ready:
             return
         async with self._ready_lock:
-            if self._ready:
-                return
-            try:
-                try:
-                    await self._js.add_stream(self._config)
-                except APIError as exc:
-                    if exc.err_code != _STREAM_EXISTS:
-                        raise
-                    await self._js.update_stream(self._config)
-            except _ERRORS as exc:
-                raise _failure("cannot create the history stream", exc) from exc
-            self._ready = True
+            if not self._ready:
+                await ensure_stream(self._js, self._config, "the history stream")
+                self._ready = True
 
     def forget(self) -> None:
         """Drop what is known of the stream: after a reconnection, read it again."""
@@ -292,14 +293,33 @@ class NatsHistory:
 _STREAM_EXISTS: Final = 10058
 
 
+async def ensure_stream(js: JetStreamContext, config: StreamConfig, what: str) -> None:
+    """Create the stream of ``config``, or bring an existing one's configuration up to date.
+
+    Raises:
+        BrokerError: NATS refused or did not answer (naming ``what``).
+    """
+    try:
+        try:
+            await js.add_stream(config)
+        except APIError as exc:
+            if exc.err_code != _STREAM_EXISTS:
+                raise
+            await js.update_stream(config)
+    except ERRORS as exc:
+        raise failure(f"cannot create {what}", exc) from exc
+
+
 def _new_epoch() -> str:
     return secrets.token_hex(8)
 
 
-def _stamp(message: RawStreamMsg) -> float:
+def stamp(message: RawStreamMsg) -> float:
+    """When the stream stored ``message`` (its clock), in seconds since the epoch."""
     return message.time.timestamp() if message.time is not None else time.time()
 
 
-def _failure(what: str, exc: BaseException) -> BrokerError:
+def failure(what: str, exc: BaseException) -> BrokerError:
+    """A `BrokerError` saying ``what`` failed, and why."""
     detail = str(exc) or type(exc).__name__
     return BrokerError(f"{what}: {detail}")

@@ -14,6 +14,9 @@ Subjects, under the broker's prefix ``P`` (one or more tokens, such as ``myapp``
   republishes what it stores there); each process subscribes here;
 * ``P.s.<token>``: stored messages on their way into the history stream, which captures
   ``P.s.*``; nobody subscribes to these;
+* ``$KV.<bucket>.t.<token>``, ``$KV.<bucket>.alive.<process>`` and ``$KV.<bucket>.unsettled``:
+  the presence bucket's keys (see `fastapi_channels.brokers._nats_presence`), whose stream
+  republishes the headers of each ``t.<token>`` change to ``P.m.<token>``;
 * ``P.flush``: requests nobody answers, which the server refuses at once ("no responders"): a
   round trip in the connection's order (see `fastapi_channels.brokers.nats`).
 """
@@ -90,6 +93,11 @@ class Subjects:
         self.flush = f"{prefix}.flush"
         self.stream = "fastapi_channels_" + re.sub(r"[.:]", "_", prefix)
         """The history stream's name (stream names allow no ``.``)."""
+        self.bucket = self.stream + "_presence"
+        """The presence key-value bucket's name; its stream is ``KV_<bucket>``."""
+        self.presence_stream = "KV_" + self.bucket
+        self.presence_wildcard = f"$KV.{self.bucket}.>"
+        self.presence_topics = f"$KV.{self.bucket}.t.*"
 
     def messages(self, topic: str) -> str:
         """The subject each process subscribes to for ``topic``."""
@@ -98,6 +106,19 @@ class Subjects:
     def stored(self, topic: str) -> str:
         """The subject a stored message of ``topic`` is published to (the stream's input)."""
         return f"{self.prefix}.s.{encode_token(topic)}"
+
+    def presence(self, topic: str) -> str:
+        """The subject of ``topic``'s member record in the presence bucket."""
+        return f"$KV.{self.bucket}.t.{encode_token(topic)}"
+
+    def lease(self, process: str) -> str:
+        """The subject of ``process``'s lease in the presence bucket."""
+        return f"$KV.{self.bucket}.alive.{process}"
+
+    @property
+    def unsettled(self) -> str:
+        """The subject of the record that the presence bucket lost its records, and when."""
+        return f"$KV.{self.bucket}.unsettled"
 
     def republish_to(self) -> str:
         """The stream's republish destination: the ``messages`` subject of the same token."""
