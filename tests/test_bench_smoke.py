@@ -51,3 +51,21 @@ def test_fastapi_channels_and_the_hand_written_endpoints(tmp_path: Path) -> None
 )
 def test_python_socketio(tmp_path: Path) -> None:
     smoke(tmp_path, ["socketio"])
+
+
+def test_capacity_per_engine(tmp_path: Path, nats_url: str) -> None:
+    from bench import capacity
+
+    out = tmp_path / "capacity.json"
+    engines = "memory" if run.redis_available() else "memory,redis"
+    argv = ["--engines", engines, "--broker", nats_url, "--quiet", "--out", str(out)]
+    argv += ["--subscribers", "5", "--publishers", "1", "--warmup", "0.2", "--duration", "0.3"]
+    report = capacity.main(argv)
+    assert out.exists() and report["skipped"] == {}
+    results = report["results"]
+    assert [r["engine"] for r in results] == [*engines.split(","), "nats"]
+    for result in results:
+        assert result["broadcasts_per_s"] > 0, result
+        assert result["deliveries_per_s"] == pytest.approx(5 * result["broadcasts_per_s"], 0.05)
+        assert 0 < result["cpu_us_per_delivery"] < 10_000, result
+    assert "deliveries/s" in capacity.render([capacity.Result(**results[0])], {})
