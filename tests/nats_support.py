@@ -9,7 +9,7 @@ Private servers (fixture ``nats_server``) always run a ``nats-server`` binary of
 JetStream storing under a directory of their own, so a test may stop and restart them (the
 stream survives, as on a real restart); the shared server is never touched.
 
-Each test uses a subject prefix of its own (fixture ``nats_prefix``); the history stream and the
+Each test uses a subject prefix of its own (fixture ``nats_prefix``); the streams and the
 presence bucket of that prefix are deleted when the test ends, so the shared server does not
 fill up.
 """
@@ -90,14 +90,16 @@ class NatsServer(ServerProcess):
 
 async def delete_stream(url: str, prefix: str, *, history: bool = True) -> None:
     """Delete the presence bucket of ``prefix`` on the server at ``url``, and (with
-    ``history``) its history stream, those there are."""
+    ``history``) its history and idempotency streams, those there are."""
     import nats
     from nats.js.errors import NotFoundError
 
     from fastapi_channels.brokers._nats_subjects import Subjects
 
     subjects = Subjects(prefix)
-    names = [subjects.presence_stream, *([subjects.stream] if history else [])]
+    names = [subjects.presence_stream]
+    if history:
+        names += [subjects.stream, subjects.once_stream]
     client = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
     try:
         for name in names:

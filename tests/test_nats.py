@@ -27,9 +27,9 @@ from fastapi_channels.brokers.base import BrokerState
 from fastapi_channels.brokers.nats import NatsBroker
 from fastapi_channels.brokers.stores import Announcements, Position, Retention, StoredEntry
 from fastapi_channels.testing import SocketTestClient, lifespan
-from fastapi_channels.wire.errors import BrokerError, ConfigurationError
+from fastapi_channels.wire.errors import BrokerError, ConfigurationError, OutcomeUnknown
 from tests.conftest import Harness
-from tests.contract.conftest import Deployment, Inbox
+from tests.contract.conftest import Deployment, Inbox, fence
 from tests.nats_support import NatsServer, nats_binary
 from tests.proxy import tcp_proxy
 from tests.redis_support import free_port
@@ -145,6 +145,37 @@ async def test_presence_lost_in_a_restart_reads_partial_until_every_process_regi
         assert found.members == {"ann": b"A"} and found.partial and found.registered
     finally:
         await deployment.stop()
+
+
+@pytest.mark.parametrize("retention", [None, KEEP], ids=["plain", "stored"])
+async def test_a_stalled_publish_once_is_outcome_unknown_and_its_retry_delivers_once(
+    nats_url: str, nats_prefix: str, retention: Retention | None
+) -> None:
+    port = urlsplit(nats_url).port
+    assert port is not None
+    async with tcp_proxy(port) as proxy:
+        stalled = NatsBroker(
+            f"nats://127.0.0.1:{proxy.port}", prefix=nats_prefix, history_storage="memory", **FAST
+        )
+        direct = NatsBroker(nats_url, prefix=nats_prefix, history_storage="memory")
+        deployment = Deployment(NatsBroker, lambda: direct)
+        try:
+            a, b = await deployment.start(stalled), await deployment.start(direct)
+            await b.broker.subscribe("c:x")
+            assert not (await stalled.publish_once("c:x", b"warm", "w", 60, retention)).duplicate
+            assert (await b.inbox.get())[1] == b"warm"
+            proxy.hold()  # NATS takes what a sends, but its answers do not come back
+            with pytest.raises(OutcomeUnknown):
+                await stalled.publish_once("c:x", b"hi", "k", 60, retention)
+            proxy.release()
+            await stalled.publish_once("c:x", b"hi", "k", 60, retention)  # the retry
+            again = await direct.publish_once("c:x", b"hi", "k", 60, retention)
+            assert again.duplicate
+            topic, data, position = await b.inbox.get()
+            assert (topic, data, position) == ("c:x", b"hi", again.position)
+            await fence(a, b)  # and never a second time
+        finally:
+            await deployment.stop()
 
 
 async def test_an_outage_fails_publishes_at_once_and_history_survives_a_restart(

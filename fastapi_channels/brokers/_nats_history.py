@@ -35,7 +35,7 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from fastapi_channels.brokers._nats_subjects import Subjects
 from fastapi_channels.brokers.stores import Position, Retention, Stored, StoredEntry
-from fastapi_channels.wire.errors import BrokerError
+from fastapi_channels.wire.errors import BrokerError, OutcomeUnknown
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -55,6 +55,7 @@ __all__ = [
 OFFSET: Final = "Fc-Offset"
 EPOCH: Final = "Fc-Epoch"
 _PREVIOUS: Final = "Nats-Expected-Last-Subject-Sequence"
+_MESSAGE_ID: Final = "Nats-Msg-Id"
 _WRONG_LAST_SEQUENCE: Final = 10071
 _CACHED_TOPICS: Final = 10_000
 ERRORS: Final = (NatsError, APIError, OSError, asyncio.TimeoutError)
@@ -145,6 +146,27 @@ class NatsHistory:
         Raises:
             BrokerError: the stream did not take it in time (then no one received it).
         """
+        position, _ = await self._publish(topic, data, retention, None)
+        return position
+
+    async def publish_stored_once(
+        self, topic: str, data: bytes, retention: Retention, message_id: str
+    ) -> tuple[Position, bool]:
+        """Append as `publish_stored` does, unless the stream has a message of ``message_id``.
+
+        The stream remembers message ids for its duplicate window (two minutes): an append
+        whose id it saw stores nothing, and this returns the first message's position. Returns
+        the position and whether it was such a duplicate.
+
+        Raises:
+            OutcomeUnknown: the stream did not answer in time; it may have stored the message.
+            BrokerError: the stream refused the message; nothing was stored.
+        """
+        return await self._publish(topic, data, retention, message_id)
+
+    async def _publish(
+        self, topic: str, data: bytes, retention: Retention, message_id: str | None
+    ) -> tuple[Position, bool]:
         queue = self._queues.get(topic) or self._queues.setdefault(topic, _Queue())
         queue.users += 1
         try:
@@ -155,9 +177,12 @@ class NatsHistory:
                         offset, epoch = last.offset + 1, last.epoch
                     else:
                         offset, epoch = 1, _new_epoch()
-                    if await self._append(topic, data, offset, epoch, last):
-                        return Position(offset, epoch)
+                    appended = await self._append(topic, data, offset, epoch, last, message_id)
+                    if appended is not None:
+                        return appended
         except TimeoutError as exc:
+            if message_id is not None:
+                raise OutcomeUnknown(f"the history stream did not answer in time: {exc}") from exc
             raise BrokerError(f"the history stream did not store a message in time: {exc}") from exc
         finally:
             queue.users -= 1
@@ -180,7 +205,7 @@ class NatsHistory:
                     now = time.time()
                     if last is not None and last.current(retention, now):
                         break
-                    if await self._append(topic, b"", 0, _new_epoch(), last):
+                    if await self._append(topic, b"", 0, _new_epoch(), last) is not None:
                         last = self._last[topic]
                         break
                 entries = await self._walk(last, retention, after, now)
@@ -215,10 +240,22 @@ class NatsHistory:
         return entries
 
     async def _append(
-        self, topic: str, data: bytes, offset: int, epoch: str, last: _Last | None
-    ) -> bool:
-        """Append at ``offset`` if ``last`` is still the topic's last message; say whether."""
+        self,
+        topic: str,
+        data: bytes,
+        offset: int,
+        epoch: str,
+        last: _Last | None,
+        message_id: str | None = None,
+    ) -> tuple[Position, bool] | None:
+        """Append at ``offset`` if ``last`` is still the topic's last message.
+
+        Returns the position and False; with ``message_id`` that the stream saw already, the
+        first message's position and True; None when another process appended first.
+        """
         headers = {OFFSET: str(offset), EPOCH: epoch, _PREVIOUS: str(last.sequence if last else 0)}
+        if message_id is not None:
+            headers[_MESSAGE_ID] = message_id
         await self._ensure()
         try:
             ack = await self._js.publish(
@@ -227,7 +264,7 @@ class NatsHistory:
         except APIError as exc:
             self._last.pop(topic, None)
             if exc.err_code == _WRONG_LAST_SEQUENCE:
-                return False  # another process appended first: read its message, retry
+                return None  # another process appended first: read its message, retry
             raise failure("the history stream refused a message", exc) from exc
         except NoStreamResponseError as exc:
             self._ready = False  # the stream was deleted: create it again, and retry
@@ -235,9 +272,18 @@ class NatsHistory:
             raise failure("the history stream is missing", exc) from exc
         except ERRORS as exc:
             self._last.pop(topic, None)
+            if message_id is not None:
+                raise OutcomeUnknown(f"the history stream did not answer: {exc}") from exc
             raise failure("the history stream did not answer", exc) from exc
+        if ack.duplicate:
+            self._last.pop(topic, None)
+            first = await self._get(seq=ack.seq)
+            found = position_of(first.headers) if first is not None else None
+            if found is None:
+                raise BrokerError(f"the first message of id {message_id!r} is gone")
+            return found, True
         self._remember(topic, _Last(ack.seq, offset, epoch, time.time()))
-        return True
+        return Position(offset, epoch), False
 
     async def _fetch_last(self, topic: str) -> _Last | None:
         """Read ``topic``'s last stored message from the stream (None when it has none)."""

@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
-from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
-from fastapi_channels.brokers._nats_history import ERRORS, ensure_stream, failure, stamp
+from fastapi_channels.brokers._nats_history import ensure_stream, stamp
+from fastapi_channels.brokers._nats_records import EXPECTED, Conflict, Missing, read_last, write
 from fastapi_channels.brokers._nats_subjects import Subjects
 from fastapi_channels.brokers.stores import Announcements, PresenceSnapshot
 from fastapi_channels.wire.errors import BrokerError
@@ -59,10 +59,8 @@ ANNOUNCE: Final = "Fc-Announce"
 KEEP: Final = 24 * 3600.0
 """Seconds a record is kept after its last write: the bucket's age limit."""
 
-_PREVIOUS: Final = "Nats-Expected-Last-Subject-Sequence"
+_WHAT: Final = "the presence bucket"
 _OPERATION: Final = "KV-Operation"
-_WRONG_LAST_SEQUENCE: Final = 10071
-_STREAM_NOT_FOUND: Final = 10059
 
 T = TypeVar("T")
 
@@ -80,14 +78,6 @@ def announcements_of(headers: Mapping[str, str]) -> list[bytes]:
         return [base64.b64decode(part, validate=True) for part in value.split(",")]
     except binascii.Error as exc:
         raise ValueError(f"malformed {ANNOUNCE} header") from exc
-
-
-class _Conflict(Exception):
-    """Another process changed the record first: read it again."""
-
-
-class _Missing(Exception):
-    """The bucket is gone: create it again."""
 
 
 @dataclass(slots=True)
@@ -286,7 +276,7 @@ class NatsPresence:
             lease = await self._read(self._subjects.lease(self.process))
             await self._write(self._subjects.lease(self.process), _text(timeout))
             if was_alive and lease is None:
-                with contextlib.suppress(_Conflict):  # another process found it first
+                with contextlib.suppress(Conflict):  # another process found it first
                     await self._write(self._subjects.unsettled, _text(timeout), after=0)
             return lease is not None and _lease_alive(lease)
 
@@ -338,9 +328,9 @@ class NatsPresence:
                 await self._ensure()
                 try:
                     return await step()
-                except _Conflict:
+                except Conflict:
                     continue
-                except _Missing:
+                except Missing:
                     self._ready = False
 
     async def _record(self, topic: str) -> _Record:
@@ -352,20 +342,7 @@ class NatsPresence:
         return lease is not None and _lease_alive(lease)
 
     async def _read(self, subject: str) -> RawStreamMsg | None:
-        """The last message on ``subject`` (None when it has none).
-
-        Raises:
-            _Missing: the bucket does not exist.
-            BrokerError: NATS did not answer.
-        """
-        try:
-            return await self._js.get_last_msg(self._subjects.presence_stream, subject)
-        except NotFoundError as exc:
-            if exc.err_code == _STREAM_NOT_FOUND:
-                raise _Missing from exc
-            return None
-        except ERRORS as exc:
-            raise failure("the presence bucket did not answer", exc) from exc
+        return await read_last(self._js, self._subjects.presence_stream, subject, _WHAT)
 
     async def _write(
         self,
@@ -376,32 +353,15 @@ class NatsPresence:
         delete: bool = False,
         said: list[bytes] | None = None,
     ) -> None:
-        """Write ``data`` on ``subject``; with ``after``, only if that is its last sequence.
-
-        Raises:
-            _Conflict: ``after`` is not the subject's last sequence any more.
-            _Missing: the bucket does not exist.
-            BrokerError: NATS did not take it (it may have been written).
-        """
+        """Write ``data`` on ``subject``; with ``after``, only if that is its last sequence."""
         headers: dict[str, str] = {}
         if after is not None:
-            headers[_PREVIOUS] = str(after)
+            headers[EXPECTED] = str(after)
         if delete:
             headers[_OPERATION] = "DEL"
         if said:
             headers[ANNOUNCE] = ",".join(base64.b64encode(packet).decode() for packet in said)
-        try:
-            await self._js.publish(
-                subject, data, headers=headers, stream=self._subjects.presence_stream
-            )
-        except APIError as exc:
-            if exc.err_code == _WRONG_LAST_SEQUENCE:
-                raise _Conflict from exc
-            raise failure("the presence bucket refused a change", exc) from exc
-        except NoStreamResponseError as exc:
-            raise _Missing from exc
-        except ERRORS as exc:
-            raise failure("the presence bucket did not answer", exc) from exc
+        await write(self._js, self._subjects.presence_stream, subject, data, headers, _WHAT)
 
     async def _ensure(self) -> None:
         """Create the bucket (or bring its configuration up to date) once per connection."""

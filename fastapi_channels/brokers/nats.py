@@ -29,7 +29,8 @@ when a channel first uses it, which republishes each stored message to the topic
 every process, this one included, receives it from NATS, in offset order. Presence (see
 `fastapi_channels.brokers._nats_presence`) lives in a JetStream key-value bucket, also created
 when first used; its stream republishes each change's announcements to the topic's subject, so
-every process receives them in one order, only once the change is stored.
+every process receives them in one order, only once the change is stored. Idempotent
+publishing (see `fastapi_channels.brokers._nats_once`) keeps its records in a third stream.
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError, SlowConsumerError
 
 from fastapi_channels.brokers._nats_history import NatsHistory, position_of
+from fastapi_channels.brokers._nats_once import NatsOnce
 from fastapi_channels.brokers._nats_presence import NatsPresence, announcements_of
 from fastapi_channels.brokers._nats_subjects import Subjects
 from fastapi_channels.brokers.base import Broker, BrokerState, MessageHandler
+from fastapi_channels.brokers.idempotency import IdempotencyStore, Published
 from fastapi_channels.brokers.stores import (
     Announcements,
     HistoryStore,
@@ -97,8 +100,8 @@ class NatsStats:
     reconnects: int = 0
 
 
-class NatsBroker(Broker, HistoryStore, PresenceStore):
-    """Carries messages between processes through NATS, with history and presence on JetStream.
+class NatsBroker(Broker, HistoryStore, PresenceStore, IdempotencyStore):
+    """Carries messages between processes through NATS; history, presence and keys on JetStream.
 
     Args:
         url: a ``nats://`` URL (``user:password@`` and several comma-separated servers
@@ -191,6 +194,7 @@ class NatsBroker(Broker, HistoryStore, PresenceStore):
         self._subs: dict[str, Subscription] = {}
         self._history: NatsHistory | None = None
         self._presence: NatsPresence | None = None
+        self._once: NatsOnce | None = None
         self._process = secrets.token_hex(8)  # its name in presence, for its whole life
         self._next_flush: asyncio.Future[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -303,6 +307,7 @@ class NatsBroker(Broker, HistoryStore, PresenceStore):
         self._subs.clear()
         self._history = None
         self._presence = None
+        self._once = None
         if client is not None:
             try:
                 await client.close()
@@ -496,6 +501,44 @@ class NatsBroker(Broker, HistoryStore, PresenceStore):
         """
         return await self._store.read_stored(topic, retention, after)
 
+    async def publish_once(
+        self,
+        topic: str,
+        data: bytes,
+        key: str,
+        window: float,
+        retention: Retention | None = None,
+    ) -> Published:
+        """Publish ``data`` unless ``key`` was published on ``topic`` within ``window``.
+
+        A plain message is written to the idempotency stream on the condition that the key's
+        last record is the one read (so one process's write is taken), and the stream
+        republishes it; a stored one is appended with a message id the history stream
+        deduplicates, then recorded (see `fastapi_channels.brokers._nats_once`). Every process
+        receives it from NATS, this one included.
+
+        Raises:
+            BrokerError: NATS is disconnected (raised at once) or refused; nothing was
+                published or recorded.
+            OutcomeUnknown: NATS did not answer within ``timeout``; the message may have been
+                published. Retry with the same key.
+        """
+        client = self._nc
+        if client is None or self._state is not BrokerState.CONNECTED:
+            raise BrokerError(
+                f"NATS at {self._address} is unreachable ({self._last_error}); "
+                "the message was neither stored nor sent"
+            )
+        if self._once is None:
+            self._once = NatsOnce(
+                client.jetstream(timeout=self._timeout),
+                self._subjects,
+                self._store,
+                storage=self._history_options["storage"],
+                timeout=self._timeout,
+            )
+        return await self._once.publish_once(topic, data, key, window, retention)
+
     # ------------------------------------------------------------------ presence
 
     @property
@@ -581,6 +624,7 @@ class NatsBroker(Broker, HistoryStore, PresenceStore):
             self._history.forget()  # the stream may be gone, or changed meanwhile
         if self._presence is not None:
             self._presence.forget()
+        self._once = None
         if self._state is BrokerState.CONNECTED:
             self._down_since = time.monotonic()
             logger.warning(
@@ -615,6 +659,7 @@ class NatsBroker(Broker, HistoryStore, PresenceStore):
         self._subs.clear()
         self._history = None
         self._presence = None
+        self._once = None
         if self._state is BrokerState.CONNECTED:
             self._down_since = time.monotonic()
         logger.warning(
