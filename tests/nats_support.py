@@ -99,7 +99,7 @@ async def delete_stream(url: str, prefix: str, *, history: bool = True) -> None:
     subjects = Subjects(prefix)
     names = [subjects.presence_stream]
     if history:
-        names += [subjects.stream, subjects.once_stream]
+        names += [subjects.stream, subjects.once_stream, subjects.quota_stream]
     client = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
     try:
         for name in names:

@@ -29,28 +29,20 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from nats.errors import Error as NatsError
 from nats.js.api import RePublish, StorageType, StreamConfig
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
+from fastapi_channels.brokers._nats_quota import NatsQuota
+from fastapi_channels.brokers._nats_records import ERRORS, ensure_stream, failure, stamp
 from fastapi_channels.brokers._nats_subjects import Subjects
 from fastapi_channels.brokers.stores import Position, Retention, Stored, StoredEntry
-from fastapi_channels.wire.errors import BrokerError, OutcomeUnknown
+from fastapi_channels.wire.errors import BrokerError, HistoryFull, OutcomeUnknown
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.api import RawStreamMsg
 
-__all__ = [
-    "EPOCH",
-    "ERRORS",
-    "OFFSET",
-    "NatsHistory",
-    "ensure_stream",
-    "failure",
-    "position_of",
-    "stamp",
-]
+__all__ = ["EPOCH", "OFFSET", "NatsHistory", "position_of"]
 
 OFFSET: Final = "Fc-Offset"
 EPOCH: Final = "Fc-Epoch"
@@ -58,8 +50,6 @@ _PREVIOUS: Final = "Nats-Expected-Last-Subject-Sequence"
 _MESSAGE_ID: Final = "Nats-Msg-Id"
 _WRONG_LAST_SEQUENCE: Final = 10071
 _CACHED_TOPICS: Final = 10_000
-ERRORS: Final = (NatsError, APIError, OSError, asyncio.TimeoutError)
-"""What a JetStream request may raise when NATS or the stream fails."""
 
 
 def position_of(headers: dict[str, str] | None) -> Position | None:
@@ -132,6 +122,7 @@ class NatsHistory:
             republish=RePublish(src=subjects.stored_wildcard, dest=subjects.republish_to()),
         )
         self._timeout = timeout
+        self._quota = NatsQuota(js, subjects, StorageType(storage), timeout)
         self._ready = False
         self._ready_lock = asyncio.Lock()
         self._queues: dict[str, _Queue] = {}
@@ -176,6 +167,7 @@ class NatsHistory:
                     if last is not None and last.current(retention, time.time()):
                         offset, epoch = last.offset + 1, last.epoch
                     else:
+                        await self._quota.admit(topic, retention, self._fetch_last)
                         offset, epoch = 1, _new_epoch()
                     appended = await self._append(topic, data, offset, epoch, last, message_id)
                     if appended is not None:
@@ -205,6 +197,10 @@ class NatsHistory:
                     now = time.time()
                     if last is not None and last.current(retention, now):
                         break
+                    try:
+                        await self._quota.admit(topic, retention, self._fetch_last)
+                    except HistoryFull:
+                        return Stored(epoch=_new_epoch(), top=0, entries=[])  # not kept
                     if await self._append(topic, b"", 0, _new_epoch(), last) is not None:
                         last = self._last[topic]
                         break
@@ -333,39 +329,9 @@ class NatsHistory:
     def forget(self) -> None:
         """Drop what is known of the stream: after a reconnection, read it again."""
         self._ready = False
+        self._quota.forget()
         self._last.clear()
-
-
-_STREAM_EXISTS: Final = 10058
-
-
-async def ensure_stream(js: JetStreamContext, config: StreamConfig, what: str) -> None:
-    """Create the stream of ``config``, or bring an existing one's configuration up to date.
-
-    Raises:
-        BrokerError: NATS refused or did not answer (naming ``what``).
-    """
-    try:
-        try:
-            await js.add_stream(config)
-        except APIError as exc:
-            if exc.err_code != _STREAM_EXISTS:
-                raise
-            await js.update_stream(config)
-    except ERRORS as exc:
-        raise failure(f"cannot create {what}", exc) from exc
 
 
 def _new_epoch() -> str:
     return secrets.token_hex(8)
-
-
-def stamp(message: RawStreamMsg) -> float:
-    """When the stream stored ``message`` (its clock), in seconds since the epoch."""
-    return message.time.timestamp() if message.time is not None else time.time()
-
-
-def failure(what: str, exc: BaseException) -> BrokerError:
-    """A `BrokerError` saying ``what`` failed, and why."""
-    detail = str(exc) or type(exc).__name__
-    return BrokerError(f"{what}: {detail}")

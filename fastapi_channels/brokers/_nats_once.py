@@ -33,14 +33,18 @@ from typing import TYPE_CHECKING, Final
 from nats.js.api import RePublish, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from fastapi_channels.brokers._nats_history import (
+from fastapi_channels.brokers._nats_history import NatsHistory
+from fastapi_channels.brokers._nats_records import (
     ERRORS,
-    NatsHistory,
+    EXPECTED,
+    Conflict,
+    Missing,
     ensure_stream,
     failure,
+    read_last,
     stamp,
+    write,
 )
-from fastapi_channels.brokers._nats_records import EXPECTED, Conflict, Missing, read_last, write
 from fastapi_channels.brokers._nats_subjects import Subjects
 from fastapi_channels.brokers.idempotency import Published
 from fastapi_channels.brokers.stores import Position, Retention

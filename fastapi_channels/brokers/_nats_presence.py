@@ -43,8 +43,15 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
 
-from fastapi_channels.brokers._nats_history import ensure_stream, stamp
-from fastapi_channels.brokers._nats_records import EXPECTED, Conflict, Missing, read_last, write
+from fastapi_channels.brokers._nats_records import (
+    EXPECTED,
+    Conflict,
+    Missing,
+    ensure_stream,
+    read_last,
+    stamp,
+    write,
+)
 from fastapi_channels.brokers._nats_subjects import Subjects
 from fastapi_channels.brokers.stores import Announcements, PresenceSnapshot
 from fastapi_channels.wire.errors import BrokerError

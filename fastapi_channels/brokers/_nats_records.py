@@ -1,4 +1,4 @@
-"""Conditional records in a JetStream stream: the reads and writes presence and keys share.
+"""What the NATS broker's JetStream parts share: streams, errors, and conditional records.
 
 A record is the last message of a subject. A write may name the sequence it expects to replace
 (``Nats-Expected-Last-Subject-Sequence``, 0 for none): the stream refuses it when another
@@ -9,22 +9,65 @@ caller creates it again and retries.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING, Final
 
+from nats.errors import Error as NatsError
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
-from fastapi_channels.brokers._nats_history import ERRORS, failure
 from fastapi_channels.wire.errors import BrokerError
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
-    from nats.js.api import PubAck, RawStreamMsg
+    from nats.js.api import PubAck, RawStreamMsg, StreamConfig
 
-__all__ = ["EXPECTED", "Conflict", "Missing", "read_last", "write"]
+__all__ = [
+    "ERRORS",
+    "EXPECTED",
+    "Conflict",
+    "Missing",
+    "ensure_stream",
+    "failure",
+    "read_last",
+    "stamp",
+    "write",
+]
 
+ERRORS: Final = (NatsError, APIError, OSError, asyncio.TimeoutError)
+"""What a JetStream request may raise when NATS or the stream fails."""
 EXPECTED: Final = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST_SEQUENCE: Final = 10071
 _STREAM_NOT_FOUND: Final = 10059
+_STREAM_EXISTS: Final = 10058
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig, what: str) -> None:
+    """Create the stream of ``config``, or bring an existing one's configuration up to date.
+
+    Raises:
+        BrokerError: NATS refused or did not answer (naming ``what``).
+    """
+    try:
+        try:
+            await js.add_stream(config)
+        except APIError as exc:
+            if exc.err_code != _STREAM_EXISTS:
+                raise
+            await js.update_stream(config)
+    except ERRORS as exc:
+        raise failure(f"cannot create {what}", exc) from exc
+
+
+def stamp(message: RawStreamMsg) -> float:
+    """When the stream stored ``message`` (its clock), in seconds since the epoch."""
+    return message.time.timestamp() if message.time is not None else time.time()
+
+
+def failure(what: str, exc: BaseException) -> BrokerError:
+    """A `BrokerError` saying ``what`` failed, and why."""
+    detail = str(exc) or type(exc).__name__
+    return BrokerError(f"{what}: {detail}")
 
 
 class Conflict(Exception):

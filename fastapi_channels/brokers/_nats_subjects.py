@@ -18,6 +18,8 @@ Subjects, under the broker's prefix ``P`` (one or more tokens, such as ``myapp``
   idempotency stream (``<stream>_once``), which republishes them to ``P.m.<token>``;
 * ``P.k.<token>.<key token>``: the record of a key published on the topic, in the same
   stream, not republished;
+* ``P.q.<group token>``: the topics counted in a group of a bounded retention, in the quota
+  stream (``<stream>_quota``);
 * ``$KV.<bucket>.t.<token>``, ``$KV.<bucket>.alive.<process>`` and ``$KV.<bucket>.unsettled``:
   the presence bucket's keys (see `fastapi_channels.brokers._nats_presence`), whose stream
   republishes the headers of each ``t.<token>`` change to ``P.m.<token>``;
@@ -101,6 +103,9 @@ class Subjects:
         """The idempotency stream's name."""
         self.once_wildcard = f"{prefix}.o.*"
         self.once_records_wildcard = f"{prefix}.k.*.*"
+        self.quota_stream = self.stream + "_quota"
+        """The stream of the groups' counts of topics keeping history."""
+        self.quota_wildcard = f"{prefix}.q.*"
         self.bucket = self.stream + "_presence"
         """The presence key-value bucket's name; its stream is ``KV_<bucket>``."""
         self.presence_stream = "KV_" + self.bucket
@@ -122,6 +127,10 @@ class Subjects:
     def once_record(self, topic: str, key: str) -> str:
         """The subject of the record of ``key`` published on ``topic``."""
         return f"{self.prefix}.k.{encode_token(topic)}.{encode_token(key)}"
+
+    def quota(self, group: str) -> str:
+        """The subject of the record of the topics counted in ``group``."""
+        return f"{self.prefix}.q.{encode_token(group)}"
 
     def presence(self, topic: str) -> str:
         """The subject of ``topic``'s member record in the presence bucket."""

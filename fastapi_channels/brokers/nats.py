@@ -57,7 +57,7 @@ from fastapi_channels.brokers.base import Broker, BrokerState, MessageHandler
 from fastapi_channels.brokers.idempotency import IdempotencyStore, Published
 from fastapi_channels.brokers.stores import (
     Announcements,
-    HistoryStore,
+    BoundedHistoryStore,
     Position,
     PresenceSnapshot,
     PresenceStore,
@@ -100,7 +100,7 @@ class NatsStats:
     reconnects: int = 0
 
 
-class NatsBroker(Broker, HistoryStore, PresenceStore, IdempotencyStore):
+class NatsBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
     """Carries messages between processes through NATS; history, presence and keys on JetStream.
 
     Args:
