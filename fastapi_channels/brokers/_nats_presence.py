@@ -69,6 +69,9 @@ KEEP: Final = 24 * 3600.0
 _WHAT: Final = "the presence bucket"
 _OPERATION: Final = "KV-Operation"
 
+_CONCURRENT_SWEEPS: Final = 32
+"""Topics one renewal sweeps at once."""
+
 T = TypeVar("T")
 
 
@@ -258,16 +261,23 @@ class NatsPresence:
         return len(await self.members(topic, announce))
 
     async def sweep(self, topics: dict[str, int], announce: dict[str, Announcements]) -> list[str]:
-        """Sweep each topic (all at once); return those where this process holds another count.
+        """Sweep each topic; return those where this process holds another count.
+
+        Topics are swept ``_CONCURRENT_SWEEPS`` at a time, and each process's lease is read once
+        for all of them.
 
         A record that is older than half of ``keep`` is written again, so it does not expire
         while used.
         """
 
         async def one(topic: str) -> bool:
-            record = await self._change(topic, self._sweeper(announce[topic], refresh=True))
+            async with limit:
+                sweep = self._sweeper(announce[topic], refresh=True, alive=alive)
+                record = await self._change(topic, sweep)
             return len(record.held_by(self.process)) != topics[topic]
 
+        alive: dict[str, bool] = {}  # each process's lease is read once for every topic
+        limit = asyncio.Semaphore(_CONCURRENT_SWEEPS)
         differ = await asyncio.gather(*(one(topic) for topic in topics))
         return [topic for topic, differs in zip(topics, differ, strict=True) if differs]
 
@@ -299,9 +309,13 @@ class NatsPresence:
     # ------------------------------------------------------------------ steps
 
     def _sweeper(
-        self, announce: Announcements, *, refresh: bool = False
+        self,
+        announce: Announcements,
+        *,
+        refresh: bool = False,
+        alive: dict[str, bool] | None = None,
     ) -> Callable[[_Record], Awaitable[_Record]]:
-        return _Sweep(self, announce, refresh).apply
+        return _Sweep(self, announce, refresh, {} if alive is None else alive).apply
 
     async def _change(self, topic: str, change: Callable[[_Record], Awaitable[T]]) -> T:
         """Apply ``change`` to ``topic``'s record, conditionally, until it is taken."""
@@ -386,11 +400,17 @@ class NatsPresence:
 class _Sweep:
     """A change that removes the holders that are dead from a record (and their members)."""
 
-    def __init__(self, presence: NatsPresence, announce: Announcements, refresh: bool) -> None:
+    def __init__(
+        self,
+        presence: NatsPresence,
+        announce: Announcements,
+        refresh: bool,
+        alive: dict[str, bool],
+    ) -> None:
         self._presence = presence
         self._announce = announce
         self._refresh = refresh
-        self._alive: dict[str, bool] = {}
+        self._alive = alive  # process to whether its lease holds, as read once
 
     async def apply(self, record: _Record) -> _Record:
         processes = {p for holders in record.holders.values() for p in holders} - set(self._alive)
