@@ -1,9 +1,9 @@
 """Two real uvicorn processes on one broker: what one process sends reaches the other's clients.
 
 Each process is a subprocess serving ``tests.multiprocess_app`` on its own loopback port, with
-the broker URL of a private Redis or NATS server (each test runs on both, but the presence one,
-on Redis only: the NATS broker keeps no presence) that the restart tests restart, and on the
-session's Redis Cluster (``redis-cluster``; its shard restarts are `tests/test_redis_cluster.py`'s).
+the broker URL of a private Redis or NATS server that the restart tests restart, and on the
+session's Redis Cluster (``redis-cluster``; its shard restarts are
+`tests/test_redis_cluster.py`'s).
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
         server, name = request.getfixturevalue("redis_cluster"), "Redis"
     else:
         server, name = request.getfixturevalue("nats_for_processes"), "NATS"
-        env["LOBBY_PRESENCE"] = "0"
     env["FASTAPI_CHANNELS_BROKER_URL"] = f"{server.url}?prefix=test-{uuid.uuid4().hex[:12]}"
     a, b = await asyncio.gather(*(start_process(APP, env) for _ in range(2)))
     try:
@@ -188,7 +187,6 @@ async def test_processes_survive_a_restart_of_their_server(cluster: Cluster, con
     assert (await bob.receive())["event"] == "poke"
 
 
-@pytest.mark.parametrize("cluster", ["redis", "redis-cluster"], indirect=True)  # presence
 async def test_a_killed_process_leaves_no_ghost_and_a_restarted_one_recovers_positions(
     cluster: Cluster, connect: Any
 ) -> None:

@@ -21,6 +21,7 @@ from fastapi_channels.brokers import Broker, HistoryStore, MemoryBroker, MemoryH
 from fastapi_channels.brokers._memory_state import PresenceTable, Streams
 from fastapi_channels.brokers.base import BrokerState
 from fastapi_channels.brokers.stores import Position
+from tests.nats_support import delete_stream
 from tests.pubsub_broker import PubSubBroker, PubSubNetwork
 from tests.redis_cluster import ClusterGroup, flush_cluster_prefix
 from tests.redis_ha import SentinelGroup
@@ -189,8 +190,14 @@ async def deployment(request: pytest.FixtureRequest) -> AsyncIterator[Deployment
 
         nats_url: str = request.getfixturevalue("nats_url")
         subjects: str = request.getfixturevalue("nats_prefix")
+
+        async def delete_bucket() -> None:  # as NATS restarting with memory storage does
+            await delete_stream(nats_url, subjects, history=False)
+
         made = Deployment(
-            NatsBroker, lambda: NatsBroker(nats_url, prefix=subjects, history_storage="memory")
+            NatsBroker,
+            lambda: NatsBroker(nats_url, prefix=subjects, history_storage="memory"),
+            delete_bucket,
         )
     else:
         network = PubSubNetwork()
