@@ -9,6 +9,8 @@ Each app exposes the same HTTP control routes, so the driver treats them alike:
   largest loop lag seen since the last reset, and whether the last publish run finished.
 - ``GET /bench/delays?reset=1``: the server-side delay from publish to the transport write,
   p50 and p99 in ms, sampled on one connection in 20 (see ``bench.delays``).
+
+Apps that are not FastAPI apps get the same routes from `control_app` or `with_controls`.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import gc
 import os
 import resource
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psutil
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
 from bench.delays import DELAYS, install
 
@@ -210,3 +215,42 @@ def add_routes(app: Any, bench: Bench) -> None:
     @app.get("/bench/stats")
     async def stats(reset: bool = False) -> dict[str, Any]:
         return bench.stats(reset)
+
+
+def control_app(bench: Bench, lifespan: Lifespan[Any] | None = None) -> FastAPI:
+    """The control routes as an app of their own, for a server that is not a FastAPI app."""
+    app = FastAPI(lifespan=lifespan, openapi_url=None)
+    add_routes(app, bench)
+    return app
+
+
+def with_controls(peer: ASGIApp, bench: Bench) -> ASGIApp:
+    """``peer`` with the control routes in front of it.
+
+    HTTP requests under ``/bench/`` go to the control routes; everything else (the websocket,
+    the lifespan) goes to ``peer`` as it came, with the server's own ``send``: nothing is added
+    to a delivery's path.
+    """
+    controls = control_app(bench)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/bench/"):
+            await controls(scope, receive, send)
+        else:
+            await peer(scope, receive, send)
+
+    return app
+
+
+def redis_broker() -> tuple[str, str] | None:
+    """The Redis URL and key prefix of a cross-process run, or None for an in-process one.
+
+    The driver passes them as ``BENCH_BROKER=redis://host:port/db?prefix=P`` (fastapi_channels
+    reads that URL as it is); each peer app hands the two parts to its own Redis settings.
+    """
+    url = os.environ.get("BENCH_BROKER")
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    prefix = urllib.parse.parse_qs(parts.query).get("prefix", ["bench"])[0]
+    return urllib.parse.urlunsplit(parts._replace(query="")), prefix

@@ -254,8 +254,12 @@ _LINGER_NONE = struct.pack("ii", 1, 0)
 
 
 def _drop(transport: Any) -> None:
+    if transport.is_closing():
+        return  # closed already (by the peer, or aborted before): nothing left to discard
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):  # already closed by the peer: nothing to discard
+        # OSError: the peer closed it meanwhile; ValueError: uvloop's socket has no file any
+        # more (``negative file descriptor``). Either way there is no send queue to discard.
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_NONE)
     transport.abort()
