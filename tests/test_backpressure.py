@@ -7,8 +7,17 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi_channels import MemoryBroker, SocketConnection, SocketServer
+import pytest
+
+from fastapi_channels import (
+    ConfigurationError,
+    Limits,
+    MemoryBroker,
+    SocketConnection,
+    SocketServer,
+)
 from fastapi_channels.app.listeners import ChannelListener, channel
+from fastapi_channels.core.fanout import WAIT_MAX
 from tests import specs
 from tests.test_connection_queue import GatedTransport
 
@@ -111,16 +120,36 @@ async def test_bytes_left_in_the_write_buffers_hold_the_publisher_until_sent() -
         for n, b in enumerate(buffers)
     ]
     server = await serving(clock, connections)
-    await asyncio.wait_for(server.broadcast(Room, "room", "tick", 0), 2)
+    for n in range(3):  # one probe on each recipient
+        await asyncio.wait_for(server.broadcast(Room, "room", "tick", n), 2)
     clock.now = 1.0
-    late = asyncio.create_task(server.broadcast(Room, "room", "tick", 1))
+    late = asyncio.create_task(server.broadcast(Room, "room", "tick", 3))
     await turns()
     assert not late.done()
-    assert [len(b.frames) for b in buffers] == [1, 1, 1]
+    assert [len(b.frames) for b in buffers] == [3, 3, 3]
     for buffer in buffers:  # the sockets take what waited
         buffer.drain()
     await asyncio.wait_for(late, 2)
-    assert [len(b.frames) for b in buffers] == [2, 2, 2]
+    assert [len(b.frames) for b in buffers] == [4, 4, 4]
+    await server.stop(timeout=2)
+
+
+async def test_recipients_that_read_nothing_hold_a_publish_for_wait_max_at_most() -> None:
+    clock = Clock()
+    transports = [GatedTransport(open_gate=False) for _ in range(3)]
+    connections = [SocketConnection(t, id=str(n)) for n, t in enumerate(transports)]
+    server = await serving(clock, connections)
+    for n in range(3):
+        await asyncio.wait_for(server.broadcast(Room, "room", "tick", n), 2)
+    clock.now = 1.0
+    late = asyncio.create_task(server.broadcast(Room, "room", "tick", 3))
+    await turns()
+    assert not late.done()
+    clock.now += WAIT_MAX  # nobody read anything meanwhile: the publish goes ahead
+    await asyncio.wait_for(late, 2)
+    assert all(c.queued == 3 for c in connections)  # queued, for the overflow policy
+    for transport in transports:
+        transport.gate.set()
     await server.stop(timeout=2)
 
 
@@ -142,3 +171,11 @@ async def test_without_a_bound_in_time_the_publisher_never_waits_for_old_frames(
     for transport in transports:
         transport.gate.set()
     await server.stop(timeout=2)
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, float("inf"), True, "0.1"], ids=repr)
+def test_the_bound_is_seconds_above_zero_or_none(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="max_backlog_age"):
+        Limits(max_backlog_age=bad)  # type: ignore[arg-type]
+    assert Limits(max_backlog_age=None).max_backlog_age is None
+    assert Limits().max_backlog_age == 0.02

@@ -24,10 +24,12 @@ or most of the recent fan-outs' probes are still in the server that long after t
 handed them over. A probe is one recipient of a fan-out, taken in turn
 (`SocketConnection.mark`): its frame is still in the server while it waits in the
 connection's queue or, under uvicorn with direct writes, in the transport's write buffer
-(`SocketConnection.passed`). A majority is needed so that one slow recipient, which its
-overflow policy deals with, does not hold every publisher. While the fan-out is behind,
-publishers of this process wait (`FanOut.wait_drained`), so a publisher that outruns the
-sockets feels it and the server's backlog stays bounded in time, not only in count.
+(`SocketConnection.passed`). More than half of the distinct recipients probed, and at least
+two, must be late, so that one slow recipient, which its overflow policy deals with, does not
+hold every publisher. While the fan-out is behind, publishers of this process wait
+(`FanOut.wait_drained`, for the bound in time at most ``WAIT_MAX`` per publish), so a
+publisher that outruns the sockets feels it and the server's backlog stays bounded in time,
+not only in count.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ __all__ = [
     "FAN_OUT_CHUNK",
     "FAN_OUT_PROBES",
     "FAN_OUT_TURN",
+    "WAIT_MAX",
     "FanOut",
     "UserSubscriptions",
     "deliver",
@@ -71,6 +74,8 @@ _FAN_OUT_MIN: Final = 100
 """The smallest chunk, whatever the speed."""
 BACKLOG_LIMIT: Final = 32
 """Fan-outs waiting for their turn above which publishers wait (`FanOut.wait_drained`)."""
+WAIT_MAX: Final = 1.0
+"""Seconds one publish waits at most for the fan-out to catch up in time (not in count)."""
 FAN_OUT_PROBES: Final = 9
 """Recent fan-outs whose probe decides whether the fan-out is behind (a majority must be)."""
 _POLL_MAX: Final = 0.005
@@ -208,12 +213,14 @@ class FanOut:
                 waiting = backlog[1]
             if waiting is not None and waiting.arrived < before:
                 return True
-        probes = self._probes
-        late = 0
-        for handed, connection, mark in probes:
-            if handed < before and not connection.passed(mark):
-                late += 1
-        return late * 2 > len(probes)
+        # Recipients, not probes: one slow connection probed many times is still one.
+        probed = {id(connection) for _, connection, _ in self._probes}
+        late = {
+            id(connection)
+            for handed, connection, mark in self._probes
+            if handed < before and not connection.passed(mark)
+        }
+        return len(late) > 1 and len(late) * 2 > len(probed)
 
     def _probe(self, connections: Collection[SocketConnection], handed: float) -> None:
         """Remember one recipient of a fan-out that just completed, taken in turn."""
@@ -365,11 +372,16 @@ class FanOut:
 
         Waiters share one future, released when the waiting fan-outs are served and, while
         the fan-out is behind in time, every few milliseconds (at most ``max_lag / 2``) to
-        look again; so it waits as long as the sockets take to catch up, which a peer that
-        reads nothing bounds only through its connection's overflow policy and close. Shielded:
-        cancelling one waiter leaves the others waiting.
+        look again; so it waits as long as the sockets take to catch up, but for the bound in
+        time at most ``WAIT_MAX`` seconds per call: recipients that read nothing at all must not
+        hold a publisher for ever, and the frames published after that fill their queues until
+        their overflow policy applies. Shielded: cancelling one waiter leaves the others
+        waiting.
         """
-        while self.behind:  # each turn waits for a drain or one poll: bounded by the sockets
+        started = self._clock()
+        while self.behind:  # each turn waits for a drain or one poll; bounded in time below
+            if len(self._backlog) <= BACKLOG_LIMIT and self._clock() - started >= WAIT_MAX:
+                return  # peers that read nothing: left to their queues' overflow policy
             if self._drained is None:
                 loop = asyncio.get_running_loop()
                 self._drained = loop.create_future()
