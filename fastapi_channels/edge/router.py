@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from inspect import Parameter, Signature
+from secrets import token_hex
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, WebSocket
@@ -22,10 +22,16 @@ from fastapi_channels.auth.tokens import select_subprotocol
 from fastapi_channels.core.connection import BatchCache, SocketConnection
 from fastapi_channels.core.stats import Stats
 from fastapi_channels.edge import di
-from fastapi_channels.edge._direct import DirectWrites, transport_aborter
+from fastapi_channels.edge._direct import DirectWrites, drop
 from fastapi_channels.edge._ratelimit import RateLimit, Verdict
 from fastapi_channels.edge._shutdown import Restart, intercept_shutdown
-from fastapi_channels.edge._uvicorn import guard_pings, message_size_limit, steps_in_place
+from fastapi_channels.edge._uvicorn import (
+    HOOKS_KEY,
+    guard_pings,
+    message_size_limit,
+    protocol_behind,
+    steps_in_place,
+)
 from fastapi_channels.edge.jsclient import CLIENT_SCRIPT, serve_client_script
 from fastapi_channels.wire.errors import CloseCode, Reject
 from fastapi_channels.wire.features import parse_features
@@ -303,19 +309,23 @@ async def _serve(
     # state checks and wrapper coroutines cost time per frame and a suspended frame per idle
     # connection, and cannot fail once accepted (the server's own calls raise instead).
     handshake = websocket.scope.pop(_HANDSHAKE_KEY, None)
+    protocol: Any = None
     if isinstance(handshake, _Handshake):
         receive, send = handshake.raw_receive, handshake.raw_send
-        direct = shared.direct.writer_for(send) if limits.direct_writes else None
-        abort = transport_aborter(send)
-        in_place = steps_in_place(send)
-        shared.check_size(send, limits.max_message_size)
+        protocol, own_send = protocol_behind(send)
+        direct = shared.direct.writer_for(protocol) if own_send and limits.direct_writes else None
+        in_place = own_send and steps_in_place(protocol)
+        if not shared.size_checked:
+            shared.check_size(send, limits.max_message_size)
     else:  # mounted without the guard: Starlette's own callables
         receive, send = websocket.receive, websocket.send
-        direct = abort = None
-        in_place = False
+        direct = None
+        own_send = in_place = False
+    rate = _rate_limit(limits)
+    hooks = _Hooks.of(protocol, own_send, rate, shared.restart) if protocol is not None else None
     connection = SocketConnection(
         _ASGITransport(websocket, send),
-        id=uuid.uuid4().hex,
+        id=token_hex(16),
         user=user,
         user_key=channels.user_key(user),
         scope=websocket.scope,
@@ -325,7 +335,7 @@ async def _serve(
         close_timeout=limits.close_timeout,
         direct=direct,
         batches=shared.batches,
-        abort=abort,
+        abort=hooks,
         features=parse_features(websocket.scope.get("query_string", b"")),
         step_in_place=in_place,
     )
@@ -345,16 +355,17 @@ async def _serve(
         await _refuse(websocket, server.stats, "too many connections", CloseCode.POLICY_VIOLATION)
         return
     await websocket.accept(subprotocol=select_subprotocol(websocket.scope.get("subprotocols", [])))
-    connection.push(encode(READY, {"id": connection.id}).decode())
-    rate = _rate_limit(limits)
-    unguard = guard_pings(send, functools.partial(_admit_ping, rate, connection))
+    connection.push(_ready_frame(connection.id))
+    if hooks is not None:  # uvicorn calls them from now on: pings (see `_uvicorn`), shutdown
+        hooks.connection = connection
+        protocol.scope[HOOKS_KEY] = hooks
     # Reachable before the writer sends ``ready`` (queued first, so nothing precedes it): a
     # client that has seen ``ready`` gets what is sent to its user from any process.
     try:
         await server.add_connection(connection)
         connection.start()
-        if abort is not None:  # under uvicorn: a restart ends it our way (see `_shutdown`)
-            intercept_shutdown(send, connection, shared.restart)
+        if hooks is not None:  # a restart ends it our way from now on (see `_shutdown`)
+            hooks.serving = True
         dispatcher.opened(connection)
         # The reader, inline: every coroutine awaited here is a frame kept for the
         # connection's whole life. Size and rate checks, then one dispatch per frame, in order.
@@ -393,8 +404,8 @@ async def _serve(
             else:
                 dispatcher.receive_bytes(connection)
     finally:
-        if unguard is not None:
-            unguard()
+        if hooks is not None:
+            protocol.scope.pop(HOOKS_KEY, None)
         await dispatcher.disconnect(connection)
         await connection.wait_closed(limits.close_timeout)
 
@@ -418,14 +429,67 @@ def _close_for_rate(connection: SocketConnection) -> None:
     connection.close_soon(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
 
 
-def _admit_ping(rate: RateLimit | None, connection: SocketConnection) -> bool:
-    """Whether to answer one protocol-level ping: it takes a token like any frame."""
-    if rate is None or not connection.is_open:
-        return connection.is_open
-    verdict = rate.admit()
-    if verdict is Verdict.EXCEEDED:
-        _close_for_rate(connection)
-    return verdict is Verdict.ALLOWED
+def _ready_frame(connection_id: str) -> str:
+    """The ``ready`` packet, ``{"event":"ready","data":{"id":...}}``: the id is hex only."""
+    return f'{{"event":"{READY}","data":{{"id":"{connection_id}"}}}}'
+
+
+class _Hooks:
+    """What uvicorn's protocol calls back into for one connection (`_uvicorn.Hooks`).
+
+    Left in the protocol's scope (`HOOKS_KEY`) from the accept to the end of the connection:
+    the class-level ping guard (`_uvicorn.guard_pings`) and shutdown (`_shutdown`) find it
+    there, so neither allocates per connection. Called, it drops the socket at once (the
+    connection's ``abort``, see `SocketConnection.drop_later`). One small object per
+    connection under uvicorn; none under other servers.
+    """
+
+    __slots__ = ("connection", "rate", "restart_with", "serving", "transport")
+
+    def __init__(self, transport: Any, rate: RateLimit | None, restart: Restart) -> None:
+        self.transport = transport
+        self.rate = rate
+        self.restart_with = restart
+        self.connection: SocketConnection | None = None
+        self.serving = False  # until the connection has started: uvicorn's own shutdown
+
+    @classmethod
+    def of(
+        cls, protocol: Any, own_send: bool, rate: RateLimit | None, restart: Restart
+    ) -> _Hooks | None:
+        """The hooks for a connection served by uvicorn's ``protocol``.
+
+        None when the protocol has no transport to drop (then it has no hook to call either).
+        """
+        transport = getattr(protocol, "transport", None)
+        if not callable(getattr(transport, "abort", None)):
+            return None
+        hooks = cls(transport, rate, restart)
+        intercept_shutdown(protocol)
+        if own_send:
+            guard_pings(protocol)
+        return hooks
+
+    def __call__(self) -> None:
+        drop(self.transport)
+
+    def admit_ping(self) -> bool:
+        """Whether to answer one protocol-level ping: it takes a token like any frame."""
+        connection = self.connection
+        if connection is None or not connection.is_open:
+            return False
+        rate = self.rate
+        if rate is None:
+            return True
+        verdict = rate.admit()
+        if verdict is Verdict.EXCEEDED:
+            _close_for_rate(connection)
+        return verdict is Verdict.ALLOWED
+
+    def restart(self) -> bool:
+        """End the connection for a restart (`Restart`); False until it has started."""
+        connection = self.connection
+        return self.serving and connection is not None and bool(self.restart_with(connection))
 
 
 def _endpoint(channels: Channels, shared: _Shared) -> Callable[..., Any]:
