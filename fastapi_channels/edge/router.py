@@ -23,6 +23,7 @@ from fastapi_channels.core.connection import BatchCache, SocketConnection
 from fastapi_channels.core.stats import Stats
 from fastapi_channels.edge import di
 from fastapi_channels.edge._direct import DirectWrites, drop
+from fastapi_channels.edge._promote import promote
 from fastapi_channels.edge._ratelimit import RateLimit, Verdict
 from fastapi_channels.edge._shutdown import Restart, intercept_shutdown
 from fastapi_channels.edge._uvicorn import (
@@ -551,13 +552,19 @@ def build_router(channels: Channels) -> APIRouter:
     broadcast is framed, and batched, once for all of them.
     """
     overrides = _AppOverrides()
+    served: list[WebSocketRoute] = []  # the websocket route, once built below
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         overrides.app = app
-        async with channels:
-            di.attach(app, channels.container)
-            yield
+        demote = promote(app, router, served[0]) if served else None
+        try:
+            async with channels:
+                di.attach(app, channels.container)
+                yield
+        finally:
+            if demote is not None:
+                demote()
 
     router = APIRouter(lifespan=lifespan)
     if channels.api_guard is not None:
@@ -586,7 +593,7 @@ def build_router(channels: Channels) -> APIRouter:
             name="fastapi_channels",
             dependency_overrides_provider=overrides,
         )
-        router.routes.append(
+        served.append(
             WebSocketRoute(
                 channels.path,
                 _RefuseOnError(
@@ -595,6 +602,7 @@ def build_router(channels: Channels) -> APIRouter:
                 name="fastapi_channels",
             )
         )
+        router.routes.append(served[0])
         router.add_route(
             f"{channels.path.rstrip('/')}/{CLIENT_SCRIPT}",
             serve_client_script,
