@@ -298,7 +298,9 @@ class Dispatcher:
         if len(connection.subscriptions) >= self.limits.max_subscriptions:
             return _Refusal(ErrorCode.TOO_MANY_SUBSCRIPTIONS, "too many subscriptions")
         try:
-            is_authorised = route.authorise.prepare(connection, packet)
+            is_authorised = (
+                None if route.authorise is None else route.authorise.prepare(connection, packet)
+            )
         except InvalidData as exc:
             return _Refusal(exc.code, "invalid data", exc.errors)
         subscription = Subscription(channel=name, wildcard=wildcard, spec=route.spec)
@@ -336,10 +338,13 @@ class Dispatcher:
         self,
         connection: SocketConnection,
         subscription: Subscription,
-        is_authorised: Callable[[], Awaitable[Any]],
+        is_authorised: Callable[[], Awaitable[Any]] | None,
     ) -> bool:
-        """Ask ``is_authorised``; if it allows, subscribe. Returns whether it allowed."""
-        if not await is_authorised():
+        """Ask ``is_authorised`` (None: the default, which allows); if it allows, subscribe.
+
+        Returns whether it allowed.
+        """
+        if is_authorised is not None and not await is_authorised():
             return False
         await self.server.add_subscription(connection, subscription)
         return True
