@@ -100,10 +100,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--keep", help="a directory to keep callgrind's files in")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.keep or tmp)
+        out.mkdir(parents=True, exist_ok=True)
         for name in args.servers.split(","):
-            per = asyncio.run(_measure(name, args.count, Path(tmp)))
+            per = asyncio.run(_measure(name, args.count, out))
             print(f"{name:16} {per:>12,} instructions per connect+subscribe", flush=True)
 
 

@@ -493,23 +493,40 @@ class _Hooks:
         return self.serving and connection is not None and bool(self.restart_with(connection))
 
 
-def _endpoint(channels: Channels, shared: _Shared) -> Callable[..., Any]:
+def _endpoint(channels: Channels, shared: _Shared, dependency: Any) -> Callable[..., Any]:
     """The FastAPI endpoint: ``_serve`` bound to the router's objects, with the user dependency.
 
     A ``partial`` with a signature rather than a wrapper function: a wrapper's frame would be
     kept, suspended, for each connection's whole life.
     """
-    parameters = [Parameter("websocket", Parameter.POSITIONAL_OR_KEYWORD, annotation=WebSocket)]
-    dependency = channels.user_dependency
-    if dependency is not None:
-        parameters.append(
-            Parameter(
-                "user", Parameter.POSITIONAL_OR_KEYWORD, default=Depends(dependency), annotation=Any
-            )
-        )
+    parameters = [
+        Parameter("websocket", Parameter.POSITIONAL_OR_KEYWORD, annotation=WebSocket),
+        Parameter(
+            "user", Parameter.POSITIONAL_OR_KEYWORD, default=Depends(dependency), annotation=Any
+        ),
+    ]
     endpoint = functools.partial(_serve, channels, shared)
     endpoint.__signature__ = Signature(parameters)  # type: ignore[attr-defined]
     return endpoint
+
+
+class _Anonymous:
+    """The endpoint of a `Channels` without a user dependency, as a plain ASGI app.
+
+    With no dependency there is nothing for FastAPI to solve, so the connection is served
+    without FastAPI's websocket session around it: its exit stacks, its exception wrapper and
+    its dependency solving would cost time at every connect and their suspended frames memory
+    for the connection's whole life. This object's own call is the one frame it adds.
+    """
+
+    __slots__ = ("channels", "shared")
+
+    def __init__(self, channels: Channels, shared: _Shared) -> None:
+        self.channels = channels
+        self.shared = shared
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _serve(self.channels, self.shared, WebSocket(scope, receive, send))
 
 
 ASYNCAPI_SUFFIX = "/asyncapi.json"
@@ -546,8 +563,10 @@ def build_router(channels: Channels) -> APIRouter:
     The AsyncAPI document is served at ``{path}/asyncapi.json`` unless ``asyncapi=False``.
 
     The endpoint is a FastAPI websocket route (so the user dependency is solved by FastAPI,
-    ``app.dependency_overrides`` included) wrapped in the refusal guard, and registered as a
-    plain ASGI route so the guard survives ``include_router``. The JavaScript client is served
+    ``app.dependency_overrides`` included; without a user dependency, a plain ASGI app, see
+    `_Anonymous`) wrapped in the refusal guard, and registered as a plain ASGI route so the
+    guard survives ``include_router``; while the app runs, the app's own route table serves
+    it (see `_promote`). The JavaScript client is served
     at ``<path>/client.js``. The connections the endpoint serves share one `_Shared`, so that a
     broadcast is framed, and batched, once for all of them.
     """
@@ -587,18 +606,22 @@ def build_router(channels: Channels) -> APIRouter:
             return channels.server.snapshot()
 
     if channels.enabled:
-        endpoint = APIWebSocketRoute(
-            channels.path,
-            _endpoint(channels, _Shared(_restart_for(channels))),
-            name="fastapi_channels",
-            dependency_overrides_provider=overrides,
-        )
+        shared = _Shared(_restart_for(channels))
+        endpoint: ASGIApp
+        dependency = channels.user_dependency
+        if dependency is None:  # nothing for FastAPI to solve
+            endpoint = _Anonymous(channels, shared)
+        else:
+            endpoint = APIWebSocketRoute(
+                channels.path,
+                _endpoint(channels, shared, dependency),
+                name="fastapi_channels",
+                dependency_overrides_provider=overrides,
+            ).app
         served.append(
             WebSocketRoute(
                 channels.path,
-                _RefuseOnError(
-                    endpoint.app, channels.limits.handshake_timeout, channels.server.stats
-                ),
+                _RefuseOnError(endpoint, channels.limits.handshake_timeout, channels.server.stats),
                 name="fastapi_channels",
             )
         )
