@@ -117,10 +117,13 @@ class _RefuseOnError:
     1000. The details go to the log only.
     """
 
-    def __init__(self, app: ASGIApp, handshake_timeout: float, stats: Stats) -> None:
+    def __init__(
+        self, app: ASGIApp, handshake_timeout: float, stats: Stats, serve: _Serve | None = None
+    ) -> None:
         self.app = app
         self.handshake_timeout = handshake_timeout
         self.stats = stats
+        self.serve = serve
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handshake = _Handshake(scope, receive, send, self.stats)
@@ -128,6 +131,9 @@ class _RefuseOnError:
         handshake.arm(self.handshake_timeout)
         try:
             await self.app(scope, handshake.receive, handshake.send)
+            solved, handshake.solved = handshake.solved, None
+            if solved is not None and self.serve is not None:  # see `_endpoint`
+                await self.serve(*solved)
         except asyncio.CancelledError:
             if not handshake.expired or handshake.accepted or handshake.refused:
                 raise
@@ -165,6 +171,7 @@ class _Handshake:
         "raw_send",
         "refused",
         "scope",
+        "solved",
         "stats",
         "timer",
     )
@@ -177,6 +184,8 @@ class _Handshake:
         self.accepted = self.refused = self.connected = False
         self.expired = False
         self.timer: asyncio.TimerHandle | None = None
+        # The endpoint's websocket and user, left for the guard to serve (see `_endpoint`).
+        self.solved: tuple[WebSocket, Any] | None = None
 
     def arm(self, timeout: float) -> None:
         """Cancel the current task (the handshake) if it is not accepted within ``timeout``.
@@ -493,8 +502,20 @@ class _Hooks:
         return self.serving and connection is not None and bool(self.restart_with(connection))
 
 
+_Serve = Callable[[WebSocket, Any], Coroutine[Any, Any, None]]
+"""``_serve`` bound to a router's objects: serves one connection, its user solved."""
+
+
 def _endpoint(channels: Channels, shared: _Shared, dependency: Any) -> Callable[..., Any]:
-    """The FastAPI endpoint: ``_serve`` bound to the router's objects, with the user dependency.
+    """The FastAPI endpoint: it takes the user FastAPI solved, and serves the connection.
+
+    Where it can, it only hands the websocket and the user to the refusal guard (in the
+    `_Handshake`) and returns: FastAPI's websocket session then ends at once, and the guard
+    serves the connection, so the session's exit stacks, exception wrappers, solved values and
+    suspended frames (about 5 KiB) are not kept for the connection's whole life. It cannot
+    when a dependency holds something until the session ends (a ``yield`` dependency left a
+    callback in one of FastAPI's exit stacks; it must live as long as the connection), nor
+    without the guard: then it serves the connection inside the session.
 
     A ``partial`` with a signature rather than a wrapper function: a wrapper's frame would be
     kept, suspended, for each connection's whole life.
@@ -505,9 +526,33 @@ def _endpoint(channels: Channels, shared: _Shared, dependency: Any) -> Callable[
             "user", Parameter.POSITIONAL_OR_KEYWORD, default=Depends(dependency), annotation=Any
         ),
     ]
-    endpoint = functools.partial(_serve, channels, shared)
+    endpoint = functools.partial(_hand_over, functools.partial(_serve, channels, shared))
     endpoint.__signature__ = Signature(parameters)  # type: ignore[attr-defined]
     return endpoint
+
+
+async def _hand_over(serve: _Serve, websocket: WebSocket, user: Any) -> None:
+    """Leave the connection to the refusal guard when nothing of the session must stay open."""
+    scope = websocket.scope
+    handshake = scope.get(_HANDSHAKE_KEY)
+    if isinstance(handshake, _Handshake) and not any(
+        _holds(scope.get(key)) for key in _FASTAPI_STACKS
+    ):
+        handshake.solved = (websocket, user)
+        return
+    await serve(websocket, user)
+
+
+_FASTAPI_STACKS = ("fastapi_inner_astack", "fastapi_function_astack")
+"""The scope keys of the exit stacks FastAPI's websocket session closes when it ends."""
+
+
+def _holds(stack: Any) -> bool:
+    """Whether an exit stack has something to close (a ``yield`` dependency); unknown: yes."""
+    if stack is None:
+        return False
+    callbacks = getattr(stack, "_exit_callbacks", None)
+    return callbacks is None or len(callbacks) > 0
 
 
 class _Anonymous:
@@ -621,7 +666,12 @@ def build_router(channels: Channels) -> APIRouter:
         served.append(
             WebSocketRoute(
                 channels.path,
-                _RefuseOnError(endpoint, channels.limits.handshake_timeout, channels.server.stats),
+                _RefuseOnError(
+                    endpoint,
+                    channels.limits.handshake_timeout,
+                    channels.server.stats,
+                    functools.partial(_serve, channels, shared),
+                ),
                 name="fastapi_channels",
             )
         )
