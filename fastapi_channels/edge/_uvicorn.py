@@ -10,8 +10,9 @@ unknown server. None of them raises: a uvicorn whose protocol differs is treated
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from starlette.types import Send
 
@@ -88,24 +89,29 @@ _SANSIO = "uvicorn.protocols.websockets.websockets_sansio_impl"
 _PONG = b"\x8a"
 """The first byte of a server's pong frame: final, opcode 0xA (server frames are unmasked)."""
 
-HOOKS_KEY = "fastapi_channels.hooks"
-"""The key, in the scope uvicorn's protocol keeps, of the connection's `Hooks`.
+HOOKS_KEY = "fastapi_channels.connection"
+"""The key, in the connection's scope, of its `Hooks` (uvicorn's protocol keeps that scope).
 
-The protocol's scope lives exactly as long as the connection and has room to spare (its table
-holds 21 to 42 keys at no extra size), so the key costs no memory; a protocol whose scope has
-none (another route's socket) behaves as uvicorn wrote it.
+The edge's refusal guard keeps its handshake under the same key until the connection is
+accepted, and the hooks then take its place: a value replaced, where a key added after the
+handshake's was taken out would make the scope's table grow (768 bytes). A protocol whose
+scope holds no hooks (another route's socket) behaves as uvicorn wrote it.
 """
 
 _PING_HOOK = "_fastapi_channels_ping_hook"
 """Marks a protocol class (in its own ``__dict__``) whose ``handle_ping`` was replaced, or not."""
 
 
-class Hooks(Protocol):
+class Hooks(ABC):
     """What a connection answers when uvicorn's protocol calls back into it."""
 
+    __slots__ = ()
+
+    @abstractmethod
     def admit_ping(self) -> bool:
         """Whether to answer one protocol-level ping (it takes a rate-limit token)."""
 
+    @abstractmethod
     def restart(self) -> bool:
         """End the connection for a restart; False when it did nothing (already closing)."""
 
@@ -113,7 +119,8 @@ class Hooks(Protocol):
 def hooks_of(protocol: Any) -> Hooks | None:
     """The `Hooks` a connection left in ``protocol``'s scope, or None. Never raises."""
     scope = getattr(protocol, "scope", None)
-    return scope.get(HOOKS_KEY) if isinstance(scope, dict) else None
+    hooks = scope.get(HOOKS_KEY) if isinstance(scope, dict) else None
+    return hooks if isinstance(hooks, Hooks) else None
 
 
 def guard_pings(protocol: Any) -> bool:

@@ -28,6 +28,7 @@ from fastapi_channels.edge._ratelimit import RateLimit, Verdict
 from fastapi_channels.edge._shutdown import Restart, intercept_shutdown
 from fastapi_channels.edge._uvicorn import (
     HOOKS_KEY,
+    Hooks,
     guard_pings,
     message_size_limit,
     protocol_behind,
@@ -245,17 +246,16 @@ class _Handshake:
             await self.raw_send(message)
 
 
-_HANDSHAKE_KEY = "fastapi_channels.handshake"
+_HANDSHAKE_KEY = HOOKS_KEY
 """The scope key under which the guard hands its `_Handshake` to the endpoint.
 
 FastAPI solves the user dependency between the two, so the handshake cannot be an argument.
 In the scope it travels with the connection itself: a layer that copies the scope copies it
 too (a table keyed by ``id(scope)`` would miss the copy), and nothing outside the connection
-holds it. The endpoint takes it out, and the guard does once the route returns, so the scope a
-connection keeps (`SocketConnection.scope`) holds none. It costs no memory: the scope's table
-grows to the same size with or without it (832 bytes under uvicorn 0.55 and FastAPI 0.165,
-whose scope has 21 keys when the guard runs and 23 at the endpoint), where a context variable
-would leave each connection's context a copy of its own.
+holds it. The endpoint replaces it with the connection's `_Hooks` under uvicorn (the same key,
+`_uvicorn.HOOKS_KEY`: a replaced value costs nothing, where another key would make the table
+grow) or takes it out, and the guard takes out what is left once the route returns. A context
+variable would leave each connection's context a copy of its own.
 """
 
 
@@ -318,7 +318,7 @@ async def _serve(
     # After the handshake, frames go straight through the route's ASGI callables: Starlette's
     # state checks and wrapper coroutines cost time per frame and a suspended frame per idle
     # connection, and cannot fail once accepted (the server's own calls raise instead).
-    handshake = websocket.scope.pop(_HANDSHAKE_KEY, None)
+    handshake = websocket.scope.get(_HANDSHAKE_KEY)
     protocol: Any = None
     if isinstance(handshake, _Handshake):
         receive, send = handshake.raw_receive, handshake.raw_send
@@ -368,7 +368,9 @@ async def _serve(
     connection.push(_ready_frame(connection.id))
     if hooks is not None:  # uvicorn calls them from now on: pings (see `_uvicorn`), shutdown
         hooks.connection = connection
-        protocol.scope[HOOKS_KEY] = hooks
+        protocol.scope[HOOKS_KEY] = hooks  # in the handshake's place (`_HANDSHAKE_KEY`)
+    else:
+        websocket.scope.pop(_HANDSHAKE_KEY, None)
     # Reachable before the writer sends ``ready`` (queued first, so nothing precedes it): a
     # client that has seen ``ready`` gets what is sent to its user from any process.
     try:
@@ -444,7 +446,7 @@ def _ready_frame(connection_id: str) -> str:
     return f'{{"event":"{READY}","data":{{"id":"{connection_id}"}}}}'
 
 
-class _Hooks:
+class _Hooks(Hooks):
     """What uvicorn's protocol calls back into for one connection (`_uvicorn.Hooks`).
 
     Left in the protocol's scope (`HOOKS_KEY`) from the accept to the end of the connection:
@@ -561,7 +563,8 @@ class _Anonymous:
     With no dependency there is nothing for FastAPI to solve, so the connection is served
     without FastAPI's websocket session around it: its exit stacks, its exception wrapper and
     its dependency solving would cost time at every connect and their suspended frames memory
-    for the connection's whole life. This object's own call is the one frame it adds.
+    for the connection's whole life. Its call returns ``_serve``'s coroutine: no frame of its
+    own.
     """
 
     __slots__ = ("channels", "shared")
@@ -570,8 +573,9 @@ class _Anonymous:
         self.channels = channels
         self.shared = shared
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _serve(self.channels, self.shared, WebSocket(scope, receive, send))
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        # The coroutine of ``_serve`` itself, not one awaiting it: no frame of its own.
+        return _serve(self.channels, self.shared, WebSocket(scope, receive, send))
 
 
 ASYNCAPI_SUFFIX = "/asyncapi.json"
