@@ -134,6 +134,8 @@ class _RefuseOnError:
             await self.app(scope, handshake.receive, handshake.send)
             solved, handshake.solved = handshake.solved, None
             if solved is not None and self.serve is not None:  # see `_endpoint`
+                for key in _FASTAPI_STACKS:  # closed with the session: not kept for nothing
+                    scope.pop(key, None)
                 await self.serve(*solved)
         except asyncio.CancelledError:
             if not handshake.expired or handshake.accepted or handshake.refused:
