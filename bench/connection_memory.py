@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import pickle
@@ -43,15 +44,14 @@ def _serve(app: str, fd: int, out: str) -> None:
         rows = [(s.size, s.count, [(f.filename, f.lineno) for f in s.traceback]) for s in stats]
         Path(f"{out}.{taken[0]}").write_bytes(pickle.dumps(rows))
         taken[0] += 1
+        os.kill(os.getppid(), signal.SIGUSR2)  # written: the driver may read it
 
     signal.signal(signal.SIGUSR1, snapshot)
     sys.argv = ["bench.serve", app, str(fd)]
     from bench.serve import main
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # how the driver stops it
         main()
-    except KeyboardInterrupt:  # how the driver stops it
-        pass
 
 
 async def _measure(name: str, count: int, out: Path) -> tuple[list[Any], list[Any]]:
@@ -68,6 +68,8 @@ async def _measure(name: str, count: int, out: Path) -> tuple[list[Any], list[An
     listener.close()
     url = f"ws://127.0.0.1:{port}{path}"
     sockets = []
+    written = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, written.set)
     try:
         for index in range(WARM_UP):
             sockets.append(await _open(url, index, jwt))
@@ -75,10 +77,10 @@ async def _measure(name: str, count: int, out: Path) -> tuple[list[Any], list[An
             if taken:
                 for index in range(WARM_UP, WARM_UP + count):
                     sockets.append(await _open(url, index, jwt))
+            written.clear()
             server.send_signal(signal.SIGUSR1)
             async with asyncio.timeout(60):
-                while not Path(f"{base}.{taken}").exists():  # noqa: ASYNC110 (a file appears)
-                    await asyncio.sleep(0.05)
+                await written.wait()
     finally:
         for ws in sockets:
             await ws.close()
