@@ -7,6 +7,8 @@ Each app exposes the same HTTP control routes, so the driver treats them alike:
   the loop after every ``B`` broadcasts.
 - ``GET /bench/stats?reset=1``: the process's pid, RSS, how many sockets are in the room, the
   largest loop lag seen since the last reset, and whether the last publish run finished.
+
+Apps that are not FastAPI apps get the same routes from `control_app` or `with_controls`.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ import contextlib
 import gc
 import os
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psutil
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
 JWT_SECRET = "benchmark-secret-of-32-bytes-or-more"
 JWT_ALGORITHM = "HS256"
@@ -176,3 +181,42 @@ def add_routes(app: Any, bench: Bench) -> None:
     @app.get("/bench/stats")
     async def stats(reset: bool = False) -> dict[str, Any]:
         return bench.stats(reset)
+
+
+def control_app(bench: Bench, lifespan: Lifespan[Any] | None = None) -> FastAPI:
+    """The control routes as an app of their own, for a server that is not a FastAPI app."""
+    app = FastAPI(lifespan=lifespan, openapi_url=None)
+    add_routes(app, bench)
+    return app
+
+
+def with_controls(peer: ASGIApp, bench: Bench) -> ASGIApp:
+    """``peer`` with the control routes in front of it.
+
+    HTTP requests under ``/bench/`` go to the control routes; everything else (the websocket,
+    the lifespan) goes to ``peer`` as it came, with the server's own ``send``: nothing is added
+    to a delivery's path.
+    """
+    controls = control_app(bench)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/bench/"):
+            await controls(scope, receive, send)
+        else:
+            await peer(scope, receive, send)
+
+    return app
+
+
+def redis_broker() -> tuple[str, str] | None:
+    """The Redis URL and key prefix of a cross-process run, or None for an in-process one.
+
+    The driver passes them as ``BENCH_BROKER=redis://host:port/db?prefix=P`` (fastapi_channels
+    reads that URL as it is); each peer app hands the two parts to its own Redis settings.
+    """
+    url = os.environ.get("BENCH_BROKER")
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    prefix = urllib.parse.parse_qs(parts.query).get("prefix", ["bench"])[0]
+    return urllib.parse.urlunsplit(parts._replace(query="")), prefix

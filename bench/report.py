@@ -216,21 +216,24 @@ def _cell(stat: dict[str, float] | None) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    """A Markdown table of medians (min-max), and the targets."""
+    """Markdown tables of medians (min-max), the phases cut short, and the targets.
+
+    With the other Python choices in the run (``settings.peers``), they get a table of their
+    own, beside fastapi_channels' columns (in-process and Redis) repeated for reference.
+    """
     summary = report["summary"]
     sizes = [str(s) for s in report["settings"]["sizes"]]
     names = list(summary["servers"])
+    peers = [n for n in names if n in report["settings"].get("peers", ())]
     lines: list[str] = []
     if sizes:  # the ``big`` plan has only the 10,000-connection table
-        lines += [
-            f"| figure | {' | '.join(names)} | load client ceiling |",
-            "|---|" + "---|" * (len(names) + 1),
-        ]
-    for key, label, _ in metrics(sizes):
-        cells = [_cell(summary["servers"][n].get(key)) for n in names]
-        if all(c == "-" for c in cells):
-            continue
-        lines.append(f"| {label} | {' | '.join(cells)} | {_cell(summary['ceiling'].get(key))} |")
+        first = [n for n in names if n not in peers]
+        if first or not peers:
+            lines += _table(summary, sizes, first, first, ceiling=True)
+        if peers:
+            reference = [n for n in ("channels", "channels-redis") if n in first]
+            lines += ["", *_table(summary, sizes, reference + peers, peers, ceiling=False)]
+        lines += _cut_short(report)
     if summary["big"]:
         big = list(summary["big"])
         size = report["settings"]["big"]
@@ -251,3 +254,36 @@ def render(report: dict[str, Any]) -> str:
     for name, why in report["pending"].items():
         lines.append(f"\n{name}: pending ({why})")
     return "\n".join(lines).lstrip("\n")
+
+
+def _table(
+    summary: dict[str, Any], sizes: list[str], names: list[str], own: list[str], ceiling: bool
+) -> list[str]:
+    """One table; a row is left out when none of the ``own`` columns has its figure."""
+    columns = [*names, "load client ceiling"] if ceiling else names
+    lines = [f"| figure | {' | '.join(columns)} |", "|---|" + "---|" * len(columns)]
+    for key, label, _ in metrics(sizes):
+        if all(summary["servers"][n].get(key) is None for n in own):
+            continue
+        cells = [_cell(summary["servers"][n].get(key)) for n in names]
+        if ceiling:
+            cells.append(_cell(summary["ceiling"].get(key)))
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return lines
+
+
+def _cut_short(report: dict[str, Any]) -> list[str]:
+    """A line for every phase whose deliveries did not all arrive within its time limit."""
+    lines = []
+    for name, runs in report["raw"]["runs"].items():
+        for number, run in enumerate(runs, 1):
+            for size in report["settings"]["sizes"]:
+                for phase in ("fixed", "flood"):
+                    figures = _path(str(size), phase)(run)
+                    if figures and figures["received"] < figures["expected"]:
+                        lines.append(
+                            f"- {name}, run {number}, N={size}, {phase}: "
+                            f"{figures['received']:,} of {figures['expected']:,} deliveries "
+                            "arrived within the time limit"
+                        )
+    return ["", "Cut short (figures over what arrived):", *lines] if lines else []

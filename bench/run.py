@@ -33,14 +33,49 @@ from bench.report import render, summarise
 
 __all__ = ["main", "render"]
 
+
+@dataclass(frozen=True)
+class App:
+    """One benchmarked server: its ASGI app, the load client's dialect for it, its processes."""
+
+    target: str
+    kind: str
+    workers: int = 1
+    redis: bool = False
+    """Its processes share a Redis server: it gets a ``BENCH_BROKER`` URL with its own prefix."""
+    needs: str = ""
+    """The module of the optional package it compares, when it is not fastapi_channels."""
+    largest: int = 0
+    """The most subscribers it is run with (0: every size of the plan)."""
+
+
 APPS = {
-    "channels": ("bench.apps.channels_app:app", load.CHANNELS, 1),
-    "channels-redis": ("bench.apps.channels_app:app", load.CHANNELS, 2),
-    "handwritten": ("bench.apps.handwritten_app:app", load.HANDWRITTEN, 1),
-    "handwritten-jwt": ("bench.apps.handwritten_app:app", load.HANDWRITTEN_JWT, 1),
-    "socketio": ("bench.apps.socketio_app:app", load.SOCKETIO, 1),
-    "null": ("", load.HANDWRITTEN, 1),
+    "channels": App("bench.apps.channels_app:app", load.CHANNELS),
+    "channels-redis": App("bench.apps.channels_app:app", load.CHANNELS, 2, redis=True),
+    "handwritten": App("bench.apps.handwritten_app:app", load.HANDWRITTEN),
+    "handwritten-jwt": App("bench.apps.handwritten_app:app", load.HANDWRITTEN_JWT),
+    "socketio": App("bench.apps.socketio_app:app", load.SOCKETIO, needs="socketio"),
+    # The other Python choices speak the Envuso packets of fastapi_channels (bench/envuso.py).
+    # The in-memory layer scans every channel and group member on each receive, so a delivery
+    # costs O(subscribers): at N=2000 a 5-second run at 20 broadcasts/s would take minutes.
+    "django": App("bench.apps.django_app:app", load.CHANNELS, needs="channels", largest=500),
+    "django-redis": App(
+        "bench.apps.django_app:app", load.CHANNELS, 2, redis=True, needs="channels_redis"
+    ),
+    "broadcaster": App("bench.apps.broadcaster_app:app", load.CHANNELS, needs="broadcaster"),
+    "broadcaster-redis": App(
+        "bench.apps.broadcaster_app:app", load.CHANNELS, 2, redis=True, needs="broadcaster"
+    ),
+    "litestar": App("bench.apps.litestar_app:app", load.CHANNELS, needs="litestar"),
+    "litestar-redis": App(
+        "bench.apps.litestar_app:app", load.CHANNELS, 2, redis=True, needs="litestar"
+    ),
+    "null": App("", load.HANDWRITTEN),
 }
+BASELINES = ("channels", "handwritten", "handwritten-jwt", "socketio", "channels-redis")
+PEERS = ("django", "broadcaster", "litestar")
+PEERS_REDIS = ("django-redis", "broadcaster-redis", "litestar-redis")
+PEERS_ALL = PEERS + PEERS_REDIS
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,13 +94,7 @@ class Plan:
     burst_count: int
     load_processes: int
     concurrency: int
-    servers: tuple[str, ...] = (
-        "channels",
-        "handwritten",
-        "handwritten-jwt",
-        "socketio",
-        "channels-redis",
-    )
+    servers: tuple[str, ...] = BASELINES + PEERS_ALL
     # The null server shows the load client's own latency with 10,000 sockets to read.
     big_servers: tuple[str, ...] = ("channels", "handwritten", "null")
     extra: dict[str, Any] = field(default_factory=dict)
@@ -73,11 +102,15 @@ class Plan:
 
 PLANS = {
     "smoke": Plan(1, (20,), 20, 0.5, 400, 0, 1, 1, 20, 1, 20),
-    "quick": Plan(1, (500,), 20, 3, 100_000, 2000, 2, 2, 100, 2, 50),
+    "quick": Plan(1, (500,), 20, 3, 100_000, 2000, 2, 2, 100, 2, 50, BASELINES),
     "full": Plan(3, (500, 2000), 20, 5, 200_000, 10000, 2, 4, 100, 2, 50),
     "big": Plan(3, (), 20, 5, 200_000, 10000, 2, 4, 100, 2, 50),
+    # ``quick``'s sizes for the other Python choices beside fastapi_channels.
+    "peers": Plan(
+        1, (500,), 20, 3, 100_000, 0, 1, 1, 0, 2, 50, ("channels", "channels-redis", *PEERS_ALL)
+    ),
     # p99 at N=500 is decided by the few slowest broadcasts: more and longer runs, little else.
-    "latency": Plan(7, (500,), 20, 10, 5_000, 0, 1, 1, 0, 2, 50),
+    "latency": Plan(7, (500,), 20, 10, 5_000, 0, 1, 1, 0, 2, 50, BASELINES),
 }
 
 
@@ -95,6 +128,14 @@ def redis_available() -> str | None:
     return None
 
 
+def unavailable(name: str) -> str | None:
+    """Why a server cannot run here, or None when it can."""
+    app = APPS[name]
+    if app.needs and importlib.util.find_spec(app.needs) is None:
+        return f"{app.needs} is not installed (pip install -e '.[bench]')"
+    return redis_available() if app.redis else None
+
+
 def _cpus() -> tuple[set[int] | None, set[int] | None]:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
@@ -110,7 +151,8 @@ class Server:
 
     def __init__(self, name: str, env: dict[str, str] | None = None) -> None:
         self.name = name
-        target, self.kind, workers = APPS[name]
+        app = APPS[name]
+        target, self.kind, workers = app.target, app.kind, app.workers
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -253,6 +295,10 @@ class Loads:
                     process.kill()
 
 
+DRAIN_TIMEOUT = 120.0
+"""How long deliveries still on their way after a phase's time limit may take to arrive."""
+
+
 def deliver(
     server: Server, loads: Loads, rate: float, count: int, burst: int = 1, latency: bool = True
 ) -> dict[str, Any]:
@@ -284,6 +330,8 @@ def deliver(
     if latencies:
         out["p50_ms"] = latencies[len(latencies) // 2] * 1000
         out["p99_ms"] = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    if received < sum(expected):  # the next phase must not count these
+        loads.call([{"op": "wait", "expected": e, "timeout": DRAIN_TIMEOUT} for e in expected])
     return out
 
 
@@ -305,8 +353,9 @@ def settle_rss(server: Server) -> int:
 
 def one_run(name: str, plan: Plan, loads: Loads, log: Any) -> dict[str, Any]:
     """Every figure for one server, on a fresh server process."""
+    app = APPS[name]
     env = None
-    if name == "channels-redis":  # a prefix of its own: other runs may share this Redis
+    if app.redis:  # a prefix of its own: other runs may share this Redis
         env = {"BENCH_BROKER": f"redis://127.0.0.1:6379/0?prefix=bench-{uuid.uuid4().hex[:12]}"}
     server = Server(name, env)
     result: dict[str, Any] = {}
@@ -318,6 +367,9 @@ def one_run(name: str, plan: Plan, loads: Loads, log: Any) -> dict[str, Any]:
         wait_subscribers_gone(server)
         base = settle_rss(server)
         for size in plan.sizes:
+            if app.largest and size > app.largest:
+                log(f"  {name} N={size}: not run (it is run up to N={app.largest})")
+                break
             added = size - sum(loads.held)
             rate, connect_cpu = loads.connect(server, added, plan.concurrency)
             wait_subscribers(server, size)
@@ -456,12 +508,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     servers = tuple(args.servers.split(",")) if args.servers else plan.servers
     log = (lambda message: None) if args.quiet else (lambda m: print(m, flush=True))
     pending: dict[str, str] = {}
-    if "channels-redis" in servers and (why := redis_available()):
-        pending["channels-redis"] = why
-        servers = tuple(s for s in servers if s != "channels-redis")
-    if "socketio" in servers and importlib.util.find_spec("socketio") is None:
-        pending["socketio"] = "python-socketio is not installed (pip install -e '.[bench]')"
-        servers = tuple(s for s in servers if s != "socketio")
+    for name in servers:
+        if why := unavailable(name):
+            pending[name] = why
+    servers = tuple(s for s in servers if s not in pending)
     started = time.monotonic()
     loads = Loads(plan.load_processes)
     raw: dict[str, Any] = {"ceiling": [], "runs": {s: [] for s in servers}, "big": {}}
@@ -480,7 +530,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         loads.stop()
     report = {
         "plan": args.plan,
-        "settings": plan.__dict__ | {"servers": servers},
+        "settings": plan.__dict__ | {"servers": servers, "peers": PEERS_ALL},
         "machine": machine(),
         "pending": pending,
         "elapsed_s": time.monotonic() - started,

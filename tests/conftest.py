@@ -16,7 +16,12 @@ from tests.client_app import create_app
 from tests.live import live_server
 from tests.proxy import TcpProxy, tcp_proxy
 
-pytest_plugins = ["tests.redis_support", "tests.redis_ha", "tests.nats_support"]
+pytest_plugins = [
+    "tests.redis_support",
+    "tests.redis_ha",
+    "tests.redis_cluster",
+    "tests.nats_support",
+]
 
 
 def user_from_query(connection: HTTPConnection) -> dict[str, str] | None:

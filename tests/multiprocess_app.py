@@ -5,8 +5,7 @@ the ``?user=`` query parameter. Handlers of ``say`` broadcast to everyone but th
 restart spreads reconnections over ``RECONNECT_SPREAD`` seconds (10 by default). The HTTP routes
 send from whichever process serves them, and answer 503 when Redis could not take the message
 (local subscribers got it anyway, except on a history channel). ``lobby:*`` channels are presence
-channels with a history (history only when ``LOBBY_PRESENCE=0``, for a broker without presence);
-the presence timeout is ``PRESENCE_TIMEOUT`` seconds (30 by default).
+channels with a history; the presence timeout is ``PRESENCE_TIMEOUT`` seconds (30 by default).
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ class Room(ChannelListener):
 
 @channel("lobby:*")
 class Lobby(ChannelListener):
-    presence = os.environ.get("LOBBY_PRESENCE", "1") == "1"
+    presence = True
     history = History(size=50)
 
     @channel.on("say")

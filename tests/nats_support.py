@@ -9,13 +9,15 @@ Private servers (fixture ``nats_server``) always run a ``nats-server`` binary of
 JetStream storing under a directory of their own, so a test may stop and restart them (the
 stream survives, as on a real restart); the shared server is never touched.
 
-Each test uses a subject prefix of its own (fixture ``nats_prefix``); the history stream of that
-prefix is deleted when the test ends, so the shared server does not fill up.
+Each test uses a subject prefix of its own (fixture ``nats_prefix``); the streams and the
+presence bucket of that prefix are deleted when the test ends, so the shared server does not
+fill up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -86,18 +88,23 @@ class NatsServer(ServerProcess):
         return [self.binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]
 
 
-async def delete_stream(url: str, prefix: str) -> None:
-    """Delete the history stream of ``prefix`` on the server at ``url``, if there is one."""
+async def delete_stream(url: str, prefix: str, *, history: bool = True) -> None:
+    """Delete the presence bucket of ``prefix`` on the server at ``url``, and (with
+    ``history``) its history and idempotency streams, those there are."""
     import nats
     from nats.js.errors import NotFoundError
 
     from fastapi_channels.brokers._nats_subjects import Subjects
 
+    subjects = Subjects(prefix)
+    names = [subjects.presence_stream]
+    if history:
+        names += [subjects.stream, subjects.once_stream, subjects.quota_stream]
     client = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
     try:
-        await client.jetstream(timeout=5).delete_stream(Subjects(prefix).stream)
-    except NotFoundError:
-        pass
+        for name in names:
+            with contextlib.suppress(NotFoundError):
+                await client.jetstream(timeout=5).delete_stream(name)
     finally:
         await client.close()
 
@@ -147,7 +154,7 @@ def nats_url(_session_nats: str | NatsServer | None) -> str:
 
 @pytest.fixture
 def nats_prefix(nats_url: str) -> Iterator[str]:
-    """A subject prefix of this test's own; its history stream is deleted when the test ends.
+    """A subject prefix of this test's own; its stream and bucket are deleted when the test ends.
 
     A plain fixture (an async one cannot be asked for by ``getfixturevalue`` in an async
     fixture): the deletion runs on an event loop of its own, in a thread.

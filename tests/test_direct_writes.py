@@ -365,3 +365,35 @@ async def test_a_protocol_of_another_implementation_gets_no_direct_writer(
         protocol.connection_lost(None)
         async with asyncio.timeout(5):  # the app sees its disconnect and returns
             await asyncio.gather(*protocol.tasks)
+
+
+class _GoneSocket:
+    """A socket whose file is gone, as uvloop's reports it after the peer closed."""
+
+    def setsockopt(self, *args: Any) -> None:
+        raise ValueError("negative file descriptor")
+
+
+class _Transport:
+    def __init__(self, closing: bool) -> None:
+        self.closing = closing
+        self.aborted = 0
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str) -> Any:
+        return _GoneSocket() if name == "socket" else None
+
+    def abort(self) -> None:
+        self.aborted += 1
+
+
+def test_dropping_a_socket_whose_file_is_gone_still_aborts_it_and_never_raises() -> None:
+    from fastapi_channels.edge._direct import drop
+
+    open_one, closed_one = _Transport(closing=False), _Transport(closing=True)
+    drop(open_one)
+    drop(closed_one)
+    assert open_one.aborted == 1  # the linger setting failed, the abort still happened
+    assert closed_one.aborted == 0  # closed already: nothing to do

@@ -1,8 +1,9 @@
 """Two real uvicorn processes on one broker: what one process sends reaches the other's clients.
 
 Each process is a subprocess serving ``tests.multiprocess_app`` on its own loopback port, with
-the broker URL of a private Redis or NATS server (each test runs on both, but the presence one,
-on Redis only: the NATS broker keeps no presence) that the restart tests restart.
+the broker URL of a private Redis or NATS server that the restart tests restart, and on the
+session's Redis Cluster (``redis-cluster``; its shard restarts are
+`tests/test_redis_cluster.py`'s).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import websockets
 
 from tests.nats_support import NatsServer
 from tests.processes import TIMEOUT, Process, start_process
+from tests.redis_cluster import ClusterGroup
 from tests.redis_support import RedisServer
 
 APP = "tests.multiprocess_app:app"
@@ -27,7 +29,7 @@ PRESENCE_TIMEOUT = 1.0
 
 @dataclass
 class Cluster:
-    server: RedisServer | NatsServer
+    server: RedisServer | NatsServer | ClusterGroup
     name: str
     """What the broker calls its server in its logs: ``"Redis"`` or ``"NATS"``."""
     a: Process
@@ -50,15 +52,16 @@ def nats_for_processes(nats_server_binary: str) -> Iterator[NatsServer]:
     server.close()
 
 
-@pytest.fixture(params=["redis", "nats"])
+@pytest.fixture(params=["redis", "nats", "redis-cluster"])
 async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
     env = {"PRESENCE_TIMEOUT": str(PRESENCE_TIMEOUT)}
-    server: RedisServer | NatsServer
+    server: RedisServer | NatsServer | ClusterGroup
     if request.param == "redis":
         server, name = request.getfixturevalue("redis_for_processes"), "Redis"
+    elif request.param == "redis-cluster":
+        server, name = request.getfixturevalue("redis_cluster"), "Redis"
     else:
         server, name = request.getfixturevalue("nats_for_processes"), "NATS"
-        env["LOBBY_PRESENCE"] = "0"
     env["FASTAPI_CHANNELS_BROKER_URL"] = f"{server.url}?prefix=test-{uuid.uuid4().hex[:12]}"
     a, b = await asyncio.gather(*(start_process(APP, env) for _ in range(2)))
     try:
@@ -148,6 +151,7 @@ async def test_a_user_is_reached_and_disconnected_from_the_other_process(
     assert bob.ws.close_code == 1000
 
 
+@pytest.mark.parametrize("cluster", ["redis", "nats"], indirect=True)  # one server to restart
 async def test_processes_survive_a_restart_of_their_server(cluster: Cluster, connect: Any) -> None:
     ann = await connect(cluster.a, "ann")
     bob = await connect(cluster.b, "bob")
@@ -155,6 +159,7 @@ async def test_processes_survive_a_restart_of_their_server(cluster: Cluster, con
     await bob.subscribe("room:r")
 
     marks = cluster.a.mark(), cluster.b.mark()
+    assert not isinstance(cluster.server, ClusterGroup)
     cluster.server.stop()
     await asyncio.gather(
         cluster.a.wait_health(False, marks[0], cluster.name),
@@ -182,7 +187,6 @@ async def test_processes_survive_a_restart_of_their_server(cluster: Cluster, con
     assert (await bob.receive())["event"] == "poke"
 
 
-@pytest.mark.parametrize("cluster", ["redis"], indirect=True)  # presence: Redis only
 async def test_a_killed_process_leaves_no_ghost_and_a_restarted_one_recovers_positions(
     cluster: Cluster, connect: Any
 ) -> None:

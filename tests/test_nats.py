@@ -2,8 +2,9 @@
 
 The shared contract (``tests/contract/``) runs on it too; these tests cover what is NATS's own:
 topics that are no valid subject, the URL and the extra, an outage of the server (publishes
-fail at once, the state follows nats-py, history survives a restart), a start while NATS is
-down, and a process cut off from NATS catching its history channels up.
+fail at once, the state follows nats-py, history survives a restart, presence lost in one comes
+back), a start while NATS is down, and a process cut off from NATS catching its history channels
+up.
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastapi_channels import ChannelListener, Channels, History, channel
+from fastapi_channels import ChannelListener, History, channel
 from fastapi_channels.brokers import create_broker
 from fastapi_channels.brokers._nats_subjects import Subjects, decode_token, encode_token
 from fastapi_channels.brokers.base import BrokerState
 from fastapi_channels.brokers.nats import NatsBroker
-from fastapi_channels.brokers.stores import Position, Retention, StoredEntry
+from fastapi_channels.brokers.stores import Announcements, Position, Retention, StoredEntry
 from fastapi_channels.testing import SocketTestClient, lifespan
-from fastapi_channels.wire.errors import BrokerError, ConfigurationError
+from fastapi_channels.wire.errors import BrokerError, ConfigurationError, OutcomeUnknown
 from tests.conftest import Harness
-from tests.contract.conftest import Deployment, Inbox
+from tests.contract.conftest import Deployment, Inbox, fence
 from tests.nats_support import NatsServer, nats_binary
 from tests.proxy import tcp_proxy
 from tests.redis_support import free_port
@@ -38,6 +39,7 @@ TIMEOUT = 5.0
 ODD = ["a.b", "*", ">", "a b", "", "x.*.>", "tab\there", "%41", "ünï ☕", "a%", "..", "\n"]
 """Topic names that are no valid NATS subject token, or look like an escape."""
 KEEP = Retention(size=10, ttl=None, keep=60)
+ANNOUNCE = Announcements(join=(b"+", b";"), leave=(b"-", b";"))
 FAST = {"reconnect_wait": 0.05, "timeout": 2.0, "connect_timeout": 1.0}
 
 
@@ -110,14 +112,70 @@ def test_without_the_extra_the_error_names_it(monkeypatch: pytest.MonkeyPatch) -
         create_broker("nats://127.0.0.1:4222")
 
 
-async def test_a_presence_listener_is_refused_at_start_up(nats_url: str) -> None:
-    @channel("lobby:*")
-    class Lobby(ChannelListener):
-        presence = True
+async def test_presence_lost_in_a_restart_reads_partial_until_every_process_registered_again(
+    nats_server: Callable[[], NatsServer],
+) -> None:
+    server = nats_server()
+    make = lambda: NatsBroker(server.url, prefix="members", **FAST)  # noqa: E731
+    deployment = Deployment(NatsBroker, make)
+    try:
+        a, b = await deployment.start(), await deployment.start()
+        for node in (a, b):
+            await node.broker.subscribe("p:x")
+            assert await node.presence.presence_renew(30) is False
+        await a.presence.presence_update("p:x", {"ann": b"A"}, [], ANNOUNCE)
+        assert await b.inbox.get() == ("p:x", b"+A;", None)
 
-    with pytest.raises(ConfigurationError, match="presence"):
-        async with Channels(listeners=[Lobby], broker=NatsBroker(nats_url)):
-            pass
+        server.stop()  # presence is kept in memory: the restart loses it
+        async with asyncio.timeout(TIMEOUT):
+            await a.broker.wait_for_state(BrokerState.RECONNECTING)
+        with pytest.raises(BrokerError, match="unreachable"):
+            await a.presence.presence_renew(30, was_alive=True)
+        server.start()
+        async with asyncio.timeout(TIMEOUT):
+            for node in (a, b):
+                await node.broker.wait_for_state(BrokerState.CONNECTED)
+
+        assert await b.presence.presence_renew(30, was_alive=True) is False  # finds the loss
+        assert (await b.presence.presence_snapshot("p:x", ANNOUNCE)).members == {}
+        assert await a.presence.presence_renew(30, was_alive=True) is False
+        await a.presence.presence_sync("p:x", {"ann": b"A"}, ANNOUNCE)
+        assert await b.inbox.get() == ("p:x", b"+A;", None)  # a join again, never a leave
+        found = await b.presence.presence_snapshot("p:x", ANNOUNCE)
+        assert found.members == {"ann": b"A"} and found.partial and found.registered
+    finally:
+        await deployment.stop()
+
+
+@pytest.mark.parametrize("retention", [None, KEEP], ids=["plain", "stored"])
+async def test_a_stalled_publish_once_is_outcome_unknown_and_its_retry_delivers_once(
+    nats_url: str, nats_prefix: str, retention: Retention | None
+) -> None:
+    port = urlsplit(nats_url).port
+    assert port is not None
+    async with tcp_proxy(port) as proxy:
+        stalled = NatsBroker(
+            f"nats://127.0.0.1:{proxy.port}", prefix=nats_prefix, history_storage="memory", **FAST
+        )
+        direct = NatsBroker(nats_url, prefix=nats_prefix, history_storage="memory")
+        deployment = Deployment(NatsBroker, lambda: direct)
+        try:
+            a, b = await deployment.start(stalled), await deployment.start(direct)
+            await b.broker.subscribe("c:x")
+            assert not (await stalled.publish_once("c:x", b"warm", "w", 60, retention)).duplicate
+            assert (await b.inbox.get())[1] == b"warm"
+            proxy.hold()  # NATS takes what a sends, but its answers do not come back
+            with pytest.raises(OutcomeUnknown):
+                await stalled.publish_once("c:x", b"hi", "k", 60, retention)
+            proxy.release()
+            await stalled.publish_once("c:x", b"hi", "k", 60, retention)  # the retry
+            again = await direct.publish_once("c:x", b"hi", "k", 60, retention)
+            assert again.duplicate
+            topic, data, position = await b.inbox.get()
+            assert (topic, data, position) == ("c:x", b"hi", again.position)
+            await fence(a, b)  # and never a second time
+        finally:
+            await deployment.stop()
 
 
 async def test_an_outage_fails_publishes_at_once_and_history_survives_a_restart(

@@ -99,6 +99,38 @@ async def test_subscribers_get_the_members_then_joins_and_leaves(start: Start) -
         await ann.assert_no_message()
 
 
+async def test_a_join_made_while_the_member_list_is_read_is_not_sent_after_it(
+    start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bob joins (on another process) while ann's member list is being read: the list shows
+    him, and no join of his follows it; zoe, already subscribed, gets both joins."""
+    a = await start(listeners=LISTENERS)
+    b = await start(listeners=LISTENERS)
+    async with a.client("zoe") as zoe, a.client("ann") as ann, b.client("bob") as bob:
+        await subscribed(zoe, "room:1")
+        presence, reading, gate = a.server.presence_tracker, asyncio.Event(), asyncio.Event()
+        read = presence.snapshot
+
+        async def held_back(channel: str) -> Any:
+            reading.set()
+            await gate.wait()
+            return await read(channel)
+
+        monkeypatch.setattr(presence, "snapshot", held_back)
+        subscribing = asyncio.ensure_future(ann.subscribe("room:1"))
+        async with asyncio.timeout(TIMEOUT):
+            await reading.wait()
+        assert await event(zoe) == ("join", member("ann"))
+        assert len(await subscribed(bob, "room:1")) == 3
+        assert await event(zoe) == ("join", member("bob"))  # process a routed it: held for ann
+        gate.set()
+        assert (await subscribing)["successful"]
+        listed = await ann.receive(TIMEOUT)
+        assert listed.event == "channels:presence"
+        assert listed.data["members"] == [member("ann"), member("bob"), member("zoe")]
+        await ann.assert_no_message()
+
+
 async def test_several_connections_of_a_user_are_one_member(start: Start) -> None:
     a = await start(listeners=LISTENERS)
     b = await start(listeners=LISTENERS)  # another process of the same deployment

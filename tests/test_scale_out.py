@@ -1,4 +1,5 @@
-"""Several processes on one broker, simulated in one: two apps with two Redis or NATS brokers."""
+"""Several processes on one broker, simulated in one: two apps with two Redis (one server or a
+cluster) or NATS brokers."""
 
 from __future__ import annotations
 
@@ -47,12 +48,18 @@ class Chat(ChannelListener):
         await self.broadcast(self.channel_name, "message", packet.data)
 
 
-@pytest.fixture(params=["redis", "nats"])
+@pytest.fixture(params=["redis", "nats", "redis-cluster"])
 def shared(request: pytest.FixtureRequest) -> Callable[[], Broker]:
-    """Makes brokers that share one server (Redis or NATS) under a prefix of the test's own."""
-    if request.param == "redis":
-        url: str = request.getfixturevalue("redis_url")
+    """Makes brokers that share one server (Redis or NATS) or the session's Redis Cluster, under
+    a prefix of the test's own."""
+    if request.param in ("redis", "redis-cluster"):
         prefix: str = request.getfixturevalue("redis_prefix")
+        if request.param == "redis-cluster":
+            from fastapi_channels.brokers.redis_cluster import RedisClusterBroker
+
+            seeds = request.getfixturevalue("redis_cluster").url
+            return lambda: RedisClusterBroker(seeds, prefix=prefix)
+        url: str = request.getfixturevalue("redis_url")
         return lambda: RedisBroker(url, prefix=prefix)
     from fastapi_channels.brokers.nats import NatsBroker
 

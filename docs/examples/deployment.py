@@ -37,7 +37,16 @@ def configured() -> list[Channels]:
     sentinel = "redis+sentinel://:secret@sentinel-1:26379,sentinel-2:26379,sentinel-3:26379"
     channels_ha = Channels(broker=f"{sentinel}/mymaster/0?sentinel_password=other-secret")
     # --8<-- [end:sentinel]
-    return [Channels(broker="redis://redis.internal:6379/0"), channels, channels_ha]
+    # --8<-- [start:cluster]
+    seeds = "redis-1:6379,redis-2:6379,redis-3:6379"
+    channels_sharded = Channels(broker=f"redis+cluster://:secret@{seeds}?prefix=shop")
+    # --8<-- [end:cluster]
+    return [
+        Channels(broker="redis://redis.internal:6379/0"),
+        channels,
+        channels_ha,
+        channels_sharded,
+    ]
 
 
 def on_nats() -> list[Channels]:

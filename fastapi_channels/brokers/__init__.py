@@ -2,8 +2,9 @@
 
 ``create_broker(url)`` picks one by URL scheme: none or ``memory://`` gives the in-memory
 default; ``redis://``, ``rediss://``, ``unix://`` and the Sentinel forms ``redis+sentinel://``
-and ``rediss+sentinel://`` give the Redis broker, ``nats://`` the NATS broker, each imported
-lazily so the ``redis`` and ``nats`` extras stay optional.
+and ``rediss+sentinel://`` give the Redis broker, ``redis+cluster://`` and ``rediss+cluster://``
+the Redis Cluster broker, ``nats://`` the NATS broker, each imported lazily so the ``redis`` and
+``nats`` extras stay optional.
 """
 
 from __future__ import annotations
@@ -38,16 +39,9 @@ def create_broker(url: str | None) -> Broker:
         return MemoryBroker()
     scheme = url.split("://", 1)[0]
     if scheme in {"redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"}:
-        try:
-            from fastapi_channels.brokers.redis import (  # type: ignore[import-not-found,unused-ignore]
-                RedisBroker,
-            )
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ConfigurationError(
-                "the Redis broker needs the 'redis' extra: pip install 'fastapi-ws-channels[redis]'"
-            ) from exc
-        broker: Broker = RedisBroker(url)
-        return broker
+        return _redis_broker(url, cluster=False)
+    if scheme in {"redis+cluster", "rediss+cluster"}:
+        return _redis_broker(url, cluster=True)
     if scheme == "nats":
         try:
             from fastapi_channels.brokers.nats import (  # type: ignore[import-not-found,unused-ignore]
@@ -62,3 +56,19 @@ def create_broker(url: str | None) -> Broker:
     raise ConfigurationError(
         f"unknown broker URL scheme {scheme!r}; use memory://, redis:// or nats://"
     )
+
+
+def _redis_broker(url: str, *, cluster: bool) -> Broker:
+    try:
+        from fastapi_channels.brokers.redis import (  # type: ignore[import-not-found,unused-ignore]
+            RedisBroker,
+        )
+        from fastapi_channels.brokers.redis_cluster import (  # type: ignore[import-not-found,unused-ignore]
+            RedisClusterBroker,
+        )
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ConfigurationError(
+            "the Redis broker needs the 'redis' extra: pip install 'fastapi-ws-channels[redis]'"
+        ) from exc
+    broker: Broker = RedisClusterBroker(url) if cluster else RedisBroker(url)
+    return broker

@@ -29,13 +29,14 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from nats.errors import Error as NatsError
 from nats.js.api import RePublish, StorageType, StreamConfig
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
+from fastapi_channels.brokers._nats_quota import NatsQuota
+from fastapi_channels.brokers._nats_records import ERRORS, ensure_stream, failure, stamp
 from fastapi_channels.brokers._nats_subjects import Subjects
 from fastapi_channels.brokers.stores import Position, Retention, Stored, StoredEntry
-from fastapi_channels.wire.errors import BrokerError
+from fastapi_channels.wire.errors import BrokerError, HistoryFull, OutcomeUnknown
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -46,9 +47,9 @@ __all__ = ["EPOCH", "OFFSET", "NatsHistory", "position_of"]
 OFFSET: Final = "Fc-Offset"
 EPOCH: Final = "Fc-Epoch"
 _PREVIOUS: Final = "Nats-Expected-Last-Subject-Sequence"
+_MESSAGE_ID: Final = "Nats-Msg-Id"
 _WRONG_LAST_SEQUENCE: Final = 10071
 _CACHED_TOPICS: Final = 10_000
-_ERRORS: Final = (NatsError, APIError, OSError, asyncio.TimeoutError)
 
 
 def position_of(headers: dict[str, str] | None) -> Position | None:
@@ -121,6 +122,7 @@ class NatsHistory:
             republish=RePublish(src=subjects.stored_wildcard, dest=subjects.republish_to()),
         )
         self._timeout = timeout
+        self._quota = NatsQuota(js, subjects, StorageType(storage), timeout)
         self._ready = False
         self._ready_lock = asyncio.Lock()
         self._queues: dict[str, _Queue] = {}
@@ -135,6 +137,27 @@ class NatsHistory:
         Raises:
             BrokerError: the stream did not take it in time (then no one received it).
         """
+        position, _ = await self._publish(topic, data, retention, None)
+        return position
+
+    async def publish_stored_once(
+        self, topic: str, data: bytes, retention: Retention, message_id: str
+    ) -> tuple[Position, bool]:
+        """Append as `publish_stored` does, unless the stream has a message of ``message_id``.
+
+        The stream remembers message ids for its duplicate window (two minutes): an append
+        whose id it saw stores nothing, and this returns the first message's position. Returns
+        the position and whether it was such a duplicate.
+
+        Raises:
+            OutcomeUnknown: the stream did not answer in time; it may have stored the message.
+            BrokerError: the stream refused the message; nothing was stored.
+        """
+        return await self._publish(topic, data, retention, message_id)
+
+    async def _publish(
+        self, topic: str, data: bytes, retention: Retention, message_id: str | None
+    ) -> tuple[Position, bool]:
         queue = self._queues.get(topic) or self._queues.setdefault(topic, _Queue())
         queue.users += 1
         try:
@@ -144,10 +167,14 @@ class NatsHistory:
                     if last is not None and last.current(retention, time.time()):
                         offset, epoch = last.offset + 1, last.epoch
                     else:
+                        await self._quota.admit(topic, retention, self._fetch_last)
                         offset, epoch = 1, _new_epoch()
-                    if await self._append(topic, data, offset, epoch, last):
-                        return Position(offset, epoch)
+                    appended = await self._append(topic, data, offset, epoch, last, message_id)
+                    if appended is not None:
+                        return appended
         except TimeoutError as exc:
+            if message_id is not None:
+                raise OutcomeUnknown(f"the history stream did not answer in time: {exc}") from exc
             raise BrokerError(f"the history stream did not store a message in time: {exc}") from exc
         finally:
             queue.users -= 1
@@ -170,7 +197,11 @@ class NatsHistory:
                     now = time.time()
                     if last is not None and last.current(retention, now):
                         break
-                    if await self._append(topic, b"", 0, _new_epoch(), last):
+                    try:
+                        await self._quota.admit(topic, retention, self._fetch_last)
+                    except HistoryFull:
+                        return Stored(epoch=_new_epoch(), top=0, entries=[])  # not kept
+                    if await self._append(topic, b"", 0, _new_epoch(), last) is not None:
                         last = self._last[topic]
                         break
                 entries = await self._walk(last, retention, after, now)
@@ -197,7 +228,7 @@ class NatsHistory:
                 break
             if position != Position(offset, last.epoch):
                 break
-            if oldest is not None and _stamp(message) < oldest:
+            if oldest is not None and stamp(message) < oldest:
                 break
             entries.append(StoredEntry(offset, message.data or b""))
             sequence, offset = int(headers.get(_PREVIOUS, "0")), offset - 1
@@ -205,10 +236,22 @@ class NatsHistory:
         return entries
 
     async def _append(
-        self, topic: str, data: bytes, offset: int, epoch: str, last: _Last | None
-    ) -> bool:
-        """Append at ``offset`` if ``last`` is still the topic's last message; say whether."""
+        self,
+        topic: str,
+        data: bytes,
+        offset: int,
+        epoch: str,
+        last: _Last | None,
+        message_id: str | None = None,
+    ) -> tuple[Position, bool] | None:
+        """Append at ``offset`` if ``last`` is still the topic's last message.
+
+        Returns the position and False; with ``message_id`` that the stream saw already, the
+        first message's position and True; None when another process appended first.
+        """
         headers = {OFFSET: str(offset), EPOCH: epoch, _PREVIOUS: str(last.sequence if last else 0)}
+        if message_id is not None:
+            headers[_MESSAGE_ID] = message_id
         await self._ensure()
         try:
             ack = await self._js.publish(
@@ -217,17 +260,26 @@ class NatsHistory:
         except APIError as exc:
             self._last.pop(topic, None)
             if exc.err_code == _WRONG_LAST_SEQUENCE:
-                return False  # another process appended first: read its message, retry
-            raise _failure("the history stream refused a message", exc) from exc
+                return None  # another process appended first: read its message, retry
+            raise failure("the history stream refused a message", exc) from exc
         except NoStreamResponseError as exc:
             self._ready = False  # the stream was deleted: create it again, and retry
             self._last.pop(topic, None)
-            raise _failure("the history stream is missing", exc) from exc
-        except _ERRORS as exc:
+            raise failure("the history stream is missing", exc) from exc
+        except ERRORS as exc:
             self._last.pop(topic, None)
-            raise _failure("the history stream did not answer", exc) from exc
+            if message_id is not None:
+                raise OutcomeUnknown(f"the history stream did not answer: {exc}") from exc
+            raise failure("the history stream did not answer", exc) from exc
+        if ack.duplicate:
+            self._last.pop(topic, None)
+            first = await self._get(seq=ack.seq)
+            found = position_of(first.headers) if first is not None else None
+            if found is None:
+                raise BrokerError(f"the first message of id {message_id!r} is gone")
+            return found, True
         self._remember(topic, _Last(ack.seq, offset, epoch, time.time()))
-        return True
+        return Position(offset, epoch), False
 
     async def _fetch_last(self, topic: str) -> _Last | None:
         """Read ``topic``'s last stored message from the stream (None when it has none)."""
@@ -242,7 +294,7 @@ class NatsHistory:
             position = None
         if position is None:
             raise BrokerError(f"a message without a position is in the history of {topic!r}")
-        last = _Last(message.seq, position.offset, position.epoch, _stamp(message))
+        last = _Last(message.seq, position.offset, position.epoch, stamp(message))
         self._remember(topic, last)
         return last
 
@@ -255,9 +307,9 @@ class NatsHistory:
             return None
         except NoStreamResponseError as exc:
             self._ready = False
-            raise _failure("the history stream is missing", exc) from exc
-        except _ERRORS as exc:
-            raise _failure("the history stream did not answer", exc) from exc
+            raise failure("the history stream is missing", exc) from exc
+        except ERRORS as exc:
+            raise failure("the history stream did not answer", exc) from exc
 
     def _remember(self, topic: str, last: _Last) -> None:
         self._last[topic] = last
@@ -270,36 +322,16 @@ class NatsHistory:
         if self._ready:
             return
         async with self._ready_lock:
-            if self._ready:
-                return
-            try:
-                try:
-                    await self._js.add_stream(self._config)
-                except APIError as exc:
-                    if exc.err_code != _STREAM_EXISTS:
-                        raise
-                    await self._js.update_stream(self._config)
-            except _ERRORS as exc:
-                raise _failure("cannot create the history stream", exc) from exc
-            self._ready = True
+            if not self._ready:
+                await ensure_stream(self._js, self._config, "the history stream")
+                self._ready = True
 
     def forget(self) -> None:
         """Drop what is known of the stream: after a reconnection, read it again."""
         self._ready = False
+        self._quota.forget()
         self._last.clear()
-
-
-_STREAM_EXISTS: Final = 10058
 
 
 def _new_epoch() -> str:
     return secrets.token_hex(8)
-
-
-def _stamp(message: RawStreamMsg) -> float:
-    return message.time.timestamp() if message.time is not None else time.time()
-
-
-def _failure(what: str, exc: BaseException) -> BrokerError:
-    detail = str(exc) or type(exc).__name__
-    return BrokerError(f"{what}: {detail}")

@@ -14,6 +14,15 @@ Subjects, under the broker's prefix ``P`` (one or more tokens, such as ``myapp``
   republishes what it stores there); each process subscribes here;
 * ``P.s.<token>``: stored messages on their way into the history stream, which captures
   ``P.s.*``; nobody subscribes to these;
+* ``P.o.<token>``: plain messages published once per key, on their way through the
+  idempotency stream (``<stream>_once``), which republishes them to ``P.m.<token>``;
+* ``P.k.<token>.<key token>``: the record of a key published on the topic, in the same
+  stream, not republished;
+* ``P.q.<group token>``: the topics counted in a group of a bounded retention, in the quota
+  stream (``<stream>_quota``);
+* ``$KV.<bucket>.t.<token>``, ``$KV.<bucket>.alive.<process>`` and ``$KV.<bucket>.unsettled``:
+  the presence bucket's keys (see `fastapi_channels.brokers._nats_presence`), whose stream
+  republishes the headers of each ``t.<token>`` change to ``P.m.<token>``;
 * ``P.flush``: requests nobody answers, which the server refuses at once ("no responders"): a
   round trip in the connection's order (see `fastapi_channels.brokers.nats`).
 """
@@ -90,6 +99,18 @@ class Subjects:
         self.flush = f"{prefix}.flush"
         self.stream = "fastapi_channels_" + re.sub(r"[.:]", "_", prefix)
         """The history stream's name (stream names allow no ``.``)."""
+        self.once_stream = self.stream + "_once"
+        """The idempotency stream's name."""
+        self.once_wildcard = f"{prefix}.o.*"
+        self.once_records_wildcard = f"{prefix}.k.*.*"
+        self.quota_stream = self.stream + "_quota"
+        """The stream of the groups' counts of topics keeping history."""
+        self.quota_wildcard = f"{prefix}.q.*"
+        self.bucket = self.stream + "_presence"
+        """The presence key-value bucket's name; its stream is ``KV_<bucket>``."""
+        self.presence_stream = "KV_" + self.bucket
+        self.presence_wildcard = f"$KV.{self.bucket}.>"
+        self.presence_topics = f"$KV.{self.bucket}.t.*"
 
     def messages(self, topic: str) -> str:
         """The subject each process subscribes to for ``topic``."""
@@ -98,6 +119,31 @@ class Subjects:
     def stored(self, topic: str) -> str:
         """The subject a stored message of ``topic`` is published to (the stream's input)."""
         return f"{self.prefix}.s.{encode_token(topic)}"
+
+    def once(self, topic: str) -> str:
+        """The subject a plain message published once per key on ``topic`` goes through."""
+        return f"{self.prefix}.o.{encode_token(topic)}"
+
+    def once_record(self, topic: str, key: str) -> str:
+        """The subject of the record of ``key`` published on ``topic``."""
+        return f"{self.prefix}.k.{encode_token(topic)}.{encode_token(key)}"
+
+    def quota(self, group: str) -> str:
+        """The subject of the record of the topics counted in ``group``."""
+        return f"{self.prefix}.q.{encode_token(group)}"
+
+    def presence(self, topic: str) -> str:
+        """The subject of ``topic``'s member record in the presence bucket."""
+        return f"$KV.{self.bucket}.t.{encode_token(topic)}"
+
+    def lease(self, process: str) -> str:
+        """The subject of ``process``'s lease in the presence bucket."""
+        return f"$KV.{self.bucket}.alive.{process}"
+
+    @property
+    def unsettled(self) -> str:
+        """The subject of the record that the presence bucket lost its records, and when."""
+        return f"$KV.{self.bucket}.unsettled"
 
     def republish_to(self) -> str:
         """The stream's republish destination: the ``messages`` subject of the same token."""

@@ -1,4 +1,4 @@
-"""Where the Redis broker connects: one server, or the master that Redis Sentinel names.
+"""Where the Redis brokers connect: one server, the master Redis Sentinel names, or a cluster.
 
 ``redis://``, ``rediss://`` and ``unix://`` URLs name one server. A Sentinel URL names the
 Sentinels and the service they watch::
@@ -15,6 +15,13 @@ opened after a failover reaches the new master. A connection already open to a m
 demoted is not redirected: the broker notices (Sentinel closes the demoted master's clients,
 a write fails with ``READONLY``, or `Endpoint.master_address` no longer names it) and
 reconnects.
+
+A Redis Cluster URL names seed nodes, any of which tells the cluster's layout::
+
+    redis+cluster://[[user]:password@]host:port[,host:port...][?options]
+
+(``rediss+cluster://`` for TLS). Its endpoint's pool makes connections to the first seed; the
+cluster broker makes its own to each shard master with the pool's options.
 """
 
 from __future__ import annotations
@@ -25,9 +32,11 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
-__all__ = ["SENTINEL_SCHEMES", "Endpoint", "open_endpoint"]
+__all__ = ["CLUSTER_SCHEMES", "SENTINEL_SCHEMES", "Endpoint", "open_endpoint"]
 
 SENTINEL_SCHEMES: Final = frozenset({"redis+sentinel", "rediss+sentinel"})
+CLUSTER_SCHEMES: Final = frozenset({"redis+cluster", "rediss+cluster"})
+_REDIS_PORT: Final = 6379
 _SENTINEL_PORT: Final = 26379
 _SENTINEL_OPTIONS: Final = ("sentinel_username", "sentinel_password")
 
@@ -38,6 +47,7 @@ class Endpoint:
     Attributes:
         pool: makes connections; with Sentinel, each finds the current master as it connects.
         address: where Redis is, for log messages (never credentials).
+        seeds: a cluster's seed nodes (host, port); empty for any other endpoint.
     """
 
     def __init__(
@@ -46,9 +56,11 @@ class Endpoint:
         address: str,
         sentinel: Sentinel | None = None,
         service: str = "",
+        seeds: tuple[tuple[str, int], ...] = (),
     ) -> None:
         self.pool = pool
         self.address = address
+        self.seeds = seeds
         self._sentinel = sentinel
         self._service = service
 
@@ -86,6 +98,8 @@ def open_endpoint(url: str, **options: Any) -> Endpoint:
     scheme = urlsplit(url).scheme.lower()
     if scheme in SENTINEL_SCHEMES:
         return _sentinel_endpoint(url, options)
+    if scheme in CLUSTER_SCHEMES:
+        return _cluster_endpoint(url, options)
     pool = ConnectionPool.from_url(url, **options)
     return Endpoint(pool, _address(pool.connection_kwargs))
 
@@ -123,8 +137,25 @@ def _sentinel_endpoint(url: str, options: dict[str, Any]) -> Endpoint:
     return Endpoint(pool, f"sentinel {service} via {hosts}/{db}", sentinel, service)
 
 
-def _host_port(item: str) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``host`` (the Sentinel port by default)."""
+def _cluster_endpoint(url: str, options: dict[str, Any]) -> Endpoint:
+    parts = urlsplit(url)
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    seeds = tuple(_host_port(item, _REDIS_PORT) for item in hostlist.split(",") if item)
+    if not seeds:
+        raise ValueError("a Redis Cluster URL needs at least one host:port")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError("Redis Cluster has database 0 only")
+    scheme = "rediss" if parts.scheme.lower() == "rediss+cluster" else "redis"
+    credentials = f"{userinfo}@" if userinfo else ""
+    host, port = seeds[0]
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    pool = ConnectionPool.from_url(f"{scheme}://{credentials}{netloc}/0?{parts.query}", **options)
+    hosts = ",".join(f"{host}:{port}" for host, port in seeds)
+    return Endpoint(pool, f"cluster via {hosts}", seeds=seeds)
+
+
+def _host_port(item: str, default_port: int = _SENTINEL_PORT) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``host`` (``default_port`` then)."""
     if item.startswith("["):
         host, _, rest = item[1:].partition("]")
         port = rest.removeprefix(":")
@@ -132,7 +163,7 @@ def _host_port(item: str) -> tuple[str, int]:
         host, _, port = item.partition(":")
     if not host:
         raise ValueError(f"no host in {item!r}")
-    return host, int(port) if port else _SENTINEL_PORT
+    return host, int(port) if port else default_port
 
 
 def _address(kwargs: dict[str, Any]) -> str:

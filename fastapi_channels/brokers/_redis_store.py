@@ -28,11 +28,11 @@ Keys, under the broker's prefix ``P`` (topics are ``c:<channel>`` and ``p:<chann
   had renewed found no live process at all (Redis lost the records): member lists read
   meanwhile are partial.
 
-Scripts compute the ``presence-local`` key of each process they sweep, so they need a single
-Redis server, not a cluster. The history scripts touch a topic's two keys and its group's quota
-key: under Redis Cluster the quota would be a step of its own (a script on the quota key alone
-that admits the topic, then the publish on the topic's keys, hash-tagged into one slot), which
-can at worst leave a topic counted that failed to publish, until its ``keep`` runs out.
+On Redis Cluster (`fastapi_channels.brokers._redis_cluster_store`) every ``<topic>`` above is
+written ``{<topic>}``, a hash tag, so one topic's keys share a slot (the scripts compute the
+``presence-local`` key of each process they sweep the same way); the alive and unsettled keys
+share the tag ``{presence-alive}``, and what spans slots (liveness, the quota) is a step of its
+own there.
 
 History keys expire ``keep`` after the last publish; presence keys ``keep`` after their last
 join or sweep.
@@ -263,11 +263,9 @@ local function remove(localkey, proc, member, a)
   return 1
 end
 
-local function sweep(alive, localprefix, topic, a)
-  local now = now_ms()
+local function sweep(dead, localprefix, topic, a)
   for _, proc in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-    local deadline = redis.call('ZSCORE', alive, proc)
-    if not deadline or tonumber(deadline) < now then
+    if dead(proc) then
       local localkey = localprefix .. proc .. ':' .. topic
       for _, member in ipairs(redis.call('HKEYS', localkey)) do
         remove(localkey, proc, member, a)
@@ -336,31 +334,69 @@ return 1
 """KEYS: members, holders, procs, local. ARGV: process, keep ms, announcer, then member and info
 pairs."""
 
-_SWEEP: Final = (
-    _PRESENCE
-    + """
+_BY_DEADLINE: Final = """
+local now = now_ms()
+local function dead(proc)
+  local deadline = redis.call('ZSCORE', KEYS[4], proc)
+  return not deadline or tonumber(deadline) < now
+end
+local function unsettled_ms()
+  return redis.call('PTTL', KEYS[5])
+end
+"""
+"""Liveness read from the deadlines in KEYS[4] (alive) and KEYS[5] (unsettled)."""
+
+_BY_LIST: Final = """
+local live = {}
+for i = 12, #ARGV do
+  live[ARGV[i]] = true
+end
+local function dead(proc)
+  return not live[proc]
+end
+local function unsettled_ms()
+  return tonumber(ARGV[11])
+end
+"""
+"""Liveness given by the caller (Redis Cluster, where the alive key lives in another slot):
+ARGV[11] the ms the store stays unsettled, ARGV[12...] the live processes."""
+
+_SWEEP_BODY: Final = """
 local what = ARGV[5]
-local mine = redis.call('ZSCORE', KEYS[4], ARGV[3])
-local registered = mine and tonumber(mine) >= now_ms()
+local registered = not dead(ARGV[3])
 if registered or what ~= 'snapshot' then
-  sweep(KEYS[4], ARGV[1], ARGV[2], announcer(6))
+  sweep(dead, ARGV[1], ARGV[2], announcer(6))
 end
 local localkey = ARGV[1] .. ARGV[3] .. ':' .. ARGV[2]
 keep(localkey, ARGV[4])
 if what == 'members' then
   return redis.call('HGETALL', KEYS[1])
 elseif what == 'snapshot' then
-  return {redis.call('HGETALL', KEYS[1]), redis.call('PTTL', KEYS[5]), registered and 1 or 0}
+  return {redis.call('HGETALL', KEYS[1]), unsettled_ms(), registered and 1 or 0}
 elseif what == 'count' then
   return redis.call('HLEN', KEYS[2])
 end
 return redis.call('HLEN', localkey)
 """
-)
+
+_SWEEP: Final = _PRESENCE + _BY_DEADLINE + _SWEEP_BODY
 """KEYS: members, holders, procs, alive, unsettled. ARGV: local key prefix, topic, process, keep
 ms, what to return (``members``, ``snapshot``: the members, the ms the store stays unsettled
 and whether this process is alive, ``count``, or ``held``: this process's member count),
 announcer. A snapshot by a process that is not alive sweeps nothing."""
+
+_SWEEP_LISTED: Final = _PRESENCE + _BY_LIST + _SWEEP_BODY
+"""As `_SWEEP`, without the alive and unsettled keys: KEYS members, holders, procs; ARGV as
+`_SWEEP`'s, then the ms the store stays unsettled, then the live processes."""
+
+_LIVENESS: Final = (
+    _COMMON
+    + """
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], string.format('%d', now_ms()), '+inf')
+return {redis.call('PTTL', KEYS[2]), live}
+"""
+)
+"""KEYS: alive, unsettled. Returns the ms the store stays unsettled and the live processes."""
 
 _RENEW: Final = (
     _COMMON
@@ -480,19 +516,39 @@ class RedisStore:
             timeout=timeout,
             **pool.connection_kwargs,
         )
-        self._client = Redis(connection_pool=self._pool)
+        self._client: Any = Redis(connection_pool=self._pool)
+        self._setup(prefix, process, follow_master, on_failure)
+
+    def _setup(
+        self,
+        prefix: str,
+        process: str,
+        follow_master: bool,
+        on_failure: Callable[[], None] | None,
+        cluster: bool = False,
+    ) -> None:
+        """Set what does not depend on the connections: names, keys and scripts.
+
+        On a ``cluster`` the scripts publish with ``SPUBLISH`` and sweep the processes they are
+        told are alive (`_SWEEP_LISTED`).
+        """
+        publish = "SPUBLISH" if cluster else "PUBLISH"
         self._prefix = prefix
         self.process = process
         self._follow = "1" if follow_master else "0"
         self._on_failure = on_failure
-        self._publish = _Script.of(_PUBLISH_STORED)
-        self._publish_stored_once = _Script.of(_PUBLISH_STORED_ONCE)
-        self._publish_once = _Script.of(_PUBLISH_ONCE)
-        self._read = _Script.of(_READ_STORED)
-        self._update = _Script.of(_UPDATE)
-        self._sync = _Script.of(_SYNC)
-        self._sweep = _Script.of(_SWEEP)
-        self._renew = _Script.of(_RENEW)
+
+        def script(source: str) -> _Script:
+            return _Script.of(source.replace("redis.call('PUBLISH'", f"redis.call('{publish}'"))
+
+        self._publish = script(_PUBLISH_STORED)
+        self._publish_stored_once = script(_PUBLISH_STORED_ONCE)
+        self._publish_once = script(_PUBLISH_ONCE)
+        self._read = script(_READ_STORED)
+        self._update = script(_UPDATE)
+        self._sync = script(_SYNC)
+        self._sweep = script(_SWEEP_LISTED if cluster else _SWEEP)
+        self._renew = script(_RENEW)
         self._alive = self._key("presence-alive")
         self._unsettled = self._key("presence-unsettled")
         self._local_prefix = self._key("presence-local:")
@@ -510,6 +566,9 @@ class RedisStore:
         for _, future in waiting:
             if not future.done():
                 future.set_exception(BrokerError("the broker stopped before this was stored"))
+        await self._close_client()
+
+    async def _close_client(self) -> None:
         await self._client.aclose(close_connection_pool=True)
 
     async def reset(self) -> None:
@@ -521,6 +580,10 @@ class RedisStore:
 
     def _key(self, name: str, topic: str = "") -> bytes:
         return f"{self._prefix}:{name}{topic}".encode("utf-8", "surrogatepass")
+
+    def _tag(self, topic: str) -> str:
+        """How ``topic`` appears in its keys (a cluster puts it in a hash tag)."""
+        return topic
 
     async def _run(self, calls: Sequence[_Call]) -> list[Any]:
         """Run scripts pipelined in one round trip; each result, or its error, in order.
@@ -560,8 +623,8 @@ class RedisStore:
 
     def _history_keys(self, topic: str, retention: Retention) -> list[bytes]:
         return [
-            self._key("history-meta:", topic),
-            self._key("history:", topic),
+            self._key("history-meta:", self._tag(topic)),
+            self._key("history:", self._tag(topic)),
             self._key("history-quota:", retention.group),
         ]
 
@@ -575,6 +638,7 @@ class RedisStore:
             BrokerError: Redis could not be reached; nothing was stored.
             OutcomeUnknown: Redis did not answer in time; the message may have been stored.
         """
+        await self._admit(topic, retention)
         result = await self._enqueue(
             self._publish,
             self._history_keys(topic, retention),
@@ -600,13 +664,14 @@ class RedisStore:
             BrokerError: Redis could not be reached; nothing was published or recorded.
             OutcomeUnknown: Redis did not answer in time; the message may have been published.
         """
-        seen = self._key("once:", f"{topic} {key}")
+        seen = self._key("once:", f"{self._tag(topic)} {key}")
         if retention is None:
             payload = _frames.pack_scripted(b"", data)
             published = await self._enqueue(
                 self._publish_once, [seen], [channel, payload, _ms(window)]
             )
             return Published(duplicate=not published)
+        await self._admit(topic, retention)
         args = [*self._stored_args(channel, topic, data, retention), _ms(window)]
         result = await self._enqueue(
             self._publish_stored_once, [*self._history_keys(topic, retention), seen], args
@@ -616,6 +681,12 @@ class RedisStore:
         fresh, position = result
         found = parse_position(bytes(position)) if position else None
         return Published(duplicate=not fresh, position=found)
+
+    async def _admit(self, topic: str, retention: Retention) -> None:
+        """Count ``topic`` in its group's quota before storing, where the scripts cannot.
+
+        Here the scripts count it themselves, atomically with the append.
+        """
 
     def _stored_args(
         self, channel: bytes, topic: str, data: bytes, retention: Retention
@@ -701,6 +772,10 @@ class RedisStore:
         ttl = _ms(retention.ttl) if retention.ttl is not None else 0
         args = [after, retention.size, ttl, _ms(retention.keep), secrets.token_hex(6), self._follow]
         args += [retention.max_topics or 0, topic.encode("utf-8", "surrogatepass")]
+        try:
+            await self._admit(topic, retention)
+        except HistoryFull:
+            return Stored(epoch=secrets.token_hex(6), top=0, entries=[])
         reply = await self._call(self._read, self._history_keys(topic, retention), args)
         epoch, top, rest = bytes(reply[0]).decode(), int(reply[1]), reply[2:]
         entries = [StoredEntry(int(rest[i]), bytes(rest[i + 1])) for i in range(0, len(rest), 2)]
@@ -711,13 +786,15 @@ class RedisStore:
 
     def _presence_keys(self, topic: str) -> list[bytes]:
         return [
-            self._key("presence:", topic),
-            self._key("presence-holders:", topic),
-            self._key("presence-procs:", topic),
+            self._key("presence:", self._tag(topic)),
+            self._key("presence-holders:", self._tag(topic)),
+            self._key("presence-procs:", self._tag(topic)),
         ]
 
     def _local(self, topic: str) -> bytes:
-        return self._local_prefix + f"{self.process}:{topic}".encode("utf-8", "surrogatepass")
+        return self._local_prefix + f"{self.process}:{self._tag(topic)}".encode(
+            "utf-8", "surrogatepass"
+        )
 
     @staticmethod
     def _announcer(channel: bytes, announce: Announcements) -> list[bytes]:
@@ -750,29 +827,35 @@ class RedisStore:
             args += [member, info]
         await self._call(self._sync, keys, args)
 
+    async def _liveness(self) -> list[Any] | None:
+        """What the sweep scripts must be told of the live processes: nothing, they read it."""
+        return None
+
     def _sweep_call(
-        self, channel: bytes, topic: str, what: str, announce: Announcements
-    ) -> tuple[list[bytes], list[Any]]:
+        self, channel: bytes, topic: str, what: str, announce: Announcements, live: Any
+    ) -> _Call:
         keys = [*self._presence_keys(topic), self._alive, self._unsettled]
-        args: list[Any] = [self._local_prefix, topic, self.process, self._keep_ms, what]
-        return keys, args + self._announcer(channel, announce)
+        args: list[Any] = [self._local_prefix, self._tag(topic), self.process, self._keep_ms]
+        return self._sweep, keys, [*args, what, *self._announcer(channel, announce)]
+
+    async def _sweep_one(
+        self, channel: bytes, topic: str, what: str, announce: Announcements
+    ) -> Any:
+        live = await self._liveness()
+        return await self._call(*self._sweep_call(channel, topic, what, announce, live))
 
     async def members(
         self, channel: bytes, topic: str, announce: Announcements
     ) -> dict[str, bytes]:
         """Sweep, then return the members and their info."""
-        reply = await self._call(
-            self._sweep, *self._sweep_call(channel, topic, "members", announce)
-        )
+        reply = await self._sweep_one(channel, topic, "members", announce)
         return {bytes(reply[i]).decode(): bytes(reply[i + 1]) for i in range(0, len(reply), 2)}
 
     async def snapshot(
         self, channel: bytes, topic: str, announce: Announcements
     ) -> PresenceSnapshot:
         """Sweep (if this process is alive), then read the members and if they are complete."""
-        flat, unsettled_ms, registered = await self._call(
-            self._sweep, *self._sweep_call(channel, topic, "snapshot", announce)
-        )
+        flat, unsettled_ms, registered = await self._sweep_one(channel, topic, "snapshot", announce)
         members = {bytes(flat[i]).decode(): bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
         settles_in = max(0, int(unsettled_ms)) / 1000
         return PresenceSnapshot(
@@ -784,9 +867,7 @@ class RedisStore:
 
     async def count(self, channel: bytes, topic: str, announce: Announcements) -> int:
         """Sweep, then return the number of members."""
-        return int(
-            await self._call(self._sweep, *self._sweep_call(channel, topic, "count", announce))
-        )
+        return int(await self._sweep_one(channel, topic, "count", announce))
 
     async def sweep(
         self, channels: dict[str, bytes], topics: dict[str, int], announce: dict[str, Announcements]
@@ -795,10 +876,11 @@ class RedisStore:
         if not topics:
             return []
         names = list(topics)
-        calls: list[_Call] = []
-        for topic in names:
-            keys, args = self._sweep_call(channels[topic], topic, "held", announce[topic])
-            calls.append((self._sweep, keys, args))
+        live = await self._liveness()
+        calls = [
+            self._sweep_call(channels[topic], topic, "held", announce[topic], live)
+            for topic in names
+        ]
         held = await self._run(calls)
         failed = next((result for result in held if isinstance(result, Exception)), None)
         if failed is not None:

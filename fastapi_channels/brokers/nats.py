@@ -26,8 +26,11 @@ do not reach it; the server then catches its history channels up from the stream
 
 History (see `fastapi_channels.brokers._nats_history`) lives in a JetStream stream, created
 when a channel first uses it, which republishes each stored message to the topic's subject:
-every process, this one included, receives it from NATS, in offset order. Presence is not
-implemented: a listener declaring it is refused at start-up.
+every process, this one included, receives it from NATS, in offset order. Presence (see
+`fastapi_channels.brokers._nats_presence`) lives in a JetStream key-value bucket, also created
+when first used; its stream republishes each change's announcements to the topic's subject, so
+every process receives them in one order, only once the change is stored. Idempotent
+publishing (see `fastapi_channels.brokers._nats_once`) keeps its records in a third stream.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -46,9 +50,20 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError, SlowConsumerError
 
 from fastapi_channels.brokers._nats_history import NatsHistory, position_of
+from fastapi_channels.brokers._nats_once import NatsOnce
+from fastapi_channels.brokers._nats_presence import NatsPresence, announcements_of
 from fastapi_channels.brokers._nats_subjects import Subjects
 from fastapi_channels.brokers.base import Broker, BrokerState, MessageHandler
-from fastapi_channels.brokers.stores import HistoryStore, Position, Retention, Stored
+from fastapi_channels.brokers.idempotency import IdempotencyStore, Published
+from fastapi_channels.brokers.stores import (
+    Announcements,
+    BoundedHistoryStore,
+    Position,
+    PresenceSnapshot,
+    PresenceStore,
+    Retention,
+    Stored,
+)
 from fastapi_channels.wire.errors import BrokerError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -85,8 +100,8 @@ class NatsStats:
     reconnects: int = 0
 
 
-class NatsBroker(Broker, HistoryStore):
-    """Carries messages between processes through NATS, with history on JetStream.
+class NatsBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
+    """Carries messages between processes through NATS; history, presence and keys on JetStream.
 
     Args:
         url: a ``nats://`` URL (``user:password@`` and several comma-separated servers
@@ -106,6 +121,9 @@ class NatsBroker(Broker, HistoryStore):
             history size is cut to it.
         history_max_age: seconds the stream keeps any message (None: as long as the per-topic
             limit allows). Past it a topic's history is lost and starts a new epoch.
+        presence_storage: ``"memory"`` (the default: presence records are lost when NATS
+            restarts, and member lists are partial for one presence timeout while every process
+            registers its members again) or ``"file"`` (they survive it).
         pending_limit: the most messages received on one topic and not yet delivered; beyond
             it NATS drops messages for this process (counted in `stats` and logged).
         options: further keyword arguments for ``nats.aio.client.Client.connect`` (``tls``,
@@ -129,6 +147,7 @@ class NatsBroker(Broker, HistoryStore):
         history_storage: str = "file",
         history_limit: int = 1000,
         history_max_age: float | None = 8 * 24 * 3600.0,
+        presence_storage: str = "memory",
         pending_limit: int = 65536,
         options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -142,8 +161,8 @@ class NatsBroker(Broker, HistoryStore):
             self._subjects = Subjects(prefix or url_prefix or DEFAULT_PREFIX)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from exc
-        if history_storage not in ("file", "memory"):
-            raise ConfigurationError("history_storage must be 'file' or 'memory'")
+        if history_storage not in ("file", "memory") or presence_storage not in ("file", "memory"):
+            raise ConfigurationError("history_storage and presence_storage: 'file' or 'memory'")
         if history_limit < 1:
             raise ConfigurationError("history_limit must be at least 1")
         if timeout <= 0 or connect_timeout <= 0 or ping_interval <= 0 or reconnect_wait < 0:
@@ -164,6 +183,7 @@ class NatsBroker(Broker, HistoryStore):
             "max_age": history_max_age,
             "timeout": timeout,
         }
+        self._presence_options: dict[str, Any] = {"storage": presence_storage, "timeout": timeout}
         self._pending_limit = pending_limit
         self.stats = NatsStats()
         """Counters of traffic and reconnections."""
@@ -173,6 +193,9 @@ class NatsBroker(Broker, HistoryStore):
         self._nc: Client | None = None  # set while the connection is up and subscribed
         self._subs: dict[str, Subscription] = {}
         self._history: NatsHistory | None = None
+        self._presence: NatsPresence | None = None
+        self._once: NatsOnce | None = None
+        self._process = secrets.token_hex(8)  # its name in presence, for its whole life
         self._next_flush: asyncio.Future[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._down_since: float | None = None
@@ -283,6 +306,8 @@ class NatsBroker(Broker, HistoryStore):
         self._next_flush = None
         self._subs.clear()
         self._history = None
+        self._presence = None
+        self._once = None
         if client is not None:
             try:
                 await client.close()
@@ -405,8 +430,12 @@ class NatsBroker(Broker, HistoryStore):
         )
 
     def _received(self, topic: str, msg: Msg) -> None:
+        headers = msg.headers or {}
+        if headers.get("Nats-Stream") == self._subjects.presence_stream:
+            self._announced(topic, headers)
+            return
         try:
-            position = position_of(msg.headers)
+            position = position_of(headers)
         except ValueError as exc:
             self.stats.dropped += 1
             logger.warning("dropped a message with an unreadable position on %r: %s", topic, exc)
@@ -420,6 +449,21 @@ class NatsBroker(Broker, HistoryStore):
                 self._deliver_stored(topic, msg.data, position)
         except Exception:
             logger.exception("the message handler failed on topic %r", topic)
+
+    def _announced(self, topic: str, headers: dict[str, str]) -> None:
+        """Deliver the announcements a presence change carries, as plain messages."""
+        try:
+            packets = announcements_of(headers)
+        except ValueError as exc:
+            self.stats.dropped += 1
+            logger.warning("dropped a presence change on %r: %s", topic, exc)
+            return
+        for packet in packets:
+            self.stats.received += 1
+            try:
+                self._deliver(topic, packet)
+            except Exception:
+                logger.exception("the message handler failed on topic %r", topic)
 
     # ------------------------------------------------------------------ history
 
@@ -457,6 +501,105 @@ class NatsBroker(Broker, HistoryStore):
         """
         return await self._store.read_stored(topic, retention, after)
 
+    async def publish_once(
+        self,
+        topic: str,
+        data: bytes,
+        key: str,
+        window: float,
+        retention: Retention | None = None,
+    ) -> Published:
+        """Publish ``data`` unless ``key`` was published on ``topic`` within ``window``.
+
+        A plain message is written to the idempotency stream on the condition that the key's
+        last record is the one read (so one process's write is taken), and the stream
+        republishes it; a stored one is appended with a message id the history stream
+        deduplicates, then recorded (see `fastapi_channels.brokers._nats_once`). Every process
+        receives it from NATS, this one included.
+
+        Raises:
+            BrokerError: NATS is disconnected (raised at once) or refused; nothing was
+                published or recorded.
+            OutcomeUnknown: NATS did not answer within ``timeout``; the message may have been
+                published. Retry with the same key.
+        """
+        client = self._nc
+        if client is None or self._state is not BrokerState.CONNECTED:
+            raise BrokerError(
+                f"NATS at {self._address} is unreachable ({self._last_error}); "
+                "the message was neither stored nor sent"
+            )
+        if self._once is None:
+            self._once = NatsOnce(
+                client.jetstream(timeout=self._timeout),
+                self._subjects,
+                self._store,
+                storage=self._history_options["storage"],
+                timeout=self._timeout,
+            )
+        return await self._once.publish_once(topic, data, key, window, retention)
+
+    # ------------------------------------------------------------------ presence
+
+    @property
+    def _members(self) -> NatsPresence:
+        client = self._nc
+        if client is None or self._state is not BrokerState.CONNECTED:
+            raise BrokerError(f"NATS at {self._address} is unreachable ({self._last_error})")
+        if self._presence is None:
+            js = client.jetstream(timeout=self._timeout)
+            self._presence = NatsPresence(
+                js, self._subjects, process=self._process, **self._presence_options
+            )
+        return self._presence
+
+    async def presence_update(
+        self,
+        topic: str,
+        join: Mapping[str, bytes],
+        leave: Collection[str],
+        announce: Announcements,
+    ) -> tuple[list[str], list[str]]:
+        """Release ``leave`` and hold ``join`` for this process, in one conditional write.
+
+        Raises:
+            BrokerError: NATS is disconnected (raised at once) or the bucket did not take the
+                change within ``timeout`` (it may have been taken).
+        """
+        return await self._members.update(topic, join, leave, announce)
+
+    async def presence_members(self, topic: str, announce: Announcements) -> dict[str, bytes]:
+        """Sweep dead processes' members out of ``topic``, then read its members."""
+        return await self._members.members(topic, announce)
+
+    async def presence_snapshot(self, topic: str, announce: Announcements) -> PresenceSnapshot:
+        """Sweep (if this process is alive), read the members and whether they are complete."""
+        return await self._members.snapshot(topic, announce)
+
+    async def presence_count(self, topic: str, announce: Announcements) -> int:
+        """Sweep dead processes' members out of ``topic``, then count its members."""
+        return await self._members.count(topic, announce)
+
+    async def presence_renew(self, timeout: float, *, was_alive: bool = False) -> bool:
+        """Write this process's lease for ``timeout`` seconds (on the stream's clock)."""
+        return await self._members.renew(timeout, was_alive)
+
+    async def presence_sync(
+        self, topic: str, members: dict[str, bytes], announce: Announcements
+    ) -> None:
+        """Make this process's members of ``topic`` exactly ``members`` (one conditional write)."""
+        await self._members.sync(topic, members, announce)
+
+    async def presence_sweep(
+        self, topics: dict[str, int], announce: dict[str, Announcements]
+    ) -> list[str]:
+        """Sweep every topic in ``topics``, all at once."""
+        return await self._members.sweep(topics, announce)
+
+    async def presence_retire(self) -> None:
+        """End this process's lease at once, so the others sweep its members."""
+        await self._members.retire()
+
     # ------------------------------------------------------------------ connection events
 
     def _connected(self, client: Client) -> None:
@@ -479,6 +622,9 @@ class NatsBroker(Broker, HistoryStore):
         self._nc = None
         if self._history is not None:
             self._history.forget()  # the stream may be gone, or changed meanwhile
+        if self._presence is not None:
+            self._presence.forget()
+        self._once = None
         if self._state is BrokerState.CONNECTED:
             self._down_since = time.monotonic()
             logger.warning(
@@ -512,6 +658,8 @@ class NatsBroker(Broker, HistoryStore):
         self._nc = None
         self._subs.clear()
         self._history = None
+        self._presence = None
+        self._once = None
         if self._state is BrokerState.CONNECTED:
             self._down_since = time.monotonic()
         logger.warning(

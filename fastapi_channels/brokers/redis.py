@@ -42,22 +42,20 @@ import logging
 import os
 import random
 import time
-from asyncio import FIRST_COMPLETED
-from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
 from fastapi_channels.brokers import _frames
 from fastapi_channels.brokers._redis_endpoint import open_endpoint
+from fastapi_channels.brokers._redis_link import TRANSPORT_ERRORS, Link, close_connection, where
 from fastapi_channels.brokers._redis_store import RedisStore, parse_position
 from fastapi_channels.brokers.base import Broker, BrokerState, MessageHandler
 from fastapi_channels.brokers.idempotency import IdempotencyStore, Published
@@ -77,8 +75,7 @@ __all__ = ["RedisBroker", "RedisStats"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_PREFIX: Final = "fastapi_channels"
-_SUBSCRIBE_CHUNK: Final = 1000
-_TRANSPORT_ERRORS: Final = (RedisError, OSError)
+_TRANSPORT_ERRORS: Final = TRANSPORT_ERRORS
 _SCRIPTED: Final = bytes([_frames.SCRIPTED])
 
 
@@ -149,6 +146,8 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
     """
 
     name = "redis"
+    _publish_command = "PUBLISH"
+    _cluster = False
 
     def __init__(
         self,
@@ -187,6 +186,12 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
             self._publisher = self._new_connection()
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"invalid Redis URL or option: {exc}") from exc
+        if bool(self._endpoint.seeds) != self._cluster:
+            raise ConfigurationError(
+                "a redis+cluster:// URL needs RedisClusterBroker"
+                if self._endpoint.seeds
+                else "RedisClusterBroker needs a redis+cluster://host:port[,...] URL"
+            )
         self._timeout = timeout
         self._ping_interval = ping_interval
         self._reconnect_delay = reconnect_delay
@@ -201,9 +206,7 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
         """Counters of traffic and reconnections."""
         self._runner: asyncio.Task[None] | None = None
         self._attempted = asyncio.Event()
-        self._subscriber: AbstractConnection | None = None
-        self._confirmations: dict[tuple[bytes, bytes], deque[asyncio.Future[None]]] = {}
-        self._last_seen = 0.0
+        self._subscriber: Link | None = None
         self._down_since: float | None = None
         self._batch: _Batch | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -222,6 +225,9 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
     def channel(self, topic: str) -> bytes:
         """Return the Redis channel that carries ``topic``."""
         return self._channel_prefix + topic.encode("utf-8", "surrogatepass")
+
+    def _topic_of(self, channel: bytes) -> str:
+        return channel[len(self._channel_prefix) :].decode("utf-8", "surrogatepass")
 
     async def start(self, handler: MessageHandler) -> None:
         """Connect to Redis and start delivering to ``handler``.
@@ -255,7 +261,7 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
         if self._batch is not None:
             _fail(self._batch, BrokerError("the broker stopped before this message was sent"))
             self._batch = None
-        await _close(self._publisher)
+        await close_connection(self._publisher)
         if self._redis_store is not None:
             store, self._redis_store = self._redis_store, None
             try:
@@ -312,24 +318,37 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
             self._flusher = None
 
     async def _send(self, batch: _Batch) -> None:
-        conn = self._publisher
-        commands = [
-            ("PUBLISH", channel, payload)
-            for channel, messages in batch.messages.items()
-            for payload in _frames.pack_batches(self._origin, messages, self._max_payload)
+        commands = self._commands(batch.messages)
+        try:
+            failure = await self._write(self._publisher, commands)
+        except BaseException:
+            _fail(batch, OutcomeUnknown("publishing was cancelled; it may have been sent"))
+            raise
+        self._settle(batch, failure, len(commands), round_trips=1)
+
+    def _commands(self, messages: Mapping[bytes, list[bytes]]) -> list[tuple[str, bytes, bytes]]:
+        """One publish command per Redis message the topics' messages are packed into."""
+        return [
+            (self._publish_command, channel, payload)
+            for channel, messages_of in messages.items()
+            for payload in _frames.pack_batches(self._origin, messages_of, self._max_payload)
         ]
-        error: BaseException | None = None
+
+    async def _write(
+        self, conn: AbstractConnection, commands: list[tuple[str, bytes, bytes]]
+    ) -> BrokerError | None:
+        """Send ``commands`` in one write on ``conn`` and read every reply; return the failure.
+
+        `BrokerError` when nothing was sent or Redis refused a command, `OutcomeUnknown` when
+        the replies did not come back (the connection is then closed).
+        """
         try:
             if not conn.is_connected:  # with Sentinel, connecting is what finds the master
                 await conn.connect()  # type: ignore[no-untyped-call]
         except _TRANSPORT_ERRORS as exc:  # nothing was sent
-            await _close(conn)
-            _fail(batch, BrokerError(f"Redis could not be reached: {exc}"))
-            return
-        except BaseException:
-            _fail(batch, BrokerError("publishing was cancelled"))
-            raise
-        unknown = False
+            await close_connection(conn)
+            return BrokerError(f"Redis could not be reached: {exc}")
+        error: BaseException | None = None
         try:
             await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
             for _ in commands:
@@ -338,64 +357,55 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
                 except ResponseError as exc:  # the connection stays usable
                     error = error or exc
         except _TRANSPORT_ERRORS as exc:  # written, perhaps run: no answer came back
-            await _close(conn)
-            error, unknown = exc, True
-        except BaseException:
-            _fail(batch, OutcomeUnknown("publishing was cancelled after the message was sent"))
-            raise
-        if error is not None:
-            failure = (
-                OutcomeUnknown(f"Redis did not acknowledge the message in time: {error}")
-                if unknown
-                else BrokerError(f"Redis did not take the message: {error}")
+            await close_connection(conn)
+            failure: BrokerError = OutcomeUnknown(
+                f"Redis did not acknowledge the message in time: {exc}"
             )
-            failure.__cause__ = error
+            failure.__cause__ = exc
+            return failure
+        if error is None:
+            return None
+        failure = BrokerError(f"Redis did not take the message: {error}")
+        failure.__cause__ = error
+        return failure
+
+    def _settle(
+        self, batch: _Batch, failure: BrokerError | None, payloads: int, round_trips: int
+    ) -> None:
+        """Resolve a sent batch: its publishers return, or raise ``failure``."""
+        if failure is not None:
             _fail(batch, failure)
             return
         self.stats.published += batch.count
-        self.stats.payloads_sent += len(commands)
-        self.stats.round_trips += 1
+        self.stats.payloads_sent += payloads
+        self.stats.round_trips += round_trips
         batch.done.set_result(None)
 
     async def _subscribe(self, topic: str) -> None:
-        await self._change(b"subscribe", topic)
+        if (link := self._link_of(topic)) is not None:
+            await link.change(True, self.channel(topic))
 
     async def _unsubscribe(self, topic: str) -> None:
-        await self._change(b"unsubscribe", topic)
+        if (link := self._link_of(topic)) is not None:
+            await link.change(False, self.channel(topic))
 
-    async def _change(self, kind: bytes, topic: str) -> None:
-        """Send ``SUBSCRIBE`` or ``UNSUBSCRIBE`` for ``topic`` and wait for Redis to confirm.
+    def _link_of(self, topic: str) -> Link | None:
+        """The subscriber link that carries ``topic`` now; None while disconnected.
 
-        While Redis is disconnected this returns at once, and after ``timeout`` without a
-        confirmation: reconnecting subscribes exactly the topics with local interest at that
-        time, and local delivery works meanwhile.
+        While Redis is disconnected a change returns at once: reconnecting subscribes exactly
+        the topics with local interest at that time, and local delivery works meanwhile.
         """
-        conn = self._subscriber
-        if conn is None or not conn.is_connected:
-            return
-        channel = self.channel(topic)
-        confirmed = self._expect(kind, channel)
-        try:
-            await conn.send_command(kind.decode().upper(), channel, check_health=False)
-        except _TRANSPORT_ERRORS:
-            return  # the connection is lost; reconnecting re-subscribes what is wanted then
-        try:
-            async with asyncio.timeout(self._timeout):
-                await confirmed
-        except TimeoutError:  # Redis hangs: the watchdog will notice and reconnect
-            logger.debug("no confirmation of %s %r from Redis", kind.decode(), channel)
+        link = self._subscriber
+        return link if link is not None and link.conn.is_connected else None
 
     async def _run(self) -> None:
         """Connect, serve, and reconnect for as long as the broker runs."""
         attempt = 0
         try:
             while True:
-                conn = self._new_connection(subscriber=True)
                 delay = 0.0
                 try:
-                    await conn.connect()  # type: ignore[no-untyped-call]
-                    await self._begin_session(conn)
-                    await self._serve(conn)
+                    await self._session()
                 except Exception as exc:  # even a bug must not end cross-process delivery
                     if not isinstance(exc, _TRANSPORT_ERRORS):
                         logger.exception("unexpected error in the Redis broker; reconnecting")
@@ -406,14 +416,35 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
                         self._attempt_failed(exc, attempt)
                         delay = self._backoff(attempt)
                         attempt += 1
-                finally:
-                    self._end_session()
-                    await _close(conn)
                 self._attempted.set()
                 if delay:
                     await asyncio.sleep(delay)
         finally:
             self._attempted.set()
+
+    async def _session(self) -> None:
+        """Connect the subscriber, subscribe every topic, then watch until the connection fails."""
+        conn = self._new_connection(subscriber=True)
+        link = Link(conn, self._received, timeout=self._timeout)
+        try:
+            await conn.connect()  # type: ignore[no-untyped-call]
+            await self._begin_session(conn)
+            self._subscriber = link
+            await link.join([self.channel(topic) for topic in self._interest])
+            self._connected(len(self._interest))
+            while True:
+                # Returns when a store command failed, and behind Sentinel every interval too
+                # (a failover may have left the old master up): is the master still there?
+                await link.watch(
+                    self._ping_interval,
+                    self._recheck.wait,
+                    each_interval=self._endpoint.follows_failovers,
+                )
+                self._recheck.clear()
+                await self._check_master(conn)
+        finally:
+            self._subscriber = None
+            await link.close()
 
     async def _begin_session(self, conn: AbstractConnection) -> None:
         """Make sure a new subscriber connection reached a master, and follow it there.
@@ -428,74 +459,12 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
         await conn.send_command("ROLE", check_health=False)
         role = await conn.read_response()
         if not isinstance(role, list) or not role or role[0] != b"master":
-            raise RedisConnectionError(f"{_where(conn)} is not the master")
+            raise RedisConnectionError(f"{where(conn)} is not the master")
         self._sessions += 1
         if self._sessions > 1:
-            await _close(self._publisher)
+            await close_connection(self._publisher)
             if self._redis_store is not None:
                 await self._redis_store.reset()
-
-    async def _serve(self, conn: AbstractConnection) -> None:
-        """Subscribe every topic on a fresh connection, then read until the connection fails."""
-        loop = asyncio.get_running_loop()
-        self._subscriber = conn
-        self._last_seen = loop.time()
-        channels = [self.channel(topic) for topic in self._interest]
-        confirmations = [self._expect(b"subscribe", channel) for channel in channels]
-        if channels:  # in one write, so no UNSUBSCRIBE sent meanwhile can overtake it
-            chunks = range(0, len(channels), _SUBSCRIBE_CHUNK)
-            commands: list[list[bytes | str]] = [
-                ["SUBSCRIBE", *channels[i : i + _SUBSCRIBE_CHUNK]] for i in chunks
-            ]
-            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-        reader = asyncio.create_task(self._read(conn), name="fastapi_channels.redis.sub")
-        try:
-            if confirmations:
-                subscribed = asyncio.gather(*confirmations)
-                waited: set[asyncio.Future[Any]] = {reader, subscribed}
-                await asyncio.wait(waited, timeout=self._timeout, return_when=FIRST_COMPLETED)
-                if reader.done():
-                    reader.result()
-                if not subscribed.done():
-                    raise RedisTimeoutError(f"Redis did not confirm {len(channels)} subscriptions")
-            self._connected(len(channels))
-            await self._watch(conn, reader)
-        finally:
-            reader.cancel()
-            await asyncio.wait({reader})
-            if not reader.cancelled():
-                reader.exception()  # retrieved: the caller already reports the failure
-
-    async def _watch(self, conn: AbstractConnection, reader: asyncio.Task[None]) -> None:
-        """Ping Redis when it is silent; raise when the reader fails or a ping goes unanswered."""
-        loop = asyncio.get_running_loop()
-        pinged_at: float | None = None
-        while True:
-            recheck = asyncio.ensure_future(self._recheck.wait())
-            try:
-                await asyncio.wait(
-                    {reader, recheck},
-                    timeout=self._ping_interval,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            finally:
-                recheck.cancel()
-            if reader.done():
-                reader.result()
-                raise RedisError("the subscriber connection ended")
-            if self._recheck.is_set():  # a store command failed: has the master moved?
-                self._recheck.clear()
-                await self._check_master(conn)
-                continue
-            now = loop.time()
-            if pinged_at is not None and self._last_seen < pinged_at:
-                raise RedisTimeoutError(f"no answer to PING within {self._ping_interval} s")
-            pinged_at = None
-            if now - self._last_seen >= self._ping_interval:
-                pinged_at = now
-                await conn.send_command("PING", check_health=False)
-            if self._endpoint.follows_failovers:
-                await self._check_master(conn)
 
     async def _check_master(self, conn: AbstractConnection) -> None:
         """Raise when the Sentinels name another master than the one ``conn`` reached.
@@ -505,27 +474,16 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
         or presence command fails (a write refused with ``READONLY`` by a demoted master).
         Sentinels that do not answer (within ``timeout``) leave the connection as it is.
         """
+        if not self._endpoint.follows_failovers:
+            return
         try:
             async with asyncio.timeout(self._timeout):
                 address = await self._endpoint.master_address()
         except (*_TRANSPORT_ERRORS, TimeoutError) as exc:
-            logger.debug("no Sentinel named the master (%s); staying on %s", exc, _where(conn))
+            logger.debug("no Sentinel named the master (%s); staying on %s", exc, where(conn))
             return
-        if address is not None and f"{address[0]}:{address[1]}" != _where(conn):
+        if address is not None and f"{address[0]}:{address[1]}" != where(conn):
             raise RedisConnectionError(f"Sentinel moved the master to {address[0]}:{address[1]}")
-
-    async def _read(self, conn: AbstractConnection) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            response = await conn.read_response(push_request=True)
-            self._last_seen = loop.time()
-            if not isinstance(response, list) or len(response) < 3:
-                continue  # PONG outside subscribed mode
-            kind, channel = response[0], response[1]
-            if kind == b"message":
-                self._received(channel, response[2])
-            elif kind in (b"subscribe", b"unsubscribe"):
-                self._confirm(kind, channel)
 
     def _received(self, channel: bytes, payload: bytes) -> None:
         if payload[:1] == _SCRIPTED:
@@ -541,7 +499,7 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
             return  # already delivered locally when it was published
         self.stats.payloads_received += 1
         self.stats.received += len(messages)
-        topic = channel[len(self._channel_prefix) :].decode("utf-8", "surrogatepass")
+        topic = self._topic_of(channel)
         for message in messages:
             try:
                 self._deliver(topic, message)
@@ -559,7 +517,7 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
             return
         self.stats.payloads_received += 1
         self.stats.received += 1
-        topic = channel[len(self._channel_prefix) :].decode("utf-8", "surrogatepass")
+        topic = self._topic_of(channel)
         try:
             if position is None:
                 self._deliver(topic, message)
@@ -676,34 +634,6 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
         """Remove this process from the live ones."""
         await self._store.retire()
 
-    def _expect(self, kind: bytes, channel: bytes) -> asyncio.Future[None]:
-        """Return a future that Redis's next ``kind`` confirmation for ``channel`` resolves."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._confirmations.setdefault((kind, channel), deque()).append(future)
-        return future
-
-    def _confirm(self, kind: bytes, channel: bytes) -> None:
-        waiting = self._confirmations.get((kind, channel))
-        if not waiting:
-            return
-        future = waiting.popleft()
-        if not waiting:
-            del self._confirmations[kind, channel]
-        if not future.done():
-            future.set_result(None)
-
-    def _end_session(self) -> None:
-        """Forget the subscriber connection; pending subscriptions complete.
-
-        Reconnecting re-makes them.
-        """
-        self._subscriber = None
-        for waiting in self._confirmations.values():
-            for future in waiting:
-                if not future.done():
-                    future.set_result(None)
-        self._confirmations.clear()
-
     def _connected(self, topics: int) -> None:
         if self._state is BrokerState.RECONNECTING:
             self.stats.reconnects += 1
@@ -766,13 +696,6 @@ def _fail(batch: _Batch, error: BrokerError) -> None:
         batch.done.exception()  # retrieved: every publisher of the batch re-raises it
 
 
-async def _close(conn: AbstractConnection) -> None:
-    try:
-        await conn.disconnect(nowait=True)
-    except _TRANSPORT_ERRORS:
-        logger.debug("error while closing a Redis connection", exc_info=True)
-
-
 def _pop_prefix(url: str) -> tuple[str, str | None]:
     """Remove our own ``prefix`` query parameter from ``url`` (redis-py does not know it)."""
     parts = urlsplit(url)
@@ -782,8 +705,3 @@ def _pop_prefix(url: str) -> tuple[str, str | None]:
         return url, None
     rest = urlencode([(name, value) for name, value in query if name != "prefix"])
     return urlunsplit(parts._replace(query=rest)), prefixes[-1]
-
-
-def _where(conn: AbstractConnection) -> str:
-    """The ``host:port`` a connection reached (or was made for)."""
-    return f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"

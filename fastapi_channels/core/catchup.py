@@ -12,10 +12,16 @@ table of held frames); other channels keep the plain fan-out.
 
 A whole process catches up too (`Reconnects`): while its broker is disconnected from
 Redis, the stored messages and presence announcements other processes publish do not reach it.
-When the broker is connected again, the process renews its presence first (registering its
-members again if the broker lost them), then each local history channel is read from the last
-position this process delivered, and what is missing goes to its subscribers, held and
-de-duplicated as above; each local presence channel's subscribers get the member list again.
+History channels' subscribers are held from the moment the broker is lost (their broadcasts
+reach no one meanwhile), presence channels' when it is connected again; then the process
+renews its presence (registering its members again if the broker lost them), each local
+presence channel's subscribers get the member list again, and each local history channel is
+read from the last position this process delivered before the loss, what is missing going to
+its subscribers before the held frames, de-duplicated as above.
+
+Joins and leaves held behind a member list are sent only when they change it (a join the list
+already shows, the subscriber's own among them, is dropped), so a client applying them in order
+to the list always holds the members.
 
 A member list read while the broker is refilling its presence records (after a Redis restart)
 is sent with ``"partial": true``, and the channel's subscribers get it again, whole, once the
@@ -28,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from pydantic_core import from_json
 
@@ -47,6 +53,7 @@ from fastapi_channels.wire.history import (
     recover,
     with_position,
 )
+from fastapi_channels.wire.protocol import JOIN, LEAVE
 from fastapi_channels.wire.stored import Position, Retention
 
 if TYPE_CHECKING:
@@ -62,6 +69,10 @@ SETTLE_ROUNDS: Final = 10
 """The most times in a row a partial member list is read again before giving up (logged)."""
 _SETTLE_MARGIN: Final = 0.05
 """Seconds added to the broker's estimate of when it settles (its clock ticks in ms)."""
+_Holding: TypeAlias = "tuple[list[SocketConnection], Position | None]"
+"""Subscribers held for a catch-up, and the last stored position delivered to them."""
+_ANNOUNCEMENT: Final = ('{"event":"' + JOIN + '"', '{"event":"' + LEAVE + '"')
+"""How held presence announcements start (`fastapi_channels.core.presence.announcements`)."""
 
 
 @dataclass(slots=True)
@@ -74,15 +85,16 @@ class CaughtUp:
         frames: sent after the response, in order (the member list, the missed messages).
         last: the last stored position sent (or the position the subscriber continues from):
             held stored messages up to it are skipped.
-        skip: a held frame to drop: the subscriber's own join, which the member list it gets
-            already shows.
+        members: the member keys of the list among ``frames`` (None without one): held joins
+            and leaves are applied to it, and those that change nothing (a join the list
+            already shows, the subscriber's own among them) are dropped.
     """
 
     subscription: Subscription
     fields: dict[str, Any] = field(default_factory=dict)
     frames: list[Held] = field(default_factory=list)
     last: Position | None = None
-    skip: str | None = None
+    members: set[str] | None = None
 
     def finish(self, connection: SocketConnection) -> None:
         """Send the frames, then the held live ones not already sent, and stop holding."""
@@ -94,17 +106,45 @@ class CaughtUp:
         last = self.last
         for item in self.frames:
             send((connection,), sub, item.frame, item.filtered)
-        skip = self.skip
+        members = None if self.members is None else set(self.members)
         for item in held:
-            if skip is not None and item.frame == skip:
-                skip = None
-                continue
+            if members is not None and not item.filtered and not _changes(members, item.frame):
+                continue  # a join or leave the member list already accounts for
             position = item.position
             if position is not None:
                 if _already_sent(position, last):
                     continue  # among the missed messages
                 last = position
             send((connection,), sub, item.frame, item.filtered)
+
+
+def _changes(members: set[str], frame: str) -> bool:
+    """Apply a held presence announcement to ``members``; whether it changed them.
+
+    Frames other than joins and leaves count as changes (they are always sent).
+    """
+    if not frame.startswith(_ANNOUNCEMENT):
+        return True
+    packet = from_json(frame)
+    event, member = packet["event"], packet["data"]["member"]["id"]
+    if event == JOIN:
+        if member in members:
+            return False
+        members.add(member)
+    elif event == LEAVE:
+        if member not in members:
+            return False
+        members.discard(member)
+    return True
+
+
+def _let_go(holding: Mapping[str, _Holding]) -> None:
+    """Stop holding subscribers without catching them up (the held frames are sent)."""
+    for channel, (waiting, _) in holding.items():
+        for connection in waiting:
+            sub = connection.subscriptions.get(channel)
+            if sub is not None:
+                CaughtUp(sub).finish(connection)
 
 
 def _already_sent(position: Position, last: Position | None) -> bool:
@@ -136,7 +176,6 @@ async def catch_up_subscriber(
     caught = CaughtUp(sub)
     if spec.presence:
         await presence.add(connection, sub)
-        caught.skip = presence.join_frame(sub.channel, connection.user_key)
         try:
             found = await presence.snapshot(sub.channel)
         except BrokerError as exc:
@@ -144,6 +183,7 @@ async def catch_up_subscriber(
         else:
             frame = members_frame(sub.channel, found.members, partial=found.partial)
             caught.frames.append(Held(frame, filtered=False))
+            caught.members = set(found.members)
             if found.partial:
                 reconnects.settle(sub.channel, found.settles_in)
     if spec.retention is not None:
@@ -298,7 +338,7 @@ class Reconnects:
         finally:
             self._settling.pop(channel, None)
         try:
-            await self._catch_up(channel, history=False)
+            await self._catch_up(channel, *self._hold(channel), history=False)
         except Exception:
             logger.exception("sending the member list of %r again failed", channel)
 
@@ -306,50 +346,93 @@ class Reconnects:
         broker = self._broker
         while True:
             await broker.wait_for_state(BrokerState.RECONNECTING)
-            await broker.wait_for_state(BrokerState.CONNECTED, BrokerState.STOPPED)
-            if broker.state is BrokerState.STOPPED:
+            # A history channel's broadcasts reach no one while the broker is lost, so its
+            # subscribers are held from now on: the first stored messages the re-subscribed
+            # broker delivers then wait behind what was missed before them.
+            lost = {c: self._hold(c) for c, live in self._channels.items() if live.spec.retention}
+            try:
+                state = await broker.wait_for_state(BrokerState.CONNECTED, BrokerState.STOPPED)
+            finally:
+                if broker.state is not BrokerState.CONNECTED:
+                    _let_go(lost)  # stopped or cancelled: nothing to read
+            if state is BrokerState.STOPPED:
                 return
             try:
-                await self.fill()
+                await self.fill(lost)
             except Exception:
                 logger.exception("catching up after a reconnect failed")
             self.filled.set()
             self.filled = asyncio.Event()
 
-    async def fill(self) -> None:
+    async def fill(self, held: Mapping[str, _Holding] | None = None) -> None:
         """Catch every local presence and history channel up, all at once.
 
-        Presence is renewed first, so that this process's members are registered again when
-        the broker lost them. A presence channel's subscribers get the member list again; a
-        history channel's get what this process missed there. The broker bounds how many reads
-        run at once.
+        Every such channel's subscribers are held first (``held``: those held already, with
+        the last stored position delivered to them), then presence is renewed (so this
+        process's members are registered again when the broker lost them, and the joins that
+        announces are held too), then a presence channel's subscribers get the member list
+        again, and a history channel's what this process missed there, before the held frames.
+        The broker bounds how many reads run at once.
         """
-        if any(live.spec.presence for live in self._channels.values()):
-            await self._presence.renew()
-        await asyncio.gather(*(self._catch_up(channel) for channel in list(self._channels)))
+        holding = dict(held or {})
+        for channel in list(self._channels):
+            waiting, last = self._hold(channel)
+            if channel in holding:
+                waiting = [*holding[channel][0], *waiting]
+                last = holding[channel][1]
+            holding[channel] = waiting, last
+        try:
+            if any(live.spec.presence for live in self._channels.values()):
+                await self._presence.renew()
+        finally:
+            await self._release(holding)
         for channel in [c for c in self._last if c not in self._channels]:
             self.forget(channel)
 
-    async def _catch_up(self, channel: str, *, history: bool = True) -> None:
-        """Hold the channel's subscribers, read what they need, send it, then the held frames.
+    async def _release(self, holding: Mapping[str, _Holding]) -> None:
+        """Catch the held subscribers up, channel by channel, and stop holding them."""
+        await asyncio.gather(*(self._catch_up(c, *held) for c, held in holding.items() if held[0]))
 
-        With ``history`` False, only a presence channel's member list is read and sent.
+    def _hold(self, channel: str) -> _Holding:
+        """Hold the live frames of ``channel``'s subscribers not held already.
+
+        Returns those subscribers, and the last stored position delivered to them: what comes
+        after it is either read from the history or held.
         """
         live = self._channels.get(channel)
-        spec = live.spec if live is not None else None
-        catch_up = spec.catch_up if spec is not None else None
-        if live is None or spec is None or catch_up is None:
-            return
+        catch_up = live.spec.catch_up if live is not None else None
+        if live is None or catch_up is None:
+            return [], None
         waiting = [c for c in live.subscribers if not catch_up.holding(channel, c)]
         for connection in waiting:
             catch_up.hold(channel, connection)
+        return waiting, self._last.get(channel)
+
+    async def _catch_up(
+        self,
+        channel: str,
+        waiting: list[SocketConnection],
+        last: Position | None,
+        *,
+        history: bool = True,
+    ) -> None:
+        """Read what the ``waiting`` subscribers need, send it, then their held frames.
+
+        ``last`` is the last stored position delivered before holding them. With ``history``
+        False, only a presence channel's member list is read and sent.
+        """
+        live = self._channels.get(channel)
         frames: list[Held] = []
-        last = self._last.get(channel)
+        members: set[str] | None = None
         sent = last  # the last stored position the frames reach: held ones up to it are skipped
         try:
-            if spec.presence:
-                frames += await self._members(channel)
-            if history and spec.retention is not None and last is not None:
+            spec = live.spec if live is not None else None
+            if spec is not None and spec.presence:
+                found = await self._members(channel)
+                if found is not None:
+                    frames.append(found[0])
+                    members = found[1]
+            if spec is not None and history and spec.retention is not None and last is not None:
                 missed = await self._missed(channel, spec.retention, last)
                 frames += missed
                 sent = missed[-1].position if missed else last
@@ -357,21 +440,24 @@ class Reconnects:
             for connection in waiting:
                 sub = connection.subscriptions.get(channel)
                 if sub is not None:  # else it unsubscribed meanwhile, which stopped the holding
-                    CaughtUp(sub, frames=list(frames), last=sent).finish(connection)
+                    CaughtUp(sub, frames=list(frames), last=sent, members=members).finish(
+                        connection
+                    )
 
-    async def _members(self, channel: str) -> list[Held]:
+    async def _members(self, channel: str) -> tuple[Held, set[str]] | None:
         if not isinstance(self._broker, PresenceStore):
-            return []
+            return None
         try:
             found = await self._presence.snapshot(channel)
         except BrokerError as exc:
             logger.warning("could not read the members of %r after a reconnect: %s", channel, exc)
-            return []
+            return None
         if found.partial:
             self.settle(channel, found.settles_in)
         else:
             self._rounds.pop(channel, None)
-        return [Held(members_frame(channel, found.members, partial=found.partial), filtered=False)]
+        frame = members_frame(channel, found.members, partial=found.partial)
+        return Held(frame, filtered=False), set(found.members)
 
     async def _missed(self, channel: str, retention: Retention, last: Position) -> list[Held]:
         if not isinstance(self._broker, HistoryStore):

@@ -118,6 +118,8 @@ class Presence:
         self._failing = False
         self._renewed = False
         """Whether this process's last renewal succeeded (the store knew it)."""
+        self._renewing = asyncio.Lock()
+        """One renewal at a time: the timer's and a reconnection's never interleave."""
 
     @property
     def store(self) -> PresenceStore:
@@ -240,15 +242,6 @@ class Presence:
         """
         return await self.store.presence_count(PRESENCE_TOPIC + channel, announcements(channel))
 
-    def join_frame(self, channel: str, key: str | None) -> str | None:
-        """The ``channels:join`` packet this process's member ``key`` of ``channel`` makes."""
-        state = self._channels.get(channel)
-        member = state.local.get(key) if state is not None and key is not None else None
-        if state is None or member is None:
-            return None
-        prefix, suffix = state.announce.join
-        return (prefix + member.info + suffix).decode()
-
     def local_members(self, channel: str) -> dict[str, Any]:
         """This process's members of ``channel`` and their info (no I/O)."""
         state = self._channels.get(channel)
@@ -335,8 +328,12 @@ class Presence:
         """One round: renew this process, resync what needs it, sweep the watched channels.
 
         Never raises; a failing round is logged (once until one succeeds) and retried at the
-        next one.
+        next one. Rounds run one at a time: a caller waits for the one in progress first.
         """
+        async with self._renewing:
+            await self._renew()
+
+    async def _renew(self) -> None:
         try:
             alive = await self.store.presence_renew(self.timeout, was_alive=self._renewed)
             self._renewed = True

@@ -220,10 +220,15 @@ def drop(transport: Any) -> None:
     It sets ``SO_LINGER`` to zero, so the kernel resets the connection and frees its send
     queue instead of trying to deliver it to a peer that does not read, then aborts the
     transport; ``transport.close()`` (what uvicorn's own ping timeout calls) waits for the
-    unsent bytes, forever when the peer never reads.
+    unsent bytes, forever when the peer never reads. A transport closing already is left
+    alone. Never raises.
     """
+    if transport.is_closing():
+        return  # closed already (by the peer, or aborted before): nothing left to discard
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):  # already closed by the peer: nothing to discard
+        # OSError: the peer closed it meanwhile; ValueError: uvloop's socket has no file any
+        # more (``negative file descriptor``). Either way there is no send queue to discard.
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_NONE)
     transport.abort()

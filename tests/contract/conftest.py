@@ -3,7 +3,8 @@
 A `Deployment` makes brokers of one kind that behave as processes of one deployment: memory
 brokers share a `MemoryHub`, Redis and NATS brokers the shared test server under a prefix of the
 test's own, Sentinel brokers (``redis-sentinel``) a master, replica and Sentinel shared by the
-session, pub/sub-only brokers a `PubSubNetwork`. Each started broker is a `Node` with an `Inbox`
+session, Redis Cluster brokers (``redis-cluster``) the session's cluster under a prefix of the
+test's own, pub/sub-only brokers a `PubSubNetwork`. Each started broker is a `Node` with an `Inbox`
 that records what it delivered, plain or stored, in order.
 """
 
@@ -20,7 +21,9 @@ from fastapi_channels.brokers import Broker, HistoryStore, MemoryBroker, MemoryH
 from fastapi_channels.brokers._memory_state import PresenceTable, Streams
 from fastapi_channels.brokers.base import BrokerState
 from fastapi_channels.brokers.stores import Position
+from tests.nats_support import delete_stream
 from tests.pubsub_broker import PubSubBroker, PubSubNetwork
+from tests.redis_cluster import ClusterGroup, flush_cluster_prefix
 from tests.redis_ha import SentinelGroup
 
 TIMEOUT = 5.0
@@ -103,11 +106,13 @@ class Deployment:
 def _kinds() -> dict[str, type[Broker]]:
     from fastapi_channels.brokers.nats import NatsBroker
     from fastapi_channels.brokers.redis import RedisBroker
+    from fastapi_channels.brokers.redis_cluster import RedisClusterBroker
 
     return {
         "memory": MemoryBroker,
         "redis": RedisBroker,
         "redis-sentinel": RedisBroker,
+        "redis-cluster": RedisClusterBroker,
         "nats": NatsBroker,
         "pubsub-only": PubSubBroker,
     }
@@ -166,13 +171,33 @@ async def deployment(request: pytest.FixtureRequest) -> AsyncIterator[Deployment
             await _flush(f"redis://127.0.0.1:{group.master_port()}", prefix)
 
         made = Deployment(RedisBroker, lambda: RedisBroker(group.url, prefix=prefix), flush_master)
+    elif request.param == "redis-cluster":
+        from fastapi_channels.brokers.redis_cluster import RedisClusterBroker
+
+        cluster: ClusterGroup = request.getfixturevalue("redis_cluster")
+        prefix = request.getfixturevalue("redis_prefix")
+
+        async def flush_cluster() -> None:
+            await flush_cluster_prefix(cluster, prefix)
+
+        made = Deployment(
+            RedisClusterBroker,
+            lambda: RedisClusterBroker(cluster.url, prefix=prefix),
+            flush_cluster,
+        )
     elif request.param == "nats":
         from fastapi_channels.brokers.nats import NatsBroker
 
         nats_url: str = request.getfixturevalue("nats_url")
         subjects: str = request.getfixturevalue("nats_prefix")
+
+        async def delete_bucket() -> None:  # as NATS restarting with memory storage does
+            await delete_stream(nats_url, subjects, history=False)
+
         made = Deployment(
-            NatsBroker, lambda: NatsBroker(nats_url, prefix=subjects, history_storage="memory")
+            NatsBroker,
+            lambda: NatsBroker(nats_url, prefix=subjects, history_storage="memory"),
+            delete_bucket,
         )
     else:
         network = PubSubNetwork()
