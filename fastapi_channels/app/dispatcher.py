@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import CoroutineType
 from typing import Any
@@ -129,6 +129,8 @@ class Dispatcher:
         Raises:
             Reject: a middleware refused; its reason goes to the client.
         """
+        if not self._connect_middleware:
+            return
         context = MiddlewareContext(connection=connection, stage="connect")
         await self._guard(run_chain(self._connect_middleware, context, _nothing))
 
@@ -296,25 +298,30 @@ class Dispatcher:
         if len(connection.subscriptions) >= self.limits.max_subscriptions:
             return _Refusal(ErrorCode.TOO_MANY_SUBSCRIPTIONS, "too many subscriptions")
         try:
-            is_authorised = route.authorise.prepare(connection, packet)
+            is_authorised = (
+                None if route.authorise is None else route.authorise.prepare(connection, packet)
+            )
         except InvalidData as exc:
             return _Refusal(exc.code, "invalid data", exc.errors)
         subscription = Subscription(channel=name, wildcard=wildcard, spec=route.spec)
-        context = MiddlewareContext(
-            connection=connection, stage="subscribe", channel=name, wildcard=wildcard
-        )
         denied = False
 
         async def authorise() -> None:
             nonlocal denied
-            if not await is_authorised():
+            if not await self._admit(connection, subscription, is_authorised):
                 denied = True
                 raise Reject("not authorised")
-            await self.server.add_subscription(connection, subscription)
 
         token = current_subscription.set(subscription)
         try:
-            await self._guard(run_chain(route.subscribe_middleware, context, authorise))
+            if not route.subscribe_middleware:  # no chain to run: nothing to build for it
+                if not await self._guard(self._admit(connection, subscription, is_authorised)):
+                    return _Refusal(ErrorCode.NOT_AUTHORISED, "not authorised")
+            else:
+                context = MiddlewareContext(
+                    connection=connection, stage="subscribe", channel=name, wildcard=wildcard
+                )
+                await self._guard(run_chain(route.subscribe_middleware, context, authorise))
         except Reject as exc:
             return _Refusal(ErrorCode.NOT_AUTHORISED if denied else ErrorCode.REJECTED, exc.reason)
         except TimeoutError:
@@ -326,6 +333,21 @@ class Dispatcher:
         finally:
             current_subscription.reset(token)
         return None
+
+    async def _admit(
+        self,
+        connection: SocketConnection,
+        subscription: Subscription,
+        is_authorised: Callable[[], Awaitable[Any]] | None,
+    ) -> bool:
+        """Ask ``is_authorised`` (None: the default, which allows); if it allows, subscribe.
+
+        Returns whether it allowed.
+        """
+        if is_authorised is not None and not await is_authorised():
+            return False
+        await self.server.add_subscription(connection, subscription)
+        return True
 
     async def _unsubscribe(self, connection: SocketConnection, packet: SocketPacket) -> None:
         data = packet.data

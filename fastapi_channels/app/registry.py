@@ -39,7 +39,8 @@ class ChannelRoute:
     Attributes:
         spec: what the core needs to know of the listener's channels (its pattern, outgoing
             filter, history and presence); subscriptions carry it.
-        authorise: the listener's ``is_authorised``, with its plan.
+        authorise: the listener's ``is_authorised``, with its plan; None when the listener
+            keeps the default (everyone may subscribe), which then costs no call.
     """
 
     spec: ChannelSpec
@@ -48,7 +49,7 @@ class ChannelRoute:
     subscribe_middleware: tuple[Middleware, ...]
     event_middleware: tuple[Middleware, ...]
     require_user: bool
-    authorise: BoundHandler
+    authorise: BoundHandler | None
 
     @property
     def pattern(self) -> ChannelPattern:
@@ -163,7 +164,11 @@ class ListenerRegistry:
                 subscribe_middleware=hooks_for(chain, "subscribe"),
                 event_middleware=hooks_for(chain, "event"),
                 require_user=cls.require_user,
-                authorise=_bind(cls, instance, "is_authorised", IS_AUTHORISED),
+                authorise=(
+                    None
+                    if cls.is_authorised is ChannelListener.is_authorised
+                    else _bind(cls, instance, "is_authorised", IS_AUTHORISED)
+                ),
             )
             channels.add(cls.pattern, route)
         events: dict[str, EventRoute] = {}

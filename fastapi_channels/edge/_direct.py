@@ -33,7 +33,6 @@ built, so that a broadcast is framed once for all its recipients.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import socket
 import struct
@@ -41,14 +40,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from starlette.types import Send
-
 __all__ = [
     "COMPRESS_THRESHOLD",
     "DirectWriter",
     "DirectWrites",
+    "drop",
     "text_frame",
-    "transport_aborter",
 ]
 
 logger = logging.getLogger("fastapi_channels.router")
@@ -192,22 +189,16 @@ class DirectWrites:
         self._last = (text, frame)
         return frame
 
-    def writer_for(self, send: Send) -> DirectWriter | None:
-        """A direct writer for the connection behind this ASGI ``send``, or None (see module).
+    def writer_for(self, protocol: Any) -> DirectWriter | None:
+        """A direct writer for the connection served by ``protocol``, or None (see module).
 
+        ``protocol`` is the uvicorn protocol whose own ``send`` is the connection's ASGI
+        ``send``, under at most Starlette's transparent wrappers (`_uvicorn.protocol_behind`).
         Never raises: a uvicorn whose protocol no longer has what the writer reads gets None
         (and one warning in the log), so its connections send through ASGI as before.
         """
-        module = sys.modules.get(_SANSIO_MODULE)
-        if module is None:  # not served by uvicorn's websockets-sansio
+        if type(protocol).__module__ != _SANSIO_MODULE:  # not uvicorn's websockets-sansio
             return None
-        inner = _unwrap(send)
-        protocol_class = getattr(module, "WebSocketsSansIOProtocol", None)
-        if protocol_class is None or getattr(inner, "__func__", None) is not getattr(
-            protocol_class, "send", 0
-        ):
-            return None
-        protocol: Any = inner.__self__
         try:
             extensions = protocol.conn.extensions
             if not extensions:
@@ -229,31 +220,19 @@ class DirectWrites:
         return writer
 
 
-def transport_aborter(send: Send) -> Callable[[], None] | None:
-    """A function that drops the socket behind this ASGI ``send`` at once, or None.
-
-    Under uvicorn (any of its websocket implementations) the protocol behind ``send`` holds
-    the asyncio transport. Dropping it sets ``SO_LINGER`` to zero, so the kernel resets the
-    connection and frees its send queue instead of trying to deliver it to a peer that does
-    not read, then aborts the transport; ``transport.close()`` (what uvicorn's own ping timeout
-    calls) waits for the unsent bytes, forever when the peer never reads. Other servers (or a
-    ``send`` wrapped by middleware) give None. Never raises.
-    """
-    inner = _unwrap(send)
-    protocol = getattr(inner, "__self__", None)
-    if not type(protocol).__module__.startswith("uvicorn.protocols.websockets."):
-        return None
-    transport = getattr(protocol, "transport", None)
-    if not callable(getattr(transport, "abort", None)):
-        return None
-    return functools.partial(_drop, transport)
-
-
 _LINGER_NONE = struct.pack("ii", 1, 0)
 """``SO_LINGER`` on, for 0 seconds: closing resets the connection, unsent bytes discarded."""
 
 
-def _drop(transport: Any) -> None:
+def drop(transport: Any) -> None:
+    """Drop the socket of uvicorn's ``transport`` at once, discarding what it has not sent.
+
+    It sets ``SO_LINGER`` to zero, so the kernel resets the connection and frees its send
+    queue instead of trying to deliver it to a peer that does not read, then aborts the
+    transport; ``transport.close()`` (what uvicorn's own ping timeout calls) waits for the
+    unsent bytes, forever when the peer never reads. A transport closing already is left
+    alone. Never raises.
+    """
     if transport.is_closing():
         return  # closed already (by the peer, or aborted before): nothing left to discard
     sock = transport.get_extra_info("socket")

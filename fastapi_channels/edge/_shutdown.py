@@ -7,50 +7,56 @@ without this hook, a restart under uvicorn never sends our ``disconnect`` with i
 ``reconnect_after``, and Envuso's client, which gives up after any close frame, never comes
 back.
 
-`intercept_shutdown` replaces ``shutdown`` on one connection's protocol object (an instance
-attribute; the class is untouched) with a call to the router's restart function
-(``SocketServer.end_for_restart`` with the configured spread): it tells our clients when to
-come back, or drops Envuso's connections at random moments within the spread. uvicorn then
-waits for the connections to end as it always does, up to ``--timeout-graceful-shutdown``.
-Once the connection is closing or closed the restart function declines and uvicorn's own
-``shutdown`` runs, so a protocol is never left open.
+`intercept_shutdown` replaces ``shutdown`` once per process on the protocol's class (any of
+uvicorn's websocket implementations) with one that asks the connection's `Hooks` first
+(`Hooks.restart`: ``SocketServer.end_for_restart`` with the configured spread): it tells our
+clients when to come back, or drops Envuso's connections at random moments within the spread.
+uvicorn then waits for the connections to end as it always does, up to
+``--timeout-graceful-shutdown``. Once the connection is closing or closed the hook declines and
+uvicorn's own ``shutdown`` runs, so a protocol is never left open; so it does for protocols
+without hooks (sockets of other routes).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
-from starlette.types import Send
-
 from fastapi_channels.core.connection import SocketConnection
-from fastapi_channels.edge._direct import _unwrap
+from fastapi_channels.edge._uvicorn import hooks_of
 
 __all__ = ["Restart", "intercept_shutdown"]
 
 Restart = Callable[[SocketConnection], object]
 """Ends a connection for a restart; returns a false value when it did nothing (closed)."""
 
+_SHUTDOWN_HOOK = "_fastapi_channels_shutdown_hook"
+"""Marks a protocol class (in its own ``__dict__``) whose ``shutdown`` was replaced, or not."""
 
-def intercept_shutdown(send: Send, connection: SocketConnection, restart: Restart) -> bool:
-    """Make uvicorn's shutdown of the socket behind ``send`` call ``restart(connection)``.
 
-    Returns whether it did: only under uvicorn (any websocket implementation), and only when
-    ``send`` is the protocol's own or wrapped by Starlette's transparent wrappers. Never raises.
+def intercept_shutdown(protocol: Any) -> bool:
+    """Make uvicorn's shutdown of ``protocol`` call its connection's `Hooks.restart` first.
+
+    ``protocol`` is a uvicorn websocket protocol (see `_uvicorn.protocol_behind`). Installed
+    once per protocol class; a connection then only leaves its hooks in the protocol's scope.
+    Returns whether the class's shutdown is intercepted. Never raises.
     """
-    protocol: Any = getattr(_unwrap(send), "__self__", None)
-    if not type(protocol).__module__.startswith("uvicorn.protocols.websockets."):
-        return False
-    if not callable(getattr(type(protocol), "shutdown", None)):
-        return False
-    try:
-        protocol.shutdown = functools.partial(_shutdown, restart, connection, protocol)
-    except AttributeError:  # a protocol with __slots__: keep uvicorn's behaviour
-        return False
-    return True
+    cls = type(protocol)
+    installed = cls.__dict__.get(_SHUTDOWN_HOOK)
+    if installed is None:
+        original: Any = getattr(cls, "shutdown", None)
+        installed = callable(original)
+        if installed:
+            cls.shutdown = _intercepted(original)
+        setattr(cls, _SHUTDOWN_HOOK, installed)
+    return installed is True
 
 
-def _shutdown(restart: Restart, connection: SocketConnection, protocol: Any) -> None:
-    if not restart(connection):
-        type(protocol).shutdown(protocol)
+def _intercepted(original: Callable[[Any], None]) -> Callable[[Any], None]:
+    def shutdown(self: Any) -> None:
+        hooks = hooks_of(self)
+        if hooks is None or not hooks.restart():
+            original(self)
+
+    shutdown.__qualname__ = f"{original.__qualname__} (intercepted by fastapi_channels)"
+    return shutdown

@@ -249,6 +249,10 @@ class Channels:
             return None
         if self._user_id is not None:
             return str(self._user_id(user))
+        if type(user) is dict:  # decoded JWT claims, most often: no attribute to look for
+            found = user.get("id", user.get("sub"))
+            if found is not None:
+                return str(found)
         if isinstance(user, SocketUserMixin):
             return str(user.socket_user_id())
         found = getattr(user, "id", None)

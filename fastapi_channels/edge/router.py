@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from inspect import Parameter, Signature
+from secrets import token_hex
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, WebSocket
@@ -22,10 +22,18 @@ from fastapi_channels.auth.tokens import select_subprotocol
 from fastapi_channels.core.connection import BatchCache, SocketConnection
 from fastapi_channels.core.stats import Stats
 from fastapi_channels.edge import di
-from fastapi_channels.edge._direct import DirectWrites, transport_aborter
+from fastapi_channels.edge._direct import DirectWrites, drop
+from fastapi_channels.edge._promote import promote
 from fastapi_channels.edge._ratelimit import RateLimit, Verdict
 from fastapi_channels.edge._shutdown import Restart, intercept_shutdown
-from fastapi_channels.edge._uvicorn import guard_pings, message_size_limit, steps_in_place
+from fastapi_channels.edge._uvicorn import (
+    HOOKS_KEY,
+    Hooks,
+    guard_pings,
+    message_size_limit,
+    protocol_behind,
+    steps_in_place,
+)
 from fastapi_channels.edge.jsclient import CLIENT_SCRIPT, serve_client_script
 from fastapi_channels.wire.errors import CloseCode, Reject
 from fastapi_channels.wire.features import parse_features
@@ -110,10 +118,13 @@ class _RefuseOnError:
     1000. The details go to the log only.
     """
 
-    def __init__(self, app: ASGIApp, handshake_timeout: float, stats: Stats) -> None:
+    def __init__(
+        self, app: ASGIApp, handshake_timeout: float, stats: Stats, serve: _Serve | None = None
+    ) -> None:
         self.app = app
         self.handshake_timeout = handshake_timeout
         self.stats = stats
+        self.serve = serve
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handshake = _Handshake(scope, receive, send, self.stats)
@@ -121,6 +132,11 @@ class _RefuseOnError:
         handshake.arm(self.handshake_timeout)
         try:
             await self.app(scope, handshake.receive, handshake.send)
+            solved, handshake.solved = handshake.solved, None
+            if solved is not None and self.serve is not None:  # see `_endpoint`
+                for key in _FASTAPI_STACKS:  # closed with the session: not kept for nothing
+                    scope.pop(key, None)
+                await self.serve(*solved)
         except asyncio.CancelledError:
             if not handshake.expired or handshake.accepted or handshake.refused:
                 raise
@@ -158,6 +174,7 @@ class _Handshake:
         "raw_send",
         "refused",
         "scope",
+        "solved",
         "stats",
         "timer",
     )
@@ -170,6 +187,8 @@ class _Handshake:
         self.accepted = self.refused = self.connected = False
         self.expired = False
         self.timer: asyncio.TimerHandle | None = None
+        # The endpoint's websocket and user, left for the guard to serve (see `_endpoint`).
+        self.solved: tuple[WebSocket, Any] | None = None
 
     def arm(self, timeout: float) -> None:
         """Cancel the current task (the handshake) if it is not accepted within ``timeout``.
@@ -229,17 +248,16 @@ class _Handshake:
             await self.raw_send(message)
 
 
-_HANDSHAKE_KEY = "fastapi_channels.handshake"
+_HANDSHAKE_KEY = HOOKS_KEY
 """The scope key under which the guard hands its `_Handshake` to the endpoint.
 
 FastAPI solves the user dependency between the two, so the handshake cannot be an argument.
 In the scope it travels with the connection itself: a layer that copies the scope copies it
 too (a table keyed by ``id(scope)`` would miss the copy), and nothing outside the connection
-holds it. The endpoint takes it out, and the guard does once the route returns, so the scope a
-connection keeps (`SocketConnection.scope`) holds none. It costs no memory: the scope's table
-grows to the same size with or without it (832 bytes under uvicorn 0.55 and FastAPI 0.165,
-whose scope has 21 keys when the guard runs and 23 at the endpoint), where a context variable
-would leave each connection's context a copy of its own.
+holds it. The endpoint replaces it with the connection's `_Hooks` under uvicorn (the same key,
+`_uvicorn.HOOKS_KEY`: a replaced value costs nothing, where another key would make the table
+grow) or takes it out, and the guard takes out what is left once the route returns. A context
+variable would leave each connection's context a copy of its own.
 """
 
 
@@ -302,20 +320,24 @@ async def _serve(
     # After the handshake, frames go straight through the route's ASGI callables: Starlette's
     # state checks and wrapper coroutines cost time per frame and a suspended frame per idle
     # connection, and cannot fail once accepted (the server's own calls raise instead).
-    handshake = websocket.scope.pop(_HANDSHAKE_KEY, None)
+    handshake = websocket.scope.get(_HANDSHAKE_KEY)
+    protocol: Any = None
     if isinstance(handshake, _Handshake):
         receive, send = handshake.raw_receive, handshake.raw_send
-        direct = shared.direct.writer_for(send) if limits.direct_writes else None
-        abort = transport_aborter(send)
-        in_place = steps_in_place(send)
-        shared.check_size(send, limits.max_message_size)
+        protocol, own_send = protocol_behind(send)
+        direct = shared.direct.writer_for(protocol) if own_send and limits.direct_writes else None
+        in_place = own_send and steps_in_place(protocol)
+        if not shared.size_checked:
+            shared.check_size(send, limits.max_message_size)
     else:  # mounted without the guard: Starlette's own callables
         receive, send = websocket.receive, websocket.send
-        direct = abort = None
-        in_place = False
+        direct = None
+        own_send = in_place = False
+    rate = _rate_limit(limits)
+    hooks = _Hooks.of(protocol, own_send, rate, shared.restart) if protocol is not None else None
     connection = SocketConnection(
         _ASGITransport(websocket, send),
-        id=uuid.uuid4().hex,
+        id=token_hex(16),
         user=user,
         user_key=channels.user_key(user),
         scope=websocket.scope,
@@ -326,7 +348,7 @@ async def _serve(
         direct=direct,
         progress=direct,
         batches=shared.batches,
-        abort=abort,
+        abort=hooks,
         features=parse_features(websocket.scope.get("query_string", b"")),
         step_in_place=in_place,
     )
@@ -346,16 +368,19 @@ async def _serve(
         await _refuse(websocket, server.stats, "too many connections", CloseCode.POLICY_VIOLATION)
         return
     await websocket.accept(subprotocol=select_subprotocol(websocket.scope.get("subprotocols", [])))
-    connection.push(encode(READY, {"id": connection.id}).decode())
-    rate = _rate_limit(limits)
-    unguard = guard_pings(send, functools.partial(_admit_ping, rate, connection))
+    connection.push(_ready_frame(connection.id))
+    if hooks is not None:  # uvicorn calls them from now on: pings (see `_uvicorn`), shutdown
+        hooks.connection = connection
+        protocol.scope[HOOKS_KEY] = hooks  # in the handshake's place (`_HANDSHAKE_KEY`)
+    else:
+        websocket.scope.pop(_HANDSHAKE_KEY, None)
     # Reachable before the writer sends ``ready`` (queued first, so nothing precedes it): a
     # client that has seen ``ready`` gets what is sent to its user from any process.
     try:
         await server.add_connection(connection)
         connection.start()
-        if abort is not None:  # under uvicorn: a restart ends it our way (see `_shutdown`)
-            intercept_shutdown(send, connection, shared.restart)
+        if hooks is not None:  # a restart ends it our way from now on (see `_shutdown`)
+            hooks.serving = True
         dispatcher.opened(connection)
         # The reader, inline: every coroutine awaited here is a frame kept for the
         # connection's whole life. Size and rate checks, then one dispatch per frame, in order.
@@ -394,8 +419,8 @@ async def _serve(
             else:
                 dispatcher.receive_bytes(connection)
     finally:
-        if unguard is not None:
-            unguard()
+        if hooks is not None:
+            protocol.scope.pop(HOOKS_KEY, None)
         await dispatcher.disconnect(connection)
         await connection.wait_closed(limits.close_timeout)
 
@@ -419,33 +444,141 @@ def _close_for_rate(connection: SocketConnection) -> None:
     connection.close_soon(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
 
 
-def _admit_ping(rate: RateLimit | None, connection: SocketConnection) -> bool:
-    """Whether to answer one protocol-level ping: it takes a token like any frame."""
-    if rate is None or not connection.is_open:
-        return connection.is_open
-    verdict = rate.admit()
-    if verdict is Verdict.EXCEEDED:
-        _close_for_rate(connection)
-    return verdict is Verdict.ALLOWED
+def _ready_frame(connection_id: str) -> str:
+    """The ``ready`` packet, ``{"event":"ready","data":{"id":...}}``: the id is hex only."""
+    return f'{{"event":"{READY}","data":{{"id":"{connection_id}"}}}}'
 
 
-def _endpoint(channels: Channels, shared: _Shared) -> Callable[..., Any]:
-    """The FastAPI endpoint: ``_serve`` bound to the router's objects, with the user dependency.
+class _Hooks(Hooks):
+    """What uvicorn's protocol calls back into for one connection (`_uvicorn.Hooks`).
+
+    Left in the protocol's scope (`HOOKS_KEY`) from the accept to the end of the connection:
+    the class-level ping guard (`_uvicorn.guard_pings`) and shutdown (`_shutdown`) find it
+    there, so neither allocates per connection. Called, it drops the socket at once (the
+    connection's ``abort``, see `SocketConnection.drop_later`). One small object per
+    connection under uvicorn; none under other servers.
+    """
+
+    __slots__ = ("connection", "rate", "restart_with", "serving", "transport")
+
+    def __init__(self, transport: Any, rate: RateLimit | None, restart: Restart) -> None:
+        self.transport = transport
+        self.rate = rate
+        self.restart_with = restart
+        self.connection: SocketConnection | None = None
+        self.serving = False  # until the connection has started: uvicorn's own shutdown
+
+    @classmethod
+    def of(
+        cls, protocol: Any, own_send: bool, rate: RateLimit | None, restart: Restart
+    ) -> _Hooks | None:
+        """The hooks for a connection served by uvicorn's ``protocol``.
+
+        None when the protocol has no transport to drop (then it has no hook to call either).
+        """
+        transport = getattr(protocol, "transport", None)
+        if not callable(getattr(transport, "abort", None)):
+            return None
+        hooks = cls(transport, rate, restart)
+        intercept_shutdown(protocol)
+        if own_send:
+            guard_pings(protocol)
+        return hooks
+
+    def __call__(self) -> None:
+        drop(self.transport)
+
+    def admit_ping(self) -> bool:
+        """Whether to answer one protocol-level ping: it takes a token like any frame."""
+        connection = self.connection
+        if connection is None or not connection.is_open:
+            return False
+        rate = self.rate
+        if rate is None:
+            return True
+        verdict = rate.admit()
+        if verdict is Verdict.EXCEEDED:
+            _close_for_rate(connection)
+        return verdict is Verdict.ALLOWED
+
+    def restart(self) -> bool:
+        """End the connection for a restart (`Restart`); False until it has started."""
+        connection = self.connection
+        return self.serving and connection is not None and bool(self.restart_with(connection))
+
+
+_Serve = Callable[[WebSocket, Any], Coroutine[Any, Any, None]]
+"""``_serve`` bound to a router's objects: serves one connection, its user solved."""
+
+
+def _endpoint(channels: Channels, shared: _Shared, dependency: Any) -> Callable[..., Any]:
+    """The FastAPI endpoint: it takes the user FastAPI solved, and serves the connection.
+
+    Where it can, it only hands the websocket and the user to the refusal guard (in the
+    `_Handshake`) and returns: FastAPI's websocket session then ends at once, and the guard
+    serves the connection, so the session's exit stacks, exception wrappers, solved values and
+    suspended frames (about 5 KiB) are not kept for the connection's whole life. It cannot
+    when a dependency holds something until the session ends (a ``yield`` dependency left a
+    callback in one of FastAPI's exit stacks; it must live as long as the connection), nor
+    without the guard: then it serves the connection inside the session.
 
     A ``partial`` with a signature rather than a wrapper function: a wrapper's frame would be
     kept, suspended, for each connection's whole life.
     """
-    parameters = [Parameter("websocket", Parameter.POSITIONAL_OR_KEYWORD, annotation=WebSocket)]
-    dependency = channels.user_dependency
-    if dependency is not None:
-        parameters.append(
-            Parameter(
-                "user", Parameter.POSITIONAL_OR_KEYWORD, default=Depends(dependency), annotation=Any
-            )
-        )
-    endpoint = functools.partial(_serve, channels, shared)
+    parameters = [
+        Parameter("websocket", Parameter.POSITIONAL_OR_KEYWORD, annotation=WebSocket),
+        Parameter(
+            "user", Parameter.POSITIONAL_OR_KEYWORD, default=Depends(dependency), annotation=Any
+        ),
+    ]
+    endpoint = functools.partial(_hand_over, functools.partial(_serve, channels, shared))
     endpoint.__signature__ = Signature(parameters)  # type: ignore[attr-defined]
     return endpoint
+
+
+async def _hand_over(serve: _Serve, websocket: WebSocket, user: Any) -> None:
+    """Leave the connection to the refusal guard when nothing of the session must stay open."""
+    scope = websocket.scope
+    handshake = scope.get(_HANDSHAKE_KEY)
+    if isinstance(handshake, _Handshake) and not any(
+        _holds(scope.get(key)) for key in _FASTAPI_STACKS
+    ):
+        handshake.solved = (websocket, user)
+        return
+    await serve(websocket, user)
+
+
+_FASTAPI_STACKS = ("fastapi_inner_astack", "fastapi_function_astack")
+"""The scope keys of the exit stacks FastAPI's websocket session closes when it ends."""
+
+
+def _holds(stack: Any) -> bool:
+    """Whether an exit stack has something to close (a ``yield`` dependency); unknown: yes."""
+    if stack is None:
+        return False
+    callbacks = getattr(stack, "_exit_callbacks", None)
+    return callbacks is None or len(callbacks) > 0
+
+
+class _Anonymous:
+    """The endpoint of a `Channels` without a user dependency, as a plain ASGI app.
+
+    With no dependency there is nothing for FastAPI to solve, so the connection is served
+    without FastAPI's websocket session around it: its exit stacks, its exception wrapper and
+    its dependency solving would cost time at every connect and their suspended frames memory
+    for the connection's whole life. Its call returns ``_serve``'s coroutine: no frame of its
+    own.
+    """
+
+    __slots__ = ("channels", "shared")
+
+    def __init__(self, channels: Channels, shared: _Shared) -> None:
+        self.channels = channels
+        self.shared = shared
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        # The coroutine of ``_serve`` itself, not one awaiting it: no frame of its own.
+        return _serve(self.channels, self.shared, WebSocket(scope, receive, send))
 
 
 ASYNCAPI_SUFFIX = "/asyncapi.json"
@@ -482,19 +615,27 @@ def build_router(channels: Channels) -> APIRouter:
     The AsyncAPI document is served at ``{path}/asyncapi.json`` unless ``asyncapi=False``.
 
     The endpoint is a FastAPI websocket route (so the user dependency is solved by FastAPI,
-    ``app.dependency_overrides`` included) wrapped in the refusal guard, and registered as a
-    plain ASGI route so the guard survives ``include_router``. The JavaScript client is served
+    ``app.dependency_overrides`` included; without a user dependency, a plain ASGI app, see
+    `_Anonymous`) wrapped in the refusal guard, and registered as a plain ASGI route so the
+    guard survives ``include_router``; while the app runs, the app's own route table serves
+    it (see `_promote`). The JavaScript client is served
     at ``<path>/client.js``. The connections the endpoint serves share one `_Shared`, so that a
     broadcast is framed, and batched, once for all of them.
     """
     overrides = _AppOverrides()
+    served: list[WebSocketRoute] = []  # the websocket route, once built below
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         overrides.app = app
-        async with channels:
-            di.attach(app, channels.container)
-            yield
+        demote = promote(app, router, served[0]) if served else None
+        try:
+            async with channels:
+                di.attach(app, channels.container)
+                yield
+        finally:
+            if demote is not None:
+                demote()
 
     router = APIRouter(lifespan=lifespan)
     if channels.api_guard is not None:
@@ -517,21 +658,31 @@ def build_router(channels: Channels) -> APIRouter:
             return channels.server.snapshot()
 
     if channels.enabled:
-        endpoint = APIWebSocketRoute(
-            channels.path,
-            _endpoint(channels, _Shared(_restart_for(channels))),
-            name="fastapi_channels",
-            dependency_overrides_provider=overrides,
-        )
-        router.routes.append(
+        shared = _Shared(_restart_for(channels))
+        endpoint: ASGIApp
+        dependency = channels.user_dependency
+        if dependency is None:  # nothing for FastAPI to solve
+            endpoint = _Anonymous(channels, shared)
+        else:
+            endpoint = APIWebSocketRoute(
+                channels.path,
+                _endpoint(channels, shared, dependency),
+                name="fastapi_channels",
+                dependency_overrides_provider=overrides,
+            ).app
+        served.append(
             WebSocketRoute(
                 channels.path,
                 _RefuseOnError(
-                    endpoint.app, channels.limits.handshake_timeout, channels.server.stats
+                    endpoint,
+                    channels.limits.handshake_timeout,
+                    channels.server.stats,
+                    functools.partial(_serve, channels, shared),
                 ),
                 name="fastapi_channels",
             )
         )
+        router.routes.append(served[0])
         router.add_route(
             f"{channels.path.rstrip('/')}/{CLIENT_SCRIPT}",
             serve_client_script,

@@ -40,6 +40,10 @@ _MAX_FEATURES: Final = 16
 """Names read at most: an announcement is a few short words, never a payload."""
 
 
+_NONE: Final[frozenset[str]] = frozenset()
+"""The empty announcement, one object for all (an empty ``frozenset`` is not a singleton)."""
+
+
 def parse_features(query_string: bytes | str) -> frozenset[str]:
     """The feature names announced in a raw query string; empty when there are none.
 
@@ -48,9 +52,9 @@ def parse_features(query_string: bytes | str) -> frozenset[str]:
     """
     text = query_string.decode("latin-1") if isinstance(query_string, bytes) else query_string
     if FEATURES_PARAMETER not in text:
-        return frozenset()
+        return _NONE
     for key, value in parse_qsl(text, keep_blank_values=True):
         if key == FEATURES_PARAMETER:
             names = value.split(",", _MAX_FEATURES)[:_MAX_FEATURES]
             return frozenset(n.strip() for n in names if 0 < len(n.strip()) <= 64)
-    return frozenset()
+    return _NONE
