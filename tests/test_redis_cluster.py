@@ -20,6 +20,7 @@ from redis.crc import key_slot
 
 from fastapi_channels import BrokerError
 from fastapi_channels.brokers import create_broker
+from fastapi_channels.brokers._redis_slots import SlotMap
 from fastapi_channels.brokers.base import BrokerState
 from fastapi_channels.brokers.redis import RedisBroker
 from fastapi_channels.brokers.redis_cluster import RedisClusterBroker
@@ -63,6 +64,20 @@ def test_a_cluster_url_names_seed_nodes_and_the_prefix() -> None:
 def test_a_bad_cluster_url_is_refused(url: str) -> None:
     with pytest.raises(ConfigurationError):
         create_broker(url)
+
+
+def test_a_moved_reply_gives_one_slot_a_new_owner_in_the_map() -> None:
+    a, b, c = ("127.0.0.1", 7000), ("127.0.0.1", 7001), ("127.0.0.1", 7002)
+    slots = SlotMap((0, 8192), (8191, 16383), (a, b))
+    topic = same_slot("t")  # in slot 15891, b's
+    moved = slots.with_owner(key_slot(topic.encode()), c)
+    assert moved.owner(topic.encode()) == c
+    neighbours = [f"s{i}" for i in range(100_000)]
+    before = next(n for n in neighbours if key_slot(n.encode()) == key_slot(b"t") - 1)
+    after = next(n for n in neighbours if key_slot(n.encode()) == key_slot(b"t") + 1)
+    assert moved.owner(before.encode()) == b == moved.owner(after.encode())
+    assert moved.owner(b"bar") == a  # slot 5061: the first half stays a's
+    assert moved.masters == {a, b, c}
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ one answers; a ``MOVED`` reply to a publish updates that one slot at once (`Slot
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["Address", "SlotMap", "check_serving", "read_slot_map"]
 
@@ -75,17 +77,21 @@ class SlotMap:
         return cls._of(ranges)
 
 
-async def check_serving(conn: AbstractConnection) -> None:
+async def check_serving(conn: AbstractConnection, timeout: float) -> None:
     """Make sure the node ``conn`` reached says the cluster is ok (``CLUSTER INFO``).
 
     A master restarted in place answers, and lists its slots, before it has rejoined: until
     then it answers every command on them ``CLUSTERDOWN``.
 
     Raises:
-        RedisError: the node says the cluster is down, or did not answer.
+        RedisError: the node says the cluster is down, or did not answer within ``timeout``.
     """
-    await conn.send_command("CLUSTER", "INFO", check_health=False)
-    info = await conn.read_response()
+    try:
+        async with asyncio.timeout(timeout):
+            await conn.send_command("CLUSTER", "INFO", check_health=False)
+            info = await conn.read_response()
+    except TimeoutError as exc:
+        raise RedisTimeoutError(f"no answer to CLUSTER INFO within {timeout} s") from exc
     text = info.decode() if isinstance(info, bytes) else str(info)
     if "cluster_state:ok" not in text:
         raise RedisError(f"{conn.host}:{conn.port} says the cluster is down")  # type: ignore[attr-defined]

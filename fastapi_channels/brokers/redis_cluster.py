@@ -82,7 +82,9 @@ class RedisClusterBroker(RedisBroker):
     Under load, each shard carries the publishes of the topics it serves, batched as on one
     server. Losing a shard makes the broker ``reconnecting`` until the slot map names a master
     for every slot again and every link is back (a failover: about the cluster's node timeout
-    plus a second); publishes to other processes fail meanwhile with `BrokerError`.
+    plus a second); publishes to other processes fail meanwhile with `BrokerError`. A slot
+    moving between masters (resharding) fails no publish: a redirected one is sent again to the
+    slot's owner, and a process re-subscribing the moved slot's topics goes on publishing.
 
     Raises:
         ConfigurationError: the URL or an option is invalid.
@@ -225,7 +227,7 @@ class RedisClusterBroker(RedisBroker):
             for address in slots.masters:
                 conn = await self._connected_to(address, subscriber=True)
                 try:
-                    await check_serving(conn)
+                    await check_serving(conn, self._timeout)
                 except BaseException:
                     await close_connection(conn)
                     raise
@@ -290,6 +292,11 @@ class RedisClusterBroker(RedisBroker):
         if self._relinking:  # the new map could not be linked: it is an outage after all
             self._relinking = False
             self._down_since = time.monotonic()
+            logger.warning(
+                "cannot link the Redis Cluster's masters after a slot moved (%s); delivering "
+                "within this process only, retrying",
+                exc,
+            )
         super()._attempt_failed(exc, attempt)
 
     def _connected(self, topics: int) -> None:
