@@ -52,9 +52,12 @@ async def history_and_presence_survive(
     second: RedisBroker,
     failure: Callable[[], AbstractContextManager[Any]],
     followed: Callable[[RedisBroker], Awaitable[None]],
+    *,
+    traffic: bool = False,
 ) -> float:
     """Fail the master of ``log:1`` (``failure()``) under two apps; return the seconds from the
-    failure to a stored broadcast, after checking what clients are told.
+    failure to a stored broadcast, after checking what clients are told. With ``traffic``,
+    both brokers publish without pause meanwhile (`under_traffic`).
 
     A stored broadcast after it has a new epoch; a client coming back from before it is told
     it did not recover; both processes' member lists are whole again.
@@ -79,8 +82,11 @@ async def history_and_presence_survive(
         assert before is not None
         assert (await ann.receive(TIMEOUT)).data == "before"
 
-        with failure():
-            began = time.monotonic()
+        began = time.monotonic()
+        async with contextlib.AsyncExitStack() as load:
+            if traffic:
+                await load.enter_async_context(under_traffic(first, second))
+            load.enter_context(failure())
             await asyncio.gather(followed(first), followed(second))
             after = await two.server.broadcast(Log, "log:1", "line", "after")
             elapsed = time.monotonic() - began

@@ -123,26 +123,18 @@ class ClusterGroup:
         raise AssertionError(f"no master serves {key!r}")
 
     def move_slot(self, key: str, target: ClusterNode) -> None:
-        """Move ``key``'s slot, with its keys, to the master ``target`` (as ``redis-cli
-        --cluster reshard`` does: importing, migrating, ``MIGRATE``, then the new owner)."""
+        """Move ``key``'s slot, with its keys, to the master ``target`` at once."""
+        move = self.slot_move(key, target)
+        move.begin()
+        move.migrate_keys()
+        move.finish()
+
+    def slot_move(self, key: str, target: ClusterNode) -> SlotMove:
+        """Prepare moving ``key``'s slot to ``target``, to be run step by step."""
         source = self.owner(key)
-        with client(source.port) as src, client(target.port) as dst:
+        with client(source.port) as src:
             slot = int(src.execute_command("CLUSTER KEYSLOT", key))
-            source_id, target_id = (
-                src.execute_command("CLUSTER MYID"),
-                dst.execute_command("CLUSTER MYID"),
-            )
-            dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
-            src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
-            while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
-                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
-            for node in (dst, src):
-                node.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
-        for node in self.masters():  # the others learn it by gossip; tell them at once
-            if node not in (source, target):
-                with client(node.port) as other:
-                    other.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
-        self.wait_ok()
+        return SlotMove(self, slot, source, target)
 
     def wait_ok(self, within: float = SETUP_TIMEOUT) -> None:
         """Wait until every running node says the cluster is ok, every slot served."""
@@ -165,6 +157,51 @@ class ClusterGroup:
     def close(self) -> None:
         for node in self.nodes:
             node.close()
+
+
+@dataclass
+class SlotMove:
+    """A slot moving from one master to another, in the steps of ``redis-cli --cluster
+    reshard``: `begin` (importing, migrating), `migrate_keys` (``MIGRATE``), `finish` (the new
+    owner, told to every master)."""
+
+    cluster: ClusterGroup
+    slot: int
+    source: ClusterNode
+    target: ClusterNode
+
+    def _id(self, node: ClusterNode) -> str:
+        with client(node.port) as c:
+            return str(c.execute_command("CLUSTER MYID"))
+
+    def begin(self) -> None:
+        """The target imports the slot, the source migrates it (``ASK`` for missing keys)."""
+        with client(self.source.port) as src, client(self.target.port) as dst:
+            dst.execute_command("CLUSTER SETSLOT", self.slot, "IMPORTING", self._id(self.source))
+            src.execute_command("CLUSTER SETSLOT", self.slot, "MIGRATING", self._id(self.target))
+
+    def migrate_keys(self) -> int:
+        """Move every key of the slot to the target; return how many moved."""
+        moved = 0
+        with client(self.source.port) as src:
+            while keys := src.execute_command("CLUSTER GETKEYSINSLOT", self.slot, 100):
+                port = self.target.port
+                src.execute_command("MIGRATE", "127.0.0.1", port, "", 0, 5000, "KEYS", *keys)
+                moved += len(keys)
+        return moved
+
+    def finish(self) -> None:
+        """Make the target the owner on both nodes, then on the others (rather than waiting
+        for gossip), and wait until the cluster is ok."""
+        target_id = self._id(self.target)
+        for node in (self.target, self.source):
+            with client(node.port) as c:
+                c.execute_command("CLUSTER SETSLOT", self.slot, "NODE", target_id)
+        for node in self.cluster.masters():
+            if node not in (self.source, self.target):
+                with client(node.port) as other:
+                    other.execute_command("CLUSTER SETSLOT", self.slot, "NODE", target_id)
+        self.cluster.wait_ok()
 
 
 async def flush_cluster_prefix(cluster: ClusterGroup, prefix: str) -> None:

@@ -18,20 +18,32 @@ Two things span topics, and so slots; each is a step of its own:
   runs out.
 
 Commands go through redis-py's cluster client, which follows ``MOVED`` and ``ASK`` to the
-slot's owner and re-reads the slot map after a failover; a command whose connection fails is
-not retried (it may have run), so a stored publish then raises `OutcomeUnknown`.
+slot's owner and re-reads the slot map after a failover; while a slot migrates, the store
+follows ``ASK`` itself (`ClusterStore._one`), and sends a script answered ``TRYAGAIN`` (its
+keys split between the two nodes: it did not run) again for up to 2 s. A command whose
+connection fails is not retried (it may have run), so a stored publish then raises
+`OutcomeUnknown`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import SSLConnection
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from fastapi_channels.brokers._redis_store import (
     _COMMON,
@@ -59,6 +71,12 @@ return 0
 """
 )
 """KEYS: the group's quota. ARGV: topic, max topics, keep ms. Returns whether it is admitted."""
+
+logger = logging.getLogger("fastapi_channels.brokers.redis")
+
+_TRYAGAIN_PAUSE: Final = 0.05
+_TRYAGAIN_FOR: Final = 2.0
+_TRYAGAIN_ROUNDS: Final = int(_TRYAGAIN_FOR / _TRYAGAIN_PAUSE)
 
 _CLIENT_OPTIONS: Final = frozenset(inspect.signature(RedisCluster.__init__).parameters) - {
     "self",
@@ -113,6 +131,14 @@ class ClusterStore(RedisStore):
         keys[2] = self._key("history-quota:", self._tag(topic))  # never touched: max is 0
         return keys
 
+    def _publish_keys(self, topic: str, retention: Retention) -> list[bytes]:
+        keys = super()._publish_keys(topic, retention)
+        # Never touched (max is 0: the quota is `_admit`'s step), but named: the meta key
+        # again, so that while the slot migrates the script finds all its keys on one node
+        # (a key missing there would have it answered TRYAGAIN until the migration ends).
+        keys[2] = keys[0]
+        return keys
+
     def _stored_args(
         self, channel: bytes, topic: str, data: bytes, retention: Retention
     ) -> list[Any]:
@@ -148,6 +174,55 @@ class ClusterStore(RedisStore):
         await self._client.aclose()
 
     async def _one(self, call: _Call) -> Any:
+        """Run one script on its slot's master, through a slot migration if need be.
+
+        The cluster client follows ``MOVED``, but not ``ASK`` reliably (it sends ``ASKING`` on
+        one pooled connection and the script on another, which the importing node answers
+        ``MOVED`` back), and gives up after a few ``TRYAGAIN``; it then raises a bare
+        `ClusterError`. The script did not run: it is sent to the slot's owner directly,
+        following one ``ASK`` on a single connection (`_asked`), and, while the migration
+        answers ``TRYAGAIN`` (the script's keys split between the two nodes), again every
+        `_TRYAGAIN_PAUSE` for up to `_TRYAGAIN_FOR` seconds, as moving a slot's keys usually
+        takes milliseconds.
+        """
+        for _ in range(_TRYAGAIN_ROUNDS):
+            try:
+                return await self._evaluate(call)
+            except ClusterError as exc:
+                if isinstance(exc, ClusterDownError):
+                    raise
+            try:
+                return await self._asked(call)
+            except TryAgainError:
+                logger.debug("a script met TRYAGAIN (its slot is migrating); sending it again")
+                await asyncio.sleep(_TRYAGAIN_PAUSE)
+        return await self._evaluate(call)
+
+    async def _asked(self, call: _Call) -> Any:
+        """Run a script on its slot's owner; on ``ASK``, on the node named, after ``ASKING``."""
+        script, keys, args = call
+        owner = self._client.get_node_from_key(keys[0])
+        command = ("EVAL", script.source, len(keys), *keys, *args)
+        if owner is None:
+            raise ClusterError(f"no node serves the slot of {keys[0]!r}")
+        try:
+            return await owner.execute_command(*command)
+        except AskError as ask:
+            node = self._client.get_node(ask.host or owner.host, ask.port)
+            if node is None:
+                raise
+            conn = node.acquire_connection()
+            try:
+                await conn.send_packed_command(conn.pack_commands([("ASKING",), command]))
+                await conn.read_response()
+                return await conn.read_response()
+            except BaseException:
+                await conn.disconnect()
+                raise
+            finally:
+                node.release(conn)
+
+    async def _evaluate(self, call: _Call) -> Any:
         script, keys, args = call
         try:
             return await self._client.evalsha(script.sha, len(keys), *keys, *args)

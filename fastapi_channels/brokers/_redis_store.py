@@ -628,6 +628,10 @@ class RedisStore:
             self._key("history-quota:", retention.group),
         ]
 
+    def _publish_keys(self, topic: str, retention: Retention) -> list[bytes]:
+        """The keys a stored publish names: the history's (the cluster names fewer)."""
+        return self._history_keys(topic, retention)
+
     async def publish_stored(
         self, channel: bytes, topic: str, data: bytes, retention: Retention
     ) -> Position:
@@ -641,7 +645,7 @@ class RedisStore:
         await self._admit(topic, retention)
         result = await self._enqueue(
             self._publish,
-            self._history_keys(topic, retention),
+            self._publish_keys(topic, retention),
             self._stored_args(channel, topic, data, retention),
         )
         if result == 0:
@@ -674,7 +678,7 @@ class RedisStore:
         await self._admit(topic, retention)
         args = [*self._stored_args(channel, topic, data, retention), _ms(window)]
         result = await self._enqueue(
-            self._publish_stored_once, [*self._history_keys(topic, retention), seen], args
+            self._publish_stored_once, [*self._publish_keys(topic, retention), seen], args
         )
         if result == 0:
             raise _full(retention)

@@ -294,7 +294,7 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
                 processes may or may not have got it.
         """
         self._deliver(topic, data)
-        if self._state is not BrokerState.CONNECTED:
+        if not self._publishing():
             raise BrokerError(
                 f"Redis at {self._address} is unreachable ({self._last_error}); "
                 "the message reached this process's subscribers only"
@@ -342,32 +342,54 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
         `BrokerError` when nothing was sent or Redis refused a command, `OutcomeUnknown` when
         the replies did not come back (the connection is then closed).
         """
+        replies = await self._exchange(conn, commands)
+        if isinstance(replies, BrokerError):
+            return replies
+        return _refused(next((error for error in replies if error is not None), None))
+
+    async def _exchange(
+        self,
+        conn: AbstractConnection,
+        commands: list[tuple[str, bytes, bytes]],
+        *,
+        asking: bool = False,
+    ) -> list[ResponseError | None] | BrokerError:
+        """Send ``commands`` in one write on ``conn``; return each one's error (None: taken).
+
+        With ``asking``, each command is preceded by ``ASKING`` (Redis Cluster: the node is
+        importing the command's slot and is to run it once). A failure of the connection is
+        returned instead: `BrokerError` when nothing was sent, `OutcomeUnknown` when the replies
+        did not come back (the connection is then closed).
+        """
         try:
             if not conn.is_connected:  # with Sentinel, connecting is what finds the master
                 await conn.connect()  # type: ignore[no-untyped-call]
         except _TRANSPORT_ERRORS as exc:  # nothing was sent
             await close_connection(conn)
             return BrokerError(f"Redis could not be reached: {exc}")
-        error: BaseException | None = None
+        sent: list[tuple[str, ...] | tuple[str, bytes, bytes]] = []
+        for command in commands:
+            if asking:
+                sent.append(("ASKING",))
+            sent.append(command)
+        errors: list[ResponseError | None] = []
         try:
-            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-            for _ in commands:
+            await conn.send_packed_command(conn.pack_commands(sent), check_health=False)
+            error: ResponseError | None = None
+            for i in range(len(sent)):
                 try:
                     await conn.read_response()
                 except ResponseError as exc:  # the connection stays usable
                     error = error or exc
+                if not asking or i % 2:  # the command's own reply: ASKING's error is its too
+                    errors.append(error)
+                    error = None
         except _TRANSPORT_ERRORS as exc:  # written, perhaps run: no answer came back
             await close_connection(conn)
-            failure: BrokerError = OutcomeUnknown(
-                f"Redis did not acknowledge the message in time: {exc}"
-            )
+            failure = OutcomeUnknown(f"Redis did not acknowledge the message in time: {exc}")
             failure.__cause__ = exc
             return failure
-        if error is None:
-            return None
-        failure = BrokerError(f"Redis did not take the message: {error}")
-        failure.__cause__ = error
-        return failure
+        return errors
 
     def _settle(
         self, batch: _Batch, failure: BrokerError | None, payloads: int, round_trips: int
@@ -580,8 +602,12 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
             self.channel(topic), topic, data, key, window, retention
         )
 
+    def _publishing(self) -> bool:
+        """Whether publishes are sent to Redis now (else they fail at once)."""
+        return self._state is BrokerState.CONNECTED
+
     def _check_connected(self) -> None:
-        if self._state is not BrokerState.CONNECTED:
+        if not self._publishing():
             raise BrokerError(
                 f"Redis at {self._address} is unreachable ({self._last_error}); "
                 "the message was neither stored nor sent"
@@ -688,6 +714,15 @@ class RedisBroker(Broker, BoundedHistoryStore, PresenceStore, IdempotencyStore):
         if subscriber:
             conn.socket_timeout = None  # it waits for messages; liveness comes from pings
         return conn
+
+
+def _refused(error: ResponseError | None) -> BrokerError | None:
+    """The `BrokerError` a publish raises when Redis refused it with ``error`` (None: taken)."""
+    if error is None:
+        return None
+    failure = BrokerError(f"Redis did not take the message: {error}")
+    failure.__cause__ = error
+    return failure
 
 
 def _fail(batch: _Batch, error: BrokerError) -> None:
