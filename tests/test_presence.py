@@ -306,3 +306,16 @@ async def test_a_process_back_from_a_redis_outage_lists_the_members_again(
             packet = await ann.receive(TIMEOUT)
             assert packet.event == "channels:presence"
             assert packet.data["members"] == [member("ann"), member("bob")]
+
+
+def test_only_presence_announcements_are_applied_to_a_member_list() -> None:
+    """A channel event named like an announcement is sent, whatever its data."""
+    from fastapi_channels.core.catchup import _changes
+
+    members = {"ann"}
+    join = '{"event":"channels:join","data":{"channel":"room:1","member":{"id":"ann"}}}'
+    assert not _changes(members, join)  # ann is listed already
+    lookalike = '{"event":"channels:join","channel":"room:1","data":"ann"}'
+    assert _changes(members, lookalike)
+    assert _changes(members, '{"event":"channels:leave","data":null}')
+    assert members == {"ann"}

@@ -126,7 +126,11 @@ def _changes(members: set[str], frame: str) -> bool:
     if not frame.startswith(_ANNOUNCEMENT):
         return True
     packet = from_json(frame)
-    event, member = packet["event"], packet["data"]["member"]["id"]
+    data = packet.get("data")
+    found = data.get("member") if "channel" not in packet and isinstance(data, dict) else None
+    if not isinstance(found, dict) or "id" not in found:
+        return True  # a channel event that only shares the name: not an announcement
+    event, member = packet["event"], found["id"]
     if event == JOIN:
         if member in members:
             return False
