@@ -14,14 +14,18 @@ import gc
 import sys
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from nats.js.api import StreamConfig
+from nats.js.errors import APIError, NotFoundError
 
 from fastapi_channels import ChannelListener, History, channel
 from fastapi_channels.brokers import create_broker
+from fastapi_channels.brokers._nats_records import ensure_stream
 from fastapi_channels.brokers._nats_subjects import Subjects, decode_token, encode_token
 from fastapi_channels.brokers.base import BrokerState
 from fastapi_channels.brokers.nats import NatsBroker
@@ -34,6 +38,9 @@ from tests.nats_support import NatsServer, nats_binary
 from tests.proxy import tcp_proxy
 from tests.redis_support import free_port
 from tests.test_history import offsets, subscribe
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
 
 TIMEOUT = 5.0
 ODD = ["a.b", "*", ">", "a b", "", "x.*.>", "tab\there", "%41", "ünï ☕", "a%", "..", "\n"]
@@ -87,6 +94,66 @@ async def test_odd_topic_names_travel_between_processes(nats_url: str, nats_pref
         assert (await a.history.read_stored("a*b", KEEP)).top == 0
     finally:
         await deployment.stop()
+
+
+async def test_processes_starting_together_all_get_the_stream(
+    nats_url: str, nats_prefix: str
+) -> None:
+    """Eight processes create one history stream at once: every one of them can store in it."""
+    deployment = Deployment(
+        NatsBroker, lambda: NatsBroker(nats_url, prefix=nats_prefix, history_storage="memory")
+    )
+    try:
+        nodes = [await deployment.start() for _ in range(8)]
+        sent = await asyncio.gather(
+            *(n.history.publish_stored("c:x", b"%d" % i, KEEP) for i, n in enumerate(nodes))
+        )
+        assert sorted(p.offset for p in sent) == list(range(1, 9))
+    finally:
+        await deployment.stop()
+
+
+class _HalfMadeStream:
+    """JetStream as a concurrent creation leaves it: the first create says the subjects overlap
+    (the other process's stream is not registered yet), the first update finds no such stream."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def add_stream(self, config: StreamConfig) -> None:
+        self.calls.append("add")
+        if self.calls.count("add") == 1:
+            raise APIError(code=400, err_code=10065, description="subjects overlap")
+
+    async def update_stream(self, config: StreamConfig) -> None:
+        self.calls.append("update")
+        raise NotFoundError(code=404, err_code=10059, description="stream not found")
+
+
+async def test_a_stream_half_made_by_another_process_is_created_on_a_second_try() -> None:
+    js = _HalfMadeStream()
+    await ensure_stream(cast("JetStreamContext", js), StreamConfig(name="s", subjects=["s.*"]), "x")
+    assert js.calls == ["add", "update", "add"]
+
+
+async def test_a_foreign_stream_on_the_same_subjects_is_named_in_the_error(
+    nats_url: str, nats_prefix: str
+) -> None:
+    import nats
+
+    client = await nats.connect(nats_url)
+    try:
+        js = client.jetstream()
+        subjects = [f"{nats_prefix}-foreign.>"]
+        await js.add_stream(StreamConfig(name=f"{nats_prefix}-foreign", subjects=subjects))
+        try:
+            mine = StreamConfig(name=f"{nats_prefix}-mine", subjects=[f"{nats_prefix}-foreign.s.*"])
+            with pytest.raises(BrokerError, match="another stream already takes its subjects"):
+                await ensure_stream(js, mine, "the history stream")
+        finally:
+            await js.delete_stream(f"{nats_prefix}-foreign")
+    finally:
+        await client.close()
 
 
 def test_a_url_names_the_broker_its_servers_and_its_prefix() -> None:

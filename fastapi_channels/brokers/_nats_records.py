@@ -40,23 +40,45 @@ EXPECTED: Final = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST_SEQUENCE: Final = 10071
 _STREAM_NOT_FOUND: Final = 10059
 _STREAM_EXISTS: Final = 10058
+_SUBJECTS_OVERLAP: Final = 10065
+_CREATE_ATTEMPTS: Final = 3
+_CREATE_PAUSE: Final = 0.05
+"""Seconds before creating again a stream whose subjects were taken by a half-made one."""
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig, what: str) -> None:
     """Create the stream of ``config``, or bring an existing one's configuration up to date.
 
+    Several processes start at once and each creates the stream. NATS may answer one of two
+    concurrent creations with "subjects overlap" (the other's stream is half registered) or
+    "name in use" (configurations differ): both are retried as an update of the stream of that
+    name, at most `_CREATE_ATTEMPTS` times.
+
     Raises:
-        BrokerError: NATS refused or did not answer (naming ``what``).
+        BrokerError: NATS refused or did not answer (naming ``what``), or another stream of a
+            different name already takes these subjects.
     """
-    try:
+    for attempt in range(1, _CREATE_ATTEMPTS + 1):
         try:
-            await js.add_stream(config)
-        except APIError as exc:
-            if exc.err_code != _STREAM_EXISTS:
-                raise
-            await js.update_stream(config)
-    except ERRORS as exc:
-        raise failure(f"cannot create {what}", exc) from exc
+            try:
+                await js.add_stream(config)
+                return
+            except APIError as exc:
+                if exc.err_code not in (_STREAM_EXISTS, _SUBJECTS_OVERLAP):
+                    raise
+                try:
+                    await js.update_stream(config)
+                    return
+                except NotFoundError:
+                    if attempt == _CREATE_ATTEMPTS:
+                        raise failure(
+                            f"cannot create {what}: another stream already takes its subjects "
+                            f"{config.subjects}",
+                            exc,
+                        ) from exc
+                    await asyncio.sleep(_CREATE_PAUSE * attempt)
+        except ERRORS as exc:
+            raise failure(f"cannot create {what}", exc) from exc
 
 
 def stamp(message: RawStreamMsg) -> float:
