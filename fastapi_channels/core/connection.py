@@ -74,19 +74,22 @@ _BATCH_MAX = 100
 
 
 class BatchCache:
-    """The last batch built for the batching connections that share this cache, and its text.
+    """What the batching connections of one router share: the last batch and the flush.
 
     A burst of broadcasts leaves the same frames (the same objects) waiting for every batching
     subscriber, so their batches are equal: built once, and, being one object, framed once by
-    a direct writer. The endpoint gives every connection of one router the same cache; a
-    connection given none has its own, and builds its batches for itself.
+    a direct writer. The batching connections with frames waiting are flushed together by one
+    callback at the end of the loop turn, not one callback each. The endpoint gives every
+    connection of one router the same cache; a connection given none has its own, and builds
+    and flushes its batches by itself.
     """
 
-    __slots__ = ("_last",)
+    __slots__ = ("_due", "_last")
 
     def __init__(self) -> None:
         # The frames of the last batch and its text, as one tuple: replaced in one store.
         self._last: tuple[list[str], str] = ([], "[]")
+        self._due: list[SocketConnection] = []  # waiting for the end of this loop turn
 
     def text(self, queue: deque[str]) -> str:
         """The batch of the frames in ``queue`` (at most `_BATCH_MAX`), as one JSON array."""
@@ -96,6 +99,24 @@ class BatchCache:
             text = f"[{','.join(frames)}]"
             self._last = (frames, text)
         return text
+
+    def flush_soon(self, connection: SocketConnection) -> None:
+        """Send what waits for ``connection`` at the end of this loop turn.
+
+        The caller asks once per turn, whatever the number of frames pushed meanwhile.
+        """
+        due = self._due
+        due.append(connection)
+        if len(due) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_due)
+
+    def _flush_due(self) -> None:
+        due, self._due = self._due, []
+        for connection in due:
+            try:
+                connection._flush()
+            except Exception:  # one connection's failure must not hold the others' frames
+                logger.exception("connection %s: sending a batch failed", connection.id)
 
 
 class SocketConnection:
@@ -291,7 +312,7 @@ class SocketConnection:
                 self._start_writer()
             elif not self._flush_scheduled and self._batch:
                 self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
+                self._batches.flush_soon(self)
         return True
 
     def mark(self) -> Mark:
