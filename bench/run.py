@@ -101,12 +101,16 @@ class Plan:
     huge: int = 0  # idle subscribed connections on one process (see `huge_run`)
     huge_broadcasts: int = 3  # single broadcasts to all of them, one after the other
     huge_flood: int = 10  # broadcasts to all, back to back: more than the clients can read
+    # Deliveries/s every server is asked for, below the load client's ceiling and every
+    # server's flood rate: latency at the same offered load, with nobody's queue growing.
+    paced: int = 0
+    paced_duration: float = 2.0
 
 
 PLANS = {
     "smoke": Plan(1, (20,), 20, 0.5, 400, 0, 1, 1, 20, 1, 20),
-    "quick": Plan(1, (500,), 20, 3, 100_000, 2000, 2, 2, 100, 2, 50, BASELINES),
-    "full": Plan(3, (500, 2000), 20, 5, 200_000, 10000, 2, 4, 100, 2, 50),
+    "quick": Plan(1, (500,), 20, 3, 100_000, 2000, 2, 2, 100, 2, 50, BASELINES, paced=100_000),
+    "full": Plan(3, (500, 2000), 20, 5, 200_000, 10000, 2, 4, 100, 2, 50, paced=100_000),
     "big": Plan(3, (), 20, 5, 200_000, 10000, 2, 4, 100, 2, 50),
     # ``quick``'s sizes for the other Python choices beside fastapi_channels.
     "peers": Plan(
@@ -408,6 +412,10 @@ def one_run(name: str, plan: Plan, loads: Loads, log: Any) -> dict[str, Any]:
                 "fixed": fixed,
                 "flood": flood,
             }
+            if plan.paced:
+                per_s = plan.paced / size
+                paced = deliver(server, loads, per_s, int(per_s * plan.paced_duration))
+                result[str(size)]["paced"] = paced
             log(f"  {name} N={size}: {compact(result[str(size)])}")
             if name == "channels" and plan.burst_count and size == plan.sizes[0]:
                 result["burst"] = burst_run(server, loads, plan)

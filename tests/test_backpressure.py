@@ -179,3 +179,53 @@ def test_the_bound_is_seconds_above_zero_or_none(bad: object) -> None:
         Limits(max_backlog_age=bad)  # type: ignore[arg-type]
     assert Limits(max_backlog_age=None).max_backlog_age is None
     assert Limits().max_backlog_age == 0.02
+
+
+class Ticking:
+    """A direct writer whose every frame takes 10 µs of the test's clock, and then is sent."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.written = 0
+
+    def __call__(self, text: str) -> bool:
+        self.clock.now += 1e-5
+        self.written += len(text)
+        return True
+
+    def taken(self) -> int:
+        return self.written
+
+
+async def test_a_publisher_waits_once_the_queued_fan_outs_would_take_longer_than_the_bound() -> (
+    None
+):
+    """At the measured pace (100,000 recipients/s) the 0.05 s bound holds 5,000 recipients:
+    with 8,000 waiting the publisher waits before any of them is old, and the fan-out is no
+    longer behind once those still waiting would be served within the bound."""
+    clock = Clock()
+    connections, writers = [], []
+    for n in range(2000):
+        writer = Ticking(clock)
+        writers.append(writer)
+        connection = SocketConnection(GatedTransport(), id=str(n), direct=writer, progress=writer)
+        connection.start()
+        connections.append(connection)
+    server = SocketServer(MemoryBroker(), max_backlog_age=BOUND, clock=clock)
+    fan_out = server.fan_out
+    for n in range(5):  # the first chunk is served at once; the pace is not known yet
+        fan_out.send(connections, f"frame {n}", None)
+    assert not fan_out.behind
+    publisher = asyncio.create_task(fan_out.wait_drained())
+    await asyncio.sleep(0)  # the second chunk: 1,000 recipients in 0.01 s of the clock
+    assert clock.now == pytest.approx(0.02)  # the oldest waiting fan-out is 0.01 s old
+    assert fan_out.behind  # 4 fan-outs of 2,000 wait: 0.08 s at that pace
+    assert not publisher.done()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert clock.now == pytest.approx(0.05, abs=1e-4)
+    assert not fan_out.behind  # 4,000 recipients wait behind the one served: 0.04 s
+    await asyncio.wait_for(publisher, 2)
+    for _ in range(10):  # what waited is served (1,000 recipients a turn)
+        await asyncio.sleep(0)
+    assert [w.written for w in writers] == [5 * len("frame 0")] * 2000

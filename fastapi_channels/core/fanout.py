@@ -18,15 +18,17 @@ Fan-outs then run strictly in arrival order, so every connection still gets its 
 publish order.
 
 The fan-out is *behind* when more than ``BACKLOG_LIMIT`` fan-outs wait for their turn, or when
-it holds frames older than ``max_lag`` seconds: a fan-out has waited that long for its turn
-(the one being served does not count: a fan-out to 100,000 connections takes what it takes),
-or most of the recent fan-outs' probes are still in the server that long after the fan-out
-handed them over. A probe is one recipient of a fan-out, taken in turn
-(`SocketConnection.mark`): its frame is still in the server while it waits in the
-connection's queue or, under uvicorn with direct writes, in the transport's write buffer
-(`SocketConnection.passed`). More than half of the distinct recipients probed, and at least
-two, must be late, so that one slow recipient, which its overflow policy deals with, does not
-hold every publisher. While the fan-out is behind, publishers of this process wait
+it holds frames older than ``max_lag`` seconds, or will: a fan-out has waited that long for its
+turn, or the recipients of the fan-outs waiting would take longer than that to serve at the
+pace of the last loop turns (so a publisher quicker than the fan-out is held before the backlog
+has aged, not after it overshot), or most of the recent fan-outs' probes are still in the
+server that long after the fan-out handed them over. The one fan-out being served counts in
+neither: a fan-out to 100,000 connections takes what it takes. A probe is one recipient of
+a fan-out, taken in turn (`SocketConnection.mark`): its frame is still in the server while
+it waits in the connection's queue or, under uvicorn with direct writes, in the transport's
+write buffer (`SocketConnection.passed`). More than half of the distinct recipients probed,
+and at least two, must be late, so that one slow recipient, which its overflow policy deals
+with, does not hold every publisher. While the fan-out is behind, publishers of this process wait
 (`FanOut.wait_drained`, for the bound in time at most ``WAIT_MAX`` per publish), so a
 publisher that outruns the sockets feels it and the server's backlog stays bounded in time,
 not only in count.
@@ -185,6 +187,8 @@ class FanOut:
         self._backlog: deque[_Job] = deque()
         self._drained: asyncio.Future[None] | None = None
         self._chunk = FAN_OUT_CHUNK  # connections per chunk, learned from the last one's time
+        self._queued = 0  # recipients of the backlog not served yet
+        self._pace = 0.0  # recipients served per second over the last whole loop turn
         self._last_turn: tuple[float, int] | None = None  # the last chunk's start and size
         self._max_lag = max_lag
         self._clock = clock
@@ -213,6 +217,13 @@ class FanOut:
                 waiting = backlog[1]
             if waiting is not None and waiting.arrived < before:
                 return True
+            if waiting is not None and self._pace > 0.0:
+                serving = backlog[0]
+                ahead = self._queued
+                if serving is not waiting:
+                    ahead -= len(serving.connections) - serving.index
+                if ahead > self._pace * max_lag:
+                    return True
         # Recipients, not probes: one slow connection probed many times is still one.
         probed = {id(connection) for _, connection, _ in self._probes}
         late = {
@@ -321,6 +332,7 @@ class FanOut:
             return
         job = _Job(list(connections), frame, live, position, filtered, self._clock())
         self._backlog.append(job)
+        self._queued += len(job.connections)
         if len(self._backlog) == 1:
             self._drain()
 
@@ -337,10 +349,12 @@ class FanOut:
         no connection is sent an event for a channel it is not subscribed to.
         """
         backlog = self._backlog
-        started = time.perf_counter()
+        started = self._clock()
         if self._last_turn is not None:  # continuing: size from the previous chunk's turn
             before, served_before = self._last_turn
             self._chunk = _fit(served_before, started - before, FAN_OUT_CHUNK)
+            if started > before:
+                self._pace = served_before / (started - before)
         budget = size = self._chunk
         while backlog and budget > 0:
             job = backlog[0]
@@ -359,7 +373,8 @@ class FanOut:
                 if self._max_lag is not None:  # timed from now: its frames left the fan-out
                     self._probe(job.connections, self._clock())
         served = size - budget
-        self._chunk = _fit(served, time.perf_counter() - started, self._chunk)
+        self._queued -= served
+        self._chunk = _fit(served, self._clock() - started, self._chunk)
         if backlog:
             self._last_turn = (started, served)
             asyncio.get_running_loop().call_soon(self._drain)
@@ -393,6 +408,7 @@ class FanOut:
     def clear(self) -> None:
         """Drop every waiting fan-out (the server stops) and release the waiting publishers."""
         self._backlog.clear()
+        self._queued = 0
         self._probes.clear()
         self._release_waiters()
 
