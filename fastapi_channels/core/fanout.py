@@ -162,7 +162,8 @@ class FanOut:
             must not block.
         max_lag: seconds frames may stay in the server before publishers wait (see the
             module); None for no bound in time (the count bound, ``BACKLOG_LIMIT``, holds).
-        clock: the time source for ``max_lag`` (monotonic seconds).
+        clock: the time source for ``max_lag``, the chunk sizes and the pace (monotonic
+            seconds, high resolution: `time.perf_counter` by default).
     """
 
     def __init__(
@@ -173,7 +174,7 @@ class FanOut:
         connections: Mapping[str, SocketConnection] | None = None,
         subscriptions: UserSubscriptions | None = None,
         max_lag: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._channels = channels
         self._users = users

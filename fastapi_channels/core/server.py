@@ -88,7 +88,7 @@ class SocketServer:
         presence_timeout: float = 30.0,
         idempotency_window: float = 300.0,
         max_backlog_age: float | None = 0.02,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.broker = broker
         self.idempotency_window = idempotency_window
