@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
+import nats
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -139,8 +140,6 @@ async def test_a_stream_half_made_by_another_process_is_created_on_a_second_try(
 async def test_a_foreign_stream_on_the_same_subjects_is_named_in_the_error(
     nats_url: str, nats_prefix: str
 ) -> None:
-    import nats
-
     client = await nats.connect(nats_url)
     try:
         js = client.jetstream()
