@@ -57,8 +57,10 @@ class UndrainedBuffer:
         self.sent = self.written
 
 
-async def serving(clock: Clock, connections: list[SocketConnection]) -> SocketServer:
-    server = SocketServer(MemoryBroker(), max_backlog_age=BOUND, clock=clock)
+async def serving(
+    clock: Clock, connections: list[SocketConnection], max_backlog_age: float | None = BOUND
+) -> SocketServer:
+    server = SocketServer(MemoryBroker(), max_backlog_age=max_backlog_age, clock=clock)
     await server.start()
     room = specs.spec("room")
     for connection in connections:
@@ -157,13 +159,7 @@ async def test_without_a_bound_in_time_the_publisher_never_waits_for_old_frames(
     clock = Clock()
     transports = [GatedTransport(open_gate=False) for _ in range(2)]
     connections = [SocketConnection(t, id=str(n)) for n, t in enumerate(transports)]
-    server = SocketServer(MemoryBroker(), max_backlog_age=None, clock=clock)
-    await server.start()
-    room = specs.spec("room")
-    for connection in connections:
-        connection.start()
-        await server.add_connection(connection)
-        await server.add_subscription(connection, specs.subscription("room", room))
+    server = await serving(clock, connections, max_backlog_age=None)
     for n in range(5):
         await asyncio.wait_for(server.broadcast(Room, "room", "tick", n), 2)
         clock.now += 1.0
